@@ -1,0 +1,34 @@
+# vflow: common tasks. `make help` lists them.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+CARGO ?= cargo
+
+.PHONY: help build test lint fmt crds check-crds validate-examples ci
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-20s %s\n", $$1, $$2}'
+
+build: ## Build every crate
+	$(CARGO) build --workspace --all-targets
+
+test: ## Run the Rust tests (unit, schema, CLI)
+	$(CARGO) test --workspace
+
+lint: ## Formatting check and clippy with warnings as errors
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+crds: ## Regenerate crds/ from the Rust types
+	$(CARGO) run -q -p vflow-api --bin crdgen -- crds/
+
+check-crds: crds ## Fail when crds/ differs from what the types generate
+	@git diff --exit-code -- crds/ || { echo "crds/ is stale: run 'make crds' and commit the result" >&2; exit 1; }
+	@test -z "$$(git ls-files --others --exclude-standard crds/)" || { echo "crds/ has uncommitted new files: commit them" >&2; exit 1; }
+
+validate-examples: ## vflow validate on the shipped examples
+	$(CARGO) run -q -p vflow-cli --bin vflow -- validate manifests/examples/*.yaml
+
+ci: check-crds lint test validate-examples ## What CI runs
