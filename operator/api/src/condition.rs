@@ -256,8 +256,12 @@ mod tests {
     #[test]
     fn reports_the_column_of_a_mistake() {
         let e = StageCondition::parse("detect.objects => 0").expect_err("bad op");
+        assert_eq!(
+            StageCondition::parse("a.b == x").map_err(|e| e.column),
+            Err(8)
+        );
+        assert!(e.message.contains("expected one of"), "{e}");
         assert_eq!(e.column, 16);
-        assert!(e.message.contains("number"), "{e}");
         let e = StageCondition::parse("detect objects > 0").expect_err("no dot");
         assert_eq!(e.column, 7);
         let e = StageCondition::parse("detect.objects ~ 0").expect_err("no op");

@@ -3,6 +3,9 @@
 //! Doc comments on fields are what `kubectl explain` shows, so they are written for
 //! the people who write manifests.
 
+// kube's `printcolumn(...)` repeats `type_ = ...` by design; clippy reads that as duplicates.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -20,6 +23,7 @@ use crate::{Duration, Quantity, schema_helpers};
     kind = "FunctionProfile",
     namespaced,
     status = "FunctionProfileStatus",
+    derive = "PartialEq",
     shortname = "fprof",
     category = "vflow",
     doc = "A video function (image, command, parameters, resources) and what vflow has measured about it.",

@@ -33,7 +33,7 @@ impl Quantity {
     /// A CPU quantity from cores, rounded to whole millicores.
     pub fn from_cores(cores: f64) -> Self {
         let milli = (cores * 1000.0).round().max(0.0) as u64;
-        if milli % 1000 == 0 {
+        if milli.is_multiple_of(1000) {
             Quantity((milli / 1000).to_string())
         } else {
             Quantity(format!("{milli}m"))

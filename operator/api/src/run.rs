@@ -1,5 +1,8 @@
 //! `VideoWorkflowRun`: one input through one workflow.
 
+// kube's `printcolumn(...)` repeats `type_ = ...` by design; clippy reads that as duplicates.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -17,6 +20,7 @@ use crate::schema_helpers;
     kind = "VideoWorkflowRun",
     namespaced,
     status = "VideoWorkflowRunStatus",
+    derive = "PartialEq",
     shortname = "vwr",
     category = "vflow",
     doc = "One input processed by one VideoWorkflow: progress, outputs, timings and cost.",

@@ -136,10 +136,10 @@ fn describe(kind: &jsonschema::error::ValidationErrorKind, instance: &Value) -> 
             }
             p => format!("{shown} does not match {p}"),
         },
-        K::Minimum { limit } => format!("{shown} is below the minimum {limit}"),
-        K::Maximum { limit } => format!("{shown} is above the maximum {limit}"),
-        K::ExclusiveMinimum { limit } => format!("{shown} must be more than {limit}"),
-        K::ExclusiveMaximum { limit } => format!("{shown} must be less than {limit}"),
+        K::Minimum { limit } => format!("{shown} is below the minimum {}", number(limit)),
+        K::Maximum { limit } => format!("{shown} is above the maximum {}", number(limit)),
+        K::ExclusiveMinimum { limit } => format!("{shown} must be more than {}", number(limit)),
+        K::ExclusiveMaximum { limit } => format!("{shown} must be less than {}", number(limit)),
         K::MinLength { limit } => format!("must have at least {limit} characters"),
         K::MaxLength { limit } => format!("must have at most {limit} characters"),
         K::MinItems { limit } => format!("must have at least {limit} entries"),
@@ -173,7 +173,18 @@ fn type_words(kind: &jsonschema::error::TypeKind) -> String {
     }
 }
 
+/// 1.0 as "1": schema limits are floats even where the field is an integer.
+fn number(v: &Value) -> String {
+    match v.as_f64() {
+        Some(f) if f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", f as i64),
+        _ => v.to_string(),
+    }
+}
+
 fn short(v: &Value) -> String {
+    if v.is_number() {
+        return number(v);
+    }
     let s = v.to_string();
     if s.chars().count() > 60 {
         format!("{}...", s.chars().take(57).collect::<String>())

@@ -1,6 +1,9 @@
 //! `VideoWorkflow`: a DAG of video functions, where its inputs come from and where its
 //! outputs go.
 
+// kube's `printcolumn(...)` repeats `type_ = ...` by design; clippy reads that as duplicates.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -25,6 +28,7 @@ pub const MAX_CHILD_NAME: usize = 63;
     kind = "VideoWorkflow",
     namespaced,
     status = "VideoWorkflowStatus",
+    derive = "PartialEq",
     shortname = "vwf",
     category = "vflow",
     doc = "A DAG of video functions (split, scale, transcode, detect, stitch, ...) run as serverless stages.",

@@ -30,9 +30,9 @@ pub enum LoadError {
 /// One vflow object from a file.
 #[derive(Debug, Clone)]
 pub enum Object {
-    Profile(FunctionProfile),
-    Workflow(VideoWorkflow),
-    Run(VideoWorkflowRun),
+    Profile(Box<FunctionProfile>),
+    Workflow(Box<VideoWorkflow>),
+    Run(Box<VideoWorkflowRun>),
 }
 
 /// A document and what became of it.
@@ -141,9 +141,9 @@ fn classify(path: &Path, index: usize, value: Value) -> Option<Document> {
     doc.problems.extend(check.check(&value));
     let schema_ok = doc.problems.is_empty();
     let typed = match kind.as_str() {
-        "FunctionProfile" => typed(value).map(Object::Profile),
-        "VideoWorkflow" => typed(value).map(Object::Workflow),
-        _ => typed(value).map(Object::Run),
+        "FunctionProfile" => typed(value).map(|o| Object::Profile(Box::new(o))),
+        "VideoWorkflow" => typed(value).map(|o| Object::Workflow(Box::new(o))),
+        _ => typed(value).map(|o| Object::Run(Box::new(o))),
     };
     match typed {
         // Even past schema problems, a typed object lets validate() report the rest too.

@@ -66,7 +66,7 @@ pub fn run(files: &[PathBuf], profile_dirs: &[PathBuf]) -> Report {
                 profiles.insert(p.metadata.name.clone().unwrap_or_default(), p.spec.clone());
             }
             Some(Object::Workflow(w)) => {
-                workflows.insert(w.metadata.name.clone().unwrap_or_default(), w.clone());
+                workflows.insert(w.metadata.name.clone().unwrap_or_default(), (**w).clone());
             }
             _ => {}
         }

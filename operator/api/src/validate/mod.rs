@@ -92,12 +92,24 @@ impl ProfileSet {
 /// ` (did you mean "x"?)` when one candidate is close to `wrong`, else nothing.
 pub fn did_you_mean<'a>(wrong: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
     let limit = (wrong.chars().count() / 3).clamp(1, 3);
-    candidates
-        .into_iter()
-        .map(|c| (edit_distance(wrong, c), c))
+    let candidates: Vec<&str> = candidates.into_iter().collect();
+    let close = candidates
+        .iter()
+        .map(|c| (edit_distance(wrong, c), *c))
         .filter(|(d, _)| *d <= limit)
         .min()
-        .map(|(_, c)| format!(" (did you mean {c:?}?)"))
+        .map(|(_, c)| c);
+    // Else "Automatic" for "Auto": one is the start of the other.
+    let lower = wrong.to_lowercase();
+    let prefix = || {
+        candidates.iter().copied().find(|c| {
+            let c = c.to_lowercase();
+            c.len() >= 3 && lower.len() >= 3 && (c.starts_with(&lower) || lower.starts_with(&c))
+        })
+    };
+    close
+        .or_else(prefix)
+        .map(|c| format!(" (did you mean {c:?}?)"))
         .unwrap_or_default()
 }
 
@@ -109,8 +121,8 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, row) in d.iter_mut().enumerate() {
         row[0] = i;
     }
-    for j in 0..=b.len() {
-        d[0][j] = j;
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
     }
     for i in 1..=a.len() {
         for j in 1..=b.len() {

@@ -46,6 +46,12 @@ fn check_spec(p: &mut Problems, wf_name: &str, spec: &VideoWorkflowSpec, profile
         .map(|order| graph.shapes(p, spec, &order));
     for (i, stage) in spec.stages.iter().enumerate() {
         check_stage_function(p, spec, i, profiles);
+        if stage.fan_out && stage.join {
+            p.add(
+                format!("spec.stages[{i}]"),
+                "a stage cannot both fan out and join",
+            );
+        }
         if let Some(o) = &stage.overrides {
             let at = format!("spec.stages[{i}].overrides");
             positive_quantity(p, &format!("{at}.cpu"), o.cpu.as_ref());
@@ -168,6 +174,9 @@ fn check_storage_and_trigger(p: &mut Problems, spec: &VideoWorkflowSpec) {
 /// Stage indices and their edges, as far as names resolve.
 struct Graph {
     parents: Vec<Vec<usize>>,
+    /// Stages with an `after` that did not resolve: their shape checks would only
+    /// repeat that problem in other words.
+    unresolved: Vec<bool>,
 }
 
 impl Graph {
@@ -180,6 +189,7 @@ impl Graph {
             .collect();
         let names = || spec.stages.iter().map(|s| s.name.as_str());
         let mut parents = vec![Vec::new(); spec.stages.len()];
+        let mut unresolved = vec![false; spec.stages.len()];
         for (i, stage) in spec.stages.iter().enumerate() {
             let mut seen = BTreeSet::new();
             for (k, after) in stage.after.iter().enumerate() {
@@ -191,6 +201,7 @@ impl Graph {
                 } else if let Some(&j) = index.get(after.as_str()) {
                     parents[i].push(j);
                 } else {
+                    unresolved[i] = true;
                     p.add(
                         &at,
                         format!("no stage named {after:?}{}", did_you_mean(after, names())),
@@ -198,7 +209,10 @@ impl Graph {
                 }
             }
         }
-        Graph { parents }
+        Graph {
+            parents,
+            unresolved,
+        }
     }
 
     fn check_roots(&self, p: &mut Problems, spec: &VideoWorkflowSpec) {
@@ -252,37 +266,15 @@ impl Graph {
         let left: BTreeSet<usize> = (0..n).filter(|i| !order.contains(i)).collect();
         let mut reported = BTreeSet::new();
         for &start in &left {
-            if reported.contains(&start) {
-                continue;
-            }
             let mut path = vec![start];
             let mut cur = start;
-            loop {
-                let Some(&next) = self.parents[cur].iter().find(|j| left.contains(j)) else {
-                    break;
-                };
+            while let Some(&next) = self.parents[cur].iter().find(|j| left.contains(j)) {
                 if let Some(pos) = path.iter().position(|&x| x == next) {
                     let cycle = &path[pos..];
-                    if cycle.iter().any(|c| reported.contains(c)) {
-                        break;
+                    if !cycle.iter().any(|c| reported.contains(c)) {
+                        reported.extend(cycle.iter().copied());
+                        report_cycle(p, spec, cycle);
                     }
-                    reported.extend(cycle.iter().copied());
-                    let first = *cycle.iter().min().unwrap_or(&next);
-                    let mut names: Vec<&str> = cycle
-                        .iter()
-                        .rev()
-                        .map(|&c| spec.stages[c].name.as_str())
-                        .collect();
-                    let rot = names
-                        .iter()
-                        .position(|n| *n == spec.stages[first].name)
-                        .unwrap_or(0);
-                    names.rotate_left(rot);
-                    names.push(names[0]);
-                    p.add(
-                        format!("spec.stages[{first}].after"),
-                        format!("the stages form a cycle: {}", names.join(" -> ")),
-                    );
                     break;
                 }
                 path.push(next);
@@ -323,7 +315,8 @@ impl Graph {
             let fanouts: Vec<&(String, usize)> =
                 inputs.iter().filter(|(_, f)| *f != usize::MAX).collect();
             if stage.join {
-                if fanouts.is_empty() {
+                if self.unresolved[i] {
+                } else if fanouts.is_empty() {
                     p.add(
                         format!("spec.stages[{i}].join"),
                         "nothing to join: no stage before this one fans out into segments",
@@ -384,6 +377,26 @@ impl Graph {
         }
         false
     }
+}
+
+/// `cycle` lists stages parent by parent; name them in run order from the first in the manifest.
+fn report_cycle(p: &mut Problems, spec: &VideoWorkflowSpec, cycle: &[usize]) {
+    let mut in_order: Vec<usize> = cycle.iter().rev().copied().collect();
+    let first = in_order.iter().copied().min().unwrap_or_default();
+    let at = in_order
+        .iter()
+        .position(|&i| i == first)
+        .unwrap_or_default();
+    in_order.rotate_left(at);
+    in_order.push(first);
+    let names: Vec<&str> = in_order
+        .iter()
+        .map(|&i| spec.stages[i].name.as_str())
+        .collect();
+    p.add(
+        format!("spec.stages[{first}].after"),
+        format!("the stages form a cycle: {}", names.join(" -> ")),
+    );
 }
 
 fn check_conditions(
