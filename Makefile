@@ -3,7 +3,7 @@ SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 CARGO ?= cargo
 
-.PHONY: help build test lint fmt crds check-crds validate-examples ci
+.PHONY: help build test lint fmt crds check-crds validate-examples ci testenv testenv-up testenv-down testenv-smoke
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -31,4 +31,16 @@ check-crds: crds ## Fail when crds/ differs from what the types generate
 validate-examples: ## vflow validate on the shipped examples
 	$(CARGO) run -q -p vflow-cli --bin vflow -- validate manifests/examples/*.yaml
 
-ci: check-crds lint test validate-examples ## What CI runs
+testenv: ## Build the control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok, kubectl) into ~/.cache/vflow-testenv
+	e2e/testenv/scripts/build.sh
+
+testenv-up: testenv ## Start the control plane on loopback; prints the KUBECONFIG to export
+	e2e/testenv/scripts/up.sh
+
+testenv-down: ## Stop every testenv process by PID
+	e2e/testenv/scripts/down.sh
+
+testenv-smoke: testenv ## Smoke test on a fresh control plane: Deployments on kwok nodes, CRDs, examples, GC
+	e2e/testenv/scripts/smoke.sh
+
+ci: check-crds lint test validate-examples testenv-smoke ## What CI runs

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Stops every testenv process (newest first): SIGTERM, up to
+# Stops every testenv process: SIGTERM to all, up to
 # $VFLOW_TESTENV_STOP_TIMEOUT seconds (default 15) to exit, then SIGKILL.
 # Processes are found by their PID files and, in case a PID file was lost, by
 # being one of our binaries started with this state directory on its command
@@ -25,21 +25,24 @@ ours() {
 	return 0
 }
 
-stopped=0
+# SIGTERM to all at once (newest first), then wait for all of them.
+pids=()
 for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
 	c="${COMPONENTS[i]}"
 	if pid="$(pid_of "$c")"; then
 		log "stopping $c (pid $pid)"
 		kill -TERM "$pid" 2>/dev/null || true
-		deadline=$((SECONDS + ${VFLOW_TESTENV_STOP_TIMEOUT:-15}))
-		while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
-		if kill -0 "$pid" 2>/dev/null; then
-			log "$c did not exit on SIGTERM; sending SIGKILL"
-			kill -KILL "$pid" 2>/dev/null || true
-		fi
-		stopped=$((stopped + 1))
+		pids+=("$pid")
 	fi
 	rm -f "$STATE_DIR/pids/$c.pid"
+done
+deadline=$((SECONDS + ${VFLOW_TESTENV_STOP_TIMEOUT:-15}))
+for pid in "${pids[@]}"; do
+	while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
+	if kill -0 "$pid" 2>/dev/null; then
+		log "pid $pid did not exit on SIGTERM; sending SIGKILL"
+		kill -KILL "$pid" 2>/dev/null || true
+	fi
 done
 
 # Strays whose PID file was lost.
@@ -63,8 +66,8 @@ if [[ ${VFLOW_TESTENV_CLEAN:-} == 1 ]]; then
 	rm -rf "$STATE_DIR"
 	log "removed $STATE_DIR"
 fi
-if ((stopped == 0)); then
+if ((${#pids[@]} + ${#strays[@]} == 0)); then
 	log "nothing was running"
 else
-	log "down: stopped $stopped processes; logs kept in $STATE_DIR/logs"
+	log "down: stopped $((${#pids[@]} + ${#strays[@]})) processes; logs kept in $STATE_DIR/logs"
 fi

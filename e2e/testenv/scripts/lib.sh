@@ -5,8 +5,8 @@
 
 TESTENV_SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-# Kubernetes release the Go module pins (go.mod); stamped into the binaries.
-KUBE_VERSION="v1.37.2"
+# The Kubernetes release that go.mod pins; stamped into the binaries.
+KUBE_VERSION="$(awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v1[.]/ { print $2 }' "$TESTENV_SRC/go.mod")"
 
 CACHE_DIR="${VFLOW_TESTENV_CACHE:-${HOME:-/root}/.cache/vflow-testenv}"
 BIN_DIR="${VFLOW_TESTENV_BIN:-$CACHE_DIR/bin}"
@@ -17,7 +17,6 @@ ETCD_PEER_PORT="${VFLOW_TESTENV_ETCD_PEER_PORT:-23800}"
 APISERVER_PORT="${VFLOW_TESTENV_APISERVER_PORT:-26443}"
 KCM_PORT="${VFLOW_TESTENV_KCM_PORT:-20257}"
 SCHEDULER_PORT="${VFLOW_TESTENV_SCHEDULER_PORT:-20259}"
-KWOK_PORT="${VFLOW_TESTENV_KWOK_PORT:-20247}"
 
 NODE_COUNT="${VFLOW_TESTENV_NODES:-3}"
 POD_READY_DELAY="${VFLOW_TESTENV_POD_READY_DELAY:-2s}"

@@ -54,15 +54,22 @@ pki="$STATE_DIR/pki"
 log "generating CA, certificates and service-account keys in $pki"
 newkey() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
 
-newkey "$pki/ca.key"
-openssl req -x509 -new -key "$pki/ca.key" -subj "/CN=vflow-testenv-ca" -days 3650 \
-	-addext "basicConstraints=critical,CA:TRUE" \
-	-addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
-	-out "$pki/ca.crt"
+# ca NAME: a self-signed CA.
+ca() {
+	newkey "$pki/$1.key"
+	openssl req -x509 -new -key "$pki/$1.key" -subj "/CN=vflow-testenv-$1" -days 3650 \
+		-addext "basicConstraints=critical,CA:TRUE" \
+		-addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
+		-out "$pki/$1.crt"
+}
+ca ca
+# The front-proxy CA signs the API server's client certificate for aggregated
+# API servers, and lets components trust request headers coming from it.
+ca front-proxy-ca
 
-# cert NAME SUBJECT EXTENDED_KEY_USAGE [SUBJECT_ALT_NAMES]
+# cert NAME SUBJECT EXTENDED_KEY_USAGE [SUBJECT_ALT_NAMES] [CA]
 cert() {
-	local name="$1" subject="$2" eku="$3" san="${4:-}" ext="$pki/$1.ext"
+	local name="$1" subject="$2" eku="$3" san="${4:-}" signer="${5:-ca}" ext="$pki/$1.ext"
 	newkey "$pki/$name.key"
 	openssl req -new -key "$pki/$name.key" -subj "$subject" -out "$pki/$name.csr"
 	{
@@ -71,7 +78,7 @@ cert() {
 		echo "extendedKeyUsage=$eku"
 		if [[ -n $san ]]; then echo "subjectAltName=$san"; fi
 	} >"$ext"
-	openssl x509 -req -in "$pki/$name.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" \
+	openssl x509 -req -in "$pki/$name.csr" -CA "$pki/$signer.crt" -CAkey "$pki/$signer.key" \
 		-set_serial "0x$(openssl rand -hex 16)" -days 3650 -extfile "$ext" \
 		-out "$pki/$name.crt" 2>/dev/null
 	rm -f "$pki/$name.csr" "$ext"
@@ -82,6 +89,7 @@ cert apiserver "/CN=kube-apiserver" serverAuth \
 cert admin "/O=system:masters/CN=vflow-admin" clientAuth
 cert controller-manager "/CN=system:kube-controller-manager" clientAuth
 cert scheduler "/CN=system:kube-scheduler" clientAuth
+cert front-proxy-client "/CN=front-proxy-client" clientAuth "" front-proxy-ca
 newkey "$pki/sa.key"
 openssl pkey -in "$pki/sa.key" -pubout -out "$pki/sa.pub"
 
@@ -167,6 +175,7 @@ await etcd 60 curl_ "http://127.0.0.1:$ETCD_PORT/health"
 start kube-apiserver \
 	--bind-address=127.0.0.1 \
 	--advertise-address=127.0.0.1 \
+	--endpoint-reconciler-type=none \
 	--secure-port="$APISERVER_PORT" \
 	--etcd-servers="http://127.0.0.1:$ETCD_PORT" \
 	--tls-cert-file="$pki/apiserver.crt" \
@@ -176,6 +185,13 @@ start kube-apiserver \
 	--service-account-key-file="$pki/sa.pub" \
 	--service-account-signing-key-file="$pki/sa.key" \
 	--service-cluster-ip-range=10.96.0.0/16 \
+	--requestheader-client-ca-file="$pki/front-proxy-ca.crt" \
+	--requestheader-allowed-names=front-proxy-client \
+	--requestheader-username-headers=X-Remote-User \
+	--requestheader-group-headers=X-Remote-Group \
+	--requestheader-extra-headers-prefix=X-Remote-Extra- \
+	--proxy-client-cert-file="$pki/front-proxy-client.crt" \
+	--proxy-client-key-file="$pki/front-proxy-client.key" \
 	--authorization-mode=Node,RBAC \
 	--allow-privileged=true \
 	--profiling=false
@@ -257,4 +273,5 @@ await kwok 60 kubectl_ wait --for=condition=Ready node --selector=type=kwok --ti
 await kube-controller-manager 60 kubectl_ get serviceaccount default --namespace=default
 
 log "up: API server $API_URL, $NODE_COUNT kwok nodes, pods Ready after ${ready_delay_ms}ms; logs in $STATE_DIR/logs"
+log "kubectl $KUBE_VERSION is $BIN_DIR/kubectl"
 echo "export KUBECONFIG=$KUBECONFIG_PATH"

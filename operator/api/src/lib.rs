@@ -26,11 +26,40 @@ use kube::CustomResourceExt;
 
 /// The three CRDs, in the order they should be applied.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![
+    [
         FunctionProfile::crd(),
         VideoWorkflow::crd(),
         VideoWorkflowRun::crd(),
     ]
+    .into_iter()
+    .map(kubernetes_formats)
+    .collect()
+}
+
+/// schemars writes `format: uint32`/`uint64` for unsigned fields; the API server knows
+/// only int32/int64 and warns on every apply. The schemas keep `minimum: 0`.
+fn kubernetes_formats(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                if let Some(f) = map.get_mut("format") {
+                    match f.as_str() {
+                        Some("uint32") => *f = "int32".into(),
+                        Some("uint64") => *f = "int64".into(),
+                        _ => {}
+                    }
+                }
+                map.values_mut().for_each(walk);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let Ok(mut value) = serde_json::to_value(&crd) else {
+        return crd;
+    };
+    walk(&mut value);
+    serde_json::from_value(value).unwrap_or(crd)
 }
 
 /// A CRD as the YAML committed under crds/.
@@ -41,3 +70,18 @@ pub fn crd_yaml(crd: &CustomResourceDefinition) -> Result<String, serde_saphyr::
 
 pub mod condition;
 pub mod validate;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn crds_use_formats_the_api_server_knows() {
+        for crd in super::crds() {
+            let json = serde_json::to_string(&crd).expect("serializes");
+            assert!(
+                !json.contains("\"uint"),
+                "{:?} still has unsigned formats",
+                crd.metadata.name
+            );
+        }
+    }
+}
