@@ -4,7 +4,7 @@
 # `go build` (the binaries share most packages). Skips the build when the
 # binaries were built from the same go.mod, go.sum, sources and Go version.
 set -euo pipefail
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 command -v go >/dev/null || die "go is not installed (need Go >= 1.26)"

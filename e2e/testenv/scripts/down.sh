@@ -6,7 +6,7 @@
 # line. Fails if any of them is still alive at the end. Keeps the logs; set
 # VFLOW_TESTENV_CLEAN=1 to remove the state directory too.
 set -euo pipefail
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # ours: PIDs of live processes that run one of our binaries and mention

@@ -5,7 +5,7 @@
 # A failed check dumps the cluster's objects and the component logs.
 # Last line: "N passed, M failed"; the exit status is non-zero if M > 0.
 set -uo pipefail
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 REPO_ROOT="$(cd "$TESTENV_SRC/../.." && pwd)"

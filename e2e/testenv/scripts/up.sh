@@ -4,7 +4,7 @@
 # $VFLOW_TESTENV_NODES fake nodes and waits until they are Ready.
 # Builds the binaries first when they are missing or stale (scripts/build.sh).
 set -euo pipefail
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 for tool in openssl curl base64 setsid; do
