@@ -1,0 +1,494 @@
+"""Shared helpers for the vflow video functions.
+
+The runtime runs a function as argv, never through a shell:
+
+    vflow-fn <function> --output-dir DIR --metadata FILE [--input PATH]... [--<param> VALUE]...
+
+This module parses that argv against the function's declared params (the same list as
+its profile.yaml, kept equal by a test), runs ffmpeg/ffprobe keeping the tail of their
+stderr, and makes outputs atomic: a function writes into a staging folder inside the
+output folder, and only a successful run moves the files into place. Exit codes: 0 ok,
+1 the work failed (message names the input, then ffmpeg's stderr tail), 2 usage or
+param error (one line).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+EXIT_FAIL = 1
+EXIT_USAGE = 2
+TAIL_LINES = 20
+
+
+class UsageError(Exception):
+    """Bad argv or param value: exit 2 with one line."""
+
+
+class FnError(Exception):
+    """The work failed: exit 1 with the message and the tool's stderr tail."""
+
+    def __init__(self, message: str, tail: list[str] | None = None):
+        super().__init__(message)
+        self.tail = tail or []
+
+
+@dataclass
+class Param:
+    """One parameter, mirroring a FunctionProfile param (name, type, default, ...)."""
+
+    name: str
+    type: str  # Integer | Number | String | Boolean
+    description: str = ""
+    default: Any = None
+    required: bool = False
+    minimum: float | None = None
+    maximum: float | None = None
+    enum: list[str] = field(default_factory=list)
+
+    def parse(self, raw: str) -> Any:
+        flag = f"--{self.name}"
+        if self.type == "Boolean":
+            if raw not in ("true", "false"):
+                raise UsageError(f"{flag} must be true or false, got {raw!r}")
+            return raw == "true"
+        if self.type in ("Integer", "Number"):
+            try:
+                value = float(raw)
+            except ValueError:
+                raise UsageError(f"{flag} must be a number, got {raw!r}") from None
+            if not math.isfinite(value):
+                raise UsageError(f"{flag} must be a finite number, got {raw!r}")
+            if self.type == "Integer":
+                if not value.is_integer():
+                    raise UsageError(f"{flag} must be an integer, got {raw!r}")
+                value = int(value)
+            if self.minimum is not None and value < self.minimum:
+                raise UsageError(f"{flag} {raw} is out of range: minimum is {_num(self.minimum)}")
+            if self.maximum is not None and value > self.maximum:
+                raise UsageError(f"{flag} {raw} is out of range: maximum is {_num(self.maximum)}")
+            return value
+        if self.enum and raw not in self.enum:
+            raise UsageError(f"{flag} must be one of {', '.join(self.enum)}; got {raw!r}")
+        return raw
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+@dataclass
+class Context:
+    """What a function's run() gets: validated inputs and params, and where to write."""
+
+    function: str
+    inputs: list[str]
+    params: dict[str, Any]
+    output_dir: str
+    stage: str  # staging folder: write outputs here; moved into output_dir on success
+    work: str  # scratch for intermediate files; always removed
+
+    def out(self, name: str) -> str:
+        return os.path.join(self.stage, name)
+
+
+@dataclass
+class Function:
+    """A function module's declaration, collected by the dispatcher."""
+
+    name: str
+    params: list[Param]
+    run: Callable[[Context], dict[str, Any] | None]
+    inputs: tuple[int, int | None] = (1, 1)  # (fewest, most; None = no limit)
+    metadata: list[str] = field(default_factory=list)
+    warmup: Callable[[], None] | None = None
+
+
+# ---------------------------------------------------------------- argv
+
+
+def parse_argv(fn: Function, argv: list[str]) -> tuple[list[str], dict[str, Any], str, str]:
+    specs = {p.name: p for p in fn.params}
+    inputs: list[str] = []
+    raw: dict[str, str] = {}
+    output_dir = metadata = None
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        if not tok.startswith("--") or len(tok) < 3:
+            raise UsageError(f"unexpected argument {tok!r} (arguments are --name value)")
+        name, eq, value = tok[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(argv):
+                raise UsageError(f"--{name} needs a value")
+            value = argv[i + 1]
+            i += 1
+        i += 1
+        if name == "input":
+            inputs.append(value)
+        elif name == "output-dir":
+            output_dir = value
+        elif name == "metadata":
+            metadata = value
+        elif name in specs:
+            if name in raw:
+                raise UsageError(f"--{name} given twice")
+            raw[name] = value
+        else:
+            known = ", ".join(p.name for p in fn.params) or "none"
+            raise UsageError(f"unknown parameter --{name} (parameters of {fn.name}: {known})")
+    if not output_dir:
+        raise UsageError("--output-dir is required")
+    if not metadata:
+        raise UsageError("--metadata is required")
+    lo, hi = fn.inputs
+    if len(inputs) < lo or (hi is not None and len(inputs) > hi):
+        want = f"{lo}" if lo == hi else f"{lo} to {hi}" if hi is not None else f"at least {lo}"
+        raise UsageError(f"{fn.name} takes {want} --input, got {len(inputs)}")
+    params: dict[str, Any] = {}
+    for p in fn.params:
+        if p.name in raw:
+            params[p.name] = p.parse(raw[p.name])
+        elif p.required:
+            raise UsageError(f"missing required parameter --{p.name}")
+        else:
+            params[p.name] = p.default
+    return inputs, params, output_dir, metadata
+
+
+# ---------------------------------------------------------------- running tools
+
+
+def ffmpeg_threads() -> int | None:
+    value = os.environ.get("VFLOW_FFMPEG_THREADS", "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise UsageError(f"VFLOW_FFMPEG_THREADS must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _tail(text: str, n: int = TAIL_LINES) -> list[str]:
+    return [ln for ln in text.splitlines() if ln.strip()][-n:]
+
+
+def ffmpeg(args: list[str], what: str, on: str, cwd: str | None = None) -> None:
+    """Run ffmpeg; the last arg must be the output. Raises FnError naming `on`."""
+    threads = ffmpeg_threads()
+    if threads:
+        # -threads before each -i sets the decoder's, before the output the encoder's.
+        t = ["-threads", str(threads)]
+        out = []
+        for a in args[:-1]:
+            out += t + [a] if a == "-i" else [a]
+        args = ["-filter_threads", str(threads), "-filter_complex_threads", str(threads)] + out + t + args[-1:]
+    cmd = ["ffmpeg", "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error", "-y"] + args
+    _run(cmd, what, on, cwd=cwd)
+
+
+def _run(cmd: list[str], what: str, on: str, cwd: str | None = None) -> str:
+    try:
+        # SIGXFSZ is ignored in the child so that a file-size limit reads as a write error.
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd,
+                              preexec_fn=lambda: signal.signal(signal.SIGXFSZ, signal.SIG_IGN))
+    except FileNotFoundError:
+        raise FnError(f"{what} failed on input {on}: {cmd[0]} is not installed") from None
+    stderr = proc.stderr.decode("utf-8", "replace")
+    if proc.returncode != 0:
+        how = (f"killed by signal {-proc.returncode}" if proc.returncode < 0
+               else f"exit status {proc.returncode}")
+        raise FnError(f"{what} failed on input {on}: {cmd[0]} {how}", _tail(stderr))
+    return proc.stdout.decode("utf-8", "replace")
+
+
+def ffprobe(path: str, extra: list[str] | None = None) -> dict:
+    """Format and streams of a media file, or FnError saying the input is unreadable."""
+    cmd = ["ffprobe", "-hide_banner", "-v", "error", "-of", "json", "-show_format", "-show_streams"]
+    out = _run(cmd + (extra or []) + [path], "reading", path)
+    info = json.loads(out or "{}")
+    if not info.get("streams"):
+        raise FnError(f"reading failed on input {path}: no audio or video streams found")
+    return info
+
+
+def probe_packets(path: str, stream_index: int) -> list[dict]:
+    """Packets (pts_time, duration_time, flags) of one stream, without decoding."""
+    cmd = ["ffprobe", "-hide_banner", "-v", "error", "-of", "json", "-select_streams", str(stream_index),
+           "-show_entries", "packet=pts_time,duration_time,flags", path]
+    return json.loads(_run(cmd, "reading packets", path) or "{}").get("packets", [])
+
+
+_ENCODERS: set[str] | None = None
+
+
+def has_encoder(name: str) -> bool:
+    global _ENCODERS
+    if _ENCODERS is None:
+        out = _run(["ffmpeg", "-hide_banner", "-encoders"], "listing encoders", "-")
+        _ENCODERS = {ln.split()[1] for ln in out.splitlines()
+                     if len(ln.split()) > 1 and re.match(r"^ [VAS][.A-Z]{5} ", ln)}
+    return name in _ENCODERS
+
+
+# ---------------------------------------------------------------- media facts
+
+
+def video_stream(info: dict, on: str, required: bool = True) -> dict | None:
+    """The first real video stream (cover art is skipped), checked to be decodable."""
+    for s in info["streams"]:
+        if s.get("codec_type") == "video" and not s.get("disposition", {}).get("attached_pic"):
+            if s.get("codec_name") in (None, "none", "unknown"):
+                tag = s.get("codec_tag_string", "?")
+                raise FnError(f"unsupported video codec (tag {tag!r}) in input {on}: ffmpeg cannot decode it")
+            return s
+    if required:
+        raise FnError(f"input {on} has no video stream")
+    return None
+
+
+def audio_stream(info: dict) -> dict | None:
+    for s in info["streams"]:
+        if s.get("codec_type") == "audio" and s.get("codec_name") not in (None, "none", "unknown"):
+            return s
+    return None
+
+
+def frame_rate(stream: dict) -> float:
+    for key in ("avg_frame_rate", "r_frame_rate"):
+        num, _, den = stream.get(key, "0/0").partition("/")
+        try:
+            if float(den or 1) > 0 and float(num) > 0:
+                return float(num) / float(den or 1)
+        except ValueError:
+            pass
+    return 25.0
+
+
+def duration(info: dict) -> float:
+    try:
+        return float(info["format"]["duration"])
+    except (KeyError, ValueError):
+        return 0.0
+
+
+MP4_VIDEO = {"h264", "hevc", "av1", "vp9", "mpeg4"}
+MP4_AUDIO = {"aac", "mp3", "opus", "ac3", "eac3", "alac", "flac"}
+WEBM_VIDEO = {"vp8", "vp9", "av1"}
+WEBM_AUDIO = {"opus", "vorbis"}
+
+
+def fits(container: str, vcodec: str | None, acodec: str | None) -> bool:
+    """Whether stream copies of these codecs can go into the container."""
+    if container == "mkv":
+        return True
+    v_ok, a_ok = (MP4_VIDEO, MP4_AUDIO) if container == "mp4" else (WEBM_VIDEO, WEBM_AUDIO)
+    return (vcodec is None or vcodec in v_ok) and (acodec is None or acodec in a_ok)
+
+
+def pick_container(vcodec: str | None, acodec: str | None) -> str:
+    """mp4 where the codecs allow it (most players), then webm, else mkv (holds anything)."""
+    for c in ("mp4", "webm"):
+        if fits(c, vcodec, acodec):
+            return c
+    return "mkv"
+
+
+EXT = {"mp4": "mp4", "mkv": "mkv", "webm": "webm"}
+FORMAT = {"mp4": "mp4", "mkv": "matroska", "webm": "webm"}
+
+
+def muxer_args(container: str) -> list[str]:
+    # faststart puts the index first so a segment can be read while streaming.
+    return {"mp4": ["-f", "mp4", "-movflags", "+faststart"], "mkv": ["-f", "matroska"],
+            "webm": ["-f", "webm"]}[container]
+
+
+def audio_args(acodec: str | None, container: str) -> list[str]:
+    """Copy audio where the container takes it (keeps joins gap-free), else encode it."""
+    if acodec is None:
+        return []
+    if fits(container, None, acodec):
+        return ["-c:a", "copy"]
+    return ["-c:a", "libopus", "-b:a", "128k"] if container == "webm" else ["-c:a", "aac", "-b:a", "160k"]
+
+
+PRESETS = ["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
+CRF_MAX = {"h264": 51, "hevc": 51, "vp9": 63, "av1": 63}
+
+
+def video_encoder_args(codec: str, crf: int | None, preset: str, bitrate: str | None = None) -> list[str]:
+    """Encoder options for one of h264|hevc|vp9|av1, with speed mapped from the x264 preset."""
+    speed = PRESETS.index(preset)  # 0 fastest .. 8 slowest
+    if crf is not None and crf > CRF_MAX[codec]:
+        raise UsageError(f"--crf {crf} is out of range for {codec}: maximum is {CRF_MAX[codec]}")
+    rate = ["-b:v", bitrate] if bitrate else ["-crf", str(crf)]
+    if codec in ("h264", "hevc"):
+        enc = "libx264" if codec == "h264" else "libx265"
+        _need(enc, codec)
+        extra = ["-x265-params", "log-level=error"] if codec == "hevc" else []
+        tag = ["-tag:v", "hvc1"] if codec == "hevc" else []  # hvc1 plays in Apple players
+        return ["-c:v", enc, "-preset", preset, *rate, *extra, *tag, "-pix_fmt", "yuv420p"]
+    if codec == "vp9":
+        _need("libvpx-vp9", codec)
+        cpu_used = [8, 8, 7, 6, 5, 4, 3, 2, 1][speed]
+        deadline = "realtime" if speed <= 2 else "good"
+        rate = rate if bitrate else rate + ["-b:v", "0"]  # -b:v 0 makes crf constant quality
+        return ["-c:v", "libvpx-vp9", *rate, "-deadline", deadline, "-cpu-used", str(cpu_used),
+                "-row-mt", "1", "-pix_fmt", "yuv420p"]
+    if codec == "av1":
+        if has_encoder("libsvtav1"):
+            svt = [12, 12, 11, 10, 9, 8, 6, 4, 2][speed]
+            return ["-c:v", "libsvtav1", *rate, "-preset", str(svt), "-pix_fmt", "yuv420p"]
+        _need("libaom-av1", codec)
+        cpu_used = [8, 8, 7, 6, 5, 4, 3, 2, 1][speed]
+        return ["-c:v", "libaom-av1", *rate, "-cpu-used", str(cpu_used), "-row-mt", "1",
+                *(["-usage", "realtime"] if speed <= 2 else []), "-pix_fmt", "yuv420p"]
+    raise UsageError(f"unsupported codec {codec!r}")
+
+
+def _need(encoder: str, codec: str) -> None:
+    if not has_encoder(encoder):
+        raise UsageError(f"codec {codec} needs the {encoder} encoder, which this ffmpeg build lacks")
+
+
+def encode_video(ctx: "Context", src: str, info: dict, what: str, *, vfilter: str | None = None,
+                 graph: str | None = None, extra_inputs: tuple[str, ...] = (), codec: str = "h264",
+                 crf: int | None = 23, preset: str = "veryfast", bitrate: str | None = None,
+                 container: str | None = None, cwd: str | None = None) -> str:
+    """Filter and re-encode the first video stream, copy the first audio stream.
+
+    `graph` is a filter_complex chain reading [vin] and ending in [vout]; the output is
+    output.<mp4|webm|mkv> in the staging folder. Frames pass through one for one
+    (-fps_mode passthrough), so per-segment stages keep the frame count.
+    """
+    v, a = video_stream(info, src), audio_stream(info)
+    acodec = a["codec_name"] if a else None
+    container = container or pick_container(codec, acodec)
+    enc = video_encoder_args(codec, crf, preset, bitrate)
+    ins = ["-i", src] + [x for p in extra_inputs for x in ("-i", p)]
+    if graph:
+        vmap = ["-filter_complex", graph.replace("[vin]", f"[0:{v['index']}]"), "-map", "[vout]"]
+    else:
+        vmap = ["-map", f"0:{v['index']}"] + (["-vf", vfilter] if vfilter else [])
+    amap = (["-map", f"0:{a['index']}"] + audio_args(acodec, container)) if a else []
+    out = ctx.out(f"output.{EXT[container]}")
+    ffmpeg([*ins, *vmap, *enc, *amap, "-fps_mode", "passthrough", *muxer_args(container), out], what, src, cwd=cwd)
+    return out
+
+
+def check_complete(src: str, info: dict, out: str) -> None:
+    """A truncated or damaged input can decode "successfully" to a shorter output: refuse it."""
+    want = float(video_stream(info, src).get("duration") or duration(info) or 0)
+    got_info = ffprobe(out)
+    got = float(video_stream(got_info, out).get("duration") or duration(got_info) or 0)
+    fps = frame_rate(video_stream(info, src))
+    if want and got < want - max(0.5, 3 / fps):
+        raise FnError(f"input {src} looks truncated or damaged: it declares {want:.3f} s of video "
+                      f"but only {got:.3f} s could be decoded")
+
+
+# ---------------------------------------------------------------- the run
+
+
+def _say(fn: str, kind: str, message: str) -> None:
+    print(f"vflow-fn {fn}: {kind}: {message}", file=sys.stderr)
+
+
+def _on_sigterm(signum, frame):  # turn SIGTERM into an exception so cleanup runs
+    raise SystemExit(128 + signum)
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
+    try:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink(tmp)
+        raise
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def main(fn: Function, argv: list[str]) -> int:
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    if "--warmup" in argv:
+        try:
+            if fn.warmup:
+                fn.warmup()
+            return 0
+        except (UsageError, FnError) as e:
+            _say(fn.name, "warm-up failed", str(e))
+            return EXIT_FAIL
+    stage = work = None
+    moved: list[str] = []
+    ok = False
+    try:
+        inputs, params, output_dir, metadata_path = parse_argv(fn, argv)
+        for path in inputs:
+            if not os.path.isfile(path):
+                raise FnError(f"input {path} does not exist or is not a file")
+            if os.path.getsize(path) == 0:
+                raise FnError(f"input {path} is empty")
+        os.makedirs(output_dir, exist_ok=True)
+        stage = tempfile.mkdtemp(prefix=".partial-", dir=output_dir)
+        work = tempfile.mkdtemp(prefix=".work-", dir=output_dir)
+        ctx = Context(fn.name, inputs, params, output_dir, stage, work)
+        meta = fn.run(ctx) or {}
+        missing = [k for k in fn.metadata if k not in meta]
+        if missing:
+            raise RuntimeError(f"metadata keys {missing} were not produced")
+        # Commit: each rename is atomic and stays inside the output folder.
+        for name in sorted(os.listdir(stage)):
+            os.replace(os.path.join(stage, name), os.path.join(output_dir, name))
+            moved.append(os.path.join(output_dir, name))
+        write_json_atomic(metadata_path, {k: meta[k] for k in fn.metadata})
+        ok = True
+        return 0
+    except UsageError as e:
+        _say(fn.name, "usage error", str(e))
+        return EXIT_USAGE
+    except FnError as e:
+        _say(fn.name, "error", str(e))
+        if e.tail:
+            print(f"--- last {len(e.tail)} lines of ffmpeg's stderr ---", file=sys.stderr)
+            for line in e.tail:
+                print(line, file=sys.stderr)
+        return EXIT_FAIL
+    except OSError as e:  # e.g. ENOSPC while writing JSON or moving files
+        _say(fn.name, "error", f"{e.strerror or e} ({e.filename or 'output'})")
+        return EXIT_FAIL
+    except SystemExit as e:
+        _say(fn.name, "error", f"stopped by a signal (exit {e.code}); outputs removed")
+        return int(e.code) if isinstance(e.code, int) else EXIT_FAIL
+    except Exception as e:  # a bug: say so plainly, with the trace for the logs
+        traceback.print_exc()
+        _say(fn.name, "internal error", f"{type(e).__name__}: {e}")
+        return EXIT_FAIL
+    finally:
+        for d in (stage, work):
+            if d:
+                shutil.rmtree(d, ignore_errors=True)
+        if not ok:  # a failure after some renames must not leave half a result
+            for path in moved:
+                _unlink(path)
