@@ -198,6 +198,8 @@ def ffmpeg(args: list[str], what: str, on: str, cwd: str | None = None) -> None:
 
 
 def _run(cmd: list[str], what: str, on: str, cwd: str | None = None) -> str:
+    if os.environ.get("VFLOW_FN_DEBUG"):
+        print("+ " + " ".join(cmd), file=sys.stderr)
     try:
         # SIGXFSZ is ignored in the child so that a file-size limit reads as a write error.
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd,
@@ -437,8 +439,9 @@ def main(fn: Function, argv: list[str]) -> int:
             if fn.warmup:
                 fn.warmup()
             return 0
-        except (UsageError, FnError) as e:
-            _say(fn.name, "warm-up failed", str(e))
+        except Exception as e:  # the instance must not report ready: say why
+            _say(fn.name, "warm-up failed", str(e) if isinstance(e, (UsageError, FnError))
+                 else f"{type(e).__name__}: {e}")
             return EXIT_FAIL
     stage = work = None
     moved: list[str] = []
@@ -450,6 +453,7 @@ def main(fn: Function, argv: list[str]) -> int:
                 raise FnError(f"input {path} does not exist or is not a file")
             if os.path.getsize(path) == 0:
                 raise FnError(f"input {path} is empty")
+        output_dir = os.path.abspath(output_dir)
         os.makedirs(output_dir, exist_ok=True)
         stage = tempfile.mkdtemp(prefix=".partial-", dir=output_dir)
         work = tempfile.mkdtemp(prefix=".work-", dir=output_dir)
