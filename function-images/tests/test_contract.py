@@ -1,0 +1,130 @@
+"""The argv contract: params from the profile, exit codes, metadata, warm-up, threads, profiles."""
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import FN, HERE
+
+ROOT = HERE.parent
+FUNCTIONS = sorted(d.name for d in ROOT.iterdir() if (d / "profile.yaml").is_file())
+sys.path.insert(0, str(ROOT / "base"))
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location("t_" + name.replace("-", "_"),
+                                                  ROOT / name / (name.replace("-", "_") + ".py"))
+    m = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(m)
+    return m.FUNCTION
+
+
+def test_all_functions_present():
+    assert FUNCTIONS == sorted(["probe", "segment", "scale", "crop", "transcode", "thumbnail", "sprite",
+                                "watermark", "extract-audio", "stitch", "blur", "detect"])
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_profile_matches_function(name):
+    doc = yaml.safe_load((ROOT / name / "profile.yaml").read_text())
+    spec, fn = doc["spec"], load(name)
+    assert doc["kind"] == "FunctionProfile" and doc["metadata"]["name"] == name
+    assert spec["command"] == ["/usr/local/bin/vflow-fn", name]
+    assert spec["image"].startswith(f"ghcr.io/vflow/fn-{name}:")
+    if fn.warmup:
+        assert spec["warmupCommand"] == ["/usr/local/bin/vflow-fn", name, "--warmup"]
+    declared = [{k: v for k, v in p.items() if k != "description"} for p in spec.get("params") or []]
+    accepted = []
+    for p in fn.params:
+        d = {"name": p.name, "type": p.type}
+        if p.required:
+            d["required"] = True
+        if p.default is not None:
+            d["default"] = p.default
+        if p.minimum is not None:
+            d["minimum"] = p.minimum
+        if p.maximum is not None:
+            d["maximum"] = p.maximum
+        if p.enum:
+            d["enum"] = p.enum
+        accepted.append(d)
+    assert declared == accepted
+    meta = [m["name"] for m in (spec.get("produces") or {}).get("metadata", [])]
+    assert meta == fn.metadata
+    assert (ROOT / name / "Dockerfile").is_file()
+
+
+def run(*args, env=None):
+    return subprocess.run([str(FN), *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
+
+
+def usage(tmp_path, *args):
+    p = run(args[0], "--output-dir", tmp_path / "o", "--metadata", tmp_path / "m.json", *args[1:])
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "usage error" in lines[0], p.stderr
+    assert not (tmp_path / "o").exists() or not os.listdir(tmp_path / "o")
+    return lines[0]
+
+
+@pytest.mark.parametrize("args, says", [
+    (["scale", "--input", "x.mp4", "--height", "240", "--bogus", "1"], "unknown parameter --bogus"),
+    (["scale", "--input", "x.mp4"], "missing required parameter --height"),
+    (["scale", "--input", "x.mp4", "--height", "10"], "minimum is 32"),
+    (["scale", "--input", "x.mp4", "--height", "240.5"], "must be an integer"),
+    (["scale", "--input", "x.mp4", "--height", "abc"], "must be a number"),
+    (["scale", "--input", "x.mp4", "--height", "240", "--codec", "mpeg2"], "must be one of"),
+    (["segment", "--input", "x.mp4", "--seconds", "0.1"], "minimum is 0.5"),
+    (["thumbnail", "--input", "x.mp4", "--sceneChange", "yes"], "true or false"),
+    (["scale", "--height", "240"], "takes 1 --input, got 0"),
+    (["blur", "--input", "x.mp4"], "takes 2 --input"),
+    (["detect", "--input", "x.mp4", "--threshold", "1.5"], "maximum is 1"),
+    (["scale", "--input", "x.mp4", "--height", "240", "--height", "360"], "given twice"),
+])
+def test_usage_errors_exit_2(tmp_path, args, says):
+    assert says in usage(tmp_path, *args)
+
+
+def test_param_checked_against_codec(tmp_path, clips):
+    assert "maximum is 51" in usage(tmp_path, "scale", "--input", clips["gop25"], "--height", "240", "--crf", "60")
+
+
+def test_unknown_function_and_missing_dirs(tmp_path):
+    assert run("nope").returncode == 2
+    assert run("probe", "--input", "x").returncode == 2
+
+
+def test_missing_input_exits_1_naming_it(tmp_path, fn):
+    r = fn("scale", [tmp_path / "absent.mp4"], height=240)
+    assert r.rc == 1 and "absent.mp4" in r.stderr and r.files() == [] and r.meta is None
+
+
+def test_warmup(tmp_path):
+    for name in ("scale", "detect"):
+        p = run(name, "--warmup", env={"VFLOW_DETECT_BACKEND": "haar"})
+        assert p.returncode == 0, p.stderr
+
+
+def test_threads_env_reaches_ffmpeg(fn, clips):
+    r = fn("scale", [clips["gop25"]], height=120, preset="ultrafast",
+           env={"VFLOW_FFMPEG_THREADS": "1", "VFLOW_FN_DEBUG": "1"})
+    assert r.rc == 0, r
+    cmd = next(ln for ln in r.stderr.splitlines() if ln.startswith("+ ffmpeg") and "libx264" in ln)
+    assert "-threads 1 -i" in cmd and cmd.count("-threads 1") >= 2
+    bad = fn("scale", [clips["gop25"]], height=120, env={"VFLOW_FFMPEG_THREADS": "many"})
+    assert bad.rc == 2
+
+
+def test_metadata_is_only_declared_keys(fn, clips):
+    r = fn("probe", [clips["gop25"]])
+    assert r.rc == 0, r
+    assert r.meta == {"duration": pytest.approx(10.0, abs=0.05), "width": 640, "height": 360,
+                      "codec": "h264", "streams": 2}
+    assert r.files() == ["probe.json"]
+    r = fn("scale", [clips["gop25"]], height=120, preset="ultrafast")
+    assert r.meta == {}

@@ -1,0 +1,263 @@
+"""Each function's output, checked with ffprobe, on generated clips and the real clips."""
+import json
+import math
+
+import pytest
+
+from conftest import astream, count_frames, fps, packets, probe, stream_duration, vstream
+
+
+def frame_tol(path):
+    return 1.0 / fps(path) + 1e-3
+
+
+def test_probe_multistream(fn, videos):
+    r = fn("probe", [videos["nasa"]])
+    assert r.rc == 0, r
+    assert r.meta["streams"] == 6 and r.meta["width"] == 320 and r.meta["codec"] == "h264"
+    assert len(json.loads((r.out / "probe.json").read_text())["streams"]) == 6
+
+
+def check_segments(r, src, seconds, expect_n):
+    segs = sorted(r.out.iterdir())
+    assert r.meta["segments"] == len(segs) == expect_n, r
+    assert r.meta["duration"] == pytest.approx(float(probe(src)["format"]["duration"]), abs=1e-3)
+    for s in segs:
+        pk = packets(s)
+        assert "K" in min(pk, key=lambda p: float(p["pts_time"]))["flags"], f"{s.name} starts without a keyframe"
+    total = sum(count_frames(s) for s in segs)
+    assert total == count_frames(src)
+    durs = [stream_duration(s) for s in segs]
+    assert sum(durs) == pytest.approx(stream_duration(src), abs=frame_tol(src) * 2)
+    return segs, durs
+
+
+def test_segment_stream_copy_at_keyframes(fn, clips):
+    r = fn("segment", [clips["gop25"]], seconds=2)
+    assert r.rc == 0, r
+    segs, durs = check_segments(r, clips["gop25"], 2, 5)
+    assert [s.name for s in segs] == [f"segment-{i:05d}.mp4" for i in range(5)]
+    assert all(d == pytest.approx(2.0, abs=0.05) for d in durs)
+    # stream copy keeps the source's encoding: ultrafast x264 has no B-frames and GOP 25.
+    assert sum(1 for p in packets(segs[1]) if "K" in p["flags"]) == 2
+
+
+def test_segment_reencodes_when_gop_too_long(fn, clips):
+    r = fn("segment", [clips["longgop"]], seconds=2)
+    assert r.rc == 0, r
+    segs, durs = check_segments(r, clips["longgop"], 2, 5)
+    assert all(d == pytest.approx(2.0, abs=0.05) for d in durs)
+    never = fn("segment", [clips["longgop"]], seconds=2, reencode="never")
+    assert never.rc == 0 and never.meta["segments"] == 1
+
+
+def test_segment_multistream_keeps_first_video_and_audio(fn, videos):
+    r = fn("segment", [videos["nasa"]], seconds=4)
+    assert r.rc == 0, r
+    for s in sorted(r.out.iterdir()):
+        kinds = [(x["codec_type"], x.get("width")) for x in probe(s)["streams"]]
+        assert kinds == [("video", 320), ("audio", None)]
+
+
+def test_segment_vp8_webm_stream_copy(fn, videos):
+    r = fn("segment", [videos["bbb"]], seconds=5)
+    assert r.rc == 0, r
+    segs, _ = check_segments(r, videos["bbb"], 5, 6)
+    assert all(s.suffix == ".webm" and vstream(s)["codec_name"] == "vp8" for s in segs)
+
+
+def split_scale_stitch(fn, src, seconds, height, container="mp4"):
+    seg = fn("segment", [src], seconds=seconds)
+    assert seg.rc == 0, seg
+    scaled = []
+    for s in sorted(seg.out.iterdir()):
+        r = fn("scale", [s], height=height, preset="ultrafast")
+        assert r.rc == 0, r
+        scaled += [r.out / f for f in r.files()]
+    st = fn("stitch", scaled, container=container)
+    assert st.rc == 0, st
+    return scaled, st.out / st.files()[0]
+
+
+@pytest.mark.parametrize("clip", ["gop25", "longgop"])
+def test_split_scale_stitch_generated(fn, clips, clip):
+    src = clips[clip]
+    _, out = split_scale_stitch(fn, src, 2, 180)
+    assert count_frames(out) == count_frames(src) == 250
+    assert stream_duration(out) == pytest.approx(stream_duration(src), abs=frame_tol(src))
+    assert stream_duration(out, "a:0") == pytest.approx(stream_duration(src, "a:0"), abs=0.05)
+    v = vstream(out)
+    assert (v["width"], v["height"], v["codec_name"]) == (320, 180, "h264")
+
+
+@pytest.mark.parametrize("clip, seconds, container", [("intel", 5, "mp4"), ("bbb", 5, "mkv")])
+def test_split_scale_stitch_real(fn, videos, clip, seconds, container):
+    src = videos[clip]
+    _, out = split_scale_stitch(fn, src, seconds, 144, container)
+    assert count_frames(out) == count_frames(src)
+    assert stream_duration(out) == pytest.approx(stream_duration(src), abs=2 * frame_tol(src))
+    assert vstream(out)["height"] == 144 and astream(out) is not None
+
+
+def test_stitch_refuses_wrong_order_missing_and_mismatch(fn, clips):
+    scaled, _ = split_scale_stitch(fn, clips["gop25"], 2, 180)
+    swapped = fn("stitch", [scaled[0], scaled[2], scaled[1], *scaled[3:]])
+    assert swapped.rc == 1 and "out of order" in swapped.stderr and swapped.files() == []
+    missing = fn("stitch", [scaled[0], *scaled[2:]])
+    assert missing.rc == 1 and "missing" in missing.stderr and str(scaled[2]) in missing.stderr
+    other = fn("scale", [scaled[1]], height=120, preset="ultrafast")
+    mixed = fn("stitch", [scaled[0], other.out / "output.mp4"], checkOrder=False)
+    assert mixed.rc == 1 and "width" in mixed.stderr and "output.mp4" in mixed.stderr
+    webm = fn("stitch", scaled, container="webm")
+    assert webm.rc == 2 and "webm" in webm.stderr
+
+
+def test_scale_codecs(fn, clips):
+    for codec in ("hevc", "vp9", "av1"):
+        r = fn("scale", [clips["faststart"]], height=144, codec=codec, preset="ultrafast", crf=40)
+        assert r.rc == 0, r
+        out = r.out / r.files()[0]
+        v = vstream(out)
+        assert (v["codec_name"], v["height"], v["width"]) == (codec, 144, 256)
+        assert count_frames(out) == count_frames(clips["faststart"])
+
+
+def test_crop(fn, clips):
+    r = fn("crop", [clips["faststart"]], w=320, h=180, x=100, y=50, preset="ultrafast")
+    assert r.rc == 0, r
+    v = vstream(r.out / "output.mp4")
+    assert (v["width"], v["height"]) == (320, 180)
+    bad = fn("crop", [clips["faststart"]], w=600, h=180, x=100, y=0)
+    assert bad.rc == 2 and "640x360" in bad.stderr and "faststart.mp4" in bad.stderr
+
+
+def test_transcode_bitrate_webm_and_both_rates(fn, clips):
+    r = fn("transcode", [clips["faststart"]], codec="vp9", bitrate="300k", container="webm", preset="ultrafast")
+    assert r.rc == 0, r
+    out = r.out / "output.webm"
+    assert vstream(out)["codec_name"] == "vp9" and astream(out)["codec_name"] == "opus"
+    assert stream_duration(out) == pytest.approx(6.0, abs=0.05)
+    r = fn("transcode", [clips["faststart"]], codec="hevc", crf=30, container="mkv", preset="ultrafast")
+    assert r.rc == 0 and vstream(r.out / "output.mkv")["codec_name"] == "hevc"
+    assert fn("transcode", [clips["faststart"]], crf=20, bitrate="1M").rc == 2
+    assert fn("transcode", [clips["faststart"]], bitrate="fast").rc == 2
+    assert fn("transcode", [clips["faststart"]], codec="h264", container="webm").rc == 2
+
+
+def test_thumbnails_every_n_seconds(fn, clips):
+    r = fn("thumbnail", [clips["gop25"]], every=3, width=160)
+    assert r.rc == 0, r
+    assert r.files() == [f"thumb-{i:05d}.jpg" for i in range(4)]  # 0, 3, 6, 9 s
+    assert r.meta == {"thumbnails": 4}
+    v = vstream(r.out / "thumb-00003.jpg")
+    assert (v["width"], v["height"]) == (160, 90)
+
+
+def test_thumbnails_on_scene_change(fn, videos):
+    r = fn("thumbnail", [videos["bbb"]], sceneChange=True, width=128)
+    assert r.rc == 0, r
+    assert 2 <= r.meta["thumbnails"] == len(r.files()) < 30
+
+
+def test_sprite_from_thumbnails_and_from_video(fn, clips):
+    th = fn("thumbnail", [clips["gop25"]], every=2, width=160)
+    imgs = [th.out / f for f in th.files()]
+    r = fn("sprite", imgs, columns=3, width=100)
+    assert r.rc == 0, r
+    v = vstream(r.out / "sprite.jpg")
+    assert r.meta == {"tiles": 5, "rows": 2} and (v["width"], v["height"]) == (300, 2 * 56)
+    r = fn("sprite", [clips["gop25"]], columns=4, width=64, every=1)
+    assert r.rc == 0, r
+    assert r.meta == {"tiles": 10, "rows": 3} and vstream(r.out / "sprite.jpg")["width"] == 256
+    assert fn("sprite", [clips["gop25"], imgs[0]]).rc == 2
+
+
+def test_watermark_text_and_image(fn, clips, tmp_path):
+    src = clips["faststart"]
+    r = fn("watermark", [src], text="it's 100%: [vflow], ok", position="topLeft", preset="ultrafast")
+    assert r.rc == 0, r
+    out = r.out / "output.mp4"
+    assert count_frames(out) == count_frames(src) and vstream(out)["width"] == 640
+    th = fn("thumbnail", [src], every=5, width=64)
+    r = fn("watermark", [src, th.out / "thumb-00000.jpg"], position="center", opacity=0.5, preset="ultrafast")
+    assert r.rc == 0, r
+    assert count_frames(r.out / "output.mp4") == count_frames(src)
+    assert fn("watermark", [src]).rc == 2  # neither text nor image
+
+
+@pytest.mark.parametrize("codec, name, acodec", [("aac", "audio.m4a", "aac"), ("opus", "audio.opus", "opus"),
+                                                 ("flac", "audio.flac", "flac"), ("copy", "audio.ogg", "vorbis")])
+def test_extract_audio(fn, videos, codec, name, acodec):
+    r = fn("extract-audio", [videos["bbb"]], codec=codec)
+    assert r.rc == 0, r
+    assert r.files() == [name]
+    out = r.out / name
+    assert astream(out)["codec_name"] == acodec and not any(
+        s["codec_type"] == "video" for s in probe(out)["streams"])
+    # within an audio packet (plus codec priming) of the source's audio
+    assert float(probe(out)["format"]["duration"]) == pytest.approx(30.0, abs=0.1)
+
+
+def test_extract_audio_without_audio(fn, tmp_path):
+    from conftest import ffmpeg
+    silent = tmp_path / "silent.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=160x90:duration=1", "-c:v", "libx264", "-preset", "ultrafast", silent)
+    r = fn("extract-audio", [silent])
+    assert r.rc == 1 and "no audio stream" in r.stderr and "silent.mp4" in r.stderr
+
+
+def sharpness(path, frame, box):
+    import cv2
+    cap = cv2.VideoCapture(str(path))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, frame)
+    ok, img = cap.read()
+    assert ok
+    x, y, w, h = box
+    return cv2.Laplacian(cv2.cvtColor(img[y:y + h, x:x + w], cv2.COLOR_BGR2GRAY), cv2.CV_64F).var()
+
+
+def test_blur_regions_from_detections(fn, clips, tmp_path):
+    src = clips["gop25"]
+    det = {"version": 1, "width": 640, "height": 360, "everyNth": 5, "frames": [
+        {"frame": n, "time": n / 25, "objects": [{"label": "face", "score": 0.9, "box": [100, 100, 200, 120]}]}
+        for n in range(0, 100, 5)] + [{"frame": n, "time": n / 25, "objects": []} for n in range(100, 250, 5)]}
+    (tmp_path / "det.json").write_text(json.dumps(det))
+    r = fn("blur", [src, tmp_path / "det.json"], strength=10, preset="ultrafast")
+    assert r.rc == 0, r
+    out = r.out / "output.mp4"
+    assert r.meta == {"regions": 1} and count_frames(out) == 250
+    inside = (120, 120, 150, 80)
+    assert sharpness(out, 50, inside) < 0.3 * sharpness(src, 50, inside)  # blurred while detected
+    assert sharpness(out, 150, inside) > 0.7 * sharpness(src, 150, inside)  # untouched after
+    (tmp_path / "bad.json").write_text("{not json")
+    bad = fn("blur", [src, tmp_path / "bad.json"])
+    assert bad.rc == 1 and "bad.json" in bad.stderr and bad.files() == []
+
+
+def test_detect_cpu_fallback_writes_per_frame_json(fn, videos):
+    r = fn("detect", [videos["intel"]], everyNth=10, threshold=0.0, env={"VFLOW_DETECT_BACKEND": "haar"})
+    assert r.rc == 0, r
+    doc = json.loads((r.out / "detections.json").read_text())
+    n = count_frames(videos["intel"])
+    assert doc["backend"].startswith("haar") and doc["width"] == 768 and doc["height"] == 432
+    assert [f["frame"] for f in doc["frames"]] == list(range(0, n, 10))
+    assert r.meta == {"objects": sum(len(f["objects"]) for f in doc["frames"]), "frames": math.ceil(n / 10)}
+    for f in doc["frames"]:
+        for o in f["objects"]:
+            x, y, w, h = o["box"]
+            assert o["label"] == "face" and 0 <= o["score"] <= 1 and 0 <= x and x + w <= 768 and y + h <= 432
+    # the detections feed blur, which keeps the frame count
+    b = fn("blur", [videos["intel"], r.out / "detections.json"], preset="ultrafast")
+    assert b.rc == 0 and count_frames(b.out / "output.mp4") == n
+
+
+def test_detect_torch_random_weights(fn, clips):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("torchvision")
+    if not torch.cuda.is_available():
+        pytest.skip("no GPU: the torch path is exercised on the GPU machine")
+    r = fn("detect", [clips["faststart"]], randomWeights=True, threshold=0.0, everyNth=2)
+    assert r.rc == 0, r
+    doc = json.loads((r.out / "detections.json").read_text())
+    assert doc["backend"].startswith("torch:") and r.meta["frames"] == len(doc["frames"]) == 75
+    assert r.meta["objects"] == sum(len(f["objects"]) for f in doc["frames"])
