@@ -1,0 +1,318 @@
+//! Packing (ProPack): how many invocations one instance runs at once (P).
+//!
+//! For C concurrent invocations, `n(P) = ceil(m / P)` instances (m = C for the whole
+//! burst, 0.9 C for its tail, C / 2 for the median), scaling time `S(n)`, service
+//! time of one instance running P invocations `E(P)`:
+//! `T(P) = E(P) + S(n(P))`, `K(P) = E(P) * n(P) * price`, and the choice
+//! `argmin T`, `argmin K` or `argmin 0.55 (K - Kmin)/Kmin + 0.45 (T - Tmin)/Tmin`.
+//!
+//! Two changes from the paper's model, both because a Kubernetes cluster is not an
+//! unbounded FaaS pool: instances already warm do not need scaling (`S(n - warm)`),
+//! and when n exceeds what the cluster (or maxScale) can hold, invocations run in
+//! waves: `T = waves * E(P) + S(min(n, cap) - warm)`.
+
+use serde::{Deserialize, Serialize};
+
+/// Time to bring n instances up: `base + per_instance * n` (ProPack found it close to
+/// linear, about 0.046 s per instance on AWS Lambda).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingModel {
+    pub base_seconds: f64,
+    pub per_instance_seconds: f64,
+}
+
+impl ScalingModel {
+    pub fn seconds(&self, n: u32) -> f64 {
+        if n == 0 {
+            0.0
+        } else {
+            self.base_seconds + self.per_instance_seconds * f64::from(n)
+        }
+    }
+}
+
+/// E(P): measured service time at some degrees, linear in between and beyond.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceCurve {
+    points: Vec<(u32, f64)>,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("a service curve needs at least one point with P >= 1 and a positive time")]
+pub struct CurveError;
+
+impl ServiceCurve {
+    /// From (P, seconds) measurements, in any order.
+    pub fn new(mut points: Vec<(u32, f64)>) -> Result<Self, CurveError> {
+        points.retain(|&(p, e)| p >= 1 && e.is_finite() && e > 0.0);
+        points.sort_by_key(|&(p, _)| p);
+        points.dedup_by_key(|x| x.0);
+        if points.is_empty() {
+            return Err(CurveError);
+        }
+        Ok(ServiceCurve { points })
+    }
+
+    /// Invocations of `e1` seconds needing `cores_each` cores, P of them in an instance
+    /// of `instance_cores`: they share the cores once P * cores_each exceeds them, and
+    /// each extra neighbour slows all by `interference` (memory bandwidth, caches).
+    pub fn cpu_shared(e1: f64, cores_each: f64, instance_cores: f64, interference: f64) -> Self {
+        let points = [1u32, 2, 4, 8, 16, 32, 64]
+            .iter()
+            .map(|&p| {
+                let share = (f64::from(p) * cores_each / instance_cores).max(1.0);
+                (p, e1 * share * (1.0 + interference * f64::from(p - 1)))
+            })
+            .collect();
+        ServiceCurve { points }
+    }
+
+    /// From throughput measured at several process counts, relative to one process
+    /// (e.g. 8 processes -> 7.4x under MPS): the P invocations finish together after
+    /// `P * e1 / speedup(P)`.
+    pub fn from_speedups(e1: f64, speedups: &[(u32, f64)]) -> Result<Self, CurveError> {
+        ServiceCurve::new(
+            speedups
+                .iter()
+                .filter(|(_, s)| *s > 0.0)
+                .map(|&(p, s)| (p, f64::from(p) * e1 / s))
+                .collect(),
+        )
+    }
+
+    pub fn at(&self, p: u32) -> f64 {
+        let pts = &self.points;
+        let p = p.max(1);
+        let line = |a: (u32, f64), b: (u32, f64)| {
+            let t = (f64::from(p) - f64::from(a.0)) / f64::from(b.0 - a.0);
+            a.1 + t * (b.1 - a.1)
+        };
+        match pts.iter().position(|&(q, _)| q >= p) {
+            Some(k) if pts[k].0 == p => pts[k].1,
+            Some(0) => pts[0].1 * f64::from(p) / f64::from(pts[0].0).max(1.0),
+            Some(k) => line(pts[k - 1], pts[k]),
+            None if pts.len() >= 2 => line(pts[pts.len() - 2], pts[pts.len() - 1]).max(pts[pts.len() - 1].1),
+            None => pts[0].1 * f64::from(p) / f64::from(pts[0].0),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum Objective {
+    Time,
+    Cost,
+    Joint { cost_weight: f64, time_weight: f64 },
+}
+
+impl Default for Objective {
+    fn default() -> Self {
+        Objective::Joint {
+            cost_weight: 0.55,
+            time_weight: 0.45,
+        }
+    }
+}
+
+/// Which invocations' completion the time refers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Completion {
+    #[default]
+    All,
+    /// 90% of them.
+    Tail,
+    /// Half of them.
+    Median,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PackingInput {
+    pub invocations: u32,
+    pub curve: ServiceCurve,
+    pub scaling: ScalingModel,
+    /// Price of one instance for one second.
+    pub price_per_instance_second: f64,
+    /// Largest P considered.
+    pub max_degree: u32,
+    /// Instances already warm.
+    pub warm_instances: u32,
+    /// Most instances at once (cluster capacity or maxScale); None: unbounded.
+    pub max_instances: Option<u32>,
+    pub completion: Completion,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PackingOption {
+    pub degree: u32,
+    pub instances: u32,
+    pub waves: u32,
+    pub service_seconds: f64,
+    pub time_seconds: f64,
+    pub cost: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PackingChoice {
+    pub chosen: PackingOption,
+    /// P = 1, for comparison.
+    pub unpacked: PackingOption,
+    pub options: Vec<PackingOption>,
+    pub reason: String,
+}
+
+/// T(P) and K(P) for one degree.
+pub fn evaluate(input: &PackingInput, degree: u32) -> PackingOption {
+    let p = degree.max(1);
+    let m = match input.completion {
+        Completion::All => f64::from(input.invocations),
+        Completion::Tail => 0.9 * f64::from(input.invocations),
+        Completion::Median => 0.5 * f64::from(input.invocations),
+    };
+    let instances = ((m / f64::from(p)).ceil() as u32).max(1);
+    let cap = input.max_instances.unwrap_or(u32::MAX).max(1);
+    let waves = instances.div_ceil(cap);
+    let started = instances.min(cap).saturating_sub(input.warm_instances);
+    let e = input.curve.at(p);
+    let time = f64::from(waves) * e + input.scaling.seconds(started);
+    let cost = e * f64::from(instances) * input.price_per_instance_second;
+    PackingOption {
+        degree: p,
+        instances,
+        waves,
+        service_seconds: e,
+        time_seconds: time,
+        cost,
+    }
+}
+
+/// The degree that minimises the objective over P = 1..=max_degree.
+pub fn choose(input: &PackingInput, objective: Objective) -> PackingChoice {
+    let options: Vec<PackingOption> = (1..=input.max_degree.max(1))
+        .map(|p| evaluate(input, p))
+        .collect();
+    let t_min = options.iter().map(|o| o.time_seconds).fold(f64::INFINITY, f64::min);
+    let k_min = options.iter().map(|o| o.cost).fold(f64::INFINITY, f64::min);
+    let score = |o: &PackingOption| match objective {
+        Objective::Time => o.time_seconds,
+        Objective::Cost => o.cost,
+        Objective::Joint {
+            cost_weight,
+            time_weight,
+        } => {
+            cost_weight * (o.cost - k_min) / k_min.max(f64::MIN_POSITIVE)
+                + time_weight * (o.time_seconds - t_min) / t_min.max(f64::MIN_POSITIVE)
+        }
+    };
+    // Ties go to the smaller degree: fewer neighbours to fail with.
+    let chosen = options
+        .iter()
+        .fold(None::<&PackingOption>, |best, o| match best {
+            Some(b) if score(b) <= score(o) + 1e-12 => Some(b),
+            _ => Some(o),
+        })
+        .cloned()
+        .unwrap_or_else(|| evaluate(input, 1));
+    let unpacked = evaluate(input, 1);
+    let reason = format!(
+        "{} invocations: P={} gives {} instance(s), T = E({}) {:.2}s{} + S({}) = {:.2}s and cost {:.3} against P=1: T {:.2}s, cost {:.3} ({})",
+        input.invocations,
+        chosen.degree,
+        chosen.instances,
+        chosen.degree,
+        chosen.service_seconds,
+        if chosen.waves > 1 { format!(" x {} waves", chosen.waves) } else { String::new() },
+        chosen.instances.saturating_sub(input.warm_instances),
+        chosen.time_seconds,
+        chosen.cost,
+        unpacked.time_seconds,
+        unpacked.cost,
+        match objective {
+            Objective::Time => "objective: time".to_string(),
+            Objective::Cost => "objective: cost".to_string(),
+            Objective::Joint { cost_weight, time_weight } =>
+                format!("objective: {cost_weight} x cost + {time_weight} x time, each relative to its best"),
+        }
+    );
+    PackingChoice {
+        chosen,
+        unpacked,
+        options,
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(c: u32) -> PackingInput {
+        PackingInput {
+            invocations: c,
+            // 1 s alone; 2 share 2 cores; beyond, they share them.
+            curve: ServiceCurve::new(vec![(1, 1.0), (2, 1.0), (4, 2.0), (8, 4.0)]).expect("curve"),
+            scaling: ScalingModel {
+                base_seconds: 0.0,
+                per_instance_seconds: 0.046,
+            },
+            price_per_instance_second: 1.0,
+            max_degree: 8,
+            warm_instances: 0,
+            max_instances: None,
+            completion: Completion::All,
+        }
+    }
+
+    #[test]
+    fn curve_interpolates_and_extrapolates() {
+        let c = ServiceCurve::new(vec![(1, 1.0), (2, 1.0), (4, 2.0), (8, 4.0)]).expect("curve");
+        assert_eq!(c.at(3), 1.5);
+        assert_eq!(c.at(16), 8.0);
+        assert!(ServiceCurve::new(vec![(0, 1.0)]).is_err());
+        let mps = ServiceCurve::from_speedups(1.0, &[(1, 1.0), (8, 7.4)]).expect("curve");
+        assert!((mps.at(8) - 8.0 / 7.4).abs() < 1e-12);
+    }
+
+    #[test]
+    fn t_and_k_by_hand() {
+        // 1000 invocations, P = 2: 500 instances, T = 1 + 0.046 x 500 = 24 s, K = 500.
+        let o = evaluate(&input(1000), 2);
+        assert_eq!(o.instances, 500);
+        assert!((o.time_seconds - 24.0).abs() < 1e-9);
+        assert!((o.cost - 500.0).abs() < 1e-9);
+        // P = 1: T = 1 + 46 = 47 s, K = 1000.
+        let o = evaluate(&input(1000), 1);
+        assert!((o.time_seconds - 47.0).abs() < 1e-9);
+        // P = 8: 125 instances, T = 4 + 5.75 = 9.75 s, K = 500.
+        let o = evaluate(&input(1000), 8);
+        assert!((o.time_seconds - 9.75).abs() < 1e-9);
+    }
+
+    #[test]
+    fn objectives_pick_by_hand() {
+        let i = input(1000);
+        // Time: P = 8 (9.75 s; P = 7 gives 3.5 + 143 x 0.046 = 10.08 s).
+        assert_eq!(choose(&i, Objective::Time).chosen.degree, 8);
+        // Cost is 500 for every P >= 2 (and the smaller degree wins the tie).
+        assert_eq!(choose(&i, Objective::Cost).chosen.degree, 2);
+        // Joint: P = 8 has the least time and the least cost.
+        let j = choose(&i, Objective::default());
+        assert_eq!(j.chosen.degree, 8);
+        assert!(j.reason.contains("P=8"), "{}", j.reason);
+    }
+
+    #[test]
+    fn capacity_makes_waves_and_warm_instances_skip_scaling() {
+        let mut i = input(100);
+        i.max_instances = Some(10);
+        // P = 1: 100 instances in 10 waves of 1 s, and 10 started: 10 + 0.46.
+        let o = evaluate(&i, 1);
+        assert_eq!(o.waves, 10);
+        assert!((o.time_seconds - 10.46).abs() < 1e-9);
+        i.warm_instances = 10;
+        assert!((evaluate(&i, 1).time_seconds - 10.0).abs() < 1e-9);
+    }
+}

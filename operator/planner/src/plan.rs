@@ -1,0 +1,649 @@
+//! One plan for a workflow: every decision of the other modules, per stage, each with
+//! the numbers behind it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use vflow_api::{
+    BranchProbability, FunctionProfile, PrewarmPolicy, Provisioning, StagePlan, VideoWorkflow,
+    validate::StageShape,
+};
+
+use crate::{
+    branch::{BranchEstimate, BranchModel, BranchObservation, DEFAULT_PRIOR_STRENGTH},
+    dag::{Dag, DagError},
+    estimates::{Timing, invocation_rate, timing},
+    fusion::{self, FusionInput, FusionStage, Prices, TransferModel},
+    gpu::{self, GpuRequest, GpuSharing},
+    packing::{self, Completion, Objective, PackingInput, ScalingModel, ServiceCurve},
+    path::{self, LikelyPath},
+    prewarm::{self, Margin, PathStage, PrewarmAction},
+    provisioning::{self, FunctionLoad, ProvisioningConfig},
+    sizing::{SizingConfig, StageSize, size_stage},
+};
+
+/// Everything the planner is told besides the workflow and its profiles.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PlannerConfig {
+    pub sizing: SizingConfig,
+    pub gpu_sharing: GpuSharing,
+    /// Throughput of P processes on one GPU relative to one, e.g. [[1, 1.0], [8, 7.4]];
+    /// unset: the H100 measurements for the sharing mode (MPS 7.4x at 8, else 3.4x).
+    pub gpu_speedups: Option<Vec<(u32, f64)>>,
+    pub margin: Margin,
+    pub branch_prior_strength: f64,
+    pub branch_observations: Vec<BranchObservation>,
+    /// Segments a run's fan-out is expected to produce.
+    pub expected_segments: u32,
+    /// Size of a run's input.
+    pub input_bytes: f64,
+    pub transfer: TransferModel,
+    pub prices: Prices,
+    pub scaling: ScalingModel,
+    pub packing_objective: Objective,
+    pub max_packing_degree: u32,
+    /// Slow-down per extra invocation sharing an instance's CPU (caches, memory bandwidth).
+    pub cpu_interference: f64,
+    pub provisioning: ProvisioningConfig,
+    /// Invocations per second per stage, when the caller counts them; else the
+    /// profile's window rate shared among the stages that run the function.
+    pub stage_rates: BTreeMap<String, f64>,
+    pub fusion_samples: u32,
+    pub seed: u64,
+}
+
+impl Default for PlannerConfig {
+    fn default() -> Self {
+        PlannerConfig {
+            sizing: SizingConfig::default(),
+            gpu_sharing: GpuSharing::default(),
+            gpu_speedups: None,
+            margin: Margin::default(),
+            branch_prior_strength: DEFAULT_PRIOR_STRENGTH,
+            branch_observations: Vec::new(),
+            expected_segments: 8,
+            input_bytes: 200e6,
+            transfer: TransferModel::default(),
+            prices: Prices::default(),
+            scaling: ScalingModel {
+                base_seconds: 0.0,
+                per_instance_seconds: 0.046,
+            },
+            packing_objective: Objective::default(),
+            max_packing_degree: 8,
+            cpu_interference: 0.05,
+            provisioning: ProvisioningConfig::default(),
+            stage_rates: BTreeMap::new(),
+            fusion_samples: 1000,
+            seed: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Dag(#[from] DagError),
+    #[error("stage {stage:?} runs function {function:?}, which has no FunctionProfile")]
+    MissingProfile { stage: String, function: String },
+}
+
+/// A reason, by topic.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Reason {
+    pub topic: &'static str,
+    pub text: String,
+}
+
+/// The plan for one stage.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StageDecision {
+    pub name: String,
+    pub function: String,
+    pub size: StageSize,
+    /// Invocations per instance (packing degree).
+    pub concurrency: u32,
+    pub provisioning: Provisioning,
+    pub min_replicas: u32,
+    pub max_replicas: Option<u32>,
+    /// Stage whose pod this stage runs in.
+    pub fused_with: Option<String>,
+    /// Seconds after a run starts at which to scale the stage up; None: not pre-warmed.
+    pub prewarm_after_seconds: Option<f64>,
+    pub gpu: Option<GpuRequest>,
+    /// Probability that the stage runs in a run.
+    pub run_probability: f64,
+    pub on_likely_path: bool,
+    pub reasons: Vec<Reason>,
+}
+
+impl StageDecision {
+    pub fn reason_text(&self) -> String {
+        self.reasons
+            .iter()
+            .map(|r| format!("{}: {}", r.topic, r.text))
+            .collect::<Vec<_>>()
+            .join(". ")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkflowPlan {
+    pub workflow: String,
+    pub stages: Vec<StageDecision>,
+    /// Xanadu's greedy most likely path (what is pre-warmed).
+    pub most_likely_path: Vec<String>,
+    pub path_probability: f64,
+    /// The max-product path, for comparison.
+    pub max_product_path: Vec<String>,
+    pub max_product_probability: f64,
+    pub branch_probabilities: Vec<BranchEstimate>,
+    /// The path as the pre-warm schedule sees it, for re-planning at run time with
+    /// [`prewarm::jit_schedule`] or [`prewarm::replan`].
+    pub path_stages: Vec<PathStage>,
+    /// The schedule for a run starting at 0.
+    pub prewarm: Vec<PrewarmAction>,
+    pub prewarm_policy: PrewarmPolicy,
+    /// Monte Carlo estimate of a run's latency and cost under this plan.
+    pub p95_seconds: f64,
+    pub p50_seconds: f64,
+    pub cost_per_run: f64,
+    pub latency_objective_seconds: Option<f64>,
+    pub meets_objective: bool,
+    pub warnings: Vec<String>,
+}
+
+impl WorkflowPlan {
+    /// The per-stage plan as the VideoWorkflow status carries it.
+    pub fn to_status_stages(&self) -> Vec<StagePlan> {
+        self.stages
+            .iter()
+            .map(|s| StagePlan {
+                name: s.name.clone(),
+                cpu: Some(s.size.cpu()),
+                memory: Some(s.size.memory()),
+                gpu: s.size.gpu,
+                gpu_resources: s.gpu.as_ref().map(|g| g.resources.clone()).unwrap_or_default(),
+                concurrency: Some(s.concurrency),
+                min_replicas: Some(s.min_replicas),
+                max_replicas: s.max_replicas,
+                replicas: None,
+                ready_replicas: None,
+                provisioning: Some(s.provisioning),
+                fused_with: s.fused_with.clone(),
+                prewarm_after_seconds: s.prewarm_after_seconds,
+                reason: Some(s.reason_text()),
+            })
+            .collect()
+    }
+
+    /// Learned branch probabilities as the VideoWorkflow status carries them.
+    pub fn to_status_branches(&self) -> Vec<BranchProbability> {
+        self.branch_probabilities
+            .iter()
+            .map(|b| BranchProbability {
+                stage: b.stage.clone(),
+                probability: b.probability,
+                observations: b.observations,
+            })
+            .collect()
+    }
+}
+
+/// Per-stage facts gathered before deciding.
+struct StageFacts {
+    size: StageSize,
+    timing: Timing,
+    per_segment: bool,
+    copies: u32,
+    output_bytes: f64,
+}
+
+/// Plans a workflow against its FunctionProfiles (by name).
+pub fn plan_workflow(
+    workflow: &VideoWorkflow,
+    profiles: &BTreeMap<String, FunctionProfile>,
+    cfg: &PlannerConfig,
+) -> Result<WorkflowPlan, PlanError> {
+    let spec = &workflow.spec;
+    let dag = Dag::from_spec(spec)?;
+    let model = BranchModel::from_spec(spec, &dag, &cfg.branch_observations, cfg.branch_prior_strength);
+    let likely = path::greedy(&dag, &model);
+    let max_product = path::max_product(&dag, &model);
+    let run_p = path::run_probabilities(&dag, &model);
+    let segments = cfg.expected_segments.max(1);
+    let mut warnings = Vec::new();
+
+    // Sizes, timings and data sizes.
+    let mut facts: Vec<StageFacts> = Vec::with_capacity(dag.len());
+    let mut input_of = vec![0.0f64; dag.len()];
+    for &i in dag.order() {
+        let stage = &spec.stages[i];
+        let profile = profiles.get(&stage.function).ok_or_else(|| PlanError::MissingProfile {
+            stage: stage.name.clone(),
+            function: stage.function.clone(),
+        })?;
+        let size = size_stage(profile, stage.overrides.as_ref(), &cfg.sizing);
+        let per_segment = matches!(dag.shape(i), StageShape::PerSegment(_));
+        let copies = if per_segment { segments } else { 1 };
+        input_of[i] = if dag.parents(i).is_empty() {
+            cfg.input_bytes
+        } else {
+            dag.parents(i)
+                .iter()
+                .map(|&u| facts_out(&facts, &dag, u, i, segments))
+                .sum()
+        };
+        let ratio = profile.status.as_ref().and_then(|s| s.output_input_ratio).unwrap_or(1.0);
+        facts.push(StageFacts {
+            size,
+            timing: timing(profile),
+            per_segment,
+            copies,
+            output_bytes: input_of[i] * ratio,
+        });
+    }
+    // facts were pushed in topological order; index them by stage.
+    let facts = reorder(facts, dag.order());
+
+    // Packing: the concurrency per instance for a run's burst of segments.
+    let mut concurrency = vec![1u32; dag.len()];
+    let mut packing_reason = vec![String::new(); dag.len()];
+    for i in 0..dag.len() {
+        let f = &facts[i];
+        let o = spec.stages[i].overrides.as_ref();
+        if let Some(c) = o.and_then(|o| o.concurrency) {
+            concurrency[i] = c.max(1);
+            packing_reason[i] = format!("{c} from the stage's overrides");
+            continue;
+        }
+        if !f.per_segment {
+            concurrency[i] = f.size.concurrency;
+            packing_reason[i] = format!("runs once per run: {} from the profile", f.size.concurrency);
+            continue;
+        }
+        let input = packing_input(cfg, f, segments, o.and_then(|o| o.max_scale));
+        let choice = packing::choose(&input, cfg.packing_objective);
+        concurrency[i] = choice.chosen.degree;
+        packing_reason[i] = choice.reason;
+    }
+
+    // Fusion over the stages on the likely path.
+    let fusion_input = fusion_input(spec, &dag, &likely, &facts, &concurrency, cfg);
+    let fusion_plan = fusion::search(&fusion_input);
+    let mut fused_with: Vec<Option<usize>> = vec![None; dag.len()];
+    let mut fusion_reason: Vec<Option<String>> = vec![None; dag.len()];
+    for &(u, v) in &fusion_plan.fused_edges(&fusion_input) {
+        let head = fused_with[u].unwrap_or(u);
+        fused_with[v] = Some(head);
+    }
+    for (e, &(u, v)) in fusion_plan.edges.iter().zip(&fusion_input.candidates) {
+        fusion_reason[v] = Some(e.reason.clone());
+        if e.fused {
+            fusion_reason[u].get_or_insert_with(|| e.reason.clone());
+        }
+    }
+
+    // Durable vs ephemeral.
+    let durable = provisioning_counts(workflow, profiles, &dag, &facts, &concurrency, cfg);
+
+    // Pre-warm schedule along the likely path.
+    let path_stages = path_stages(&dag, &likely, &facts, &concurrency, &durable, &fused_with, spec, cfg);
+    let prewarm = prewarm::schedule(spec.prewarm, &path_stages, 0.0, cfg.margin);
+    let arrivals = prewarm::expected_arrivals(&path_stages, 0.0);
+
+    let mut stages = Vec::with_capacity(dag.len());
+    for i in 0..dag.len() {
+        let stage = &spec.stages[i];
+        let f = &facts[i];
+        let mut reasons = vec![Reason {
+            topic: "size",
+            text: format!(
+                "{} cores, {} memory ({:?}): {}",
+                f.size.cpu(),
+                f.size.memory(),
+                f.size.source,
+                f.size.reason
+            ),
+        }];
+        reasons.push(Reason {
+            topic: "concurrency",
+            text: packing_reason[i].clone(),
+        });
+        let (prov, min_replicas, prov_text) = durable[i].clone();
+        reasons.push(Reason {
+            topic: "provisioning",
+            text: prov_text,
+        });
+        if let Some(text) = &fusion_reason[i] {
+            reasons.push(Reason {
+                topic: "fusion",
+                text: text.clone(),
+            });
+        }
+        let pos = path_stages.iter().position(|p| p.stage == stage.name);
+        let action = prewarm.iter().find(|a| a.stage == stage.name);
+        let prewarm_text = match (pos, action) {
+            (Some(k), Some(a)) => format!(
+                "{:?}: input expected at {:.2}s (sd {:.2}s), cold start {:.2}s, so scale to {} at {:.2}s",
+                spec.prewarm, arrivals[k].0, arrivals[k].1, path_stages[k].cold_start_seconds, a.replicas, a.at_seconds
+            ),
+            (Some(_), None) if spec.prewarm == PrewarmPolicy::None => "prewarm None: scaled up when its input arrives".into(),
+            (Some(_), None) => "already warm (durable or fused into a warm pod): nothing to pre-warm".into(),
+            (None, _) => format!(
+                "not on the most likely path (runs in {:.0}% of runs): scaled up on demand",
+                run_p[i] * 100.0
+            ),
+        };
+        reasons.push(Reason {
+            topic: "prewarm",
+            text: prewarm_text,
+        });
+        let gpu = f.size.gpu.and_then(|share| {
+            match gpu::translate(share, f.size.gpu_memory_bytes, &cfg.gpu_sharing) {
+                Ok(r) => {
+                    reasons.push(Reason {
+                        topic: "gpu",
+                        text: r.reason.clone(),
+                    });
+                    Some(r)
+                }
+                Err(e) => {
+                    warnings.push(format!("stage {}: {e}", stage.name));
+                    reasons.push(Reason {
+                        topic: "gpu",
+                        text: e.to_string(),
+                    });
+                    None
+                }
+            }
+        });
+        stages.push(StageDecision {
+            name: stage.name.clone(),
+            function: stage.function.clone(),
+            size: f.size.clone(),
+            concurrency: concurrency[i],
+            provisioning: prov,
+            min_replicas,
+            max_replicas: stage.overrides.as_ref().and_then(|o| o.max_scale),
+            fused_with: fused_with[i].map(|h| dag.name(h).to_string()),
+            prewarm_after_seconds: action.map(|a| a.at_seconds),
+            gpu,
+            run_probability: run_p[i],
+            on_likely_path: likely.runs[i],
+            reasons,
+        });
+    }
+    let objective = spec.latency_objective.map(|d| d.as_secs_f64());
+    if let Some(limit) = objective
+        && fusion_plan.estimate.p95_seconds > limit
+    {
+        warnings.push(format!(
+            "estimated p95 {:.1}s is above the latency objective {:.1}s even with the fastest fusion plan",
+            fusion_plan.estimate.p95_seconds, limit
+        ));
+    }
+    Ok(WorkflowPlan {
+        workflow: workflow.metadata.name.clone().unwrap_or_default(),
+        stages,
+        most_likely_path: likely.names(&dag),
+        path_probability: likely.probability,
+        max_product_path: max_product.names(&dag),
+        max_product_probability: max_product.probability,
+        branch_probabilities: model.estimates(),
+        path_stages,
+        prewarm,
+        prewarm_policy: spec.prewarm,
+        p95_seconds: fusion_plan.estimate.p95_seconds,
+        p50_seconds: fusion_plan.estimate.p50_seconds,
+        cost_per_run: fusion_plan.estimate.mean_cost,
+        latency_objective_seconds: objective,
+        meets_objective: objective.is_none_or(|l| fusion_plan.estimate.p95_seconds <= l),
+        warnings,
+    })
+}
+
+/// Bytes stage u hands to child v per invocation of v.
+fn facts_out(facts: &[StageFacts], dag: &Dag, u: usize, v: usize, segments: u32) -> f64 {
+    let Some(pos) = dag.order().iter().position(|&x| x == u) else {
+        return 0.0;
+    };
+    let f = &facts[pos];
+    let v_per_segment = matches!(dag.shape(v), StageShape::PerSegment(_));
+    match (f.per_segment, v_per_segment) {
+        // A fan-out's output is split among the segments.
+        (false, true) => f.output_bytes / f64::from(segments),
+        // A join takes every segment.
+        (true, false) => f.output_bytes * f64::from(segments),
+        _ => f.output_bytes,
+    }
+}
+
+fn reorder(facts: Vec<StageFacts>, order: &[usize]) -> Vec<StageFacts> {
+    let mut slots: Vec<Option<StageFacts>> = (0..facts.len()).map(|_| None).collect();
+    for (f, &i) in facts.into_iter().zip(order) {
+        slots[i] = Some(f);
+    }
+    slots.into_iter().flatten().collect()
+}
+
+fn packing_input(cfg: &PlannerConfig, f: &StageFacts, segments: u32, max_scale: Option<u32>) -> PackingInput {
+    let e1 = f.timing.exec.median;
+    let curve = if f.size.gpu.is_some() {
+        let speedups = cfg.gpu_speedups.clone().unwrap_or_else(|| default_gpu_speedups(&cfg.gpu_sharing));
+        ServiceCurve::from_speedups(e1, &speedups).unwrap_or_else(|_| ServiceCurve::cpu_shared(e1, 1.0, 1.0, 0.0))
+    } else {
+        ServiceCurve::cpu_shared(e1, f.size.cpu_cores, f.size.cpu_cores, cfg.cpu_interference)
+    };
+    let price = cfg.prices.per_second(f.size.cpu_cores, f.size.memory_bytes, f.size.gpu.unwrap_or(0.0));
+    PackingInput {
+        invocations: segments,
+        curve,
+        scaling: cfg.scaling,
+        price_per_instance_second: price,
+        max_degree: cfg.max_packing_degree.max(1),
+        warm_instances: 0,
+        max_instances: max_scale,
+        completion: Completion::All,
+    }
+}
+
+/// Throughput of P processes on one GPU, relative to one: measured on one H100 with a
+/// small detector (ARCHITECTURE.md): 7.4x at 8 under MPS, 3.4x under time-slicing.
+pub fn default_gpu_speedups(sharing: &GpuSharing) -> Vec<(u32, f64)> {
+    match sharing {
+        GpuSharing::Mps { .. } => vec![(1, 1.0), (8, 7.4)],
+        _ => vec![(1, 1.0), (8, 3.4)],
+    }
+}
+
+fn fusion_input(
+    spec: &vflow_api::VideoWorkflowSpec,
+    dag: &Dag,
+    likely: &LikelyPath,
+    facts: &[StageFacts],
+    concurrency: &[u32],
+    cfg: &PlannerConfig,
+) -> FusionInput {
+    let on: Vec<usize> = likely.stages.clone();
+    let pos = |i: usize| on.iter().position(|&x| x == i);
+    let stages = on
+        .iter()
+        .map(|&i| {
+            let f = &facts[i];
+            // Packing P on one instance stretches each invocation by E(P) / E(1).
+            let e1 = f.timing.exec.median.max(1e-9);
+            let stretch = if concurrency[i] > 1 {
+                packing_input(cfg, f, cfg.expected_segments, None).curve.at(concurrency[i]) / e1
+            } else {
+                1.0
+            };
+            FusionStage {
+                name: spec.stages[i].name.clone(),
+                exec: crate::rng::LogNormal {
+                    median: f.timing.exec.median * stretch,
+                    sigma: f.timing.exec.sigma,
+                },
+                cores: f.size.cpu_cores / f64::from(concurrency[i]),
+                memory_bytes: f.size.memory_bytes,
+                gpu: f.size.gpu.unwrap_or(0.0) / f64::from(concurrency[i]),
+                output_bytes: f.output_bytes,
+                per_segment: f.per_segment,
+            }
+        })
+        .collect();
+    let parents: Vec<Vec<usize>> = on
+        .iter()
+        .map(|&i| effective_parents(dag, &likely.runs, i).into_iter().filter_map(pos).collect())
+        .collect();
+    let candidates = dag
+        .chain_edges()
+        .into_iter()
+        .filter(|&(u, v)| dag.shape(u) == dag.shape(v) && !spec.stages[u].fan_out)
+        .filter_map(|(u, v)| Some((pos(u)?, pos(v)?)))
+        .collect();
+    FusionInput {
+        stages,
+        parents,
+        order: (0..on.len()).collect(),
+        candidates,
+        segments: cfg.expected_segments.max(1),
+        objective_seconds: spec.latency_objective.map(|d| d.as_secs_f64()),
+        transfer: cfg.transfer,
+        prices: cfg.prices,
+        samples: cfg.fusion_samples.max(1),
+        seed: cfg.seed,
+    }
+}
+
+/// The running stages whose output reaches `i`: a skipped stage passes its input
+/// through, so its own inputs count instead.
+fn effective_parents(dag: &Dag, runs: &[bool], i: usize) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut stack: Vec<usize> = dag.parents(i).to_vec();
+    while let Some(u) = stack.pop() {
+        if runs[u] {
+            if !out.contains(&u) {
+                out.push(u);
+            }
+        } else {
+            stack.extend(dag.parents(u));
+        }
+    }
+    out.sort_by_key(|&u| dag.rank(u));
+    out
+}
+
+fn provisioning_counts(
+    workflow: &VideoWorkflow,
+    profiles: &BTreeMap<String, FunctionProfile>,
+    dag: &Dag,
+    facts: &[StageFacts],
+    concurrency: &[u32],
+    cfg: &PlannerConfig,
+) -> Vec<(Provisioning, u32, String)> {
+    let spec = &workflow.spec;
+    let mut users: BTreeMap<&str, u32> = BTreeMap::new();
+    for s in &spec.stages {
+        *users.entry(s.function.as_str()).or_default() += 1;
+    }
+    let mut prov_cfg = cfg.provisioning.clone();
+    prov_cfg.keep_alive_seconds = spec.scale_to_zero_after.as_secs_f64();
+    let loads: Vec<FunctionLoad> = (0..dag.len())
+        .map(|i| {
+            let stage = &spec.stages[i];
+            let rate = cfg.stage_rates.get(&stage.name).copied().or_else(|| {
+                let r = profiles.get(&stage.function).and_then(invocation_rate)?;
+                Some(r / f64::from(users.get(stage.function.as_str()).copied().unwrap_or(1).max(1)))
+            });
+            FunctionLoad {
+                name: stage.name.clone(),
+                rate: rate.unwrap_or(0.0),
+                exec_seconds: facts[i].timing.exec.mean(),
+                cold_start_seconds: facts[i].timing.cold_start.median,
+                memory_bytes: facts[i].size.memory_bytes,
+                concurrency: concurrency[i],
+            }
+        })
+        .collect();
+    let decisions = provisioning::plan(&loads, &prov_cfg);
+    (0..dag.len())
+        .map(|i| {
+            let stage = &spec.stages[i];
+            let o = stage.overrides.as_ref();
+            let choice = o.and_then(|o| o.provisioning).unwrap_or(spec.provisioning);
+            let min_scale = o.and_then(|o| o.min_scale);
+            let (prov, n, text) = match choice {
+                Provisioning::Durable => (
+                    Provisioning::Durable,
+                    min_scale.unwrap_or(1).max(1),
+                    "Durable as the workflow or stage says".to_string(),
+                ),
+                Provisioning::Ephemeral => (
+                    Provisioning::Ephemeral,
+                    min_scale.unwrap_or(0),
+                    "Ephemeral as the workflow or stage says".to_string(),
+                ),
+                Provisioning::Auto => {
+                    let d = &decisions[i];
+                    let known = loads[i].rate > 0.0;
+                    let n = d.durable.max(min_scale.unwrap_or(0));
+                    let text = if known {
+                        d.reason.clone()
+                    } else {
+                        "no invocation rate observed yet: ephemeral until one is".to_string()
+                    };
+                    (if n > 0 { Provisioning::Durable } else { Provisioning::Ephemeral }, n, text)
+                }
+            };
+            (prov, n, text)
+        })
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn path_stages(
+    dag: &Dag,
+    likely: &LikelyPath,
+    facts: &[StageFacts],
+    concurrency: &[u32],
+    durable: &[(Provisioning, u32, String)],
+    fused_with: &[Option<usize>],
+    spec: &vflow_api::VideoWorkflowSpec,
+    cfg: &PlannerConfig,
+) -> Vec<PathStage> {
+    let on = &likely.stages;
+    on.iter()
+        .map(|&i| {
+            let f = &facts[i];
+            let after = effective_parents(dag, &likely.runs, i)
+                .into_iter()
+                .filter_map(|u| on.iter().position(|&x| x == u))
+                .collect();
+            let max_scale = spec.stages[i].overrides.as_ref().and_then(|o| o.max_scale);
+            let replicas = f
+                .copies
+                .div_ceil(concurrency[i].max(1))
+                .min(max_scale.unwrap_or(u32::MAX))
+                .max(1);
+            let t = &cfg.transfer;
+            let overhead = t.dispatch_seconds
+                + 2.0 * t.request_seconds
+                + f.output_bytes / t.put_bytes_per_second
+                + f.output_bytes / t.get_bytes_per_second;
+            PathStage {
+                stage: dag.name(i).to_string(),
+                after,
+                exec_seconds: f.timing.exec.median,
+                exec_std_seconds: f.timing.exec.std_dev(),
+                overhead_seconds: overhead,
+                cold_start_seconds: f.timing.cold_start.median,
+                replicas,
+                warm: durable[i].1 >= replicas || fused_with[i].is_some(),
+            }
+        })
+        .collect()
+}
