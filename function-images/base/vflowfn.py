@@ -194,10 +194,14 @@ def ffmpeg(args: list[str], what: str, on: str, cwd: str | None = None) -> None:
             out += t + [a] if a == "-i" else [a]
         args = ["-filter_threads", str(threads), "-filter_complex_threads", str(threads)] + out + t + args[-1:]
     cmd = ["ffmpeg", "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error", "-y"] + args
-    _run(cmd, what, on, cwd=cwd)
+    stderr = _run(cmd, what, on, cwd=cwd, want="stderr")
+    # ffmpeg exits 0 on a cut-off mp4 whose index comes first; its demuxer says so, though.
+    if ": partial file" in stderr:
+        raise FnError(f"{what} failed on input {on}: the input is truncated (shorter than its index says)",
+                      _tail(stderr))
 
 
-def _run(cmd: list[str], what: str, on: str, cwd: str | None = None) -> str:
+def _run(cmd: list[str], what: str, on: str, cwd: str | None = None, want: str = "stdout") -> str:
     if os.environ.get("VFLOW_FN_DEBUG"):
         print("+ " + " ".join(cmd), file=sys.stderr)
     try:
@@ -211,7 +215,7 @@ def _run(cmd: list[str], what: str, on: str, cwd: str | None = None) -> str:
         how = (f"killed by signal {-proc.returncode}" if proc.returncode < 0
                else f"exit status {proc.returncode}")
         raise FnError(f"{what} failed on input {on}: {cmd[0]} {how}", _tail(stderr))
-    return proc.stdout.decode("utf-8", "replace")
+    return stderr if want == "stderr" else proc.stdout.decode("utf-8", "replace")
 
 
 def ffprobe(path: str, extra: list[str] | None = None) -> dict:

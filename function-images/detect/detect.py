@@ -139,10 +139,11 @@ def frames(src: str, width: int, height: int, every: int):
             finally:
                 proc.stdout.close()
                 rc = proc.wait()
-            if rc != 0:
-                err.seek(0)
-                raise FnError(f"decoding failed on input {src}: ffmpeg exit status {rc}",
-                              _tail(err.read().decode("utf-8", "replace")))
+            err.seek(0)
+            text = err.read().decode("utf-8", "replace")
+            if rc != 0 or ": partial file" in text:
+                why = f"ffmpeg exit status {rc}" if rc else "the input is truncated (shorter than its index says)"
+                raise FnError(f"decoding failed on input {src}: {why}", _tail(text))
         return
     import cv2  # no ffmpeg here (e.g. a bare GPU host): OpenCV's own decoder
     cap = cv2.VideoCapture(src)
