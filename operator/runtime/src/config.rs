@@ -1,0 +1,172 @@
+//! Flags and environment of the two modes. Every flag has an environment variable,
+//! because the operator configures pods through env.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// "250ms", "90s", "5m", "1h" or a plain number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a duration such as 250ms, 90s, 5m or 1h"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?} (use ms, s, m or h)"
+            ));
+        }
+    };
+    if !seconds.is_finite() || seconds < 0.0 {
+        return Err(format!("{text:?}: a duration must be zero or more"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// A command line as argv; one flag value (clap would read a bare Vec as many values).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Argv(pub Vec<String>);
+
+/// A command given as a JSON array (how the operator passes FunctionProfile.command).
+pub fn parse_command(text: &str) -> Result<Argv, String> {
+    let argv: Vec<String> = serde_json::from_str(text)
+        .map_err(|e| format!("{text:?}: expected a JSON array of strings ({e})"))?;
+    if argv.is_empty() || argv[0].is_empty() {
+        return Err("the command is empty".into());
+    }
+    Ok(Argv(argv))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// The function's name (metrics label and logs).
+    #[arg(long, env = "VFLOW_FUNCTION", default_value = "function")]
+    pub function: String,
+    /// The function's command as a JSON array; or give it after `--`.
+    #[arg(long = "command", env = "VFLOW_COMMAND", value_parser = parse_command)]
+    pub command_json: Option<Argv>,
+    /// Run once at start-up; /readyz answers 200 only after it succeeds.
+    #[arg(long = "warmup-command", env = "VFLOW_WARMUP_COMMAND", value_parser = parse_command)]
+    pub warmup: Option<Argv>,
+    #[arg(long, env = "VFLOW_BIND", default_value = "0.0.0.0")]
+    pub bind: IpAddr,
+    /// 0 picks a free port; see --port-file.
+    #[arg(long, env = "VFLOW_PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// Write the port actually bound to this file (for callers that asked for port 0).
+    #[arg(long, env = "VFLOW_PORT_FILE")]
+    pub port_file: Option<PathBuf>,
+    /// Invocations run at once; more get 429 with Retry-After.
+    #[arg(long, env = "VFLOW_CONCURRENCY", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub concurrency: u32,
+    /// Where inputs and outputs are staged (an emptyDir in a pod).
+    #[arg(long, env = "VFLOW_SCRATCH_DIR", default_value = "/tmp/vflow-scratch")]
+    pub scratch_dir: PathBuf,
+    /// The longest one invocation may run.
+    #[arg(long, env = "VFLOW_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// After SIGTERM, how long in-flight invocations may take to finish.
+    #[arg(long, env = "VFLOW_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// Name of this instance in responses (the pod name in a cluster).
+    #[arg(long, env = "VFLOW_INSTANCE")]
+    pub instance: Option<String>,
+    #[arg(long, env = "VFLOW_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// The function's command, when not given by --command.
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+impl ServeArgs {
+    pub fn function_command(&self) -> Result<Vec<String>, String> {
+        match (&self.command_json, self.command.is_empty()) {
+            (Some(_), false) => {
+                Err("give the command either by --command or after --, not both".into())
+            }
+            (Some(argv), true) => Ok(argv.0.clone()),
+            (None, false) => Ok(self.command.clone()),
+            (None, true) => {
+                Err("no function command: set VFLOW_COMMAND, --command or give it after --".into())
+            }
+        }
+    }
+
+    pub fn instance_name(&self) -> String {
+        self.instance
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_string())
+            })
+            .unwrap_or_else(|| format!("pid-{}", std::process::id()))
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct MetricsArgs {
+    #[arg(long, env = "VFLOW_BIND", default_value = "0.0.0.0")]
+    pub bind: IpAddr,
+    #[arg(long, env = "VFLOW_METRICS_PORT", default_value_t = 9091)]
+    pub port: u16,
+    #[arg(long, env = "VFLOW_PORT_FILE")]
+    pub port_file: Option<PathBuf>,
+    /// Time between samples.
+    #[arg(long, env = "VFLOW_SAMPLE_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Observe this process and its descendants; by default the `vflow-runtime serve`
+    /// process found in the shared process namespace.
+    #[arg(long, env = "VFLOW_TARGET_PID")]
+    pub pid: Option<i32>,
+    /// Samples kept per quantity (the observation window).
+    #[arg(long, env = "VFLOW_WINDOW_SAMPLES", default_value_t = 3600)]
+    pub window: usize,
+    #[arg(long, env = "VFLOW_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn commands() {
+        assert_eq!(
+            parse_command(r#"["/usr/local/bin/vflow-fn", "scale"]"#),
+            Ok(Argv(vec![
+                "/usr/local/bin/vflow-fn".to_string(),
+                "scale".to_string()
+            ]))
+        );
+        assert!(parse_command("vflow-fn scale").is_err());
+        assert!(parse_command("[]").is_err());
+    }
+}

@@ -1,0 +1,597 @@
+//! One invocation: stage the inputs, run the function, publish the outputs.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use futures_util::{StreamExt, TryStreamExt, stream};
+use vflow_storage::{Location, StorageError, Store};
+
+use crate::invocation::{
+    COMPLETION_RECORD, CompletionRecord, InvokeFailure, InvokeRequest, InvokeResponse,
+    OutputObject, Phase, render_param,
+};
+use crate::metrics::RuntimeMetrics;
+use crate::observations::{InstanceObservations, Window};
+use crate::process::{self, Exit};
+
+/// Transfers in flight at once within one invocation.
+const TRANSFER_CONCURRENCY: usize = 4;
+/// A metadata file larger than this is a bug in the function, not metadata.
+const MAX_METADATA_BYTES: u64 = 1 << 20;
+
+pub struct Executor {
+    pub function: String,
+    command: Vec<String>,
+    scratch: PathBuf,
+    timeout: Duration,
+    store: Store,
+    pub instance: String,
+    pub metrics: RuntimeMetrics,
+    observed: Mutex<Observed>,
+    next_id: AtomicU64,
+    served: AtomicBool,
+    cold_start: OnceLock<f64>,
+    /// Set when the drain deadline passes: running functions are killed.
+    pub cancel: Arc<AtomicBool>,
+}
+
+struct Observed {
+    invocations: u64,
+    failures: u64,
+    oom_kills: u64,
+    exec_seconds: Window,
+    cpu_cores: Window,
+    memory_bytes: Window,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+pub struct ExecutorConfig {
+    pub function: String,
+    pub command: Vec<String>,
+    pub scratch: PathBuf,
+    pub timeout: Duration,
+    pub instance: String,
+}
+
+fn failure(phase: Phase, message: impl Into<String>, retryable: bool) -> InvokeFailure {
+    InvokeFailure {
+        phase,
+        message: message.into(),
+        input: None,
+        exit: None,
+        stderr_tail: String::new(),
+        retryable,
+    }
+}
+
+/// A readable local name that keeps the extension (ffmpeg guesses formats from it)
+/// and the input's position.
+fn staged_name(index: usize, location: &Location) -> String {
+    let clean: String = location
+        .file_name()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let clean = clean.trim_start_matches('.');
+    let clean = if clean.is_empty() { "input" } else { clean };
+    format!("{index:03}-{clean}")
+}
+
+/// Files under `dir`, as sorted relative paths with '/' separators.
+fn list_outputs(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        for entry in std::fs::read_dir(&current)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                pending.push(entry.path());
+            } else if kind.is_file() {
+                let path = entry.path();
+                let rel = path
+                    .strip_prefix(dir)
+                    .map(|r| r.to_string_lossy().replace('\\', "/"))
+                    .unwrap_or_default();
+                found.push((rel, path));
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+impl Executor {
+    pub fn new(config: ExecutorConfig, store: Store, metrics: RuntimeMetrics) -> Self {
+        Self {
+            function: config.function,
+            command: config.command,
+            scratch: config.scratch,
+            timeout: config.timeout,
+            store,
+            instance: config.instance,
+            metrics,
+            observed: Mutex::new(Observed {
+                invocations: 0,
+                failures: 0,
+                oom_kills: 0,
+                exec_seconds: Window::new(1024),
+                cpu_cores: Window::new(1024),
+                memory_bytes: Window::new(1024),
+                bytes_in: 0,
+                bytes_out: 0,
+            }),
+            next_id: AtomicU64::new(0),
+            served: AtomicBool::new(false),
+            cold_start: OnceLock::new(),
+            cancel: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Records process start -> ready once.
+    pub fn mark_ready(&self, cold_start_seconds: f64) {
+        if self.cold_start.set(cold_start_seconds).is_ok() {
+            self.metrics.cold_start.set(cold_start_seconds);
+            self.metrics.ready.set(1);
+        }
+    }
+
+    pub fn observations(&self) -> InstanceObservations {
+        let observed = self.observed.lock().unwrap_or_else(|p| p.into_inner());
+        InstanceObservations {
+            function: self.function.clone(),
+            instance: self.instance.clone(),
+            invocations: observed.invocations,
+            failures: observed.failures,
+            oom_kills: observed.oom_kills,
+            cold_start_seconds: self.cold_start.get().copied(),
+            exec_seconds: observed.exec_seconds.summary(),
+            cpu_cores: observed.cpu_cores.summary(),
+            memory_bytes: observed.memory_bytes.summary(),
+            bytes_in: observed.bytes_in,
+            bytes_out: observed.bytes_out,
+        }
+    }
+
+    pub async fn invoke(&self, request: InvokeRequest) -> Result<InvokeResponse, InvokeFailure> {
+        let started = Instant::now();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let dir = self
+            .scratch
+            .join(format!("inv-{}-{id}", std::process::id()));
+        let result = self.invoke_in(&request, &dir, started).await;
+        if let Err(e) = tokio::fs::remove_dir_all(&dir).await
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(error = %e, dir = %dir.display(), "could not clean the scratch directory");
+        }
+        let outcome = match &result {
+            Ok(_) => "succeeded",
+            Err(f) => match f.phase {
+                Phase::Request => "bad_request",
+                Phase::Download => "failed_download",
+                Phase::Function if f.exit == Some(Exit::TimedOut) => "timed_out",
+                Phase::Function => "failed_function",
+                Phase::Upload => "failed_upload",
+            },
+        };
+        self.metrics.invocations.with_label_values(&[outcome]).inc();
+        self.metrics
+            .seconds
+            .with_label_values(&["total"])
+            .observe(started.elapsed().as_secs_f64());
+        if let Ok(mut observed) = self.observed.lock() {
+            observed.invocations += 1;
+            if result.is_err() {
+                observed.failures += 1;
+            }
+        }
+        result
+    }
+
+    async fn invoke_in(
+        &self,
+        request: &InvokeRequest,
+        dir: &Path,
+        started: Instant,
+    ) -> Result<InvokeResponse, InvokeFailure> {
+        // Check everything about the request before doing any work.
+        let inputs = request
+            .inputs
+            .iter()
+            .map(|uri| {
+                Location::parse(uri).map_err(|e| failure(Phase::Request, e.to_string(), false))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let prefix = Location::parse(&request.output_prefix)
+            .map_err(|e| failure(Phase::Request, format!("outputPrefix: {e}"), false))?;
+        let params = request
+            .params
+            .iter()
+            .map(|(name, value)| {
+                render_param(name, value).map_err(|e| failure(Phase::Request, e, false))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let timeout = match request.timeout_seconds {
+            Some(s) if s.is_finite() && s > 0.0 => Duration::from_secs_f64(s).min(self.timeout),
+            Some(s) => {
+                return Err(failure(
+                    Phase::Request,
+                    format!("timeoutSeconds {s} must be above 0"),
+                    false,
+                ));
+            }
+            None => self.timeout,
+        };
+
+        let in_dir = dir.join("in");
+        let out_dir = dir.join("out");
+        for d in [&in_dir, &out_dir] {
+            tokio::fs::create_dir_all(d).await.map_err(|e| {
+                failure(
+                    Phase::Download,
+                    format!("scratch directory {}: {e}", d.display()),
+                    true,
+                )
+            })?;
+        }
+
+        // Inputs, in parallel, each verified.
+        let download_started = Instant::now();
+        // Futures built first, then run a few at a time: a closure returning borrowing
+        // futures inside the stream adaptor trips the compiler's Send inference.
+        let downloads: Vec<_> = inputs
+            .iter()
+            .enumerate()
+            .map(|(index, location)| {
+                let local = in_dir.join(staged_name(index, location));
+                let store = self.store.clone();
+                let location = location.clone();
+                async move {
+                    match store.download(&location, &local).await {
+                        Ok(t) => Ok((local, t.bytes)),
+                        Err(e) => Err(InvokeFailure {
+                            input: Some(location.to_string()),
+                            ..storage_failure(Phase::Download, &e)
+                        }),
+                    }
+                }
+            })
+            .collect();
+        let staged: Vec<(PathBuf, u64)> = stream::iter(downloads)
+            .buffered(TRANSFER_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let download_seconds = download_started.elapsed().as_secs_f64();
+        let bytes_in: u64 = staged.iter().map(|(_, b)| *b).sum();
+        self.metrics
+            .seconds
+            .with_label_values(&["download"])
+            .observe(download_seconds);
+        self.metrics
+            .bytes
+            .with_label_values(&["in"])
+            .inc_by(bytes_in);
+
+        // The function, as argv.
+        let metadata_path = dir.join("metadata.json");
+        let mut argv = self.command.clone();
+        argv.push("--output-dir".into());
+        argv.push(out_dir.to_string_lossy().into_owned());
+        argv.push("--metadata".into());
+        argv.push(metadata_path.to_string_lossy().into_owned());
+        for (path, _) in &staged {
+            argv.push("--input".into());
+            argv.push(path.to_string_lossy().into_owned());
+        }
+        argv.extend(params);
+        let mut env = vec![
+            ("VFLOW_RUN".to_string(), request.run.clone()),
+            ("VFLOW_STAGE".to_string(), request.stage.clone()),
+        ];
+        if let Some(segment) = request.segment {
+            env.push(("VFLOW_SEGMENT".to_string(), segment.to_string()));
+        }
+        let cancel = self.cancel.clone();
+        let cwd = dir.to_path_buf();
+        let measured = tokio::task::spawn_blocking(move || {
+            process::run(process::Spec {
+                argv: &argv,
+                cwd: &cwd,
+                env: &env,
+                timeout,
+                cancel,
+            })
+        })
+        .await
+        .map_err(|e| {
+            failure(
+                Phase::Function,
+                format!("the function's supervisor failed: {e}"),
+                true,
+            )
+        })?
+        .map_err(|e| {
+            failure(
+                Phase::Function,
+                format!(
+                    "could not start {}: {e}",
+                    self.command.first().map(String::as_str).unwrap_or("")
+                ),
+                false,
+            )
+        })?;
+        let function_seconds = measured.wall.as_secs_f64();
+        self.metrics
+            .seconds
+            .with_label_values(&["function"])
+            .observe(function_seconds);
+        self.metrics
+            .cpu_seconds
+            .observe(measured.cpu_user_sys_seconds);
+        self.metrics
+            .peak_memory
+            .observe(measured.peak_rss_bytes as f64);
+        if let Ok(mut observed) = self.observed.lock() {
+            // Every run of the function says something about its size, failed or not.
+            observed.memory_bytes.push(measured.peak_rss_bytes as f64);
+            if measured.exit == (Exit::Signal { signal: 9 }) {
+                observed.oom_kills += 1;
+            }
+            if measured.exit.success() {
+                observed.exec_seconds.push(function_seconds);
+                if function_seconds > 0.0 {
+                    observed
+                        .cpu_cores
+                        .push(measured.cpu_user_sys_seconds / function_seconds);
+                }
+            }
+        }
+        if !measured.exit.success() {
+            let what = match &measured.exit {
+                Exit::TimedOut => format!(
+                    "the function ran past its timeout of {:.0}s",
+                    timeout.as_secs_f64()
+                ),
+                Exit::Signal { signal: 9 } => {
+                    "the function was killed (SIGKILL: out of memory?)".to_string()
+                }
+                other => format!("the function failed ({other})"),
+            };
+            let last = measured
+                .stderr_tail
+                .lines()
+                .last()
+                .unwrap_or("")
+                .to_string();
+            let message = if last.is_empty() {
+                what
+            } else {
+                format!("{what}: {last}")
+            };
+            let retryable = matches!(
+                measured.exit,
+                Exit::TimedOut | Exit::Signal { .. } | Exit::Cancelled
+            );
+            return Err(InvokeFailure {
+                exit: Some(measured.exit.clone()),
+                stderr_tail: measured.stderr_tail.clone(),
+                ..failure(Phase::Function, message, retryable)
+            });
+        }
+
+        let metadata = read_metadata(&metadata_path).await?;
+
+        // Outputs, then the completion record last: a reader who sees the record sees
+        // every output.
+        let upload_started = Instant::now();
+        let files = {
+            let out_dir = out_dir.clone();
+            tokio::task::spawn_blocking(move || list_outputs(&out_dir))
+                .await
+                .map_err(|e| failure(Phase::Upload, e.to_string(), true))?
+                .map_err(|e| {
+                    failure(
+                        Phase::Upload,
+                        format!("reading the output directory: {e}"),
+                        true,
+                    )
+                })?
+        };
+        let uploads: Vec<_> = files
+            .into_iter()
+            .map(|(rel, path)| {
+                let target = prefix.join(&rel);
+                let store = self.store.clone();
+                async move {
+                    match store.upload(&path, &target).await {
+                        Ok(t) => Ok(OutputObject {
+                            uri: target.to_string(),
+                            bytes: t.bytes,
+                            sha256: t.sha256,
+                        }),
+                        Err(e) => Err((target, e)),
+                    }
+                }
+            })
+            .collect();
+        let uploads: Vec<Result<OutputObject, (Location, StorageError)>> = stream::iter(uploads)
+            .buffered(TRANSFER_CONCURRENCY)
+            .collect()
+            .await;
+        let mut outputs = Vec::new();
+        let mut first_error = None;
+        for upload in uploads {
+            match upload {
+                Ok(output) => outputs.push(output),
+                Err((target, e)) => {
+                    first_error.get_or_insert((target, e));
+                }
+            }
+        }
+        if let Some((target, e)) = first_error {
+            self.remove_outputs(&outputs).await;
+            return Err(InvokeFailure {
+                input: Some(target.to_string()),
+                ..storage_failure(Phase::Upload, &e)
+            });
+        }
+        let bytes_out: u64 = outputs.iter().map(|o| o.bytes).sum();
+        let upload_seconds = upload_started.elapsed().as_secs_f64();
+
+        let cold = !self.served.swap(true, Ordering::SeqCst);
+        let response = InvokeResponse {
+            outputs,
+            metadata,
+            bytes_in,
+            bytes_out,
+            wall_seconds: 0.0,
+            download_seconds,
+            function_seconds,
+            upload_seconds,
+            cpu_seconds: measured.cpu_user_sys_seconds,
+            peak_rss_bytes: measured.peak_rss_bytes,
+            cold,
+            cold_start_seconds: if cold {
+                self.cold_start.get().copied()
+            } else {
+                None
+            },
+            exit: measured.exit,
+            instance: self.instance.clone(),
+        };
+        let record = CompletionRecord {
+            request: request.clone(),
+            response: response.clone(),
+        };
+        let record_bytes = serde_json::to_vec_pretty(&record).map_err(|e| {
+            failure(
+                Phase::Upload,
+                format!("encoding the completion record: {e}"),
+                false,
+            )
+        })?;
+        if let Err(e) = self
+            .store
+            .put_bytes(&prefix.join(COMPLETION_RECORD), record_bytes)
+            .await
+        {
+            self.remove_outputs(&response.outputs).await;
+            return Err(storage_failure(Phase::Upload, &e));
+        }
+        self.metrics
+            .seconds
+            .with_label_values(&["upload"])
+            .observe(upload_seconds);
+        self.metrics
+            .bytes
+            .with_label_values(&["out"])
+            .inc_by(bytes_out);
+        if let Ok(mut observed) = self.observed.lock() {
+            observed.bytes_in += bytes_in;
+            observed.bytes_out += bytes_out;
+        }
+        Ok(InvokeResponse {
+            wall_seconds: started.elapsed().as_secs_f64(),
+            ..response
+        })
+    }
+
+    /// Best effort: an invocation that fails leaves nothing under its prefix.
+    async fn remove_outputs(&self, outputs: &[OutputObject]) {
+        for output in outputs {
+            if let Ok(location) = Location::parse(&output.uri)
+                && let Err(e) = self.store.delete(&location).await
+            {
+                tracing::warn!(error = %e, uri = %output.uri, "could not remove a partial output");
+            }
+        }
+    }
+}
+
+fn storage_failure(phase: Phase, err: &StorageError) -> InvokeFailure {
+    let retryable = match err {
+        StorageError::NotFound { .. } | StorageError::BadUri { .. } | StorageError::NoS3 { .. } => {
+            false
+        }
+        StorageError::DiskFull { .. } => true,
+        other => other.is_transient(),
+    };
+    let message = match (phase, err) {
+        (Phase::Download, StorageError::DiskFull { .. }) => {
+            format!("the scratch disk is full: {err}")
+        }
+        (Phase::Download, StorageError::NotFound { .. }) => format!("input missing: {err}"),
+        _ => err.to_string(),
+    };
+    failure(phase, message, retryable)
+}
+
+async fn read_metadata(
+    path: &Path,
+) -> Result<serde_json::Map<String, serde_json::Value>, InvokeFailure> {
+    let size = match tokio::fs::metadata(path).await {
+        Ok(meta) => meta.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
+        Err(e) => {
+            return Err(failure(
+                Phase::Function,
+                format!("metadata file: {e}"),
+                false,
+            ));
+        }
+    };
+    if size > MAX_METADATA_BYTES {
+        return Err(failure(
+            Phase::Function,
+            format!(
+                "the function's metadata file is {size} bytes; the limit is {MAX_METADATA_BYTES}"
+            ),
+            false,
+        ));
+    }
+    let text = tokio::fs::read(path)
+        .await
+        .map_err(|e| failure(Phase::Function, format!("metadata file: {e}"), false))?;
+    match serde_json::from_slice::<serde_json::Value>(&text) {
+        Ok(serde_json::Value::Object(map)) => Ok(map),
+        Ok(_) => Err(failure(
+            Phase::Function,
+            "the function's metadata is not a JSON object",
+            false,
+        )),
+        Err(e) => Err(failure(
+            Phase::Function,
+            format!("the function's metadata is not JSON: {e}"),
+            false,
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staged_names_keep_order_and_extension() {
+        let s3 = Location::parse("s3://videos/in/My Clip (1).mp4");
+        assert_eq!(
+            s3.map(|l| staged_name(2, &l)).ok().as_deref(),
+            Some("002-My_Clip__1_.mp4")
+        );
+        let hidden = Location::parse("/data/..hidden");
+        assert_eq!(
+            hidden.map(|l| staged_name(0, &l)).ok().as_deref(),
+            Some("000-hidden")
+        );
+    }
+}

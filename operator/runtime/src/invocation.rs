@@ -1,0 +1,189 @@
+//! The wire format of `POST /invoke`, shared with the run engine that calls it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::process::Exit;
+
+/// One invocation of a stage's function.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InvokeRequest {
+    pub run: String,
+    pub stage: String,
+    /// The segment index for per-segment stages; absent for once-per-run stages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment: Option<u32>,
+    /// `s3://bucket/key`, `file:///path` or absolute paths, in the order the function
+    /// receives them.
+    #[serde(default)]
+    pub inputs: Vec<String>,
+    /// Every file the function writes lands under this prefix, with its relative name.
+    pub output_prefix: String,
+    /// Parameter name -> scalar value; passed as `--name=value`.
+    #[serde(default)]
+    pub params: BTreeMap<String, serde_json::Value>,
+    /// Overrides the function's configured timeout for this invocation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutputObject {
+    pub uri: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// What a successful invocation produced and used.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InvokeResponse {
+    pub outputs: Vec<OutputObject>,
+    /// The function's metadata file (e.g. `{"objects": 3}`), for `when` conditions.
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// From request received to response ready.
+    pub wall_seconds: f64,
+    pub download_seconds: f64,
+    /// The function process alone, spawn to exit.
+    pub function_seconds: f64,
+    pub upload_seconds: f64,
+    pub cpu_seconds: f64,
+    pub peak_rss_bytes: u64,
+    /// The first invocation this instance served.
+    pub cold: bool,
+    /// Process start to ready, reported on the cold invocation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cold_start_seconds: Option<f64>,
+    pub exit: Exit,
+    pub instance: String,
+}
+
+/// Which step an invocation failed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Phase {
+    Request,
+    Download,
+    Function,
+    Upload,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InvokeFailure {
+    pub phase: Phase,
+    pub message: String,
+    /// The input that could not be read, when that is what failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit: Option<Exit>,
+    /// The last lines the function wrote to stderr (ffmpeg's complaint, usually).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stderr_tail: String,
+    /// Trying again (here or on another instance) may succeed.
+    pub retryable: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: InvokeFailure,
+}
+
+/// Written under the output prefix after every output: its presence means the
+/// invocation is complete, so a resumed run need not redo it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CompletionRecord {
+    pub request: InvokeRequest,
+    pub response: InvokeResponse,
+}
+
+/// Name of the completion record under an output prefix.
+pub const COMPLETION_RECORD: &str = "_vflow-complete.json";
+
+/// Parameter names become `--name=value`; refuse what could be read as another
+/// option of the contract.
+pub fn check_param_name(name: &str) -> Result<(), String> {
+    const RESERVED: [&str; 4] = ["input", "output-dir", "metadata", "warmup"];
+    let mut chars = name.chars();
+    let well_formed = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !well_formed {
+        return Err(format!(
+            "parameter name {name:?}: use letters, digits, '-' and '_', starting with a letter"
+        ));
+    }
+    if RESERVED.contains(&name) {
+        return Err(format!(
+            "parameter name {name:?} is reserved by the runtime"
+        ));
+    }
+    Ok(())
+}
+
+/// Renders a scalar parameter; objects and arrays are refused.
+pub fn render_param(name: &str, value: &serde_json::Value) -> Result<String, String> {
+    check_param_name(name)?;
+    let text = match value {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Number(n) => n.to_string(),
+        serde_json::Value::Bool(b) => b.to_string(),
+        serde_json::Value::Null => return Err(format!("parameter {name} is null")),
+        _ => {
+            return Err(format!(
+                "parameter {name} must be a string, number or boolean"
+            ));
+        }
+    };
+    if text.contains('\0') {
+        return Err(format!("parameter {name} holds a NUL byte"));
+    }
+    Ok(format!("--{name}={text}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn params_render_as_one_argument_each() {
+        assert_eq!(
+            render_param("height", &json!(480)).as_deref(),
+            Ok("--height=480")
+        );
+        assert_eq!(
+            render_param("crf", &json!(22.5)).as_deref(),
+            Ok("--crf=22.5")
+        );
+        assert_eq!(
+            render_param("scene", &json!(true)).as_deref(),
+            Ok("--scene=true")
+        );
+        // A value that looks like an option stays the value of its own parameter.
+        assert_eq!(
+            render_param("text", &json!("-rf /")).as_deref(),
+            Ok("--text=-rf /")
+        );
+    }
+
+    #[test]
+    fn refuses_names_that_could_be_options() {
+        assert!(render_param("output-dir", &json!("/etc")).is_err());
+        assert!(render_param("-x", &json!(1)).is_err());
+        assert!(render_param("a b", &json!(1)).is_err());
+        assert!(render_param("list", &json!([1])).is_err());
+    }
+
+    #[test]
+    fn unknown_request_fields_are_refused() {
+        let bad = r#"{"run":"r","stage":"s","outputPrefix":"/tmp/x/","inptus":[]}"#;
+        assert!(serde_json::from_str::<InvokeRequest>(bad).is_err());
+    }
+}

@@ -1,0 +1,244 @@
+//! Runs a function's command (argv, never a shell) and measures its process tree.
+
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::sys::wait::{Id, WaitPidFlag, waitid};
+use nix::unistd::Pid;
+
+use crate::proc_stats;
+use crate::tail::Tail;
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub enum Exit {
+    Code { code: i32 },
+    Signal { signal: i32 },
+    TimedOut,
+    Cancelled,
+}
+
+impl Exit {
+    pub fn success(&self) -> bool {
+        *self == Exit::Code { code: 0 }
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exit::Code { code } => write!(f, "exit status {code}"),
+            Exit::Signal { signal } => {
+                let name = Signal::try_from(*signal).map(|s| s.as_str()).unwrap_or("?");
+                write!(f, "killed by signal {signal} ({name})")
+            }
+            Exit::TimedOut => write!(f, "timed out"),
+            Exit::Cancelled => write!(f, "cancelled"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Measured {
+    pub exit: Exit,
+    /// From spawn to the exit being seen.
+    pub wall: Duration,
+    pub cpu_user_sys_seconds: f64,
+    /// The largest sum of resident memory seen across the tree, or the largest single
+    /// process's high-water mark, whichever is larger.
+    pub peak_rss_bytes: u64,
+    pub stderr_tail: String,
+}
+
+pub struct Spec<'a> {
+    pub argv: &'a [String],
+    pub cwd: &'a Path,
+    pub env: &'a [(String, String)],
+    pub timeout: Duration,
+    pub cancel: Arc<AtomicBool>,
+}
+
+/// How often the tree's memory is sampled: often at first (short functions), then
+/// less (long encodes need no 10 ms resolution).
+fn sample_interval(elapsed: Duration) -> Duration {
+    if elapsed < Duration::from_secs(1) {
+        Duration::from_millis(10)
+    } else {
+        Duration::from_millis(100)
+    }
+}
+
+/// Blocks until the process exits; run it on a blocking thread.
+pub fn run(spec: Spec<'_>) -> std::io::Result<Measured> {
+    let (program, args) = spec
+        .argv
+        .split_first()
+        .ok_or_else(|| std::io::Error::other("the function has no command"))?;
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .current_dir(spec.cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group, so a timeout kills ffmpeg too, not only the wrapper.
+        .process_group(0);
+    for (key, value) in spec.env {
+        command.env(key, value);
+    }
+    let started = Instant::now();
+    let mut child = command.spawn()?;
+    let pid = child.id() as i32;
+
+    let stderr = Tail::new(40);
+    let stdout = Tail::new(10);
+    let mut readers = Vec::new();
+    if let Some(pipe) = child.stderr.take() {
+        let tail = stderr.clone();
+        readers.push(std::thread::spawn(move || tail.drain(pipe)));
+    }
+    if let Some(pipe) = child.stdout.take() {
+        let tail = stdout.clone();
+        readers.push(std::thread::spawn(move || tail.drain(pipe)));
+    }
+
+    // Wait without reaping, so /proc/<pid>/stat still holds the final CPU times.
+    let (exited_tx, exited_rx) = mpsc::channel::<(Instant, Option<proc_stats::ProcSample>)>();
+    let waiter = std::thread::spawn(move || {
+        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT;
+        while let Err(nix::errno::Errno::EINTR) = waitid(Id::Pid(Pid::from_raw(pid)), flags) {}
+        let _ = exited_tx.send((Instant::now(), proc_stats::sample(pid)));
+    });
+
+    let mut peak_sum = 0u64;
+    let mut peak_single = 0u64;
+    let mut forced: Option<Exit> = None;
+    let (exited_at, final_stat) = loop {
+        let interval = sample_interval(started.elapsed());
+        match exited_rx.recv_timeout(interval) {
+            Ok(done) => break done,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break (Instant::now(), None),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        let mut sum = 0;
+        for member in proc_stats::tree(pid) {
+            if let Some(s) = proc_stats::sample(member) {
+                sum += s.rss_bytes;
+            }
+            if let Some(hwm) = proc_stats::peak_rss(member) {
+                peak_single = peak_single.max(hwm);
+            }
+        }
+        peak_sum = peak_sum.max(sum);
+        if forced.is_none() {
+            if spec.cancel.load(Ordering::Relaxed) {
+                forced = Some(Exit::Cancelled);
+            } else if started.elapsed() > spec.timeout {
+                forced = Some(Exit::TimedOut);
+            }
+            if forced.is_some() {
+                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+    };
+    let _ = waiter.join();
+    let status = child.wait()?;
+    // Whatever the function left running in its group goes with it.
+    let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+    for reader in readers {
+        let _ = reader.join();
+    }
+
+    let exit = forced.unwrap_or(match (status.code(), status.signal()) {
+        (Some(code), _) => Exit::Code { code },
+        (None, Some(signal)) => Exit::Signal { signal },
+        (None, None) => Exit::Code { code: -1 },
+    });
+    let cpu = final_stat
+        .map(|s| s.cpu_seconds + s.children_cpu_seconds)
+        .unwrap_or(0.0);
+    let mut stderr_tail = stderr.text();
+    if stderr_tail.is_empty() {
+        stderr_tail = stdout.text();
+    }
+    Ok(Measured {
+        exit,
+        wall: exited_at.duration_since(started),
+        cpu_user_sys_seconds: cpu,
+        peak_rss_bytes: peak_sum.max(peak_single),
+        stderr_tail,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str, timeout: Duration) -> Measured {
+        let argv = vec!["/bin/sh".to_string(), "-c".to_string(), script.to_string()];
+        let dir = std::env::temp_dir();
+        let result = run(Spec {
+            argv: &argv,
+            cwd: &dir,
+            env: &[],
+            timeout,
+            cancel: Arc::new(AtomicBool::new(false)),
+        });
+        match result {
+            Ok(m) => m,
+            Err(e) => panic!("could not run {script}: {e}"),
+        }
+    }
+
+    #[test]
+    fn reports_exit_code_and_stderr() {
+        let m = sh(
+            "echo first >&2; echo boom >&2; exit 3",
+            Duration::from_secs(10),
+        );
+        assert_eq!(m.exit, Exit::Code { code: 3 });
+        assert_eq!(m.stderr_tail, "first\nboom");
+    }
+
+    #[test]
+    fn counts_cpu_of_waited_children() {
+        // A busy child for ~0.3 s of CPU, waited for by the shell.
+        let m = sh(
+            "sh -c 'i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done'",
+            Duration::from_secs(30),
+        );
+        assert!(m.exit.success());
+        assert!(
+            m.cpu_user_sys_seconds > 0.05,
+            "cpu {}",
+            m.cpu_user_sys_seconds
+        );
+        assert!(m.cpu_user_sys_seconds <= m.wall.as_secs_f64() * 2.0 + 0.05);
+    }
+
+    #[test]
+    fn sees_the_memory_of_the_tree() {
+        // python allocating 200 MiB and holding it for a moment.
+        let m = sh(
+            "python3 -c 'import time; b = bytearray(200 * 1024 * 1024); time.sleep(0.5)'",
+            Duration::from_secs(30),
+        );
+        assert!(m.exit.success(), "{}", m.stderr_tail);
+        assert!(m.peak_rss_bytes > 200 << 20, "peak {}", m.peak_rss_bytes);
+        assert!(m.peak_rss_bytes < 400 << 20, "peak {}", m.peak_rss_bytes);
+    }
+
+    #[test]
+    fn a_timeout_kills_the_whole_group() {
+        let started = Instant::now();
+        let m = sh("sleep 30 & sleep 30; wait", Duration::from_millis(300));
+        assert_eq!(m.exit, Exit::TimedOut);
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+}

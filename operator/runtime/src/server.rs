@@ -1,0 +1,310 @@
+//! `vflow-runtime serve`: the invocation server.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio::sync::Semaphore;
+use vflow_storage::{S3Settings, Store};
+
+use crate::config::ServeArgs;
+use crate::executor::{Executor, ExecutorConfig};
+use crate::invocation::{ErrorBody, InvokeFailure, InvokeRequest, Phase};
+use crate::metrics::RuntimeMetrics;
+use crate::proc_stats;
+use crate::process;
+
+pub struct AppState {
+    pub executor: Executor,
+    slots: Arc<Semaphore>,
+    concurrency: u32,
+    ready: AtomicBool,
+    draining: AtomicBool,
+}
+
+fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+fn refuse(status: StatusCode, message: &str) -> Response {
+    let body = ErrorBody {
+        error: InvokeFailure {
+            phase: Phase::Request,
+            message: message.to_string(),
+            input: None,
+            exit: None,
+            stderr_tail: String::new(),
+            retryable: true,
+        },
+    };
+    let mut response = json_response(status, &body);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
+/// HTTP status for a failed invocation: 4xx when the request or its input is at
+/// fault, 5xx when trying again may help.
+fn status_for(failure: &InvokeFailure) -> StatusCode {
+    match (failure.phase, failure.retryable) {
+        (Phase::Request, _) => StatusCode::BAD_REQUEST,
+        (Phase::Function, _) if failure.exit == Some(process::Exit::TimedOut) => {
+            StatusCode::GATEWAY_TIMEOUT
+        }
+        (_, false) => StatusCode::UNPROCESSABLE_ENTITY,
+        (_, true) => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+async fn invoke(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    let metrics = &state.executor.metrics;
+    if state.draining.load(Ordering::SeqCst) {
+        metrics.rejected.with_label_values(&["draining"]).inc();
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this instance is shutting down",
+        );
+    }
+    if !state.ready.load(Ordering::SeqCst) {
+        metrics.rejected.with_label_values(&["warming_up"]).inc();
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this instance is still warming up",
+        );
+    }
+    let Ok(permit) = state.slots.clone().try_acquire_owned() else {
+        metrics.rejected.with_label_values(&["busy"]).inc();
+        return refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!("all {} slots are busy", state.concurrency),
+        );
+    };
+    let request: InvokeRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            let failure = InvokeFailure {
+                phase: Phase::Request,
+                message: format!("the request is not a valid invocation: {e}"),
+                input: None,
+                exit: None,
+                stderr_tail: String::new(),
+                retryable: false,
+            };
+            return json_response(StatusCode::BAD_REQUEST, &ErrorBody { error: failure });
+        }
+    };
+    // Its own task: a caller that hangs up does not abandon a half-done invocation.
+    let task_state = state.clone();
+    let task = tokio::spawn(async move {
+        let _permit = permit;
+        task_state.executor.metrics.in_flight.inc();
+        let result = task_state.executor.invoke(request).await;
+        task_state.executor.metrics.in_flight.dec();
+        result
+    });
+    match task.await {
+        Ok(Ok(response)) => json_response(StatusCode::OK, &response),
+        Ok(Err(failure)) => json_response(status_for(&failure), &ErrorBody { error: failure }),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("invocation task failed: {e}"),
+        )
+            .into_response(),
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.draining.load(Ordering::SeqCst) {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else if state.ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "warming up\n").into_response()
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.executor.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn observations(State(state): State<Arc<AppState>>) -> Response {
+    json_response(StatusCode::OK, &state.executor.observations())
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/invoke", post(invoke))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/observations", get(observations))
+        .with_state(state)
+}
+
+async fn terminate_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            tracing::error!("cannot listen for SIGTERM; shutting down only on ctrl-c");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Runs the warm-up command; the instance is ready when it succeeds.
+async fn warm_up(
+    state: Arc<AppState>,
+    warmup: Option<Vec<String>>,
+    timeout: Duration,
+) -> Result<(), String> {
+    if let Some(argv) = warmup {
+        let started = Instant::now();
+        let cancel = state.executor.cancel.clone();
+        let measured = tokio::task::spawn_blocking(move || {
+            let cwd = std::env::temp_dir();
+            process::run(process::Spec {
+                argv: &argv,
+                cwd: &cwd,
+                env: &[],
+                timeout,
+                cancel,
+            })
+        })
+        .await
+        .map_err(|e| format!("warm-up supervisor failed: {e}"))?
+        .map_err(|e| format!("could not start the warm-up command: {e}"))?;
+        if !measured.exit.success() {
+            return Err(format!(
+                "the warm-up command failed ({}): {}",
+                measured.exit, measured.stderr_tail
+            ));
+        }
+        tracing::info!(
+            seconds = started.elapsed().as_secs_f64(),
+            "warm-up finished"
+        );
+    }
+    let cold_start = proc_stats::own_age_seconds().unwrap_or(0.0);
+    state.executor.mark_ready(cold_start);
+    state.ready.store(true, Ordering::SeqCst);
+    tracing::info!(cold_start_seconds = cold_start, "ready");
+    Ok(())
+}
+
+pub async fn serve(args: ServeArgs) -> Result<(), String> {
+    let command = args.function_command()?;
+    let store = match S3Settings::from_env()? {
+        Some(settings) => Store::with_s3(&settings),
+        None => Store::local_only(),
+    };
+    tokio::fs::create_dir_all(&args.scratch_dir)
+        .await
+        .map_err(|e| format!("scratch directory {}: {e}", args.scratch_dir.display()))?;
+    let metrics = RuntimeMetrics::new(&args.function).map_err(|e| format!("metrics: {e}"))?;
+    let executor = Executor::new(
+        ExecutorConfig {
+            function: args.function.clone(),
+            command,
+            scratch: args.scratch_dir.clone(),
+            timeout: args.timeout,
+            instance: args.instance_name(),
+        },
+        store,
+        metrics,
+    );
+    let state = Arc::new(AppState {
+        executor,
+        slots: Arc::new(Semaphore::new(args.concurrency as usize)),
+        concurrency: args.concurrency,
+        ready: AtomicBool::new(false),
+        draining: AtomicBool::new(false),
+    });
+
+    let listener = tokio::net::TcpListener::bind((args.bind, args.port))
+        .await
+        .map_err(|e| format!("cannot listen on {}:{}: {e}", args.bind, args.port))?;
+    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    if let Some(path) = &args.port_file {
+        let partial = path.with_extension("partial");
+        std::fs::write(&partial, address.port().to_string())
+            .and_then(|()| std::fs::rename(&partial, path))
+            .map_err(|e| format!("port file {}: {e}", path.display()))?;
+    }
+    tracing::info!(%address, function = %args.function, concurrency = args.concurrency, "listening");
+
+    let (warm_failed_tx, warm_failed_rx) = tokio::sync::oneshot::channel::<String>();
+    tokio::spawn({
+        let state = state.clone();
+        let warmup = args.warmup.clone().map(|a| a.0);
+        let timeout = args.timeout;
+        async move {
+            if let Err(e) = warm_up(state, warmup, timeout).await {
+                let _ = warm_failed_tx.send(e);
+            }
+        }
+    });
+
+    let drain_state = state.clone();
+    let drain_timeout = args.drain_timeout;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
+    tokio::spawn(async move {
+        let outcome = tokio::select! {
+            _ = terminate_signal() => Ok(()),
+            Ok(e) = warm_failed_rx => Err(e),
+        };
+        drain_state.draining.store(true, Ordering::SeqCst);
+        tracing::info!(?drain_timeout, "draining: finishing in-flight invocations");
+        let _ = stop_tx.send(outcome);
+        // Past the deadline, running functions are killed so their requests end.
+        tokio::time::sleep(drain_timeout).await;
+        tracing::warn!("drain timeout passed: killing the functions still running");
+        drain_state.executor.cancel.store(true, Ordering::SeqCst);
+    });
+
+    let (result_tx, mut result_rx) = tokio::sync::mpsc::channel::<Result<(), String>>(1);
+    let server = axum::serve(listener, router(state.clone())).with_graceful_shutdown(async move {
+        let outcome = stop_rx.await.unwrap_or(Ok(()));
+        let _ = result_tx.send(outcome).await;
+    });
+    server.await.map_err(|e| format!("server: {e}"))?;
+    let outcome = result_rx.recv().await.unwrap_or(Ok(()));
+
+    // Invocations whose callers hung up still hold slots: wait for them too.
+    let all = args.concurrency;
+    let deadline = drain_timeout + Duration::from_secs(5);
+    if tokio::time::timeout(deadline, state.slots.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::error!("invocations still running after the drain deadline; exiting anyway");
+    }
+    tracing::info!("stopped");
+    outcome
+}

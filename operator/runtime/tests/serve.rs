@@ -1,0 +1,544 @@
+//! `vflow-runtime serve` as a real process, with a real S3 server on loopback.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Runtime, invoke, testfn};
+use serde_json::json;
+use vflow_storage::test_server::TestS3;
+use vflow_storage::{Location, Store};
+
+fn loc(uri: &str) -> Location {
+    Location::parse(uri).unwrap_or_else(|e| panic!("{uri}: {e}"))
+}
+
+fn command(extra: &[&str]) -> String {
+    let mut argv = vec![testfn()];
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    serde_json::to_string(&argv).expect("json")
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    s3: TestS3,
+    store: Store,
+    client: reqwest::Client,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s3 = TestS3::start(&dir.path().join("s3"), &["videos"])
+        .unwrap_or_else(|e| panic!("cannot start the S3 server: {e}"));
+    let store = Store::with_s3(&s3.settings());
+    Setup {
+        dir,
+        s3,
+        store,
+        client: reqwest::Client::new(),
+    }
+}
+
+impl Setup {
+    fn runtime(&self, args: &[&str]) -> Runtime {
+        let scratch = self.dir.path().join("scratch");
+        let scratch = scratch.to_string_lossy().into_owned();
+        let mut all = vec!["--scratch-dir", scratch.as_str(), "--function", "testfn"];
+        all.extend_from_slice(args);
+        let env = self.s3.env();
+        let env: Vec<(String, String)> = env
+            .into_iter()
+            .chain([("VFLOW_COMMAND".to_string(), command(&[]))])
+            .collect();
+        Runtime::start(self.dir.path(), &all, &env)
+    }
+
+    async fn put(&self, key: &str, bytes: &[u8]) {
+        let path = self.dir.path().join("upload.tmp");
+        std::fs::write(&path, bytes).expect("write");
+        self.store
+            .upload(&path, &loc(&format!("s3://videos/{key}")))
+            .await
+            .expect("upload");
+    }
+
+    async fn keys(&self, prefix: &str) -> Vec<String> {
+        self.store
+            .list(&loc(&format!("s3://videos/{prefix}")))
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|o| o.location.to_string())
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn an_invocation_moves_inputs_and_outputs_through_s3() {
+    let s = setup();
+    s.put("in/a.bin", b"first input").await;
+    s.put("in/b.bin", b"second").await;
+    let rt = s.runtime(&[]);
+    rt.wait_ready(&s.client).await;
+
+    let body = json!({
+        "run": "r1", "stage": "copy", "segment": 4,
+        "inputs": ["s3://videos/in/a.bin", "s3://videos/in/b.bin"],
+        "outputPrefix": "s3://videos/out/r1/copy/00004/",
+        "params": {"mode": "copy", "text": "--not-an-option"}
+    });
+    let (status, _, first) = invoke(&s.client, &rt.url, body.clone()).await;
+    assert_eq!(status, 200, "{first}\n{}", rt.logs());
+    let outputs: Vec<&str> = first["outputs"]
+        .as_array()
+        .expect("outputs")
+        .iter()
+        .map(|o| o["uri"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        outputs,
+        [
+            "s3://videos/out/r1/copy/00004/000-a.bin",
+            "s3://videos/out/r1/copy/00004/001-b.bin"
+        ]
+    );
+    assert_eq!(first["bytesIn"], 17);
+    assert_eq!(first["bytesOut"], 17);
+    assert_eq!(
+        first["metadata"],
+        json!({"inputs": 2, "bytes": 17, "text": "--not-an-option", "segment": "4"})
+    );
+    assert_eq!(first["cold"], true);
+    assert!(first["coldStartSeconds"].as_f64().is_some_and(|c| c > 0.0));
+    assert!(first["peakRssBytes"].as_u64().is_some_and(|m| m > 1 << 20));
+    assert!(first["cpuSeconds"].as_f64().is_some_and(|c| c > 0.0));
+    let wall = first["wallSeconds"].as_f64().unwrap_or(0.0);
+    let function = first["functionSeconds"].as_f64().unwrap_or(f64::MAX);
+    assert!(
+        function > 0.0 && function <= wall,
+        "function {function} wall {wall}"
+    );
+
+    // The completion record is written last, and says what was produced.
+    let record = s
+        .store
+        .get_bytes(&loc("s3://videos/out/r1/copy/00004/_vflow-complete.json"))
+        .await
+        .expect("get")
+        .expect("completion record");
+    let record: serde_json::Value = serde_json::from_slice(&record).expect("json");
+    assert_eq!(record["response"]["outputs"], first["outputs"]);
+
+    let (status, _, second) = invoke(&s.client, &rt.url, body).await;
+    assert_eq!(status, 200);
+    assert_eq!(second["cold"], false);
+    assert!(second.get("coldStartSeconds").is_none());
+    assert_eq!(
+        second["outputs"], first["outputs"],
+        "keys are deterministic"
+    );
+
+    // Observations for the operator.
+    let obs: serde_json::Value = s
+        .client
+        .get(format!("{}/observations", rt.url))
+        .send()
+        .await
+        .expect("observations")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(obs["invocations"], 2);
+    assert_eq!(obs["failures"], 0);
+    assert_eq!(obs["execSeconds"]["count"], 2);
+    let metrics = s
+        .client
+        .get(format!("{}/metrics", rt.url))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let succeeded = metrics.lines().find(|l| {
+        l.starts_with("vflow_runtime_invocations_total{")
+            && l.contains(r#"function="testfn""#)
+            && l.contains(r#"outcome="succeeded""#)
+    });
+    assert!(succeeded.is_some_and(|l| l.ends_with(" 2")), "{metrics}");
+}
+
+#[tokio::test]
+async fn nested_output_files_keep_their_relative_names() {
+    let s = setup();
+    let rt = s.runtime(&[]);
+    rt.wait_ready(&s.client).await;
+    let (status, _, body) = invoke(
+        &s.client,
+        &rt.url,
+        json!({"run": "r", "stage": "frames", "outputPrefix": "s3://videos/out/frames", "params": {"mode": "nested"}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        s.keys("out/frames/").await,
+        [
+            "s3://videos/out/frames/_vflow-complete.json",
+            "s3://videos/out/frames/frames/frame-000.txt",
+            "s3://videos/out/frames/frames/frame-001.txt",
+            "s3://videos/out/frames/frames/frame-002.txt"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_missing_input_fails_clearly_and_the_runtime_stays_healthy() {
+    let s = setup();
+    let rt = s.runtime(&[]);
+    rt.wait_ready(&s.client).await;
+    let (status, _, body) = invoke(
+        &s.client,
+        &rt.url,
+        json!({"run": "r", "stage": "copy", "inputs": ["s3://videos/in/missing.mp4"],
+               "outputPrefix": "s3://videos/out/missing/", "params": {"mode": "copy"}}),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["phase"], "download");
+    assert_eq!(body["error"]["input"], "s3://videos/in/missing.mp4");
+    assert_eq!(body["error"]["retryable"], false);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("input missing")
+    );
+    assert!(s.keys("out/missing/").await.is_empty());
+
+    s.put("in/ok.bin", b"ok").await;
+    let (status, _, body) = invoke(
+        &s.client,
+        &rt.url,
+        json!({"run": "r", "stage": "copy", "inputs": ["s3://videos/in/ok.bin"],
+               "outputPrefix": "s3://videos/out/ok/", "params": {"mode": "copy"}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn a_failing_function_leaves_no_output_and_shows_its_stderr() {
+    let s = setup();
+    s.put("in/broken.mp4", b"not a video").await;
+    let rt = s.runtime(&[]);
+    rt.wait_ready(&s.client).await;
+    let (status, _, body) = invoke(
+        &s.client,
+        &rt.url,
+        json!({"run": "r", "stage": "scale", "inputs": ["s3://videos/in/broken.mp4"],
+               "outputPrefix": "s3://videos/out/broken/", "params": {"mode": "fail"}}),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    let error = &body["error"];
+    assert_eq!(error["phase"], "function");
+    assert_eq!(error["exit"], json!({"kind": "code", "code": 1}));
+    let message = error["message"].as_str().unwrap_or("");
+    assert!(message.contains("exit status 1"), "{message}");
+    assert!(
+        message.contains("000-broken.mp4: Invalid data found"),
+        "{message}"
+    );
+    assert!(
+        error["stderrTail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("moov atom not found")
+    );
+    assert!(
+        s.keys("out/broken/").await.is_empty(),
+        "partial output left behind"
+    );
+    // The scratch directory is cleaned after a failure too.
+    let scratch = s.dir.path().join("scratch");
+    assert_eq!(
+        std::fs::read_dir(&scratch).map(|d| d.count()).unwrap_or(0),
+        0
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_before_any_work() {
+    let s = setup();
+    let rt = s.runtime(&[]);
+    rt.wait_ready(&s.client).await;
+    for (body, expect) in [
+        (
+            json!({"run": "r", "stage": "s", "outputPrefix": "relative/out"}),
+            "outputPrefix",
+        ),
+        (
+            json!({"run": "r", "stage": "s", "outputPrefix": "s3://videos/o/", "params": {"output-dir": "/etc"}}),
+            "reserved",
+        ),
+        (
+            json!({"run": "r", "stage": "s", "outputPrefix": "s3://videos/o/", "inputs": ["http://x/y.mp4"]}),
+            "not a storage URI",
+        ),
+        (
+            json!({"run": "r", "stage": "s", "outputPrefix": "s3://videos/o/", "params": {"mode": {"a": 1}}}),
+            "string, number or boolean",
+        ),
+        (
+            json!({"run": "r", "stage": "s", "output_prefix": "s3://videos/o/"}),
+            "unknown field",
+        ),
+    ] {
+        let (status, _, answer) = invoke(&s.client, &rt.url, body.clone()).await;
+        assert_eq!(status, 400, "{body} -> {answer}");
+        let message = answer["error"]["message"].as_str().unwrap_or("");
+        assert!(message.contains(expect), "{body}: {message}");
+    }
+}
+
+#[tokio::test]
+async fn the_concurrency_limit_answers_429_with_retry_after() {
+    let s = setup();
+    let rt = s.runtime(&["--concurrency", "2"]);
+    rt.wait_ready(&s.client).await;
+    let call = |i: usize| {
+        let client = s.client.clone();
+        let url = rt.url.clone();
+        async move {
+            invoke(
+                &client,
+                &url,
+                json!({"run": "r", "stage": "s", "segment": i, "outputPrefix": format!("s3://videos/c/{i}/"),
+                       "params": {"mode": "sleep", "seconds": 1.0}}),
+            )
+            .await
+        }
+    };
+    let results = futures_util::future::join_all((0..3).map(call)).await;
+    let mut statuses: Vec<u16> = results.iter().map(|(s, _, _)| *s).collect();
+    statuses.sort();
+    assert_eq!(statuses, [200, 200, 429], "{results:?}");
+    let rejected = results
+        .iter()
+        .find(|(s, _, _)| *s == 429)
+        .map(|(_, r, _)| r.clone());
+    assert_eq!(rejected, Some(Some("1".to_string())));
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_invocations_then_exits() {
+    let s = setup();
+    let mut rt = s.runtime(&["--drain-timeout", "20s"]);
+    rt.wait_ready(&s.client).await;
+    let client = s.client.clone();
+    let url = rt.url.clone();
+    let in_flight = tokio::spawn(async move {
+        invoke(
+            &client,
+            &url,
+            json!({"run": "r", "stage": "s", "outputPrefix": "s3://videos/drain/",
+                   "params": {"mode": "sleep", "seconds": 1.5}}),
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    rt.terminate();
+    let (status, _, body) = in_flight.await.expect("join");
+    assert_eq!(status, 200, "the in-flight invocation was cut off: {body}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(status) = rt.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still running after the drain");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(exit.success(), "exit {exit}: {}", rt.logs());
+    assert_eq!(
+        s.keys("drain/").await.len(),
+        2,
+        "output and completion record"
+    );
+}
+
+#[tokio::test]
+async fn readiness_waits_for_the_warm_up() {
+    let s = setup();
+    let warmup = command(&["--warmup"]);
+    let scratch = s.dir.path().join("scratch").to_string_lossy().into_owned();
+    let mut env = s.s3.env();
+    env.push(("VFLOW_COMMAND".into(), command(&[])));
+    env.push(("VFLOW_WARMUP_COMMAND".into(), warmup));
+    env.push(("TESTFN_WARMUP_SECONDS".into(), "1.5".into()));
+    let rt = Runtime::start(s.dir.path(), &["--scratch-dir", &scratch], &env);
+    let early = s
+        .client
+        .get(format!("{}/readyz", rt.url))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(early.status(), 503);
+    let health = s
+        .client
+        .get(format!("{}/healthz", rt.url))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(health.status(), 200, "alive while warming up");
+    let (status, retry, _) = invoke(
+        &s.client,
+        &rt.url,
+        json!({"run": "r", "stage": "s", "outputPrefix": "s3://videos/w/", "params": {"mode": "nested"}}),
+    )
+    .await;
+    assert_eq!((status, retry.as_deref()), (503, Some("1")));
+    rt.wait_ready(&s.client).await;
+    let (status, _, body) = invoke(
+        &s.client,
+        &rt.url,
+        json!({"run": "r", "stage": "s", "outputPrefix": "s3://videos/w/", "params": {"mode": "nested"}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // The cold start covers the warm-up.
+    assert!(
+        body["coldStartSeconds"].as_f64().is_some_and(|c| c >= 1.5),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_warm_up_stops_the_instance_with_the_reason() {
+    let s = setup();
+    let scratch = s.dir.path().join("scratch").to_string_lossy().into_owned();
+    let env = vec![
+        ("VFLOW_COMMAND".to_string(), command(&[])),
+        ("VFLOW_WARMUP_COMMAND".to_string(), command(&["--warmup"])),
+        ("TESTFN_WARMUP_FAIL".to_string(), "1".to_string()),
+    ];
+    let mut rt = Runtime::start(s.dir.path(), &["--scratch-dir", &scratch], &env);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(status) = rt.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a failed warm-up left the instance running"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(!exit.success());
+    assert!(
+        rt.logs().contains("model weights not found"),
+        "{}",
+        rt.logs()
+    );
+}
+
+#[tokio::test]
+async fn a_timeout_kills_the_function_and_answers_504() {
+    let s = setup();
+    let rt = s.runtime(&[]);
+    rt.wait_ready(&s.client).await;
+    let started = Instant::now();
+    let (status, _, body) = invoke(
+        &s.client,
+        &rt.url,
+        json!({"run": "r", "stage": "s", "outputPrefix": "s3://videos/t/", "timeoutSeconds": 0.5,
+               "params": {"mode": "sleep", "seconds": 30}}),
+    )
+    .await;
+    assert_eq!(status, 504, "{body}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(body["error"]["exit"]["kind"], "timedOut");
+    assert!(s.keys("t/").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_full_scratch_disk_fails_the_download_and_is_cleaned_up() {
+    let s = setup();
+    let scratch = s.dir.path().join("tiny-scratch");
+    std::fs::create_dir_all(&scratch).expect("mkdir");
+    // A 2 MiB tmpfs: needs root (CI and the dev machine run as root).
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&scratch)
+        .status()
+        .expect("run mount");
+    assert!(
+        mounted.success(),
+        "mounting a 2 MiB tmpfs failed: this test needs root"
+    );
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(scratch.clone());
+
+    s.put("in/big.bin", &vec![7u8; 4 << 20]).await;
+    s.put("in/small.bin", b"small").await;
+    let scratch_arg = scratch.to_string_lossy().into_owned();
+    let mut env = s.s3.env();
+    env.push(("VFLOW_COMMAND".into(), command(&[])));
+    let rt = Runtime::start(s.dir.path(), &["--scratch-dir", &scratch_arg], &env);
+    rt.wait_ready(&s.client).await;
+    let (status, _, body) = invoke(
+        &s.client,
+        &rt.url,
+        json!({"run": "r", "stage": "s", "inputs": ["s3://videos/in/big.bin"],
+               "outputPrefix": "s3://videos/full/", "params": {"mode": "copy"}}),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["phase"], "download");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("scratch disk is full"),
+        "{body}"
+    );
+    assert!(s.keys("full/").await.is_empty());
+    // The space is given back: the next invocation fits.
+    let (status, _, body) = invoke(
+        &s.client,
+        &rt.url,
+        json!({"run": "r", "stage": "s", "inputs": ["s3://videos/in/small.bin"],
+               "outputPrefix": "s3://videos/fits/", "params": {"mode": "copy"}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn local_directories_work_without_s3() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("clip.bin");
+    std::fs::write(&input, b"local bytes").expect("write");
+    let scratch = dir.path().join("scratch").to_string_lossy().into_owned();
+    let env = vec![("VFLOW_COMMAND".to_string(), command(&[]))];
+    let rt = Runtime::start(dir.path(), &["--scratch-dir", &scratch], &env);
+    let client = reqwest::Client::new();
+    rt.wait_ready(&client).await;
+    let out = dir.path().join("out");
+    let (status, _, body) = invoke(
+        &client,
+        &rt.url,
+        json!({"run": "r", "stage": "s", "inputs": [input.to_string_lossy()],
+               "outputPrefix": format!("file://{}/", out.display()), "params": {"mode": "copy"}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        std::fs::read(out.join("000-clip.bin")).expect("output"),
+        b"local bytes"
+    );
+}

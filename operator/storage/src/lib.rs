@@ -1,0 +1,120 @@
+//! One storage API for the runtime, the run engine and the local mode.
+//!
+//! Objects are named by URI: `s3://bucket/key` for an S3-compatible server, and
+//! `file:///abs/path` (or a plain absolute path) for a local directory. Downloads are
+//! streamed to disk and verified (size, and the SHA-256 that vflow records at upload);
+//! large uploads go in parts; transient S3 errors are retried with backoff.
+
+mod checksum;
+mod error;
+mod local;
+mod location;
+mod s3;
+mod settings;
+pub mod test_server;
+
+pub use checksum::sha256_file;
+pub use error::StorageError;
+pub use location::Location;
+pub use s3::S3Store;
+pub use settings::S3Settings;
+
+use std::path::Path;
+
+/// What a transfer moved, for the invocation's measurements.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transfer {
+    pub bytes: u64,
+    /// Hex SHA-256 of the bytes moved.
+    pub sha256: String,
+}
+
+/// An object found by [`Store::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub location: Location,
+    pub bytes: u64,
+}
+
+/// Local paths always work; `s3://` needs S3 settings.
+#[derive(Clone, Default)]
+pub struct Store {
+    s3: Option<S3Store>,
+}
+
+impl Store {
+    /// A store for local paths only.
+    pub fn local_only() -> Self {
+        Self { s3: None }
+    }
+
+    pub fn with_s3(settings: &S3Settings) -> Self {
+        Self {
+            s3: Some(S3Store::new(settings)),
+        }
+    }
+
+    fn s3(&self, location: &Location) -> Result<&S3Store, StorageError> {
+        self.s3.as_ref().ok_or_else(|| StorageError::NoS3 {
+            uri: location.to_string(),
+        })
+    }
+
+    /// Streams the object to `dest` (created or truncated) and verifies it.
+    pub async fn download(&self, from: &Location, dest: &Path) -> Result<Transfer, StorageError> {
+        match from {
+            Location::Local(path) => local::copy_file(path, dest).await,
+            Location::S3 { bucket, key } => self.s3(from)?.download(bucket, key, dest).await,
+        }
+    }
+
+    /// Uploads a file; the object carries its SHA-256 so downloads can verify it.
+    pub async fn upload(&self, src: &Path, to: &Location) -> Result<Transfer, StorageError> {
+        match to {
+            Location::Local(path) => local::copy_file(src, path).await,
+            Location::S3 { bucket, key } => self.s3(to)?.upload(src, bucket, key).await,
+        }
+    }
+
+    /// Writes a small object from memory (manifests, progress records).
+    pub async fn put_bytes(&self, to: &Location, data: Vec<u8>) -> Result<(), StorageError> {
+        match to {
+            Location::Local(path) => local::write_atomic(path, &data).await,
+            Location::S3 { bucket, key } => self.s3(to)?.put_bytes(bucket, key, data).await,
+        }
+    }
+
+    /// Reads a small object into memory; `Ok(None)` when it does not exist.
+    pub async fn get_bytes(&self, from: &Location) -> Result<Option<Vec<u8>>, StorageError> {
+        match from {
+            Location::Local(path) => local::read_if_exists(path).await,
+            Location::S3 { bucket, key } => self.s3(from)?.get_bytes(bucket, key).await,
+        }
+    }
+
+    /// Size of the object, or `None` when it does not exist.
+    pub async fn size(&self, of: &Location) -> Result<Option<u64>, StorageError> {
+        match of {
+            Location::Local(path) => local::size(path).await,
+            Location::S3 { bucket, key } => self.s3(of)?.size(bucket, key).await,
+        }
+    }
+
+    /// Every object under a prefix, sorted by name.
+    pub async fn list(&self, prefix: &Location) -> Result<Vec<ObjectInfo>, StorageError> {
+        let mut found = match prefix {
+            Location::Local(path) => local::list(path).await?,
+            Location::S3 { bucket, key } => self.s3(prefix)?.list(bucket, key).await?,
+        };
+        found.sort_by_cached_key(|o| o.location.to_string());
+        Ok(found)
+    }
+
+    /// Deletes one object; deleting what is not there is not an error.
+    pub async fn delete(&self, what: &Location) -> Result<(), StorageError> {
+        match what {
+            Location::Local(path) => local::delete(path).await,
+            Location::S3 { bucket, key } => self.s3(what)?.delete(bucket, key).await,
+        }
+    }
+}

@@ -1,0 +1,437 @@
+//! S3-compatible servers through aws-sdk-s3.
+
+use std::path::Path;
+use std::time::Duration;
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, retry::RetryConfig};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::{ByteStream, Length};
+use aws_sdk_s3::types::{ChecksumMode, CompletedMultipartUpload, CompletedPart};
+use futures_util::{StreamExt, TryStreamExt, stream};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use crate::{Location, ObjectInfo, S3Settings, StorageError, Transfer, sha256_file};
+
+/// Object metadata key under which vflow records a file's SHA-256 at upload.
+const SHA256_METADATA: &str = "vflow-sha256";
+
+#[derive(Clone)]
+pub struct S3Store {
+    client: Client,
+    settings: S3Settings,
+}
+
+fn uri(bucket: &str, key: &str) -> String {
+    format!("s3://{bucket}/{key}")
+}
+
+/// Turns an SDK error into ours, deciding whether a retry may help.
+fn classify<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
+    err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    uri: String,
+    operation: &'static str,
+) -> StorageError {
+    let status = err.raw_response().map(|r| r.status().as_u16());
+    let code = err.code().map(str::to_string);
+    if status == Some(404) || matches!(code.as_deref(), Some("NoSuchKey" | "NotFound")) {
+        return StorageError::NotFound { uri };
+    }
+    let transient = match &err {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        _ => {
+            matches!(status, Some(429) | Some(500..=599))
+                || matches!(
+                    code.as_deref(),
+                    Some("SlowDown" | "Throttling" | "ThrottlingException" | "RequestTimeout")
+                )
+        }
+    };
+    let message = match (code, err.message()) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        (Some(code), None) => code,
+        _ => format!("{}", aws_sdk_s3::error::DisplayErrorContext(&err)),
+    };
+    StorageError::S3 {
+        uri,
+        operation,
+        message,
+        transient,
+    }
+}
+
+impl S3Store {
+    pub fn new(settings: &S3Settings) -> Self {
+        let credentials = Credentials::new(
+            settings.access_key_id.clone(),
+            settings.secret_access_key.clone(),
+            None,
+            None,
+            "vflow",
+        );
+        let retry = RetryConfig::standard()
+            .with_max_attempts(settings.max_attempts.max(1))
+            .with_initial_backoff(Duration::from_millis(100))
+            .with_max_backoff(Duration::from_secs(5));
+        let mut config = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(settings.region.clone()))
+            .credentials_provider(credentials)
+            .force_path_style(settings.path_style)
+            .retry_config(retry);
+        if let Some(endpoint) = &settings.endpoint {
+            config = config.endpoint_url(endpoint);
+        }
+        Self {
+            client: Client::from_conf(config.build()),
+            settings: settings.clone(),
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Retries the whole download (a body can break mid-stream, where the SDK's own
+    /// retries do not reach) with exponential backoff.
+    pub async fn download(
+        &self,
+        bucket: &str,
+        key: &str,
+        dest: &Path,
+    ) -> Result<Transfer, StorageError> {
+        let mut attempt = 1;
+        loop {
+            match self.download_once(bucket, key, dest).await {
+                Ok(transfer) => return Ok(transfer),
+                Err(err) if err.is_transient() && attempt < self.settings.max_attempts => {
+                    let delay = Duration::from_millis(100 << attempt.min(6));
+                    tracing::warn!(error = %err, attempt, ?delay, "download failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                Err(err) => {
+                    let _ = tokio::fs::remove_file(dest).await;
+                    return Err(err);
+                }
+            }
+        }
+    }
+
+    async fn download_once(
+        &self,
+        bucket: &str,
+        key: &str,
+        dest: &Path,
+    ) -> Result<Transfer, StorageError> {
+        let uri = uri(bucket, key);
+        let response = self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .checksum_mode(ChecksumMode::Enabled)
+            .send()
+            .await
+            .map_err(|e| classify(e, uri.clone(), "GetObject"))?;
+        let expected_size = response
+            .content_length()
+            .and_then(|n| u64::try_from(n).ok());
+        let expected_sha = response
+            .metadata()
+            .and_then(|m| m.get(SHA256_METADATA))
+            .cloned();
+        let file = tokio::fs::File::create(dest)
+            .await
+            .map_err(|e| StorageError::io(dest, &e))?;
+        let mut writer = tokio::io::BufWriter::with_capacity(1 << 20, file);
+        let mut hasher = Sha256::new();
+        let mut got = 0u64;
+        let mut body = response.body;
+        while let Some(chunk) = body.next().await {
+            // A broken connection or a checksum that does not match: fetching again
+            // may help (corruption at rest fails every attempt and is reported).
+            let chunk = chunk.map_err(|e| StorageError::S3 {
+                uri: uri.clone(),
+                operation: "GetObject body",
+                message: aws_sdk_s3::error::DisplayErrorContext(&e).to_string(),
+                transient: true,
+            })?;
+            hasher.update(&chunk);
+            got += chunk.len() as u64;
+            writer
+                .write_all(&chunk)
+                .await
+                .map_err(|e| StorageError::io(dest, &e))?;
+        }
+        writer
+            .flush()
+            .await
+            .map_err(|e| StorageError::io(dest, &e))?;
+        if let Some(expected) = expected_size
+            && expected != got
+        {
+            return Err(StorageError::SizeMismatch { uri, expected, got });
+        }
+        let sha256 = hex::encode(hasher.finalize());
+        if let Some(expected) = expected_sha
+            && expected != sha256
+        {
+            return Err(StorageError::ChecksumMismatch {
+                uri,
+                expected,
+                got: sha256,
+            });
+        }
+        Ok(Transfer { bytes: got, sha256 })
+    }
+
+    pub async fn upload(
+        &self,
+        src: &Path,
+        bucket: &str,
+        key: &str,
+    ) -> Result<Transfer, StorageError> {
+        let (bytes, sha256) = sha256_file(src).await?;
+        if bytes >= self.settings.multipart_threshold {
+            self.upload_parts(src, bucket, key, bytes, &sha256).await?;
+        } else {
+            let body = ByteStream::from_path(src)
+                .await
+                .map_err(|e| StorageError::Io {
+                    path: src.to_path_buf(),
+                    message: e.to_string(),
+                })?;
+            self.client
+                .put_object()
+                .bucket(bucket)
+                .key(key)
+                .metadata(SHA256_METADATA, &sha256)
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| classify(e, uri(bucket, key), "PutObject"))?;
+        }
+        Ok(Transfer { bytes, sha256 })
+    }
+
+    async fn upload_parts(
+        &self,
+        src: &Path,
+        bucket: &str,
+        key: &str,
+        size: u64,
+        sha256: &str,
+    ) -> Result<(), StorageError> {
+        let target = uri(bucket, key);
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .metadata(SHA256_METADATA, sha256)
+            .send()
+            .await
+            .map_err(|e| classify(e, target.clone(), "CreateMultipartUpload"))?;
+        let upload_id = created.upload_id().unwrap_or_default().to_string();
+        let part_size = self.settings.part_size.max(5 << 20);
+        let part_count = size.div_ceil(part_size);
+        let uploads = stream::iter(0..part_count)
+            .map(|index| {
+                let upload_id = upload_id.clone();
+                let target = target.clone();
+                async move {
+                    let offset = index * part_size;
+                    let length = part_size.min(size - offset);
+                    let body = ByteStream::read_from()
+                        .path(src)
+                        .offset(offset)
+                        .length(Length::Exact(length))
+                        .build()
+                        .await
+                        .map_err(|e| StorageError::Io {
+                            path: src.to_path_buf(),
+                            message: e.to_string(),
+                        })?;
+                    let part_number = i32::try_from(index + 1).unwrap_or(i32::MAX);
+                    let done = self
+                        .client
+                        .upload_part()
+                        .bucket(bucket)
+                        .key(key)
+                        .upload_id(&upload_id)
+                        .part_number(part_number)
+                        .body(body)
+                        .send()
+                        .await
+                        .map_err(|e| classify(e, target, "UploadPart"))?;
+                    Ok::<_, StorageError>(
+                        CompletedPart::builder()
+                            .part_number(part_number)
+                            .set_e_tag(done.e_tag().map(str::to_string))
+                            .set_checksum_crc32(done.checksum_crc32().map(str::to_string))
+                            .set_checksum_crc32_c(done.checksum_crc32_c().map(str::to_string))
+                            .set_checksum_crc64_nvme(done.checksum_crc64_nvme().map(str::to_string))
+                            .build(),
+                    )
+                }
+            })
+            .buffer_unordered(self.settings.part_concurrency.max(1));
+        let parts: Result<Vec<CompletedPart>, StorageError> = uploads.try_collect().await;
+        let mut parts = match parts {
+            Ok(parts) => parts,
+            Err(err) => {
+                // Leave no orphaned parts behind (they cost storage and hide the object).
+                let _ = self
+                    .client
+                    .abort_multipart_upload()
+                    .bucket(bucket)
+                    .key(key)
+                    .upload_id(&upload_id)
+                    .send()
+                    .await;
+                return Err(err);
+            }
+        };
+        parts.sort_by_key(|p| p.part_number());
+        self.client
+            .complete_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(&upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| classify(e, target, "CompleteMultipartUpload"))?;
+        Ok(())
+    }
+
+    pub async fn put_bytes(
+        &self,
+        bucket: &str,
+        key: &str,
+        data: Vec<u8>,
+    ) -> Result<(), StorageError> {
+        let sha256 = hex::encode(Sha256::digest(&data));
+        self.client
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .metadata(SHA256_METADATA, sha256)
+            .body(ByteStream::from(data))
+            .send()
+            .await
+            .map_err(|e| classify(e, uri(bucket, key), "PutObject"))?;
+        Ok(())
+    }
+
+    pub async fn get_bytes(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        let target = uri(bucket, key);
+        let response = match self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(response) => response,
+            Err(err) => {
+                return match classify(err, target, "GetObject") {
+                    StorageError::NotFound { .. } => Ok(None),
+                    other => Err(other),
+                };
+            }
+        };
+        let data = response
+            .body
+            .collect()
+            .await
+            .map_err(|e| StorageError::S3 {
+                uri: target,
+                operation: "GetObject body",
+                message: e.to_string(),
+                transient: true,
+            })?;
+        Ok(Some(data.into_bytes().to_vec()))
+    }
+
+    pub async fn size(&self, bucket: &str, key: &str) -> Result<Option<u64>, StorageError> {
+        match self
+            .client
+            .head_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(head) => Ok(head.content_length().and_then(|n| u64::try_from(n).ok())),
+            Err(err) => match classify(err, uri(bucket, key), "HeadObject") {
+                StorageError::NotFound { .. } => Ok(None),
+                other => Err(other),
+            },
+        }
+    }
+
+    pub async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+        let mut found = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(bucket)
+                .prefix(prefix)
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| classify(e, uri(bucket, prefix), "ListObjectsV2"))?;
+            for object in page.contents() {
+                if let Some(key) = object.key() {
+                    found.push(ObjectInfo {
+                        location: Location::S3 {
+                            bucket: bucket.to_string(),
+                            key: key.to_string(),
+                        },
+                        bytes: object
+                            .size()
+                            .and_then(|n| u64::try_from(n).ok())
+                            .unwrap_or(0),
+                    });
+                }
+            }
+            match page.next_continuation_token() {
+                Some(next) if page.is_truncated() == Some(true) => token = Some(next.to_string()),
+                _ => return Ok(found),
+            }
+        }
+    }
+
+    pub async fn delete(&self, bucket: &str, key: &str) -> Result<(), StorageError> {
+        match self
+            .client
+            .delete_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(err) => match classify(err, uri(bucket, key), "DeleteObject") {
+                StorageError::NotFound { .. } => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+}
