@@ -1,4 +1,6 @@
 //! The `vflow` command line: shared pieces, so tests drive them without a process.
 
 pub mod manifests;
+pub mod plan_cmd;
+pub mod sim_cmd;
 pub mod validate_cmd;

@@ -229,14 +229,18 @@ fn exclusive_groups(conditions: &[Option<StageCondition>]) -> Vec<Vec<usize>> {
 /// Whether two comparisons of one value can never both hold.
 pub fn exclusive(a: &StageCondition, b: &StageCondition) -> bool {
     match (&a.value, &b.value) {
-        (Literal::Number(x), Literal::Number(y)) => match (interval(a.op, *x), interval(b.op, *y)) {
-            (Some(i), Some(j)) => disjoint(i, j),
-            // != x against == x is the only provable case with a hole.
-            _ => matches!(
-                (a.op, b.op),
-                (CompareOp::Ne, CompareOp::Eq) | (CompareOp::Eq, CompareOp::Ne)
-            ) && x == y,
-        },
+        (Literal::Number(x), Literal::Number(y)) => {
+            match (interval(a.op, *x), interval(b.op, *y)) {
+                (Some(i), Some(j)) => disjoint(i, j),
+                // != x against == x is the only provable case with a hole.
+                _ => {
+                    matches!(
+                        (a.op, b.op),
+                        (CompareOp::Ne, CompareOp::Eq) | (CompareOp::Eq, CompareOp::Ne)
+                    ) && x == y
+                }
+            }
+        }
         (Literal::String(x), Literal::String(y)) => equality_exclusive(a.op, b.op, x == y),
         (Literal::Bool(x), Literal::Bool(y)) => {
             // For booleans, != true is == false.

@@ -16,7 +16,9 @@ pub enum DagError {
     Cycle(Vec<String>),
     #[error("the workflow has no stages")]
     Empty,
-    #[error("the workflow's DAG is not sound (fan-out, join or cycle); run `vflow validate` for the reasons")]
+    #[error(
+        "the workflow's DAG is not sound (fan-out, join or cycle); run `vflow validate` for the reasons"
+    )]
     Unsound,
 }
 

@@ -178,8 +178,10 @@ pub fn estimate(input: &FusionInput, fused: &[bool]) -> PlanEstimate {
         input.prices.per_second(c, m, g)
     };
     let t = &input.transfer;
-    let remote_out = |v: usize| input.stages[v].output_bytes / t.put_bytes_per_second + t.request_seconds;
-    let remote_in = |u: usize| input.stages[u].output_bytes / t.get_bytes_per_second + t.request_seconds;
+    let remote_out =
+        |v: usize| input.stages[v].output_bytes / t.put_bytes_per_second + t.request_seconds;
+    let remote_in =
+        |u: usize| input.stages[u].output_bytes / t.get_bytes_per_second + t.request_seconds;
     let local = |u: usize| 2.0 * input.stages[u].output_bytes / t.local_bytes_per_second;
     let segs = input.segments.max(1) as usize;
     let mut rng = Rng::new(input.seed);
@@ -204,7 +206,11 @@ pub fn estimate(input: &FusionInput, fused: &[bool]) -> PlanEstimate {
                     } else {
                         from.iter().copied().fold(0.0, f64::max)
                     };
-                    let edge = if fused_in[v] { local(u) } else { remote_in(u) + t.dispatch_seconds };
+                    let edge = if fused_in[v] {
+                        local(u)
+                    } else {
+                        remote_in(u) + t.dispatch_seconds
+                    };
                     ready = ready.max(f + edge);
                     in_time += if fused_in[v] { local(u) } else { remote_in(u) };
                 }
@@ -232,7 +238,9 @@ pub fn search(input: &FusionInput) -> FusionPlan {
     let k = input.candidates.len();
     let none = vec![false; k];
     let unfused = estimate(input, &none);
-    let limit = input.objective_seconds.unwrap_or(unfused.p95_seconds * (1.0 + 1e-9));
+    let limit = input
+        .objective_seconds
+        .unwrap_or(unfused.p95_seconds * (1.0 + 1e-9));
     let better = |a: &PlanEstimate, b: &PlanEstimate| {
         let (fa, fb) = (a.p95_seconds <= limit, b.p95_seconds <= limit);
         match (fa, fb) {
@@ -330,7 +338,9 @@ mod tests {
     fn chain(stages: Vec<FusionStage>) -> FusionInput {
         let n = stages.len();
         FusionInput {
-            parents: (0..n).map(|i| if i == 0 { vec![] } else { vec![i - 1] }).collect(),
+            parents: (0..n)
+                .map(|i| if i == 0 { vec![] } else { vec![i - 1] })
+                .collect(),
             order: (0..n).collect(),
             candidates: (1..n).map(|i| (i - 1, i)).collect(),
             stages,
@@ -356,7 +366,10 @@ mod tests {
     #[test]
     fn latency_and_cost_by_hand() {
         // a (1 s, 1 core) writes 100 MB for b (2 s, 1 core): 1 s up, 1 s down.
-        let input = chain(vec![stage("a", 1.0, 1.0, 1.0, 100.0), stage("b", 2.0, 1.0, 1.0, 0.0)]);
+        let input = chain(vec![
+            stage("a", 1.0, 1.0, 1.0, 100.0),
+            stage("b", 2.0, 1.0, 1.0, 0.0),
+        ]);
         let unfused = estimate(&input, &[false]);
         // a: 1 + 1 (put) = 2; b: 2 + 1 (get) + 2 = 5. Cost: a 2 core-s + b 3 core-s.
         assert!((unfused.p95_seconds - 5.0).abs() < 1e-9);
@@ -373,15 +386,25 @@ mod tests {
     fn unequal_sizes_with_little_data_stay_apart() {
         // a needs 8 cores for 10 s, b 1 core for 10 s, 1 MB between them: fused, b's
         // 10 s would be billed at 8 cores (160 core-s against 90.1).
-        let input = chain(vec![stage("a", 10.0, 8.0, 1.0, 1.0), stage("b", 10.0, 1.0, 1.0, 0.0)]);
+        let input = chain(vec![
+            stage("a", 10.0, 8.0, 1.0, 1.0),
+            stage("b", 10.0, 1.0, 1.0, 0.0),
+        ]);
         let plan = search(&input);
         assert_eq!(plan.fused, vec![false]);
-        assert!(plan.edges[0].reason.contains("costs more"), "{}", plan.edges[0].reason);
+        assert!(
+            plan.edges[0].reason.contains("costs more"),
+            "{}",
+            plan.edges[0].reason
+        );
     }
 
     #[test]
     fn objective_can_force_a_costlier_fusion() {
-        let mut input = chain(vec![stage("a", 10.0, 8.0, 1.0, 500.0), stage("b", 10.0, 1.0, 1.0, 0.0)]);
+        let mut input = chain(vec![
+            stage("a", 10.0, 8.0, 1.0, 500.0),
+            stage("b", 10.0, 1.0, 1.0, 0.0),
+        ]);
         // Unfused: 10 + 5 + 5 + 10 = 30 s; fused 20 s. 25 s objective: fuse, though dearer.
         input.objective_seconds = Some(25.0);
         let plan = search(&input);

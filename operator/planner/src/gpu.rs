@@ -134,11 +134,15 @@ pub struct GpuRequest {
 pub enum GpuError {
     #[error("GPU share {0} is not a number between 0 (exclusive) and 8")]
     InvalidFraction(f64),
-    #[error("a share of {fraction} GPUs is more than one GPU; {mode} shares one GPU, so ask for whole GPUs (1, 2, ...) or use sharing mode whole")]
+    #[error(
+        "a share of {fraction} GPUs is more than one GPU; {mode} shares one GPU, so ask for whole GPUs (1, 2, ...) or use sharing mode whole"
+    )]
     AboveOne { fraction: f64, mode: &'static str },
     #[error("a share of {fraction} GPUs under whole-GPU mode must be a whole number above 1")]
     NotWhole { fraction: f64 },
-    #[error("a share of {fraction} needs {slices} time slices of {per_gpu} but the device plugin refuses requests above one (failRequestsGreaterThanOne); ask for at most {max_share}")]
+    #[error(
+        "a share of {fraction} needs {slices} time slices of {per_gpu} but the device plugin refuses requests above one (failRequestsGreaterThanOne); ask for at most {max_share}"
+    )]
     OneSliceOnly {
         fraction: f64,
         slices: u32,
@@ -308,14 +312,20 @@ pub fn translate(
             } else {
                 ((fraction * 100.0).ceil() as u32).clamp(1, 100)
             };
-            req.resources.insert("nvidia.com/gpu".into(), gpus.to_string());
-            req.resources.insert("nvidia.com/gpucores".into(), cores.to_string());
+            req.resources
+                .insert("nvidia.com/gpu".into(), gpus.to_string());
+            req.resources
+                .insert("nvidia.com/gpucores".into(), cores.to_string());
             let mem = gpu_memory_bytes.or(total.map(|t| (t as f64 * fraction.min(1.0)) as u64));
             if let Some(bytes) = mem {
                 req.resources
                     .insert("nvidia.com/gpumem".into(), bytes.div_ceil(MIB).to_string());
             }
-            req.granted = if whole { f64::from(gpus) } else { f64::from(cores) / 100.0 };
+            req.granted = if whole {
+                f64::from(gpus)
+            } else {
+                f64::from(cores) / 100.0
+            };
             req.reason = format!(
                 "HAMi: {gpus} GPU(s) at {cores}% of the cores{}",
                 mem.map(|b| format!(", {} MiB", b.div_ceil(MIB)))
@@ -329,7 +339,8 @@ pub fn translate(
                 req.granted = f64::from(n);
                 req.reason = format!("KAI: above one GPU, {n} whole GPUs");
             } else {
-                req.annotations.insert(annotation.clone(), format!("{fraction}"));
+                req.annotations
+                    .insert(annotation.clone(), format!("{fraction}"));
                 req.granted = fraction;
                 req.reason = format!("KAI: annotation {annotation}={fraction}");
             }
@@ -366,8 +377,14 @@ mod tests {
         assert_eq!(res(&r, "nvidia.com/gpu").as_deref(), Some("1"));
         let r = translate(2.0, None, &GpuSharing::default()).expect("ok");
         assert_eq!(res(&r, "nvidia.com/gpu").as_deref(), Some("2"));
-        assert!(matches!(translate(1.5, None, &GpuSharing::default()), Err(GpuError::NotWhole { .. })));
-        assert!(matches!(translate(0.0, None, &GpuSharing::default()), Err(GpuError::InvalidFraction(_))));
+        assert!(matches!(
+            translate(1.5, None, &GpuSharing::default()),
+            Err(GpuError::NotWhole { .. })
+        ));
+        assert!(matches!(
+            translate(0.0, None, &GpuSharing::default()),
+            Err(GpuError::InvalidFraction(_))
+        ));
     }
 
     #[test]
@@ -390,7 +407,10 @@ mod tests {
         };
         let e = translate(0.5, None, &strict).expect_err("two slices refused");
         assert!(e.to_string().contains("at most 0.25"), "{e}");
-        assert!(matches!(translate(2.0, None, &ts), Err(GpuError::AboveOne { .. })));
+        assert!(matches!(
+            translate(2.0, None, &ts),
+            Err(GpuError::AboveOne { .. })
+        ));
     }
 
     #[test]
@@ -412,9 +432,13 @@ mod tests {
     #[test]
     fn mig_picks_the_smallest_that_fits() {
         let mig = GpuSharing::Mig {
-            profiles: ["nvidia.com/mig-3g.40gb", "nvidia.com/mig-1g.10gb", "nvidia.com/mig-2g.20gb"]
-                .map(MigProfile::new)
-                .to_vec(),
+            profiles: [
+                "nvidia.com/mig-3g.40gb",
+                "nvidia.com/mig-1g.10gb",
+                "nvidia.com/mig-2g.20gb",
+            ]
+            .map(MigProfile::new)
+            .to_vec(),
         };
         let r = translate(0.1, None, &mig).expect("ok");
         assert_eq!(res(&r, "nvidia.com/mig-1g.10gb").as_deref(), Some("1"));
@@ -434,7 +458,10 @@ mod tests {
         let e = translate(0.5, None, &mig).expect_err("1/7 is less than 0.5");
         let text = e.to_string();
         assert!(text.contains("0.5"), "{text}");
-        assert!(text.contains("nvidia.com/mig-1g.10gb (1/7 of the compute, 10 GiB)"), "{text}");
+        assert!(
+            text.contains("nvidia.com/mig-1g.10gb (1/7 of the compute, 10 GiB)"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub mod plan;
 pub mod prewarm;
 pub mod provisioning;
 pub mod rng;
+pub mod sim;
 pub mod sizing;
 pub mod split;
 

@@ -92,7 +92,9 @@ impl ServiceCurve {
             Some(k) if pts[k].0 == p => pts[k].1,
             Some(0) => pts[0].1 * f64::from(p) / f64::from(pts[0].0).max(1.0),
             Some(k) => line(pts[k - 1], pts[k]),
-            None if pts.len() >= 2 => line(pts[pts.len() - 2], pts[pts.len() - 1]).max(pts[pts.len() - 1].1),
+            None if pts.len() >= 2 => {
+                line(pts[pts.len() - 2], pts[pts.len() - 1]).max(pts[pts.len() - 1].1)
+            }
             None => pts[0].1 * f64::from(p) / f64::from(pts[0].0),
         }
     }
@@ -194,7 +196,10 @@ pub fn choose(input: &PackingInput, objective: Objective) -> PackingChoice {
     let options: Vec<PackingOption> = (1..=input.max_degree.max(1))
         .map(|p| evaluate(input, p))
         .collect();
-    let t_min = options.iter().map(|o| o.time_seconds).fold(f64::INFINITY, f64::min);
+    let t_min = options
+        .iter()
+        .map(|o| o.time_seconds)
+        .fold(f64::INFINITY, f64::min);
     let k_min = options.iter().map(|o| o.cost).fold(f64::INFINITY, f64::min);
     let score = |o: &PackingOption| match objective {
         Objective::Time => o.time_seconds,
@@ -224,7 +229,11 @@ pub fn choose(input: &PackingInput, objective: Objective) -> PackingChoice {
         chosen.instances,
         chosen.degree,
         chosen.service_seconds,
-        if chosen.waves > 1 { format!(" x {} waves", chosen.waves) } else { String::new() },
+        if chosen.waves > 1 {
+            format!(" x {} waves", chosen.waves)
+        } else {
+            String::new()
+        },
         chosen.instances.saturating_sub(input.warm_instances),
         chosen.time_seconds,
         chosen.cost,
@@ -233,8 +242,12 @@ pub fn choose(input: &PackingInput, objective: Objective) -> PackingChoice {
         match objective {
             Objective::Time => "objective: time".to_string(),
             Objective::Cost => "objective: cost".to_string(),
-            Objective::Joint { cost_weight, time_weight } =>
-                format!("objective: {cost_weight} x cost + {time_weight} x time, each relative to its best"),
+            Objective::Joint {
+                cost_weight,
+                time_weight,
+            } => format!(
+                "objective: {cost_weight} x cost + {time_weight} x time, each relative to its best"
+            ),
         }
     );
     PackingChoice {

@@ -166,7 +166,11 @@ impl WorkflowPlan {
                 cpu: Some(s.size.cpu()),
                 memory: Some(s.size.memory()),
                 gpu: s.size.gpu,
-                gpu_resources: s.gpu.as_ref().map(|g| g.resources.clone()).unwrap_or_default(),
+                gpu_resources: s
+                    .gpu
+                    .as_ref()
+                    .map(|g| g.resources.clone())
+                    .unwrap_or_default(),
                 concurrency: Some(s.concurrency),
                 min_replicas: Some(s.min_replicas),
                 max_replicas: s.max_replicas,
@@ -210,7 +214,12 @@ pub fn plan_workflow(
 ) -> Result<WorkflowPlan, PlanError> {
     let spec = &workflow.spec;
     let dag = Dag::from_spec(spec)?;
-    let model = BranchModel::from_spec(spec, &dag, &cfg.branch_observations, cfg.branch_prior_strength);
+    let model = BranchModel::from_spec(
+        spec,
+        &dag,
+        &cfg.branch_observations,
+        cfg.branch_prior_strength,
+    );
     let likely = path::greedy(&dag, &model);
     let max_product = path::max_product(&dag, &model);
     let run_p = path::run_probabilities(&dag, &model);
@@ -222,10 +231,12 @@ pub fn plan_workflow(
     let mut input_of = vec![0.0f64; dag.len()];
     for &i in dag.order() {
         let stage = &spec.stages[i];
-        let profile = profiles.get(&stage.function).ok_or_else(|| PlanError::MissingProfile {
-            stage: stage.name.clone(),
-            function: stage.function.clone(),
-        })?;
+        let profile = profiles
+            .get(&stage.function)
+            .ok_or_else(|| PlanError::MissingProfile {
+                stage: stage.name.clone(),
+                function: stage.function.clone(),
+            })?;
         let size = size_stage(profile, stage.overrides.as_ref(), &cfg.sizing);
         let per_segment = matches!(dag.shape(i), StageShape::PerSegment(_));
         let copies = if per_segment { segments } else { 1 };
@@ -237,7 +248,11 @@ pub fn plan_workflow(
                 .map(|&u| facts_out(&facts, &dag, u, i, segments))
                 .sum()
         };
-        let ratio = profile.status.as_ref().and_then(|s| s.output_input_ratio).unwrap_or(1.0);
+        let ratio = profile
+            .status
+            .as_ref()
+            .and_then(|s| s.output_input_ratio)
+            .unwrap_or(1.0);
         facts.push(StageFacts {
             size,
             timing: timing(profile),
@@ -262,7 +277,8 @@ pub fn plan_workflow(
         }
         if !f.per_segment {
             concurrency[i] = f.size.concurrency;
-            packing_reason[i] = format!("runs once per run: {} from the profile", f.size.concurrency);
+            packing_reason[i] =
+                format!("runs once per run: {} from the profile", f.size.concurrency);
             continue;
         }
         let input = packing_input(cfg, f, segments, o.and_then(|o| o.max_scale));
@@ -291,7 +307,16 @@ pub fn plan_workflow(
     let durable = provisioning_counts(workflow, profiles, &dag, &facts, &concurrency, cfg);
 
     // Pre-warm schedule along the likely path.
-    let path_stages = path_stages(&dag, &likely, &facts, &concurrency, &durable, &fused_with, spec, cfg);
+    let path_stages = path_stages(
+        &dag,
+        &likely,
+        &facts,
+        &concurrency,
+        &durable,
+        &fused_with,
+        spec,
+        cfg,
+    );
     let prewarm = prewarm::schedule(spec.prewarm, &path_stages, 0.0, cfg.margin);
     let arrivals = prewarm::expected_arrivals(&path_stages, 0.0);
 
@@ -329,10 +354,19 @@ pub fn plan_workflow(
         let prewarm_text = match (pos, action) {
             (Some(k), Some(a)) => format!(
                 "{:?}: input expected at {:.2}s (sd {:.2}s), cold start {:.2}s, so scale to {} at {:.2}s",
-                spec.prewarm, arrivals[k].0, arrivals[k].1, path_stages[k].cold_start_seconds, a.replicas, a.at_seconds
+                spec.prewarm,
+                arrivals[k].0,
+                arrivals[k].1,
+                path_stages[k].cold_start_seconds,
+                a.replicas,
+                a.at_seconds
             ),
-            (Some(_), None) if spec.prewarm == PrewarmPolicy::None => "prewarm None: scaled up when its input arrives".into(),
-            (Some(_), None) => "already warm (durable or fused into a warm pod): nothing to pre-warm".into(),
+            (Some(_), None) if spec.prewarm == PrewarmPolicy::None => {
+                "prewarm None: scaled up when its input arrives".into()
+            }
+            (Some(_), None) => {
+                "already warm (durable or fused into a warm pod): nothing to pre-warm".into()
+            }
             (None, _) => format!(
                 "not on the most likely path (runs in {:.0}% of runs): scaled up on demand",
                 run_p[i] * 100.0
@@ -430,15 +464,28 @@ fn reorder(facts: Vec<StageFacts>, order: &[usize]) -> Vec<StageFacts> {
     slots.into_iter().flatten().collect()
 }
 
-fn packing_input(cfg: &PlannerConfig, f: &StageFacts, segments: u32, max_scale: Option<u32>) -> PackingInput {
+fn packing_input(
+    cfg: &PlannerConfig,
+    f: &StageFacts,
+    segments: u32,
+    max_scale: Option<u32>,
+) -> PackingInput {
     let e1 = f.timing.exec.median;
     let curve = if f.size.gpu.is_some() {
-        let speedups = cfg.gpu_speedups.clone().unwrap_or_else(|| default_gpu_speedups(&cfg.gpu_sharing));
-        ServiceCurve::from_speedups(e1, &speedups).unwrap_or_else(|_| ServiceCurve::cpu_shared(e1, 1.0, 1.0, 0.0))
+        let speedups = cfg
+            .gpu_speedups
+            .clone()
+            .unwrap_or_else(|| default_gpu_speedups(&cfg.gpu_sharing));
+        ServiceCurve::from_speedups(e1, &speedups)
+            .unwrap_or_else(|_| ServiceCurve::cpu_shared(e1, 1.0, 1.0, 0.0))
     } else {
         ServiceCurve::cpu_shared(e1, f.size.cpu_cores, f.size.cpu_cores, cfg.cpu_interference)
     };
-    let price = cfg.prices.per_second(f.size.cpu_cores, f.size.memory_bytes, f.size.gpu.unwrap_or(0.0));
+    let price = cfg.prices.per_second(
+        f.size.cpu_cores,
+        f.size.memory_bytes,
+        f.size.gpu.unwrap_or(0.0),
+    );
     PackingInput {
         invocations: segments,
         curve,
@@ -477,7 +524,10 @@ fn fusion_input(
             // Packing P on one instance stretches each invocation by E(P) / E(1).
             let e1 = f.timing.exec.median.max(1e-9);
             let stretch = if concurrency[i] > 1 {
-                packing_input(cfg, f, cfg.expected_segments, None).curve.at(concurrency[i]) / e1
+                packing_input(cfg, f, cfg.expected_segments, None)
+                    .curve
+                    .at(concurrency[i])
+                    / e1
             } else {
                 1.0
             };
@@ -497,7 +547,12 @@ fn fusion_input(
         .collect();
     let parents: Vec<Vec<usize>> = on
         .iter()
-        .map(|&i| effective_parents(dag, &likely.runs, i).into_iter().filter_map(pos).collect())
+        .map(|&i| {
+            effective_parents(dag, &likely.runs, i)
+                .into_iter()
+                .filter_map(pos)
+                .collect()
+        })
         .collect();
     let candidates = dag
         .chain_edges()
@@ -557,7 +612,15 @@ fn provisioning_counts(
             let stage = &spec.stages[i];
             let rate = cfg.stage_rates.get(&stage.name).copied().or_else(|| {
                 let r = profiles.get(&stage.function).and_then(invocation_rate)?;
-                Some(r / f64::from(users.get(stage.function.as_str()).copied().unwrap_or(1).max(1)))
+                Some(
+                    r / f64::from(
+                        users
+                            .get(stage.function.as_str())
+                            .copied()
+                            .unwrap_or(1)
+                            .max(1),
+                    ),
+                )
             });
             FunctionLoad {
                 name: stage.name.clone(),
@@ -596,7 +659,15 @@ fn provisioning_counts(
                     } else {
                         "no invocation rate observed yet: ephemeral until one is".to_string()
                     };
-                    (if n > 0 { Provisioning::Durable } else { Provisioning::Ephemeral }, n, text)
+                    (
+                        if n > 0 {
+                            Provisioning::Durable
+                        } else {
+                            Provisioning::Ephemeral
+                        },
+                        n,
+                        text,
+                    )
                 }
             };
             (prov, n, text)

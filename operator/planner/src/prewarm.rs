@@ -75,6 +75,12 @@ impl Margin {
 
 /// Expected arrival of each stage's input, and its standard deviation (along the
 /// longest path, the one that sets the arrival).
+///
+/// A stage starts when both its input and an instance are there: an instance that is
+/// not warm cannot be ready before `t0 + C_j`, however early it is requested. So the
+/// first stage of a cold path starts at `t0 + C_0`, not `t0`, and every later arrival
+/// moves with it; ALGORITHMS.md's `A_k = t0 + sum(E_j + O_j)` leaves that out and
+/// would warm every later stage one cold start too early.
 pub fn expected_arrivals(path: &[PathStage], t0: f64) -> Vec<(f64, f64)> {
     let mut out: Vec<(f64, f64)> = Vec::with_capacity(path.len());
     for (k, stage) in path.iter().enumerate() {
@@ -85,8 +91,13 @@ pub fn expected_arrivals(path: &[PathStage], t0: f64) -> Vec<(f64, f64)> {
             .map(|&j| {
                 let (a, var) = out[j];
                 let s = &path[j];
+                let start = if s.warm {
+                    a
+                } else {
+                    a.max(t0 + s.cold_start_seconds)
+                };
                 (
-                    a + s.exec_seconds + s.overhead_seconds,
+                    start + s.exec_seconds + s.overhead_seconds,
                     var + s.exec_std_seconds.powi(2),
                 )
             })
@@ -204,19 +215,30 @@ mod tests {
 
     #[test]
     fn jit_by_hand() {
-        // Three stages of 4 s, 3 s, 5 s with 2 s cold starts and 0.1 s overhead, from t0 = 100.
+        // Three stages of 4 s, 3 s, 5 s with 2 s cold starts and 0.1 s overhead, from
+        // t0 = 100. s0 is cold: it starts at 102, so s1's input arrives at 106.1 and
+        // s2's at 109.2.
         let path = chain(&[(4.0, 2.0), (3.0, 2.0), (5.0, 2.0)]);
         let a = expected_arrivals(&path, 100.0);
-        for (got, want) in a.iter().zip([100.0, 104.1, 107.2]) {
+        for (got, want) in a.iter().zip([100.0, 106.1, 109.2]) {
             assert!((got.0 - want).abs() < 1e-9, "{a:?}");
         }
         let s = jit_schedule(&path, 100.0, Margin::fixed(0.5));
         let at: Vec<f64> = s.iter().map(|x| x.at_seconds).collect();
-        // s0: max(100, 100 - 2.5); s1: 104.1 - 2.5; s2: 107.2 - 2.5.
+        // s0: max(100, 100 - 2.5); s1: 106.1 - 2.5; s2: 109.2 - 2.5.
         assert!((at[0] - 100.0).abs() < 1e-9);
-        assert!((at[1] - 101.6).abs() < 1e-9);
-        assert!((at[2] - 104.7).abs() < 1e-9);
-        assert!(speculative_schedule(&path, 100.0).iter().all(|x| x.at_seconds == 100.0));
+        assert!((at[1] - 103.6).abs() < 1e-9);
+        assert!((at[2] - 106.7).abs() < 1e-9);
+        // With s0 warm, the arrivals are Xanadu's sums.
+        let mut warm = path.clone();
+        warm[0].warm = true;
+        let a = expected_arrivals(&warm, 100.0);
+        assert!((a[2].0 - 107.2).abs() < 1e-9);
+        assert!(
+            speculative_schedule(&path, 100.0)
+                .iter()
+                .all(|x| x.at_seconds == 100.0)
+        );
         assert!(schedule(PrewarmPolicy::None, &path, 100.0, Margin::default()).is_empty());
     }
 
@@ -225,9 +247,17 @@ mod tests {
         let mut path = chain(&[(4.0, 1.0), (4.0, 1.0), (4.0, 1.0)]);
         path[0].exec_std_seconds = 0.3;
         path[1].exec_std_seconds = 0.4;
-        let s = jit_schedule(&path, 0.0, Margin { base_seconds: 0.0, z: 1.0 });
-        // s2's arrival sigma is sqrt(0.3^2 + 0.4^2) = 0.5: 8.2 - 1 - 0.5.
-        assert!((s[2].at_seconds - 6.7).abs() < 1e-9);
+        let s = jit_schedule(
+            &path,
+            0.0,
+            Margin {
+                base_seconds: 0.0,
+                z: 1.0,
+            },
+        );
+        // s2's input: s0 starts at 1 (cold), so 1 + 4.1 + 4.1 = 9.2; its sigma is
+        // sqrt(0.3^2 + 0.4^2) = 0.5: 9.2 - 1 - 0.5.
+        assert!((s[2].at_seconds - 7.7).abs() < 1e-9);
     }
 
     #[test]
@@ -236,7 +266,13 @@ mod tests {
         new_path[0].stage = "b".into();
         new_path[1].stage = "b2".into();
         let warmed = vec!["a".to_string(), "a2".to_string(), "b2".to_string()];
-        let r = replan(PrewarmPolicy::JustInTime, &warmed, &new_path, 50.0, Margin::fixed(0.0));
+        let r = replan(
+            PrewarmPolicy::JustInTime,
+            &warmed,
+            &new_path,
+            50.0,
+            Margin::fixed(0.0),
+        );
         assert_eq!(r.release, vec!["a", "a2"]);
         // b is needed now (cold); b2 is already warm.
         assert_eq!(r.warm.len(), 1);

@@ -127,7 +127,10 @@ pub fn plan(loads: &[FunctionLoad], cfg: &ProvisioningConfig) -> Vec<Provisionin
         let n = durable[f] + 1;
         let avoided = avoided_by(l, n, cfg);
         if n > cfg.max_per_function {
-            stop[f] = Some(format!("at the limit of {} durable instances", cfg.max_per_function));
+            stop[f] = Some(format!(
+                "at the limit of {} durable instances",
+                cfg.max_per_function
+            ));
         } else if avoided < cfg.min_reuses {
             stop[f] = Some(format!(
                 "instance {n} would avoid {avoided:.1} cold starts per {w:.0}s window, below the {} reuses that pay for keeping it",
@@ -223,7 +226,11 @@ mod tests {
     #[test]
     fn budget_goes_to_the_best_ratio_first() {
         // Same rate; "small" uses a quarter of the memory: 4x the BCR.
-        let loads = [load("big", 0.5, 2.0), load("small", 0.5, 0.5), load("rare", 0.01, 0.5)];
+        let loads = [
+            load("big", 0.5, 2.0),
+            load("small", 0.5, 0.5),
+            load("rare", 0.01, 0.5),
+        ];
         // 3 GiB budget, 1 GiB reserve: 2 GiB to give.
         let d = plan(&loads, &cfg(3.0, 0.0));
         assert!(d[1].durable >= 1);
@@ -232,8 +239,16 @@ mod tests {
         // 0.6 arrivals per window: below three reuses.
         assert_eq!(d[2].durable, 0);
         assert!(d[2].reason.contains("reuses"), "{}", d[2].reason);
-        assert!(d[1].reason.contains("1 durable") || d[1].durable > 1, "{}", d[1].reason);
-        let used: f64 = d.iter().zip(&loads).map(|(d, l)| f64::from(d.durable) * l.memory_bytes).sum();
+        assert!(
+            d[1].reason.contains("1 durable") || d[1].durable > 1,
+            "{}",
+            d[1].reason
+        );
+        let used: f64 = d
+            .iter()
+            .zip(&loads)
+            .map(|(d, l)| f64::from(d.durable) * l.memory_bytes)
+            .sum();
         assert!(used <= 2.0 * GIB + 1.0);
     }
 

@@ -184,10 +184,18 @@ pub fn size_stage(
     let spec = &profile.spec;
     let mut notes = Vec::new();
     let spec_cpu = spec.resources.cpu.value().unwrap_or_else(|_| {
-        notes.push(format!("unreadable cpu {:?}: using {}", spec.resources.cpu.as_str(), cfg.fallback_cpu));
+        notes.push(format!(
+            "unreadable cpu {:?}: using {}",
+            spec.resources.cpu.as_str(),
+            cfg.fallback_cpu
+        ));
         cfg.fallback_cpu
     });
-    let spec_memory = spec.resources.memory.value().unwrap_or(cfg.fallback_memory_bytes);
+    let spec_memory = spec
+        .resources
+        .memory
+        .value()
+        .unwrap_or(cfg.fallback_memory_bytes);
     let obs = observe(profile, cfg, spec_memory);
     let (mut cpu, mut memory, mut source) = (spec_cpu, spec_memory, SizeSource::Spec);
     match spec.sizing {
@@ -207,7 +215,9 @@ pub fn size_stage(
             }
             notes.push("sizing Auto".into());
         }
-        SizingMode::Recommend => notes.push("sizing Recommend: spec values applied, recommendation reported".into()),
+        SizingMode::Recommend => {
+            notes.push("sizing Recommend: spec values applied, recommendation reported".into())
+        }
         SizingMode::Off => notes.push("sizing Off: spec values".into()),
     }
     notes.extend(obs.notes.iter().cloned());
@@ -216,14 +226,20 @@ pub fn size_stage(
     if let Some(o) = overrides {
         if let Some(v) = o.cpu.as_ref().and_then(|q| q.value().ok()) {
             cpu = v;
-            notes.push(format!("cpu {} from the stage's overrides", o.cpu.as_ref().map_or("", |q| q.as_str())));
+            notes.push(format!(
+                "cpu {} from the stage's overrides",
+                o.cpu.as_ref().map_or("", |q| q.as_str())
+            ));
         }
         if let Some(v) = o.memory.as_ref().and_then(|q| q.value().ok()) {
             if obs.oom_memory.is_some_and(|m| m > v) {
                 notes.push("the override pins memory below the OOM raise".into());
             }
             memory = v;
-            notes.push(format!("memory {} from the stage's overrides", o.memory.as_ref().map_or("", |q| q.as_str())));
+            notes.push(format!(
+                "memory {} from the stage's overrides",
+                o.memory.as_ref().map_or("", |q| q.as_str())
+            ));
         }
         if o.gpu.is_some() {
             gpu = o.gpu;
@@ -246,7 +262,12 @@ pub fn size_stage(
 /// The recommendation for the profile's status: what Auto would apply, with the
 /// observations it rests on.
 pub fn recommend(profile: &FunctionProfile, cfg: &SizingConfig) -> Recommendation {
-    let spec_cpu = profile.spec.resources.cpu.value().unwrap_or(cfg.fallback_cpu);
+    let spec_cpu = profile
+        .spec
+        .resources
+        .cpu
+        .value()
+        .unwrap_or(cfg.fallback_cpu);
     let spec_memory = profile
         .spec
         .resources
@@ -255,7 +276,10 @@ pub fn recommend(profile: &FunctionProfile, cfg: &SizingConfig) -> Recommendatio
         .unwrap_or(cfg.fallback_memory_bytes);
     let obs = observe(profile, cfg, spec_memory);
     let cpu = obs.cpu.unwrap_or(spec_cpu);
-    let memory = obs.memory.unwrap_or(spec_memory).max(obs.oom_memory.unwrap_or(0.0));
+    let memory = obs
+        .memory
+        .unwrap_or(spec_memory)
+        .max(obs.oom_memory.unwrap_or(0.0));
     let mut reason = obs.notes.join("; ");
     if !obs.trusted && obs.oom_memory.is_none() {
         reason.push_str("; spec values kept");
@@ -273,7 +297,9 @@ pub fn recommend(profile: &FunctionProfile, cfg: &SizingConfig) -> Recommendatio
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vflow_api::{Distribution, FunctionProfileSpec, FunctionProfileStatus, ResourceBounds, ResourceRequest};
+    use vflow_api::{
+        Distribution, FunctionProfileSpec, FunctionProfileStatus, ResourceBounds, ResourceRequest,
+    };
 
     fn profile(mode: SizingMode, status: Option<FunctionProfileStatus>) -> FunctionProfile {
         let mut p = FunctionProfile::new(
@@ -311,7 +337,11 @@ mod tests {
         FunctionProfileStatus {
             invocations: n,
             oom_kills: ooms,
-            cpu_cores: Some(Distribution { p50: cpu_p95 / 2.0, p95: cpu_p95, max: cpu_p95 }),
+            cpu_cores: Some(Distribution {
+                p50: cpu_p95 / 2.0,
+                p95: cpu_p95,
+                max: cpu_p95,
+            }),
             memory_bytes: Some(Distribution {
                 p50: mem_max_mib * MIB / 2.0,
                 p95: mem_max_mib * MIB,
@@ -359,13 +389,20 @@ mod tests {
         // 3 invocations, one killed at ~1 GiB: max(1024, 1000 x 1.2) x 1.5 = 1800 MiB.
         let p = profile(SizingMode::Auto, Some(observed(3, 0.5, 1000.0, 1)));
         let s = size_stage(&p, None, &SizingConfig::default());
-        assert!((s.memory_bytes - 1800.0 * MIB).abs() < 1.0, "{}", s.memory_bytes / MIB);
+        assert!(
+            (s.memory_bytes - 1800.0 * MIB).abs() < 1.0,
+            "{}",
+            s.memory_bytes / MIB
+        );
         assert_eq!(s.source, SizeSource::OomRaised);
         // Same inputs, same answer: no compounding when re-planned.
         assert_eq!(size_stage(&p, None, &SizingConfig::default()), s);
         // The raise is capped by maxMemory (2 GiB).
         let p = profile(SizingMode::Auto, Some(observed(3, 0.5, 1900.0, 1)));
-        assert_eq!(size_stage(&p, None, &SizingConfig::default()).memory_bytes, 2048.0 * MIB);
+        assert_eq!(
+            size_stage(&p, None, &SizingConfig::default()).memory_bytes,
+            2048.0 * MIB
+        );
     }
 
     #[test]

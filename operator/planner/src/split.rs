@@ -63,13 +63,24 @@ impl Default for SplitConfig {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "camelCase")]
 pub enum Suggestion {
-    Split { stage: String, reason: String },
-    Fuse { from: String, to: String, reason: String },
+    Split {
+        stage: String,
+        reason: String,
+    },
+    Fuse {
+        from: String,
+        to: String,
+        reason: String,
+    },
 }
 
 /// Split candidates among `stages`, and fusion candidates among consecutive pairs of
 /// `chain` (indices into `stages`, each the only input of the next).
-pub fn candidates(stages: &[StageUse], chain_edges: &[(usize, usize)], cfg: &SplitConfig) -> Vec<Suggestion> {
+pub fn candidates(
+    stages: &[StageUse],
+    chain_edges: &[(usize, usize)],
+    cfg: &SplitConfig,
+) -> Vec<Suggestion> {
     let mut out = Vec::new();
     for s in stages {
         let total: f64 = s.phases.iter().map(|p| p.seconds).sum();
@@ -108,11 +119,14 @@ pub fn candidates(stages: &[StageUse], chain_edges: &[(usize, usize)], cfg: &Spl
         }
     }
     let underused = |s: &StageUse| {
-        s.requested_cpu > 0.0 && s.used_cpu / s.requested_cpu < 0.5
+        s.requested_cpu > 0.0
+            && s.used_cpu / s.requested_cpu < 0.5
             && s.used_memory_bytes / s.requested_memory_bytes.max(1.0) < 0.5
     };
     for &(u, v) in chain_edges {
-        let (Some(a), Some(b)) = (stages.get(u), stages.get(v)) else { continue };
+        let (Some(a), Some(b)) = (stages.get(u), stages.get(v)) else {
+            continue;
+        };
         if underused(a) && underused(b) && a.output_bytes >= cfg.large_bytes {
             out.push(Suggestion::Fuse {
                 from: a.stage.clone(),
@@ -160,16 +174,34 @@ mod tests {
     #[test]
     fn gpu_phase_beside_idle_cpu_is_a_split_candidate() {
         // decode: 3.8 of 4 cores for 4 s; infer: 0.4 cores at 90% GPU for 6 s.
-        let s = stage("detect", 2.0, 0.0, vec![phase("decode", 4.0, 3.8, 0.0), phase("infer", 6.0, 0.4, 0.9)]);
+        let s = stage(
+            "detect",
+            2.0,
+            0.0,
+            vec![
+                phase("decode", 4.0, 3.8, 0.0),
+                phase("infer", 6.0, 0.4, 0.9),
+            ],
+        );
         let c = candidates(&[s], &[], &SplitConfig::default());
         assert_eq!(c.len(), 1);
-        let Suggestion::Split { reason, .. } = &c[0] else { panic!("split expected") };
+        let Suggestion::Split { reason, .. } = &c[0] else {
+            panic!("split expected")
+        };
         assert!(reason.starts_with("phase infer uses 10%"), "{reason}");
     }
 
     #[test]
     fn even_phases_are_not() {
-        let s = stage("scale", 3.0, 0.0, vec![phase("decode", 4.0, 3.0, 0.0), phase("encode", 6.0, 3.5, 0.0)]);
+        let s = stage(
+            "scale",
+            3.0,
+            0.0,
+            vec![
+                phase("decode", 4.0, 3.0, 0.0),
+                phase("encode", 6.0, 3.5, 0.0),
+            ],
+        );
         assert!(candidates(&[s], &[], &SplitConfig::default()).is_empty());
     }
 
@@ -179,7 +211,10 @@ mod tests {
         let b = stage("thumb", 0.5, 0.0, vec![]);
         let c = candidates(&[a.clone(), b.clone()], &[(0, 1)], &SplitConfig::default());
         assert!(matches!(&c[0], Suggestion::Fuse { from, .. } if from == "scale"));
-        let small = StageUse { output_bytes: 1e6, ..a };
+        let small = StageUse {
+            output_bytes: 1e6,
+            ..a
+        };
         assert!(candidates(&[small, b], &[(0, 1)], &SplitConfig::default()).is_empty());
     }
 }

@@ -1,0 +1,451 @@
+//! The benchmark report: JSON-ready results, text tables, SVG plots and REPORT.md,
+//! each measured figure beside the published one.
+
+use std::fmt::Write;
+
+use serde::Serialize;
+
+use super::{
+    scenarios::{ChainRow, ChainsReport, PackingReport, SmseReport},
+    sizing_bench::SizingReport,
+    svg::{Series, line_chart},
+};
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BenchReport {
+    pub seed: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chains: Option<ChainsReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub smse: Option<SmseReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub packing: Option<PackingReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sizing: Option<SizingReport>,
+}
+
+/// Chains target: JIT overhead within 1.2 cold starts at every length, and JIT's idle
+/// instance-seconds (before use, lengths >= 2) under 10% of Speculative's.
+pub fn chains_verdict(c: &ChainsReport) -> (bool, f64, f64) {
+    let worst = c
+        .rows
+        .iter()
+        .filter(|r| r.policy == "JIT")
+        .map(|r| r.overhead_cold_starts)
+        .fold(0.0, f64::max);
+    let idle = |p: &str| {
+        c.rows
+            .iter()
+            .filter(|r| r.policy == p && r.length >= 2)
+            .map(|r| r.idle_before_use_per_run)
+            .sum::<f64>()
+    };
+    let ratio = idle("JIT") / idle("Speculative").max(1e-9);
+    (worst <= 1.2 && ratio < 0.10, worst, ratio)
+}
+
+/// SMSE target: dynamic durable's makespan at least 30% below all-ephemeral's at the
+/// highest load, per keep-alive.
+pub fn smse_reductions(s: &SmseReport) -> Vec<(f64, usize, f64, f64)> {
+    let top = s.rows.iter().map(|r| r.tasks).max().unwrap_or(0);
+    let mut keep: Vec<f64> = s.rows.iter().map(|r| r.keep_alive).collect();
+    keep.sort_by(f64::total_cmp);
+    keep.dedup();
+    keep.into_iter()
+        .filter_map(|k| {
+            let get = |p: &str| {
+                s.rows
+                    .iter()
+                    .find(|r| r.tasks == top && r.keep_alive == k && r.policy == p)
+                    .map(|r| r.summary.makespan)
+            };
+            let (e, d, st) = (
+                get("all-ephemeral")?,
+                get("dynamic durable")?,
+                get("static all-durable")?,
+            );
+            Some((k, top, 1.0 - d / e, 1.0 - st / e))
+        })
+        .collect()
+}
+
+pub fn chains_table(c: &ChainsReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| length | policy | overhead s | in cold starts | cold starts/run | idle before use s/run | idle after use s/run |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+    for r in c.rows.iter().chain(&c.branch_rows) {
+        let _ = writeln!(
+            s,
+            "| {}{} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            r.length,
+            if c.branch_rows.contains(r) {
+                " (0.7/0.3 branch)"
+            } else {
+                ""
+            },
+            r.policy,
+            r.mean_overhead,
+            r.overhead_cold_starts,
+            r.cold_starts_per_run,
+            r.idle_before_use_per_run,
+            r.idle_after_use_per_run
+        );
+    }
+    s
+}
+
+pub fn smse_table(sm: &SmseReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| tasks | keep-alive s | policy | makespan s | p50 s | p95 s | cold starts | idle s | cost $ |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+    for r in &sm.rows {
+        let m = &r.summary;
+        let _ = writeln!(
+            s,
+            "| {} | {:.0} | {} | {:.1} | {:.2} | {:.2} | {} | {:.0} | {:.4} |",
+            r.tasks,
+            r.keep_alive,
+            r.policy,
+            m.makespan,
+            m.p50,
+            m.p95,
+            m.cold_starts,
+            m.idle_before_use + m.idle_after_use,
+            m.cost
+        );
+    }
+    s
+}
+
+pub fn packing_table(p: &PackingReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| C | chosen P | model T(P) s | model T(1) s | sim time P s | sim time P=1 s | time reduction | sim cost P $ | sim cost P=1 $ | cost reduction |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
+    for r in &p.rows {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0}% | {:.4} | {:.4} | {:.0}% |",
+            r.invocations,
+            r.chosen_degree,
+            r.model_time,
+            r.model_time_unpacked,
+            r.sim_time,
+            r.sim_time_unpacked,
+            r.time_reduction * 100.0,
+            r.sim_cost,
+            r.sim_cost_unpacked,
+            r.cost_reduction * 100.0
+        );
+    }
+    s
+}
+
+pub fn sizing_table(z: &SizingReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| strategy | CPU requested/used | memory requested/used | OOM kills | failed | cost $ | p95 latency s | mean latency s |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+    for r in &z.rows {
+        let _ = writeln!(
+            s,
+            "| {} | {:.2} | {:.2} | {} | {} | {:.4} | {:.2} | {:.2} |",
+            r.strategy,
+            r.cpu_requested_per_used,
+            r.memory_requested_per_used,
+            r.oom_kills,
+            r.failed,
+            r.cost,
+            r.p95_latency,
+            r.mean_latency
+        );
+    }
+    s
+}
+
+/// (file name, SVG) for each benchmark present.
+pub fn plots(r: &BenchReport) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if let Some(c) = &r.chains {
+        let by = |policy: &str, f: fn(&ChainRow) -> f64| Series {
+            name: policy.to_string(),
+            points: c
+                .rows
+                .iter()
+                .filter(|x| x.policy == policy)
+                .map(|x| (x.length as f64, f(x)))
+                .collect(),
+        };
+        let policies = ["None", "Speculative", "JIT"];
+        out.push((
+            "chains-overhead.svg".into(),
+            line_chart(
+                "Chain overhead (E2E - sum of exec)",
+                "chain length",
+                "overhead, cold starts",
+                &policies.map(|p| by(p, |x| x.overhead_cold_starts)),
+                false,
+            ),
+        ));
+        out.push((
+            "chains-idle.svg".into(),
+            line_chart(
+                "Idle warm instance-seconds before use, per run",
+                "chain length",
+                "instance-seconds",
+                &policies.map(|p| by(p, |x| x.idle_before_use_per_run)),
+                false,
+            ),
+        ));
+    }
+    if let Some(s) = &r.smse {
+        let mut keep: Vec<f64> = s.rows.iter().map(|x| x.keep_alive).collect();
+        keep.sort_by(f64::total_cmp);
+        keep.dedup();
+        for k in keep {
+            let series: Vec<Series> = ["all-ephemeral", "static all-durable", "dynamic durable"]
+                .iter()
+                .map(|p| Series {
+                    name: p.to_string(),
+                    points: s
+                        .rows
+                        .iter()
+                        .filter(|x| x.policy == *p && x.keep_alive == k)
+                        .map(|x| (x.tasks as f64, x.summary.makespan))
+                        .collect(),
+                })
+                .collect();
+            out.push((
+                format!("smse-makespan-keepalive-{k:.0}s.svg"),
+                line_chart(
+                    &format!("SMSE-like makespan, keep-alive {k:.0} s"),
+                    "tasks",
+                    "makespan, s",
+                    &series,
+                    false,
+                ),
+            ));
+        }
+    }
+    if let Some(p) = &r.packing {
+        let series = vec![
+            Series {
+                name: "P = 1".into(),
+                points: p
+                    .rows
+                    .iter()
+                    .map(|x| (x.invocations as f64, x.sim_time_unpacked))
+                    .collect(),
+            },
+            Series {
+                name: "chosen P".into(),
+                points: p
+                    .rows
+                    .iter()
+                    .map(|x| (x.invocations as f64, x.sim_time))
+                    .collect(),
+            },
+            Series {
+                name: "model T(P)".into(),
+                points: p
+                    .rows
+                    .iter()
+                    .map(|x| (x.invocations as f64, x.model_time))
+                    .collect(),
+            },
+        ];
+        out.push((
+            "packing-time.svg".into(),
+            line_chart(
+                "Burst completion time",
+                "concurrent invocations C",
+                "seconds",
+                &series,
+                true,
+            ),
+        ));
+        let series = vec![
+            Series {
+                name: "P = 1".into(),
+                points: p
+                    .rows
+                    .iter()
+                    .map(|x| (x.invocations as f64, x.sim_cost_unpacked))
+                    .collect(),
+            },
+            Series {
+                name: "chosen P".into(),
+                points: p
+                    .rows
+                    .iter()
+                    .map(|x| (x.invocations as f64, x.sim_cost))
+                    .collect(),
+            },
+        ];
+        out.push((
+            "packing-cost.svg".into(),
+            line_chart("Burst cost", "concurrent invocations C", "$", &series, true),
+        ));
+    }
+    if let Some(z) = &r.sizing {
+        let series: Vec<Series> = z
+            .rows
+            .iter()
+            .map(|x| Series {
+                name: x.strategy.clone(),
+                points: vec![
+                    (1.0, x.cpu_requested_per_used),
+                    (2.0, x.memory_requested_per_used),
+                ],
+            })
+            .collect();
+        out.push((
+            "sizing-ratio.svg".into(),
+            line_chart(
+                "Requested / used (1 = CPU, 2 = memory)",
+                "resource",
+                "ratio",
+                &series,
+                false,
+            ),
+        ));
+    }
+    out
+}
+
+/// REPORT.md: each benchmark's measured figures beside the published ones.
+pub fn markdown(r: &BenchReport, command: &str) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# Planner benchmarks\n");
+    let _ = writeln!(
+        s,
+        "Generated by `{command}` (seed {}). Every figure below is measured in one run of the",
+        r.seed
+    );
+    let _ = writeln!(
+        s,
+        "discrete-event simulator in `operator/planner/src/sim`, each policy on the same"
+    );
+    let _ = writeln!(
+        s,
+        "sampled workload as its baseline. Published figures are the papers' own, on their"
+    );
+    let _ = writeln!(
+        s,
+        "platforms; they are beside ours for scale, not as a like-for-like comparison.\n"
+    );
+    if let Some(c) = &r.chains {
+        let (met, worst, ratio) = chains_verdict(c);
+        let _ = writeln!(s, "## 1. Chains and pre-warming (Xanadu)\n");
+        let _ = writeln!(
+            s,
+            "{} runs per length; every stage: exec p50 {:.1} s / p95 {:.1} s, cold start p50 {:.1} s / p95 {:.1} s, 0.05 s dispatch per edge; runs far enough apart that everything has scaled to zero in between. Overhead = end-to-end minus the sum of the run's execution times. Idle = instance-seconds an instance was ready but unused before its first task (keep-alive idle after use is the same for all three policies and shown apart).\n",
+            c.runs, c.exec_p50, c.exec_p95, c.cold_start_p50, c.cold_start_p95
+        );
+        s.push_str(&chains_table(c));
+        let _ = writeln!(
+            s,
+            "\n![overhead](chains-overhead.svg) ![idle](chains-idle.svg)\n"
+        );
+        let _ = writeln!(
+            s,
+            "| target | published (Xanadu) | measured | met |\n|---|---|---|---|\n| JIT overhead within 1.2 cold starts at every length | overhead nearly flat in chain length; ~10x below OpenWhisk | worst JIT overhead {:.2} cold starts | {} |\n| JIT idle under 10% of Speculative's | speculative locks resources; JIT +0.9% CPU over cold | JIT / Speculative idle (lengths 2-8) = {:.1}% | {} |\n",
+            worst,
+            if worst <= 1.2 { "yes" } else { "no" },
+            ratio * 100.0,
+            if ratio < 0.1 { "yes" } else { "no" }
+        );
+        let _ = writeln!(
+            s,
+            "Branch runs that went the unpredicted way and were re-planned: {} (release of the abandoned branch's warm instances, JIT from the branch taken).\n",
+            c.branch_replans
+        );
+        let _ = met;
+    }
+    if let Some(sm) = &r.smse {
+        let _ = writeln!(s, "## 2. Durable vs ephemeral on SMSE-like workloads\n");
+        let _ = writeln!(
+            s,
+            "{} nodes of {:.0} cores / {:.0} GiB; 12 functions (0.5-2 GiB, cold start 1.5-5 s, 0.6-1.6 s per 2 s segment); requests of 5-20 segments of one function drawn from a Zipf(1.2) popularity that is reshuffled every 60 s cycle; Poisson arrivals alternating a 45 s base and a 15 s peak at double rate, spread over about 300 s (so more tasks = more load). Dynamic durable re-plans every {:.0} s from the last interval's rates with a 25% memory reserve. All-ephemeral instances scale to zero after the keep-alive shown; static all-durable keeps one instance of every function from the start and never removes any instance.\n",
+            sm.nodes.len(),
+            sm.nodes.first().map_or(0.0, |n| n.cpu),
+            sm.nodes
+                .first()
+                .map_or(0.0, |n| n.memory_bytes / 1024f64.powi(3)),
+            sm.interval_seconds
+        );
+        s.push_str(&smse_table(sm));
+        let _ = writeln!(s);
+        for (k, tasks, dynamic, stat) in smse_reductions(sm) {
+            let _ = writeln!(s, "![makespan](smse-makespan-keepalive-{k:.0}s.svg)\n");
+            let _ = writeln!(
+                s,
+                "| keep-alive {k:.0} s, {tasks} tasks | published (SMSE) | measured | met |\n|---|---|---|---|\n| dynamic durable makespan vs all-ephemeral | up to 30% lower | {:.1}% lower | {} |\n| static all-durable vs all-ephemeral | worse under shifting popularity | {:.1}% lower | - |\n",
+                dynamic * 100.0,
+                if dynamic >= 0.30 { "yes" } else { "no" },
+                stat * 100.0
+            );
+        }
+    }
+    if let Some(p) = &r.packing {
+        let _ = writeln!(s, "## 3. Packing (ProPack)\n");
+        let _ = writeln!(
+            s,
+            "A burst of C invocations at t = 0, each {:.1} s alone on one core; instances of {:.0} cores; scaling S(n) = {:.1} s + {:.3} s x n (each instance waits for those started before it); E(P) from the shape P invocations sharing the cores with 5% interference per neighbour: {}. P chosen by the joint objective 0.55 cost + 0.45 time on the model; the simulator then runs P = 1 and the chosen P. Cost counts each instance from request to removal.\n",
+            p.exec_seconds,
+            p.instance_cores,
+            p.cold_start_seconds,
+            p.per_instance_seconds,
+            p.curve
+                .iter()
+                .take(8)
+                .map(|(k, e)| format!("E({k}) = {e:.2}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        s.push_str(&packing_table(p));
+        let n = p.rows.len().max(1) as f64;
+        let t = p.rows.iter().map(|x| x.time_reduction).sum::<f64>() / n;
+        let k = p.rows.iter().map(|x| x.cost_reduction).sum::<f64>() / n;
+        let _ = writeln!(s, "\n![time](packing-time.svg) ![cost](packing-cost.svg)\n");
+        let _ = writeln!(
+            s,
+            "| figure | published (ProPack) | measured (mean over C) |\n|---|---|---|\n| service-time improvement over P = 1 | 85% | {:.0}% |\n| cost improvement over P = 1 | 66% | {:.0}% |\n",
+            t * 100.0,
+            k * 100.0
+        );
+    }
+    if let Some(z) = &r.sizing {
+        let _ = writeln!(s, "## 4. Sizing from observations\n");
+        let _ = writeln!(
+            s,
+            "{} invocations of each of six functions (true CPU and memory use log-normal; two written with too little memory), the same draws for every strategy. user-max: every function at its maximum bounds; user-min: CPU at its minimum bound, memory as written; vflow: starts as written, applies p95 CPU x 1.2 and max memory x 1.2 after 20 observations, raises memory x 1.5 at once after an OOM kill. A CPU-starved invocation runs proportionally slower; an OOM kill wastes half the run and is retried (failed after three).\n",
+            z.invocations_per_function
+        );
+        s.push_str(&sizing_table(z));
+        let get = |n: &str| z.rows.iter().find(|x| x.strategy == n);
+        if let (Some(v), Some(max), Some(min)) = (get("vflow"), get("user-max"), get("user-min")) {
+            let _ = writeln!(
+                s,
+                "\n![ratio](sizing-ratio.svg)\n\n| figure | published (WiseFuse) | measured |\n|---|---|---|\n| cost below user-max | 63% | {:.0}% |\n| p95 latency below user-min | 65% | {:.0}% |\n| OOM kills (vflow / user-min / user-max) | - | {} / {} / {} |\n",
+                (1.0 - v.cost / max.cost) * 100.0,
+                (1.0 - v.p95_latency / min.p95_latency) * 100.0,
+                v.oom_kills,
+                min.oom_kills,
+                max.oom_kills
+            );
+        }
+    }
+    s
+}
