@@ -3,7 +3,8 @@ SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 CARGO ?= cargo
 
-.PHONY: help build test lint fmt crds check-crds validate-examples ci testenv testenv-up testenv-down testenv-smoke
+.PHONY: help build test lint fmt crds check-crds validate-examples ci testenv testenv-up testenv-down testenv-smoke \
+	s3-server test-rust test-functions validate-function-profiles bench-runtime
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -11,8 +12,24 @@ help: ## List the targets
 build: ## Build every crate
 	$(CARGO) build --workspace --all-targets
 
-test: ## Run the Rust tests (unit, schema, CLI)
+test: test-rust test-functions ## Every test that needs no cluster: Rust (unit, CLI, runtime with ffmpeg and S3) and the functions
+
+test-rust: s3-server ## Rust tests; the runtime's need ffmpeg and the s3s-fs server
 	$(CARGO) test --workspace
+
+test-functions: ## The video functions (pytest, real ffmpeg on generated video and the shared clips)
+	function-images/run-tests.sh
+
+# A real S3-compatible server for the tests and benchmarks (s3s-fs; 0.14.1 builds with
+# Rust 1.95). Installed once into ~/.cache/vflow-s3s.
+S3S_FS := $(HOME)/.cache/vflow-s3s/bin/s3s-fs
+s3-server: $(S3S_FS) ## Install the s3s-fs server the tests start on loopback
+$(S3S_FS):
+	$(CARGO) install s3s-fs --version 0.14.1 --features binary --locked --root $(HOME)/.cache/vflow-s3s
+
+bench-runtime: s3-server ## Runtime overhead, S3 throughput and idle RSS (report in bench/runtime)
+	$(CARGO) build --release -p vflow-runtime --bins
+	target/release/vflow-runtime-bench --out bench/runtime
 
 lint: ## Formatting check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
@@ -28,8 +45,9 @@ check-crds: crds ## Fail when crds/ differs from what the types generate
 	@git diff --exit-code -- crds/ || { echo "crds/ is stale: run 'make crds' and commit the result" >&2; exit 1; }
 	@test -z "$$(git ls-files --others --exclude-standard crds/)" || { echo "crds/ has uncommitted new files: commit them" >&2; exit 1; }
 
-validate-examples: ## vflow validate on the shipped examples
+validate-examples: ## vflow validate on the shipped examples and every function's profile
 	$(CARGO) run -q -p vflow-cli --bin vflow -- validate manifests/examples/*.yaml
+	$(CARGO) run -q -p vflow-cli --bin vflow -- validate function-images/*/profile.yaml
 
 testenv: ## Build the control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok, kubectl) into ~/.cache/vflow-testenv
 	e2e/testenv/scripts/build.sh
