@@ -1,0 +1,205 @@
+//! Command line and environment: every setting has a flag and a `VFLOW_OPERATOR_*`
+//! variable (the chart sets the variables).
+
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+
+use clap::Parser;
+use vflow_planner::{PlannerConfig, gpu::GpuSharing};
+
+use crate::error::Error;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// vflow's operator: VideoWorkflows -> stage Deployments and Services.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "vflow-operator", version)]
+pub struct Args {
+    /// Address of the /metrics, /healthz and /readyz server.
+    #[arg(long, env = "VFLOW_OPERATOR_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+
+    /// Only watch this namespace (default: all namespaces).
+    #[arg(long, env = "VFLOW_OPERATOR_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+
+    /// How the cluster shares GPUs, as JSON: {"mode":"whole"},
+    /// {"mode":"time-slicing","slices":4,"resource":"nvidia.com/gpu.shared"},
+    /// {"mode":"mps","slices":8}, {"mode":"mig","profiles":[{"resource":"nvidia.com/mig-1g.10gb"}]},
+    /// {"mode":"hami","gpuMemoryBytes":85899345920}, {"mode":"kai"}.
+    #[arg(
+        long,
+        env = "VFLOW_OPERATOR_GPU_SHARING",
+        default_value = r#"{"mode":"whole"}"#
+    )]
+    pub gpu_sharing: String,
+
+    /// Elect a leader through a coordination.k8s.io Lease (off only for a single replica
+    /// in tests).
+    #[arg(long, env = "VFLOW_OPERATOR_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+
+    /// Namespace of the leader election Lease (default: the pod's namespace, else default).
+    #[arg(long, env = "VFLOW_OPERATOR_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+
+    /// Name of the leader election Lease.
+    #[arg(
+        long,
+        env = "VFLOW_OPERATOR_LEASE_NAME",
+        default_value = "vflow-operator"
+    )]
+    pub lease_name: String,
+
+    /// This replica's name in the Lease (default: $POD_NAME, else hostname and PID).
+    #[arg(long, env = "VFLOW_OPERATOR_IDENTITY")]
+    pub identity: Option<String>,
+
+    /// How long a Lease holds without renewal, in seconds.
+    #[arg(long, env = "VFLOW_OPERATOR_LEASE_SECONDS", default_value_t = 15)]
+    pub lease_seconds: u32,
+
+    /// Time between Lease renewals (and acquisition attempts), in seconds.
+    #[arg(long, env = "VFLOW_OPERATOR_RENEW_SECONDS", default_value_t = 5)]
+    pub renew_seconds: u32,
+
+    /// Extra pod-template annotations for every stage, as key=value (repeatable); e.g.
+    /// a service mesh opt-out, or kwok's ready delay in tests.
+    #[arg(
+        long = "pod-annotation",
+        env = "VFLOW_OPERATOR_POD_ANNOTATIONS",
+        value_delimiter = ','
+    )]
+    pub pod_annotations: Vec<String>,
+
+    /// Seconds added to a stage's cold start when pre-warming, so instances are ready
+    /// a little before the requested time.
+    #[arg(
+        long,
+        env = "VFLOW_OPERATOR_PREWARM_MARGIN_SECONDS",
+        default_value_t = 1.0
+    )]
+    pub prewarm_margin_seconds: f64,
+
+    /// Cold start assumed for a function with neither observations nor coldStartPrior.
+    #[arg(
+        long,
+        env = "VFLOW_OPERATOR_DEFAULT_COLD_START_SECONDS",
+        default_value_t = 5.0
+    )]
+    pub default_cold_start_seconds: f64,
+
+    /// Reconciliations run at once per controller.
+    #[arg(long, env = "VFLOW_OPERATOR_CONCURRENCY", default_value_t = 16)]
+    pub concurrency: u16,
+
+    /// Log as JSON lines instead of text.
+    #[arg(
+        long,
+        env = "VFLOW_OPERATOR_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+
+    /// Log filter (RUST_LOG syntax).
+    #[arg(long, env = "RUST_LOG", default_value = "info,kube=warn")]
+    pub log_filter: String,
+}
+
+/// What the reconcilers need from the configuration, parsed once.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub planner: PlannerConfig,
+    pub pod_annotations: BTreeMap<String, String>,
+    pub prewarm_margin: Duration,
+    pub default_cold_start: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            planner: PlannerConfig::default(),
+            pod_annotations: BTreeMap::new(),
+            prewarm_margin: Duration::from_secs(1),
+            default_cold_start: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Args {
+    pub fn settings(&self) -> Result<Settings, Error> {
+        let sharing: GpuSharing = serde_json::from_str(&self.gpu_sharing)
+            .map_err(|e| Error::Config(format!("--gpu-sharing {:?}: {e}", self.gpu_sharing)))?;
+        let mut pod_annotations = BTreeMap::new();
+        for kv in &self.pod_annotations {
+            let (k, v) = kv.split_once('=').ok_or_else(|| {
+                Error::Config(format!("--pod-annotation {kv:?}: expected key=value"))
+            })?;
+            pod_annotations.insert(k.to_string(), v.to_string());
+        }
+        let secs = |s: f64, what: &str| {
+            Duration::try_from_secs_f64(s)
+                .map_err(|_| Error::Config(format!("{what} {s}: not a number of seconds")))
+        };
+        Ok(Settings {
+            planner: PlannerConfig {
+                gpu_sharing: sharing,
+                ..PlannerConfig::default()
+            },
+            pod_annotations,
+            prewarm_margin: secs(self.prewarm_margin_seconds, "--prewarm-margin-seconds")?,
+            default_cold_start: secs(
+                self.default_cold_start_seconds,
+                "--default-cold-start-seconds",
+            )?,
+        })
+    }
+
+    pub fn identity(&self) -> String {
+        self.identity
+            .clone()
+            .or_else(|| std::env::var("POD_NAME").ok())
+            .unwrap_or_else(|| {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_string())
+                    .unwrap_or_else(|_| "vflow-operator".into());
+                format!("{host}-{}", std::process::id())
+            })
+    }
+
+    pub fn lease_namespace(&self) -> String {
+        self.lease_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .or_else(|| self.watch_namespace.clone())
+            .unwrap_or_else(|| "default".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sharing_modes_and_annotations() {
+        let args = Args::parse_from([
+            "vflow-operator",
+            "--gpu-sharing",
+            r#"{"mode":"time-slicing","slices":4}"#,
+            "--pod-annotation",
+            "a=b,c=d=e",
+        ]);
+        let s = args.settings().expect("valid");
+        assert!(matches!(
+            s.planner.gpu_sharing,
+            GpuSharing::TimeSlicing { slices: 4, .. }
+        ));
+        assert_eq!(s.pod_annotations.get("c").map(String::as_str), Some("d=e"));
+        let bad = Args::parse_from(["vflow-operator", "--gpu-sharing", r#"{"mode":"nope"}"#]);
+        assert!(bad.settings().is_err());
+    }
+}

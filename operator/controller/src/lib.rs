@@ -1,0 +1,294 @@
+//! vflow's operator: VideoWorkflows become one Deployment and one Service per stage,
+//! sized from FunctionProfiles by the planner and scaled by a Knative-like autoscaler;
+//! FunctionProfiles get a sizing recommendation in their status.
+//!
+//! Layout: [`workflow`] (the reconcile, in phase files), [`profile`], the pure
+//! [`autoscaler`] and [`signals`] (the in-flight / pre-warm annotations), [`leader`]
+//! (Lease), [`metrics`] and [`http`], and [`run`], which wires them up.
+
+pub mod autoscaler;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod leader;
+pub mod metrics;
+pub mod profile;
+pub mod signals;
+pub mod workflow;
+
+use std::{sync::Arc, time::Duration};
+
+use futures::{StreamExt, future};
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    coordination::v1::Lease,
+    core::v1::{PodTemplateSpec, Service},
+};
+use kube::{
+    Api, Client, ResourceExt,
+    client::ClientBuilder,
+    runtime::{
+        Controller, WatchStreamExt, controller::Config as ControllerConfig, events::Reporter,
+        reflector, watcher,
+    },
+};
+use tracing::{info, warn};
+use vflow_api::{FunctionProfile, VideoWorkflow};
+
+use crate::{
+    config::{Args, LogFormat, Settings},
+    error::{Error, Result},
+    http::Health,
+    metrics::Metrics,
+    workflow::build::{LABEL_MANAGED_BY, MANAGED_BY},
+};
+
+pub fn init_tracing(args: &Args) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match args.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// A client whose every request is counted in `vflow_operator_api_requests_total`.
+pub fn counting_client(config: kube::Config, metrics: Metrics) -> Result<Client> {
+    let builder = ClientBuilder::try_from(config)?;
+    let layer =
+        tower::util::MapRequestLayer::new(move |req: ::http::Request<kube::client::Body>| {
+            metrics.count_request(req.method(), req.uri().path());
+            req
+        });
+    Ok(builder.with_layer(&layer).build())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Runs the operator until SIGTERM/SIGINT (Ok) or until it loses the Lease or cannot
+/// serve (Err).
+pub async fn run(args: Args) -> Result<()> {
+    init_tracing(&args);
+    let settings = args.settings()?;
+    let metrics = Metrics::new();
+    let config = kube::Config::infer()
+        .await
+        .map_err(|e| Error::Config(format!("no Kubernetes configuration: {e}")))?;
+    let client = counting_client(config, metrics.clone())?;
+    let health = Health::default();
+    let http = tokio::spawn(http::serve(args.http_addr, metrics.clone(), health.clone()));
+    client.apiserver_version().await?;
+    health.set_ready(true);
+
+    let identity = args.identity();
+    let lease_api: Api<Lease> = Api::namespaced(client.clone(), &args.lease_namespace());
+    let lease = leader::LeaseConfig {
+        name: args.lease_name.clone(),
+        identity: identity.clone(),
+        lease_duration: Duration::from_secs(u64::from(args.lease_seconds.max(2))),
+        renew: Duration::from_secs(u64::from(
+            args.renew_seconds.clamp(1, args.lease_seconds.max(2) - 1),
+        )),
+    };
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    if args.leader_elect {
+        tokio::select! {
+            _ = leader::acquire(&lease_api, &lease) => {},
+            _ = &mut shutdown => { info!("shutting down"); return Ok(()); }
+            r = &mut Box::pin(async { http.await }) => return Err(Error::Config(format!("HTTP server stopped: {r:?}"))),
+        }
+        metrics.leader.set(1);
+    }
+    let controllers = controllers(
+        client.clone(),
+        &args,
+        settings,
+        metrics.clone(),
+        health.clone(),
+        identity,
+    );
+    let keep = async {
+        if args.leader_elect {
+            leader::keep(&lease_api, &lease).await
+        } else {
+            future::pending::<Error>().await
+        }
+    };
+    let result = tokio::select! {
+        r = controllers => r,
+        e = keep => Err(e),
+        _ = &mut shutdown => { info!("shutting down"); Ok(()) }
+    };
+    metrics.leader.set(0);
+    if args.leader_elect {
+        leader::release(&lease_api, &lease).await;
+    }
+    result
+}
+
+/// Drops what the workflow controller never reads from cached Deployments (the pod
+/// template is compared through the spec-hash annotation), to keep memory small.
+fn slim_deployment(d: &mut Deployment) {
+    d.metadata.managed_fields = None;
+    d.spec.template = PodTemplateSpec::default();
+}
+
+fn slim_service(s: &mut Service) {
+    s.metadata.managed_fields = None;
+}
+
+fn slim_profile(p: &mut FunctionProfile) {
+    p.metadata.managed_fields = None;
+}
+
+async fn controllers(
+    client: Client,
+    args: &Args,
+    settings: Settings,
+    metrics: Metrics,
+    health: Health,
+    identity: String,
+) -> Result<()> {
+    fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        match ns {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let ns = args.watch_namespace.as_deref();
+    let children = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
+
+    let (profile_store, profile_writer) = reflector::store();
+    let profile_stream = reflector::reflector(
+        profile_writer,
+        watcher(
+            api::<FunctionProfile>(&client, ns),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .modify(slim_profile),
+    )
+    .applied_objects();
+    let (deploy_store, deploy_writer) = reflector::store();
+    let deploy_stream = reflector::reflector(
+        deploy_writer,
+        watcher(api::<Deployment>(&client, ns), children.clone())
+            .default_backoff()
+            .modify(slim_deployment),
+    )
+    .applied_objects();
+    let (svc_store, svc_writer) = reflector::store();
+    let svc_stream = reflector::reflector(
+        svc_writer,
+        watcher(api::<Service>(&client, ns), children)
+            .default_backoff()
+            .modify(slim_service),
+    )
+    .applied_objects();
+
+    let reporter = Reporter {
+        controller: "vflow-operator".into(),
+        instance: Some(identity),
+    };
+    let ctx = Arc::new(workflow::Context::new(
+        client.clone(),
+        settings.clone(),
+        metrics.clone(),
+        profile_store.clone(),
+        deploy_store.clone(),
+        svc_store.clone(),
+        reporter,
+    ));
+    let cfg = ControllerConfig::default().concurrency(args.concurrency);
+    let wf_controller = Controller::new(
+        api::<VideoWorkflow>(&client, ns),
+        watcher::Config::default(),
+    );
+    let wf_store = wf_controller.store();
+    let workflows = wf_controller
+        .with_config(cfg.clone())
+        .owns_stream(deploy_stream)
+        .owns_stream(svc_stream)
+        .watches_stream(profile_stream, move |p| {
+            workflow::workflows_using(&wf_store, &p)
+        })
+        .run(workflow::reconcile, workflow::error_policy, ctx)
+        .for_each(|r| {
+            if let Err(e) = r {
+                match e {
+                    kube::runtime::controller::Error::ReconcilerFailed(_, _) => {}
+                    other => warn!(error = %other, "workflow controller"),
+                }
+            }
+            future::ready(())
+        });
+
+    let profile_ctx = Arc::new(profile::ProfileContext {
+        client: client.clone(),
+        sizing: settings.planner.sizing.clone(),
+        metrics: metrics.clone(),
+        clock: k8s_openapi::jiff::Timestamp::now,
+    });
+    let profiles = Controller::new(
+        api::<FunctionProfile>(&client, ns),
+        watcher::Config::default(),
+    )
+    .with_config(cfg)
+    .run(profile::reconcile, profile::error_policy, profile_ctx)
+    .for_each(|_| future::ready(()));
+
+    // Not ready until the caches are: a reconcile before then would see no children
+    // and write them all again.
+    health.set_ready(false);
+    let ready = async {
+        let _ = profile_store.wait_until_ready().await;
+        let _ = deploy_store.wait_until_ready().await;
+        let _ = svc_store.wait_until_ready().await;
+        info!(
+            profiles = profile_store.len(),
+            deployments = deploy_store.len(),
+            services = svc_store.len(),
+            "caches in sync"
+        );
+        health.set_ready(true);
+        future::pending::<()>().await
+    };
+    tokio::select! {
+        _ = workflows => Err(Error::Watch("workflow controller stopped".into())),
+        _ = profiles => Err(Error::Watch("profile controller stopped".into())),
+        _ = ready => Ok(()),
+    }
+}
+
+/// Name of an object for logs.
+pub fn display_name<K: ResourceExt>(obj: &K) -> String {
+    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+}

@@ -1,0 +1,438 @@
+//! Pure builders: the Deployment and Service of one stage. No client, no clock.
+//!
+//! The pod (see docs/operator.md for the why of each choice):
+//! - container `function`: the FunctionProfile's image running `vflow-runtime serve`
+//!   on port 8080 (`http`), configured by `VFLOW_*` variables; readiness `/readyz`,
+//!   liveness `/healthz`; requests from the sizing decision, memory limit = request,
+//!   no CPU limit; GPU resources and env from the sharing mode's translation;
+//! - container `metrics`: the same image running `vflow-runtime metrics` on 9091
+//!   (`metrics`), observing the function through the shared process namespace;
+//! - restricted security: non-root (uid 10001, the images' `vflow` user), read-only
+//!   root filesystem, emptyDirs for /scratch and /tmp, no privilege escalation, all
+//!   capabilities dropped, seccomp RuntimeDefault, no service account token.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
+        core::v1::{
+            Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+            HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec,
+            Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext,
+            Service, ServicePort, ServiceSpec, Toleration, Volume, VolumeMount,
+        },
+    },
+    apimachinery::pkg::{
+        api::resource::Quantity as K8sQuantity,
+        apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference},
+        util::intstr::IntOrString,
+    },
+};
+use kube::Resource;
+use serde::Serialize;
+use vflow_api::{FunctionProfile, Stage, VideoWorkflow};
+use vflow_planner::plan::StageDecision;
+
+use crate::error::{Error, Result};
+
+pub const FIELD_MANAGER: &str = "vflow-operator";
+pub const MANAGED_BY: &str = "vflow-operator";
+pub const LABEL_WORKFLOW: &str = "vflow.io/workflow";
+pub const LABEL_STAGE: &str = "vflow.io/stage";
+pub const LABEL_FUNCTION: &str = "vflow.io/function";
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// Hash of everything the operator sets on a child except `spec.replicas`: a child
+/// whose hash and replicas match what would be written is not written again.
+pub const ANNOTATION_SPEC_HASH: &str = "vflow.io/spec-hash";
+
+pub const HTTP_PORT: i32 = 8080;
+pub const METRICS_PORT: i32 = 9091;
+pub const RUNTIME: &str = "/usr/local/bin/vflow-runtime";
+pub const SCRATCH_DIR: &str = "/scratch";
+pub const S3_CREDENTIALS_DIR: &str = "/var/run/secrets/vflow/s3";
+/// The uid/gid of the `vflow` user in function-images/base/Dockerfile.
+pub const RUN_AS: i64 = 10001;
+/// Used when neither the stage nor the profile sets a timeout.
+pub const DEFAULT_TIMEOUT_SECONDS: u64 = 600;
+/// Kubernetes waits this much longer than the runtime's drain before SIGKILL.
+pub const GRACE_EXTRA_SECONDS: u64 = 15;
+
+/// `<workflow>-<stage>`, the name of a stage's Deployment and Service.
+pub fn child_name(workflow: &str, stage: &str) -> String {
+    format!("{workflow}-{stage}")
+}
+
+/// Everything the builders need for one stage.
+pub struct StageInput<'a> {
+    pub workflow: &'a VideoWorkflow,
+    pub stage: &'a Stage,
+    pub decision: &'a StageDecision,
+    pub profile: &'a FunctionProfile,
+    /// Extra pod-template annotations from the operator's configuration.
+    pub pod_annotations: &'a BTreeMap<String, String>,
+}
+
+fn selector_labels(workflow: &str, stage: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_WORKFLOW.to_string(), workflow.to_string()),
+        (LABEL_STAGE.to_string(), stage.to_string()),
+    ])
+}
+
+/// The labels of every child and pod of a stage.
+pub fn labels(workflow: &str, stage: &str, function: &str) -> BTreeMap<String, String> {
+    let mut l = selector_labels(workflow, stage);
+    l.insert(LABEL_FUNCTION.into(), function.into());
+    l.insert("app.kubernetes.io/name".into(), "vflow-stage".into());
+    l.insert(
+        "app.kubernetes.io/instance".into(),
+        child_name(workflow, stage),
+    );
+    l.insert("app.kubernetes.io/component".into(), "stage".into());
+    l.insert("app.kubernetes.io/part-of".into(), "vflow".into());
+    l.insert(LABEL_MANAGED_BY.into(), MANAGED_BY.into());
+    l
+}
+
+/// The controller owner reference to the workflow.
+pub fn owner_reference(wf: &VideoWorkflow) -> Result<OwnerReference> {
+    wf.controller_owner_ref(&()).ok_or(Error::MissingField {
+        kind: "VideoWorkflow",
+        field: "metadata.uid",
+    })
+}
+
+fn child_meta(input: &StageInput<'_>) -> Result<ObjectMeta> {
+    let wf_name = input.workflow.metadata.name.clone().unwrap_or_default();
+    Ok(ObjectMeta {
+        name: Some(child_name(&wf_name, &input.stage.name)),
+        namespace: input.workflow.metadata.namespace.clone(),
+        labels: Some(labels(&wf_name, &input.stage.name, &input.stage.function)),
+        owner_references: Some(vec![owner_reference(input.workflow)?]),
+        ..ObjectMeta::default()
+    })
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+fn quantity(s: impl Into<String>) -> K8sQuantity {
+    K8sQuantity(s.into())
+}
+
+/// The function's timeout: the stage's, else the profile's, else 10 minutes.
+pub fn timeout_seconds(input: &StageInput<'_>) -> u64 {
+    input
+        .stage
+        .overrides
+        .as_ref()
+        .and_then(|o| o.timeout)
+        .or(input.profile.spec.timeout)
+        .map(|d| d.as_std().as_secs().max(1))
+        .unwrap_or(DEFAULT_TIMEOUT_SECONDS)
+}
+
+fn function_container(input: &StageInput<'_>) -> Result<Container> {
+    let spec = &input.profile.spec;
+    let storage = &input.workflow.spec.storage;
+    let d = input.decision;
+    let json = |what: &'static str, v: &Vec<String>| {
+        serde_json::to_string(v).map_err(|source| Error::Serialize { what, source })
+    };
+    let timeout = timeout_seconds(input);
+    let mut vars = vec![
+        env("VFLOW_FUNCTION", input.stage.function.clone()),
+        env("VFLOW_COMMAND", json("command", &spec.command)?),
+    ];
+    if !spec.warmup_command.is_empty() {
+        vars.push(env(
+            "VFLOW_WARMUP_COMMAND",
+            json("warmup command", &spec.warmup_command)?,
+        ));
+    }
+    vars.extend([
+        env("VFLOW_PORT", HTTP_PORT.to_string()),
+        env("VFLOW_CONCURRENCY", d.concurrency.max(1).to_string()),
+        env("VFLOW_SCRATCH_DIR", SCRATCH_DIR),
+        env("VFLOW_TIMEOUT", format!("{timeout}s")),
+        env("VFLOW_DRAIN_TIMEOUT", format!("{timeout}s")),
+        EnvVar {
+            name: "VFLOW_INSTANCE".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.name".into(),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        },
+        env("VFLOW_LOG_FORMAT", "json"),
+    ]);
+    if let Some(endpoint) = &storage.endpoint {
+        vars.push(env("VFLOW_S3_ENDPOINT", endpoint.clone()));
+    }
+    if let Some(region) = &storage.region {
+        vars.push(env("VFLOW_S3_REGION", region.clone()));
+    }
+    vars.push(env("VFLOW_S3_PATH_STYLE", storage.path_style.to_string()));
+    let mut mounts = vec![
+        VolumeMount {
+            name: "scratch".into(),
+            mount_path: SCRATCH_DIR.into(),
+            ..VolumeMount::default()
+        },
+        VolumeMount {
+            name: "tmp".into(),
+            mount_path: "/tmp".into(),
+            ..VolumeMount::default()
+        },
+    ];
+    if storage.secret_ref.is_some() {
+        vars.push(env("VFLOW_S3_CREDENTIALS_DIR", S3_CREDENTIALS_DIR));
+        mounts.push(VolumeMount {
+            name: "s3-credentials".into(),
+            mount_path: S3_CREDENTIALS_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
+    let gpu = d.gpu.as_ref();
+    if let Some(g) = gpu {
+        vars.extend(g.env.iter().map(|(k, v)| env(k, v.clone())));
+    }
+
+    let mut requests = BTreeMap::from([
+        ("cpu".to_string(), quantity(d.size.cpu().as_str())),
+        ("memory".to_string(), quantity(d.size.memory().as_str())),
+    ]);
+    let mut limits = BTreeMap::from([("memory".to_string(), quantity(d.size.memory().as_str()))]);
+    if let Some(g) = gpu {
+        for (k, v) in &g.resources {
+            requests.insert(k.clone(), quantity(v.clone()));
+            limits.insert(k.clone(), quantity(v.clone()));
+        }
+    }
+    let probe = |path: &str, period: i32, failures: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(1),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    };
+    Ok(Container {
+        name: "function".into(),
+        image: Some(spec.image.clone()),
+        command: Some(vec![RUNTIME.into(), "serve".into()]),
+        env: Some(vars),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: HTTP_PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        readiness_probe: Some(probe("/readyz", 1, 3)),
+        liveness_probe: Some(probe("/healthz", 10, 3)),
+        resources: Some(ResourceRequirements {
+            requests: Some(requests),
+            limits: Some(limits),
+            ..ResourceRequirements::default()
+        }),
+        security_context: Some(container_security()),
+        volume_mounts: Some(mounts),
+        ..Container::default()
+    })
+}
+
+fn sidecar_container(input: &StageInput<'_>) -> Container {
+    Container {
+        name: "metrics".into(),
+        image: Some(input.profile.spec.image.clone()),
+        command: Some(vec![RUNTIME.into(), "metrics".into()]),
+        env: Some(vec![
+            env("VFLOW_METRICS_PORT", METRICS_PORT.to_string()),
+            env("VFLOW_LOG_FORMAT", "json"),
+        ]),
+        ports: Some(vec![ContainerPort {
+            name: Some("metrics".into()),
+            container_port: METRICS_PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_string(), quantity("10m")),
+                ("memory".to_string(), quantity("32Mi")),
+            ])),
+            limits: Some(BTreeMap::from([("memory".to_string(), quantity("64Mi"))])),
+            ..ResourceRequirements::default()
+        }),
+        security_context: Some(container_security()),
+        ..Container::default()
+    }
+}
+
+fn container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Capabilities::default()
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+fn volumes(input: &StageInput<'_>) -> Vec<Volume> {
+    let empty = |name: &str| Volume {
+        name: name.into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    };
+    let mut v = vec![empty("scratch"), empty("tmp")];
+    if let Some(secret) = &input.workflow.spec.storage.secret_ref {
+        v.push(Volume {
+            name: "s3-credentials".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.name.clone()),
+                default_mode: Some(0o440),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
+    v
+}
+
+/// The stage's Deployment with `replicas` instances.
+pub fn deployment(input: &StageInput<'_>, replicas: u32) -> Result<Deployment> {
+    let wf_name = input.workflow.metadata.name.clone().unwrap_or_default();
+    let pod_labels = labels(&wf_name, &input.stage.name, &input.stage.function);
+    let mut pod_annotations = input.pod_annotations.clone();
+    let gpu = input.decision.gpu.as_ref();
+    if let Some(g) = gpu {
+        pod_annotations.extend(g.annotations.clone());
+    }
+    let tolerations = gpu.filter(|g| !g.resources.is_empty()).map(|g| {
+        g.resources
+            .keys()
+            .map(|r| Toleration {
+                key: Some(r.clone()),
+                operator: Some("Exists".into()),
+                effect: Some("NoSchedule".into()),
+                ..Toleration::default()
+            })
+            .collect()
+    });
+    let grace = timeout_seconds(input) + GRACE_EXTRA_SECONDS;
+    let mut d = Deployment {
+        metadata: child_meta(input)?,
+        spec: DeploymentSpec {
+            replicas: None,
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(&wf_name, &input.stage.name)),
+                ..LabelSelector::default()
+            },
+            revision_history_limit: Some(2),
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::String("25%".into())),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: (!pod_annotations.is_empty()).then_some(pod_annotations),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![function_container(input)?, sidecar_container(input)],
+                    share_process_namespace: Some(true),
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    termination_grace_period_seconds: Some(grace as i64),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(RUN_AS),
+                        run_as_group: Some(RUN_AS),
+                        fs_group: Some(RUN_AS),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..SeccompProfile::default()
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
+                    tolerations,
+                    volumes: Some(volumes(input)),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        },
+        status: None,
+    };
+    let hash = spec_hash(&d)?;
+    d.metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(ANNOTATION_SPEC_HASH.into(), hash);
+    d.spec.replicas = Some(i32::try_from(replicas).unwrap_or(i32::MAX));
+    Ok(d)
+}
+
+/// The stage's Service: port 8080 (`http`, invocations) and 9091 (`metrics`).
+pub fn service(input: &StageInput<'_>) -> Result<Service> {
+    let wf_name = input.workflow.metadata.name.clone().unwrap_or_default();
+    let port = |name: &str, number: i32| ServicePort {
+        name: Some(name.into()),
+        port: number,
+        target_port: Some(IntOrString::String(name.into())),
+        protocol: Some("TCP".into()),
+        ..ServicePort::default()
+    };
+    let mut s = Service {
+        metadata: child_meta(input)?,
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(selector_labels(&wf_name, &input.stage.name)),
+            ports: Some(vec![port("http", HTTP_PORT), port("metrics", METRICS_PORT)]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    };
+    let hash = spec_hash(&s)?;
+    s.metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(ANNOTATION_SPEC_HASH.into(), hash);
+    Ok(s)
+}
+
+/// FNV-1a (64 bit) of the object's JSON: stable across Rust releases and processes,
+/// unlike `DefaultHasher`.
+pub fn spec_hash<T: Serialize>(obj: &T) -> Result<String> {
+    let bytes = serde_json::to_vec(obj).map_err(|source| Error::Serialize {
+        what: "child object",
+        source,
+    })?;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    Ok(format!("{h:016x}"))
+}

@@ -1,0 +1,594 @@
+//! The VideoWorkflow controller, in phases: [`dereference`] (read the caches),
+//! [`validate`] (pure: rules, plan, GPU), [`desired`] with [`build`] and the
+//! [`crate::autoscaler`] (pure: children and status), [`apply`] and [`status`] (writes,
+//! only of what changed).
+
+pub mod apply;
+pub mod build;
+pub mod dereference;
+pub mod status;
+pub mod validate;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::{
+    api::{apps::v1::Deployment, core::v1::Service},
+    jiff::{SignedDuration, Timestamp},
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    runtime::{
+        controller::Action,
+        events::{Event, EventType, Recorder, Reporter},
+        reflector::{ObjectRef, Store},
+    },
+};
+use tracing::{info, warn};
+use vflow_api::{FunctionProfile, Provisioning, StagePlan, VideoWorkflow, VideoWorkflowStatus};
+use vflow_planner::WorkflowPlan;
+
+use crate::{
+    autoscaler::{self, PrewarmWindow, ScaleInput},
+    config::Settings,
+    error::{Error, Result, backoff},
+    metrics::Metrics,
+    signals,
+};
+use build::StageInput;
+use dereference::Children;
+use validate::Invalid;
+
+pub const CONTROLLER: &str = "videoworkflow";
+/// Reconcile at least this often, as a safety net for missed watch events. Cheap: a
+/// reconcile with nothing to change makes no API calls.
+pub const RESYNC: Duration = Duration::from_secs(600);
+
+/// Per-stage memory of activity for the autoscaler: (in-flight last seen, last active).
+type Activity = HashMap<String, (u32, Timestamp)>;
+
+/// What the workflow controller shares between reconciles.
+pub struct Context {
+    pub client: Client,
+    pub settings: Settings,
+    pub metrics: Metrics,
+    pub profiles: Store<FunctionProfile>,
+    pub deployments: Store<Deployment>,
+    pub services: Store<Service>,
+    pub recorder: Recorder,
+    /// The clock, read once per reconcile and passed to the pure parts.
+    pub clock: fn() -> Timestamp,
+    activity: Mutex<HashMap<String, Activity>>,
+    failures: Mutex<HashMap<String, u32>>,
+    plans: Mutex<HashMap<String, (String, Arc<Result<WorkflowPlan, Invalid>>)>>,
+    stage_counts: Mutex<HashMap<String, StageCounts>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        settings: Settings,
+        metrics: Metrics,
+        profiles: Store<FunctionProfile>,
+        deployments: Store<Deployment>,
+        services: Store<Service>,
+        reporter: Reporter,
+    ) -> Self {
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            settings,
+            metrics,
+            profiles,
+            deployments,
+            services,
+            clock: Timestamp::now,
+            activity: Mutex::default(),
+            failures: Mutex::default(),
+            plans: Mutex::default(),
+            stage_counts: Mutex::default(),
+        }
+    }
+}
+
+/// Stages by state, for the `vflow_operator_stages` gauge.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StageCounts {
+    pub ready: i64,
+    pub not_ready: i64,
+    pub scaled_to_zero: i64,
+    pub invalid: i64,
+}
+
+/// A replica change, for metrics and logs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScaleChange {
+    pub stage: String,
+    pub from: Option<u32>,
+    pub to: u32,
+    pub reason: &'static str,
+}
+
+/// Everything a reconcile would make true.
+#[derive(Debug, Clone, Default)]
+pub struct Desired {
+    pub deployments: Vec<Deployment>,
+    pub services: Vec<Service>,
+    pub status: VideoWorkflowStatus,
+    pub requeue_at: Option<Timestamp>,
+    pub scale_changes: Vec<ScaleChange>,
+    /// The autoscaler's memory after this reconcile.
+    pub activity: Activity,
+    pub counts: StageCounts,
+    pub invalid: bool,
+}
+
+fn key(wf: &VideoWorkflow) -> String {
+    format!("{}/{}", wf.namespace().unwrap_or_default(), wf.name_any())
+}
+
+/// When a pre-warm must start for the instances to be ready at `at`.
+pub fn cold_start(profile: &FunctionProfile, settings: &Settings) -> Duration {
+    let observed = profile
+        .status
+        .as_ref()
+        .filter(|s| s.invocations > 0)
+        .and_then(|s| s.cold_start_seconds.as_ref())
+        .and_then(|d| Duration::try_from_secs_f64(d.p95).ok());
+    observed
+        .or(profile.spec.cold_start_prior.map(|d| d.as_std()))
+        .unwrap_or(settings.default_cold_start)
+}
+
+/// The pure middle of a reconcile: from the workflow, the outcome of validation and
+/// planning, the caches and the time, what the children and the status should be.
+pub fn desired(
+    wf: &VideoWorkflow,
+    outcome: &Result<WorkflowPlan, Invalid>,
+    profiles: &BTreeMap<String, FunctionProfile>,
+    children: &Children,
+    activity: &Activity,
+    settings: &Settings,
+    now: Timestamp,
+) -> Result<Desired> {
+    let generation = wf.metadata.generation;
+    let old = wf.status.clone().unwrap_or_default();
+    let mut out = Desired::default();
+    let plan = match outcome {
+        Err(invalid) => {
+            let message = invalid.message();
+            out.invalid = true;
+            out.counts.invalid = wf.spec.stages.len() as i64;
+            out.status = VideoWorkflowStatus {
+                observed_generation: generation,
+                conditions: vec![
+                    status::condition(
+                        &old.conditions,
+                        status::READY,
+                        false,
+                        invalid.reason.as_str(),
+                        &message,
+                        generation,
+                        now,
+                    ),
+                    status::condition(
+                        &old.conditions,
+                        status::DEGRADED,
+                        true,
+                        invalid.reason.as_str(),
+                        &message,
+                        generation,
+                        now,
+                    ),
+                ],
+                // The plan and the children stay as they were.
+                ..old.clone()
+            };
+            out.activity = activity.clone();
+            return Ok(out);
+        }
+        Ok(plan) => plan,
+    };
+
+    let stage_names: Vec<&str> = wf.spec.stages.iter().map(|s| s.name.as_str()).collect();
+    let signals = signals::parse(wf.metadata.annotations.as_ref(), &stage_names);
+    let scale_to_zero_after = wf.spec.scale_to_zero_after.as_std();
+    let mut stage_plans = plan.to_status_stages();
+    let mut not_ready = Vec::new();
+    for stage in &wf.spec.stages {
+        let (Some(decision), Some(profile)) = (
+            plan.stages.iter().find(|d| d.name == stage.name),
+            profiles.get(&stage.function),
+        ) else {
+            continue; // validate() refused this already
+        };
+        let existing = children.deployments.get(&stage.name);
+        let current = existing
+            .and_then(|d| d.spec.replicas)
+            .map(|r| r.max(0) as u32);
+        let in_flight = signals.in_flight(&stage.name);
+        let last = autoscaler::last_active(
+            activity.get(&stage.name).copied(),
+            in_flight,
+            current.unwrap_or(0),
+            now,
+        );
+        if let Some(l) = last {
+            out.activity.insert(stage.name.clone(), (in_flight, l));
+        }
+        let lead = cold_start(profile, settings) + settings.prewarm_margin;
+        let lead = SignedDuration::try_from(lead).unwrap_or(SignedDuration::ZERO);
+        let prewarm = signals
+            .prewarm_for(&stage.name)
+            .map(|p| PrewarmWindow {
+                start: p.at.checked_sub(lead).unwrap_or(Timestamp::MIN),
+                ready_by: p.at,
+                replicas: p.replicas,
+            })
+            .collect();
+        let input = ScaleInput {
+            min_replicas: decision.min_replicas,
+            max_replicas: decision.max_replicas,
+            target_concurrency: decision.concurrency,
+            durable: decision.provisioning == Provisioning::Durable,
+            in_flight,
+            last_active: last,
+            scale_to_zero_after,
+            prewarm,
+            current,
+        };
+        let scale = autoscaler::decide(&input, now);
+        if let Some(at) = scale.recheck_at {
+            out.requeue_at = Some(out.requeue_at.map_or(at, |r| r.min(at)));
+        }
+        if current != Some(scale.replicas) {
+            out.scale_changes.push(ScaleChange {
+                stage: stage.name.clone(),
+                from: current,
+                to: scale.replicas,
+                reason: scale.reason.as_str(),
+            });
+        }
+        let si = StageInput {
+            workflow: wf,
+            stage,
+            decision,
+            profile,
+            pod_annotations: &settings.pod_annotations,
+        };
+        let deployment = build::deployment(&si, scale.replicas)?;
+        let service = build::service(&si)?;
+        let uid = wf.uid().unwrap_or_default();
+        let dep_current =
+            apply::deployment_is_current(existing.map(|d| d.as_ref()), &deployment, &uid);
+        let svc_current = apply::service_is_current(
+            children.services.get(&stage.name).map(|s| s.as_ref()),
+            &service,
+            &uid,
+        );
+        let ready_replicas = existing
+            .and_then(|d| d.status.as_ref())
+            .and_then(|s| s.ready_replicas)
+            .unwrap_or(0)
+            .max(0) as u32;
+        let rolled_out = existing.is_some_and(|d| {
+            d.status.as_ref().and_then(|s| s.observed_generation) >= d.metadata.generation
+                && d.status
+                    .as_ref()
+                    .and_then(|s| s.updated_replicas)
+                    .unwrap_or(0)
+                    .max(0) as u32
+                    >= scale.replicas
+        });
+        let ready = dep_current && svc_current && rolled_out && ready_replicas >= scale.replicas;
+        if !ready {
+            not_ready.push(stage.name.clone());
+            out.counts.not_ready += 1;
+        } else if scale.replicas == 0 {
+            out.counts.scaled_to_zero += 1;
+        } else {
+            out.counts.ready += 1;
+        }
+        if let Some(sp) = stage_plans.iter_mut().find(|p| p.name == stage.name) {
+            sp.replicas = Some(scale.replicas);
+            sp.ready_replicas = Some(ready_replicas);
+        }
+        out.deployments.push(deployment);
+        out.services.push(service);
+    }
+
+    let (ready_reason, ready_message) = if not_ready.is_empty() {
+        (
+            "StagesReady",
+            "every stage has its Deployment and Service and the planned replicas are ready"
+                .to_string(),
+        )
+    } else {
+        (
+            "StagesNotReady",
+            format!("waiting for stages: {}", not_ready.join(", ")),
+        )
+    };
+    let (degraded, degraded_reason, degraded_message) = if signals.problems.is_empty() {
+        (false, "AsPlanned", String::new())
+    } else {
+        (true, "InvalidAnnotation", signals.problems.join("; "))
+    };
+    out.status = VideoWorkflowStatus {
+        observed_generation: generation,
+        stages: stage_plans,
+        most_likely_path: plan.most_likely_path.clone(),
+        branch_probabilities: plan.to_status_branches(),
+        conditions: vec![
+            status::condition(
+                &old.conditions,
+                status::READY,
+                not_ready.is_empty(),
+                ready_reason,
+                ready_message,
+                generation,
+                now,
+            ),
+            status::condition(
+                &old.conditions,
+                status::DEGRADED,
+                degraded,
+                degraded_reason,
+                degraded_message,
+                generation,
+                now,
+            ),
+        ],
+    };
+    Ok(out)
+}
+
+/// The plan for the workflow, recomputed only when the workflow's spec or one of the
+/// profiles it uses changed (planning runs a Monte Carlo estimate).
+fn plan_for(
+    wf: &VideoWorkflow,
+    profiles: &BTreeMap<String, FunctionProfile>,
+    ctx: &Context,
+) -> Arc<Result<WorkflowPlan, Invalid>> {
+    let mut cache_key = format!("{:?}", wf.metadata.generation);
+    for s in &wf.spec.stages {
+        let rv = profiles
+            .get(&s.function)
+            .and_then(|p| p.metadata.resource_version.clone())
+            .unwrap_or_else(|| "absent".into());
+        cache_key.push_str(&format!("|{}={rv}", s.function));
+    }
+    let uid = wf.uid().unwrap_or_default();
+    if let Ok(plans) = ctx.plans.lock()
+        && let Some((k, plan)) = plans.get(&uid)
+        && *k == cache_key
+    {
+        return plan.clone();
+    }
+    let plan = Arc::new(validate::check(wf, profiles, &ctx.settings.planner));
+    if let Ok(mut plans) = ctx.plans.lock() {
+        plans.insert(uid, (cache_key, plan.clone()));
+    }
+    plan
+}
+
+/// One reconcile of one workflow.
+pub async fn reconcile(wf: Arc<VideoWorkflow>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let result = reconcile_inner(&wf, &ctx).await;
+    let m = &ctx.metrics;
+    m.duration
+        .with_label_values(&[CONTROLLER])
+        .observe(started.elapsed().as_secs_f64());
+    let outcome = match &result {
+        Ok((_, true)) => "invalid",
+        Ok(_) => "ok",
+        Err(_) => "error",
+    };
+    m.reconciliations
+        .with_label_values(&[CONTROLLER, outcome])
+        .inc();
+    if result.is_ok()
+        && let Ok(mut f) = ctx.failures.lock()
+    {
+        f.remove(&key(&wf));
+    }
+    result.map(|(action, _)| action)
+}
+
+#[tracing::instrument(skip_all, fields(namespace = %wf.namespace().unwrap_or_default(), name = %wf.name_any()))]
+async fn reconcile_inner(wf: &VideoWorkflow, ctx: &Context) -> Result<(Action, bool)> {
+    if wf.metadata.deletion_timestamp.is_some() {
+        // Children go by owner-reference garbage collection.
+        forget(ctx, wf);
+        return Ok((Action::await_change(), false));
+    }
+    // A reconcile before the caches are filled would see no children and write them all.
+    let _ = futures::join!(
+        ctx.profiles.wait_until_ready(),
+        ctx.deployments.wait_until_ready(),
+        ctx.services.wait_until_ready()
+    );
+    let now = (ctx.clock)();
+    let ns = wf.namespace().unwrap_or_default();
+    let wf_key = key(wf);
+
+    // dereference
+    let profiles = dereference::profiles(&ctx.profiles, &ns);
+    let children = dereference::children(wf, &ctx.deployments, &ctx.services);
+    let activity = ctx
+        .activity
+        .lock()
+        .ok()
+        .and_then(|a| a.get(&wf_key).cloned())
+        .unwrap_or_default();
+
+    // validate + build (pure)
+    let outcome = plan_for(wf, &profiles, ctx);
+    let want = desired(
+        wf,
+        &outcome,
+        &profiles,
+        &children,
+        &activity,
+        &ctx.settings,
+        now,
+    )?;
+
+    // apply: only what differs from the cache
+    let uid = wf.uid().unwrap_or_default();
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
+    for (stage, d) in wf.spec.stages.iter().zip(&want.deployments) {
+        let existing = children.deployments.get(&stage.name).map(|d| d.as_ref());
+        if !apply::deployment_is_current(existing, d, &uid) {
+            apply::apply(&deployments, d).await?;
+        }
+    }
+    for (stage, s) in wf.spec.stages.iter().zip(&want.services) {
+        let existing = children.services.get(&stage.name).map(|s| s.as_ref());
+        if !apply::service_is_current(existing, s, &uid) {
+            apply::apply(&services, s).await?;
+        }
+    }
+    if !want.invalid {
+        for name in &children.stale_deployments {
+            apply::delete(&deployments, name).await?;
+        }
+        for name in &children.stale_services {
+            apply::delete(&services, name).await?;
+        }
+    }
+    for c in &want.scale_changes {
+        let direction = match c.from {
+            Some(from) if from > c.to => "down",
+            _ => "up",
+        };
+        ctx.metrics
+            .scale_decisions
+            .with_label_values(&[direction, c.reason])
+            .inc();
+        info!(stage = %c.stage, from = ?c.from, to = c.to, reason = c.reason, "scale");
+    }
+    if let Ok(mut a) = ctx.activity.lock() {
+        a.insert(wf_key.clone(), want.activity.clone());
+    }
+
+    // status, and an Event when a problem appears
+    let api: Api<VideoWorkflow> = Api::namespaced(ctx.client.clone(), &ns);
+    let old_conditions = wf
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    if let Some((reason, message)) =
+        status::degraded_changed(&old_conditions, &want.status.conditions)
+    {
+        warn!(%reason, %message, "workflow cannot be reconciled as written");
+        let event = Event {
+            type_: EventType::Warning,
+            reason,
+            note: Some(message),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &wf.object_ref(&())).await {
+            warn!(error = %e, "could not publish an Event");
+        }
+    }
+    status::write(&api, wf, &want.status).await?;
+    update_stage_gauge(ctx, &wf_key, want.counts);
+
+    let action = if want.invalid {
+        Action::await_change()
+    } else {
+        match want.requeue_at {
+            Some(at) => {
+                let wait = Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO);
+                Action::requeue(wait.clamp(Duration::from_millis(100), RESYNC))
+            }
+            None => Action::requeue(RESYNC),
+        }
+    };
+    Ok((action, want.invalid))
+}
+
+fn forget(ctx: &Context, wf: &VideoWorkflow) {
+    let k = key(wf);
+    if let Ok(mut a) = ctx.activity.lock() {
+        a.remove(&k);
+    }
+    if let Ok(mut p) = ctx.plans.lock() {
+        p.remove(&wf.uid().unwrap_or_default());
+    }
+    update_stage_gauge(ctx, &k, StageCounts::default());
+}
+
+fn update_stage_gauge(ctx: &Context, key: &str, counts: StageCounts) {
+    let Ok(mut all) = ctx.stage_counts.lock() else {
+        return;
+    };
+    if counts == StageCounts::default() {
+        all.remove(key);
+    } else {
+        all.insert(key.to_string(), counts);
+    }
+    let mut sum = StageCounts::default();
+    for c in all.values() {
+        sum.ready += c.ready;
+        sum.not_ready += c.not_ready;
+        sum.scaled_to_zero += c.scaled_to_zero;
+        sum.invalid += c.invalid;
+    }
+    let g = &ctx.metrics.stages;
+    g.with_label_values(&["ready"]).set(sum.ready);
+    g.with_label_values(&["not_ready"]).set(sum.not_ready);
+    g.with_label_values(&["scaled_to_zero"])
+        .set(sum.scaled_to_zero);
+    g.with_label_values(&["invalid"]).set(sum.invalid);
+}
+
+/// Transient errors back off exponentially per workflow; permanent ones (403, 422, a
+/// serialization bug) retry slowly, since a person has to change something.
+pub fn error_policy(wf: Arc<VideoWorkflow>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .errors
+        .with_label_values(&[CONTROLLER, error.category()])
+        .inc();
+    let failures = ctx
+        .failures
+        .lock()
+        .map(|mut f| {
+            let n = f.entry(key(&wf)).or_insert(0);
+            *n += 1;
+            *n
+        })
+        .unwrap_or(1);
+    let wait = backoff(failures, error.is_permanent());
+    warn!(namespace = %wf.namespace().unwrap_or_default(), name = %wf.name_any(),
+          error = %error, category = error.category(), retry_in = ?wait, "reconcile failed");
+    Action::requeue(wait)
+}
+
+/// The workflows in `store` that run function `profile` (in its namespace).
+pub fn workflows_using(
+    store: &Store<VideoWorkflow>,
+    profile: &FunctionProfile,
+) -> Vec<ObjectRef<VideoWorkflow>> {
+    let ns = profile.namespace();
+    let name = profile.name_any();
+    store
+        .state()
+        .iter()
+        .filter(|w| w.namespace() == ns && w.spec.stages.iter().any(|s| s.function == name))
+        .map(|w| ObjectRef::from_obj(w.as_ref()))
+        .collect()
+}
+
+/// StagePlan of a stage by name, for tests and the CLI.
+pub fn stage_plan<'a>(status: &'a VideoWorkflowStatus, stage: &str) -> Option<&'a StagePlan> {
+    status.stages.iter().find(|s| s.name == stage)
+}
