@@ -2,5 +2,6 @@
 
 pub mod manifests;
 pub mod plan_cmd;
+pub mod run_cmd;
 pub mod sim_cmd;
 pub mod validate_cmd;

@@ -39,6 +39,38 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run a workflow on one input on this machine (no cluster): stage instances are
+    /// local processes, storage a directory or any S3 endpoint. Prints a table of stage
+    /// timings, writes a JSON report and an SVG timeline, and folds what was measured
+    /// into the FunctionProfiles. Exit 0: succeeded; 1: failed; 2: bad input; 130:
+    /// cancelled (Ctrl-C). An interrupted run resumes with --run-id.
+    Run {
+        /// The VideoWorkflow YAML.
+        workflow: PathBuf,
+        /// The input video: a file or s3://bucket/key.
+        #[arg(long)]
+        input: String,
+        /// FunctionProfile YAML: directories or files.
+        #[arg(long = "profiles", value_name = "DIR|FILE", required = true)]
+        profiles: Vec<PathBuf>,
+        /// Where outputs go: a directory (default .vflow/store) or s3://bucket/prefix
+        /// (credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, endpoint from
+        /// VFLOW_S3_ENDPOINT).
+        #[arg(long, value_name = "DIR|s3://...")]
+        store: Option<String>,
+        /// Resume this run (or name a new one).
+        #[arg(long)]
+        run_id: Option<String>,
+        /// Where report.json and timeline.svg go (default .vflow/runs/RUN).
+        #[arg(long, value_name = "DIR")]
+        report_dir: Option<PathBuf>,
+        /// Instances per stage when the workflow does not say (default: the CPU count).
+        #[arg(long)]
+        max_instances: Option<u32>,
+        /// No progress lines.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Simulate a cluster running the planner against its baselines (deterministic for
     /// a seed): makespan, p50 and p95 latency, cold starts, idle instance-seconds, cost.
     Sim {
@@ -88,8 +120,51 @@ impl From<SimScenario> for vflow_planner::sim::Scenario {
 }
 
 fn main() -> ExitCode {
+    // `vflow runtime serve|metrics ...`: the local mode's stage instances are this same
+    // executable, so one binary is all a machine needs.
+    let mut args = std::env::args_os();
+    if std::env::args_os().nth(1).is_some_and(|a| a == "runtime") {
+        let rest: Vec<_> = args.by_ref().skip(2).collect();
+        let argv = std::iter::once(std::ffi::OsString::from("vflow runtime")).chain(rest);
+        return vflow_runtime::cli::main_with_args(argv);
+    }
     let cli = Cli::parse();
     match cli.command {
+        Command::Run {
+            workflow,
+            input,
+            profiles,
+            store,
+            run_id,
+            report_dir,
+            max_instances,
+            quiet,
+        } => {
+            let args = vflow_cli::run_cmd::RunArgs {
+                workflow,
+                input,
+                profiles,
+                store,
+                run_id,
+                report_dir,
+                max_instances,
+                quiet,
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("vflow: cannot start the async runtime: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match runtime.block_on(vflow_cli::run_cmd::run(args)) {
+                Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+                Err(e) => {
+                    eprintln!("{}", e.message);
+                    ExitCode::from(e.code)
+                }
+            }
+        }
         Command::Validate { files, profiles } => {
             let report = vflow_cli::validate_cmd::run(&files, &profiles);
             for e in &report.load_errors {

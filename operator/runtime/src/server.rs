@@ -159,21 +159,21 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-async fn terminate_signal() {
+/// SIGTERM drains (what Kubernetes sends); SIGINT cancels: running functions are
+/// killed at once (what `vflow run` sends when a run is cancelled).
+async fn terminate_signal() -> bool {
     use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+                _ = term.recv() => false,
+                _ = int.recv() => true,
             }
         }
         _ => {
             tracing::error!("cannot listen for SIGTERM; shutting down only on ctrl-c");
             let _ = tokio::signal::ctrl_c().await;
+            true
         }
     }
 }
@@ -275,11 +275,14 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
     let drain_timeout = args.drain_timeout;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
     tokio::spawn(async move {
-        let outcome = tokio::select! {
-            _ = terminate_signal() => Ok(()),
-            Ok(e) = warm_failed_rx => Err(e),
+        let (outcome, cancel_now) = tokio::select! {
+            cancel = terminate_signal() => (Ok(()), cancel),
+            Ok(e) = warm_failed_rx => (Err(e), true),
         };
         drain_state.draining.store(true, Ordering::SeqCst);
+        if cancel_now {
+            drain_state.executor.cancel.store(true, Ordering::SeqCst);
+        }
         tracing::info!(?drain_timeout, "draining: finishing in-flight invocations");
         let _ = stop_tx.send(outcome);
         // Past the deadline, running functions are killed so their requests end.

@@ -1,0 +1,73 @@
+//! Where stage instances come from and how an invocation reaches one.
+
+use std::future::Future;
+
+use vflow_runtime::invocation::{InvokeFailure, InvokeRequest, InvokeResponse};
+
+/// What a backend needs to know about a stage to run it.
+#[derive(Debug, Clone)]
+pub struct StageTarget {
+    pub stage: String,
+    pub function: String,
+    pub command: Vec<String>,
+    pub warmup_command: Vec<String>,
+    /// Invocations one instance runs at once.
+    pub concurrency: u32,
+    pub min_instances: u32,
+    pub max_instances: u32,
+    pub timeout_seconds: f64,
+}
+
+/// A successful invocation and what it waited for.
+#[derive(Debug, Clone)]
+pub struct Invoked {
+    pub response: InvokeResponse,
+    /// Waiting for a free slot on a warm instance.
+    pub queued_seconds: f64,
+    /// Waiting for an instance this invocation had to start (a cold start).
+    pub cold_start_seconds: Option<f64>,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BackendError {
+    /// The invocation ran and failed; the runtime said why.
+    #[error("{}", .0.message)]
+    Failed(InvokeFailure),
+    /// No instance could take it (it would not start, or it went away).
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl BackendError {
+    /// Worth another attempt: a failed function may be flaky, but a bad request, a
+    /// usage error (exit 2) or a missing input will fail the same way again.
+    pub fn retryable(&self) -> bool {
+        use vflow_runtime::invocation::Phase;
+        use vflow_runtime::process::Exit;
+        match self {
+            BackendError::Failed(f) => match f.phase {
+                Phase::Request => false,
+                Phase::Function => f.exit != Some(Exit::Code { code: 2 }),
+                Phase::Download | Phase::Upload => f.retryable,
+            },
+            BackendError::Unavailable(_) => true,
+            BackendError::Cancelled => false,
+        }
+    }
+}
+
+pub trait Backend: Send + Sync + 'static {
+    fn invoke(
+        &self,
+        target: &StageTarget,
+        request: InvokeRequest,
+    ) -> impl Future<Output = Result<Invoked, BackendError>> + Send;
+
+    /// Have `replicas` instances of the stage ready (or starting) now.
+    fn prewarm(&self, target: &StageTarget, replicas: u32) -> impl Future<Output = ()> + Send;
+
+    /// Stop every instance; in-flight invocations end with an error.
+    fn shutdown(&self) -> impl Future<Output = ()> + Send;
+}

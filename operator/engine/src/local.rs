@@ -1,0 +1,367 @@
+//! The local backend: stage instances are `vflow-runtime serve` processes on loopback.
+//!
+//! A stage at zero gets a process on its first invocation, which waits for /readyz (a
+//! cold start); instances idle longer than the keep-alive stop; pre-warm requests start
+//! them early. Processes get `VFLOW_EXIT_WITH_PARENT=1`, so none outlives `vflow run`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::process::{Child, Command};
+use tokio::sync::{Mutex, Notify, OwnedSemaphorePermit, Semaphore};
+use vflow_runtime::invocation::{ErrorBody, InvokeRequest, InvokeResponse};
+
+use crate::backend::{Backend, BackendError, Invoked, StageTarget};
+
+#[derive(Debug, Clone)]
+pub struct LocalConfig {
+    /// The runtime: `vflow-runtime`, or `vflow` with `runtime_args = ["runtime"]`.
+    pub runtime_program: PathBuf,
+    pub runtime_args: Vec<String>,
+    /// Scratch directories and instance logs go here.
+    pub work_dir: PathBuf,
+    /// Extra environment for every instance (S3 settings, VFLOW_FFMPEG_THREADS, ...).
+    pub env: Vec<(String, String)>,
+    pub keep_alive: Duration,
+    /// How long an instance may take to become ready.
+    pub start_timeout: Duration,
+}
+
+struct Instance {
+    id: u64,
+    child: Mutex<Option<Child>>,
+    url: String,
+    slots: Arc<Semaphore>,
+    concurrency: u32,
+    last_used: std::sync::Mutex<Instant>,
+}
+
+impl Instance {
+    fn idle_for(&self) -> Duration {
+        if self.slots.available_permits() < self.concurrency as usize {
+            return Duration::ZERO;
+        }
+        self.last_used
+            .lock()
+            .map(|t| t.elapsed())
+            .unwrap_or(Duration::ZERO)
+    }
+}
+
+#[derive(Default)]
+struct Pool {
+    instances: Mutex<Vec<Arc<Instance>>>,
+    starting: AtomicU32,
+    freed: Notify,
+}
+
+pub struct LocalBackend {
+    config: LocalConfig,
+    pools: std::sync::Mutex<HashMap<String, Arc<Pool>>>,
+    client: reqwest::Client,
+    next_id: AtomicU64,
+    cold_starts: AtomicU64,
+}
+
+fn log_tail(path: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(5)..].join("\n")
+}
+
+impl LocalBackend {
+    pub fn new(config: LocalConfig) -> Arc<Self> {
+        let backend = Arc::new(Self {
+            config,
+            pools: std::sync::Mutex::new(HashMap::new()),
+            client: reqwest::Client::new(),
+            next_id: AtomicU64::new(0),
+            cold_starts: AtomicU64::new(0),
+        });
+        // Stop instances idle past the keep-alive (scale to zero).
+        let weak = Arc::downgrade(&backend);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let Some(backend) = weak.upgrade() else { return };
+                backend.reap_idle().await;
+            }
+        });
+        backend
+    }
+
+    /// Instances started so far (each one a cold start).
+    pub fn cold_starts(&self) -> u64 {
+        self.cold_starts.load(Ordering::Relaxed)
+    }
+
+    /// Live instances per stage.
+    pub async fn instances(&self) -> HashMap<String, usize> {
+        let pools: Vec<(String, Arc<Pool>)> = self
+            .pools
+            .lock()
+            .map(|p| p.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        let mut counts = HashMap::new();
+        for (stage, pool) in pools {
+            counts.insert(stage, pool.instances.lock().await.len());
+        }
+        counts
+    }
+
+    fn pool(&self, stage: &str) -> Arc<Pool> {
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools.entry(stage.to_string()).or_default().clone()
+    }
+
+    async fn reap_idle(&self) {
+        let pools: Vec<Arc<Pool>> = self
+            .pools
+            .lock()
+            .map(|p| p.values().cloned().collect())
+            .unwrap_or_default();
+        for pool in pools {
+            let mut instances = pool.instances.lock().await;
+            let mut kept = Vec::new();
+            for instance in instances.drain(..) {
+                if instance.idle_for() > self.config.keep_alive {
+                    tracing::debug!(instance = instance.id, "stopping an idle instance");
+                    stop(&instance).await;
+                } else {
+                    kept.push(instance);
+                }
+            }
+            *instances = kept;
+        }
+    }
+
+    async fn start_instance(&self, target: &StageTarget) -> Result<Arc<Instance>, BackendError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let dir = self.config.work_dir.join(format!("{}-{id}", target.stage));
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| BackendError::Unavailable(format!("{}: {e}", dir.display())))?;
+        let port_file = dir.join("port");
+        let log = dir.join("runtime.log");
+        let log_file = std::fs::File::create(&log)
+            .map_err(|e| BackendError::Unavailable(format!("{}: {e}", log.display())))?;
+        let command = serde_json::to_string(&target.command).unwrap_or_default();
+        let mut cmd = Command::new(&self.config.runtime_program);
+        cmd.args(&self.config.runtime_args)
+            .arg("serve")
+            .args(["--bind", "127.0.0.1", "--port", "0", "--drain-timeout", "5s"])
+            .arg("--port-file")
+            .arg(&port_file)
+            .arg("--function")
+            .arg(&target.function)
+            .arg("--instance")
+            .arg(format!("{}-{id}", target.stage))
+            .arg("--concurrency")
+            .arg(target.concurrency.max(1).to_string())
+            .arg("--timeout")
+            .arg(format!("{}s", target.timeout_seconds.max(1.0)))
+            .arg("--scratch-dir")
+            .arg(dir.join("scratch"))
+            .env("VFLOW_COMMAND", command)
+            .env("VFLOW_EXIT_WITH_PARENT", "1")
+            .env("VFLOW_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .kill_on_drop(true);
+        if !target.warmup_command.is_empty() {
+            cmd.env(
+                "VFLOW_WARMUP_COMMAND",
+                serde_json::to_string(&target.warmup_command).unwrap_or_default(),
+            );
+        }
+        for (k, v) in &self.config.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().map_err(|e| {
+            BackendError::Unavailable(format!(
+                "cannot start {}: {e}",
+                self.config.runtime_program.display()
+            ))
+        })?;
+        self.cold_starts.fetch_add(1, Ordering::Relaxed);
+        let deadline = Instant::now() + self.config.start_timeout;
+        let mut url = None;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(BackendError::Unavailable(format!(
+                    "the {} instance exited ({status}) before it was ready: {}",
+                    target.stage,
+                    log_tail(&log)
+                )));
+            }
+            if url.is_none()
+                && let Ok(text) = tokio::fs::read_to_string(&port_file).await
+                && let Ok(port) = text.trim().parse::<u16>()
+            {
+                url = Some(format!("http://127.0.0.1:{port}"));
+            }
+            if let Some(url) = &url
+                && let Ok(r) = self.client.get(format!("{url}/readyz")).send().await
+                && r.status() == 200
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill().await;
+                return Err(BackendError::Unavailable(format!(
+                    "the {} instance was not ready within {:?}: {}",
+                    target.stage,
+                    self.config.start_timeout,
+                    log_tail(&log)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(Arc::new(Instance {
+            id,
+            child: Mutex::new(Some(child)),
+            url: url.unwrap_or_default(),
+            slots: Arc::new(Semaphore::new(target.concurrency.max(1) as usize)),
+            concurrency: target.concurrency.max(1),
+            last_used: std::sync::Mutex::new(Instant::now()),
+        }))
+    }
+
+    /// A free slot on a ready instance, starting one when the stage may grow.
+    async fn acquire(
+        &self,
+        target: &StageTarget,
+    ) -> Result<(Arc<Instance>, OwnedSemaphorePermit, Option<f64>), BackendError> {
+        let pool = self.pool(&target.stage);
+        loop {
+            let freed = pool.freed.notified();
+            {
+                let instances = pool.instances.lock().await;
+                for instance in instances.iter() {
+                    if let Ok(permit) = instance.slots.clone().try_acquire_owned() {
+                        return Ok((instance.clone(), permit, None));
+                    }
+                }
+                let count = instances.len() as u32 + pool.starting.load(Ordering::SeqCst);
+                if count < target.max_instances.max(1) {
+                    pool.starting.fetch_add(1, Ordering::SeqCst);
+                    drop(instances);
+                    let started = Instant::now();
+                    let result = self.start_instance(target).await;
+                    pool.starting.fetch_sub(1, Ordering::SeqCst);
+                    let instance = result?;
+                    let permit = instance
+                        .slots
+                        .clone()
+                        .try_acquire_owned()
+                        .map_err(|e| BackendError::Unavailable(e.to_string()))?;
+                    pool.instances.lock().await.push(instance.clone());
+                    pool.freed.notify_waiters();
+                    return Ok((instance, permit, Some(started.elapsed().as_secs_f64())));
+                }
+            }
+            // Wait for a slot or an instance to come up; look again now and then in
+            // case an instance went away.
+            let _ = tokio::time::timeout(Duration::from_millis(200), freed).await;
+        }
+    }
+}
+
+async fn stop(instance: &Instance) {
+    let mut child = instance.child.lock().await;
+    if let Some(mut c) = child.take() {
+        if let Some(pid) = c.id() {
+            // SIGINT: the runtime kills its running functions at once and exits.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGINT,
+            );
+        }
+        if tokio::time::timeout(Duration::from_secs(5), c.wait()).await.is_err() {
+            let _ = c.kill().await;
+        }
+    }
+}
+
+impl Backend for LocalBackend {
+    async fn invoke(&self, target: &StageTarget, request: InvokeRequest) -> Result<Invoked, BackendError> {
+        let queued = Instant::now();
+        let (instance, permit, cold) = self.acquire(target).await?;
+        let queued_seconds = if cold.is_some() {
+            0.0
+        } else {
+            queued.elapsed().as_secs_f64()
+        };
+        let response = self
+            .client
+            .post(format!("{}/invoke", instance.url))
+            .json(&request)
+            .send()
+            .await;
+        if let Ok(mut t) = instance.last_used.lock() {
+            *t = Instant::now();
+        }
+        drop(permit);
+        self.pool(&target.stage).freed.notify_waiters();
+        let response = response.map_err(|e| BackendError::Unavailable(format!("instance {}: {e}", instance.url)))?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| BackendError::Unavailable(format!("instance {}: {e}", instance.url)))?;
+        if status.is_success() {
+            let response: InvokeResponse = serde_json::from_slice(&bytes)
+                .map_err(|e| BackendError::Unavailable(format!("a response that is not an invocation result: {e}")))?;
+            return Ok(Invoked {
+                response,
+                queued_seconds,
+                cold_start_seconds: cold,
+            });
+        }
+        match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(body) => Err(BackendError::Failed(body.error)),
+            Err(_) => Err(BackendError::Unavailable(format!(
+                "instance {} answered {status}: {}",
+                instance.url,
+                String::from_utf8_lossy(&bytes)
+            ))),
+        }
+    }
+
+    async fn prewarm(&self, target: &StageTarget, replicas: u32) {
+        let pool = self.pool(&target.stage);
+        let have = pool.instances.lock().await.len() as u32 + pool.starting.load(Ordering::SeqCst);
+        let want = replicas.min(target.max_instances.max(1));
+        for _ in have..want {
+            pool.starting.fetch_add(1, Ordering::SeqCst);
+            let result = self.start_instance(target).await;
+            pool.starting.fetch_sub(1, Ordering::SeqCst);
+            match result {
+                Ok(instance) => {
+                    pool.instances.lock().await.push(instance);
+                    pool.freed.notify_waiters();
+                }
+                Err(e) => tracing::warn!(stage = %target.stage, error = %e, "pre-warm failed"),
+            }
+        }
+    }
+
+    async fn shutdown(&self) {
+        let pools: Vec<Arc<Pool>> = self
+            .pools
+            .lock()
+            .map(|p| p.values().cloned().collect())
+            .unwrap_or_default();
+        for pool in pools {
+            let instances: Vec<Arc<Instance>> = pool.instances.lock().await.drain(..).collect();
+            for instance in instances {
+                stop(&instance).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! A run's progress, persisted after every step so a restarted process resumes it.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RunPhase {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl RunPhase {
+    pub fn finished(self) -> bool {
+        matches!(self, RunPhase::Succeeded | RunPhase::Failed | RunPhase::Cancelled)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UnitStatus {
+    Pending,
+    Running,
+    Done,
+    Skipped,
+    Failed,
+}
+
+/// One attempt at one unit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Attempt {
+    /// Unix seconds.
+    pub submitted_at: f64,
+    pub finished_at: f64,
+    pub queued_seconds: f64,
+    /// Set when this attempt waited for an instance to start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cold_start_seconds: Option<f64>,
+    pub download_seconds: f64,
+    pub function_seconds: f64,
+    pub upload_seconds: f64,
+    pub cpu_seconds: f64,
+    pub peak_rss_bytes: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub instance: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The outputs were already complete (a resumed run): nothing ran.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reused: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UnitRecord {
+    pub stage: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment: Option<u32>,
+    pub status: UnitStatus,
+    #[serde(default)]
+    pub outputs: Vec<String>,
+    #[serde(default)]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<Attempt>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunRecord {
+    pub run: String,
+    pub workflow: String,
+    pub input: String,
+    /// Every output of this run lives under here.
+    pub prefix: String,
+    pub phase: RunPhase,
+    /// Segments the fan-out stage wrote, once it has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segments: Option<u32>,
+    pub units: Vec<UnitRecord>,
+    pub started_at: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// How many times a process picked this run up (1 = never interrupted).
+    #[serde(default)]
+    pub sessions: u32,
+}
+
+impl RunRecord {
+    pub fn unit(&self, stage: &str, segment: Option<u32>) -> Option<&UnitRecord> {
+        self.units.iter().find(|u| u.stage == stage && u.segment == segment)
+    }
+
+    pub fn unit_mut(&mut self, stage: &str, segment: Option<u32>) -> Option<&mut UnitRecord> {
+        self.units.iter_mut().find(|u| u.stage == stage && u.segment == segment)
+    }
+
+    /// Attempts that actually ran the function (not reused).
+    pub fn executed_attempts(&self) -> usize {
+        self.units
+            .iter()
+            .flat_map(|u| &u.attempts)
+            .filter(|a| !a.reused)
+            .count()
+    }
+}

@@ -1,0 +1,168 @@
+//! What a run did, per stage: a table for people and JSON for tools.
+
+use serde::Serialize;
+
+use crate::graph::RunGraph;
+use crate::record::{RunRecord, UnitStatus};
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StageSummary {
+    pub stage: String,
+    pub function: String,
+    pub units: usize,
+    pub done: usize,
+    pub skipped: usize,
+    pub failed: usize,
+    /// Function executions, retries included; outputs reused from an earlier
+    /// process are not executions.
+    pub executions: usize,
+    pub reused: usize,
+    pub retries: usize,
+    pub cold_starts: usize,
+    pub cold_start_seconds: f64,
+    pub queued_seconds: f64,
+    pub exec_p50_seconds: f64,
+    pub exec_max_seconds: f64,
+    pub cpu_seconds: f64,
+    pub peak_rss_bytes: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunReport {
+    pub run: String,
+    pub workflow: String,
+    pub phase: crate::record::RunPhase,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub total_seconds: f64,
+    /// Execution time summed over every invocation (download, function, upload).
+    pub exec_seconds: f64,
+    pub cold_starts: usize,
+    pub stages: Vec<StageSummary>,
+    pub outputs: Vec<String>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[(v.len() - 1) / 2]
+}
+
+pub fn summarize(graph: &RunGraph, record: &RunRecord) -> RunReport {
+    let mut stages = Vec::new();
+    let mut exec_total = 0.0;
+    for &index in &graph.order {
+        let node = &graph.stages[index];
+        let units: Vec<_> = record.units.iter().filter(|u| u.stage == node.name).collect();
+        let attempts: Vec<_> = units.iter().flat_map(|u| &u.attempts).filter(|a| !a.reused).collect();
+        let ok: Vec<_> = attempts.iter().filter(|a| a.error.is_none()).collect();
+        let exec: Vec<f64> = ok
+            .iter()
+            .map(|a| a.download_seconds + a.function_seconds + a.upload_seconds)
+            .collect();
+        exec_total += exec.iter().fold(0.0, |a, b| a + b);
+        let count = |s: UnitStatus| units.iter().filter(|u| u.status == s).count();
+        stages.push(StageSummary {
+            stage: node.name.clone(),
+            function: node.function.clone(),
+            units: units.len(),
+            done: count(UnitStatus::Done),
+            skipped: count(UnitStatus::Skipped),
+            failed: count(UnitStatus::Failed),
+            executions: attempts.len(),
+            reused: units.iter().flat_map(|u| &u.attempts).filter(|a| a.reused).count(),
+            retries: attempts.iter().filter(|a| a.error.is_some()).count(),
+            cold_starts: attempts.iter().filter(|a| a.cold_start_seconds.is_some()).count(),
+            cold_start_seconds: attempts.iter().filter_map(|a| a.cold_start_seconds).fold(0.0, |a, b| a + b),
+            queued_seconds: attempts.iter().map(|a| a.queued_seconds).fold(0.0, |a, b| a + b),
+            exec_p50_seconds: median(exec.clone()),
+            exec_max_seconds: exec.iter().copied().fold(0.0, f64::max),
+            cpu_seconds: ok.iter().map(|a| a.cpu_seconds).fold(0.0, |a, b| a + b),
+            peak_rss_bytes: ok.iter().map(|a| a.peak_rss_bytes).max().unwrap_or(0),
+            bytes_in: ok.iter().map(|a| a.bytes_in).sum(),
+            bytes_out: ok.iter().map(|a| a.bytes_out).sum(),
+        });
+    }
+    // The run's outputs: what its sink stages (no stage after them) produced.
+    let sinks: Vec<&str> = graph
+        .stages
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !graph.stages.iter().any(|s| s.after.contains(i)))
+        .map(|(_, s)| s.name.as_str())
+        .collect();
+    let outputs = record
+        .units
+        .iter()
+        .filter(|u| sinks.contains(&u.stage.as_str()) && u.status == UnitStatus::Done)
+        .flat_map(|u| u.outputs.clone())
+        .collect();
+    RunReport {
+        run: record.run.clone(),
+        workflow: record.workflow.clone(),
+        phase: record.phase,
+        message: record.message.clone(),
+        total_seconds: record.finished_at.unwrap_or(record.started_at) - record.started_at,
+        exec_seconds: exec_total,
+        cold_starts: stages.iter().map(|s| s.cold_starts).sum(),
+        stages,
+        outputs,
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.0}", bytes as f64 / 1048576.0)
+}
+
+/// A fixed-width table of the stages.
+pub fn table(report: &RunReport) -> String {
+    let mut rows = vec![[
+        "stage".to_string(),
+        "units".into(),
+        "done".into(),
+        "skipped".into(),
+        "runs".into(),
+        "retries".into(),
+        "cold".into(),
+        "exec p50 s".into(),
+        "exec max s".into(),
+        "cpu s".into(),
+        "peak MiB".into(),
+    ]];
+    for s in &report.stages {
+        rows.push([
+            s.stage.clone(),
+            s.units.to_string(),
+            s.done.to_string(),
+            s.skipped.to_string(),
+            format!("{}{}", s.executions, if s.reused > 0 { format!(" (+{} reused)", s.reused) } else { String::new() }),
+            s.retries.to_string(),
+            s.cold_starts.to_string(),
+            format!("{:.2}", s.exec_p50_seconds),
+            format!("{:.2}", s.exec_max_seconds),
+            format!("{:.2}", s.cpu_seconds),
+            mib(s.peak_rss_bytes),
+        ]);
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in &rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(i, (cell, w))| if i == 0 { format!("{cell:<w$}") } else { format!("{cell:>w$}") })
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
