@@ -227,6 +227,7 @@ async fn controllers(
         svc_store.clone(),
         reporter,
     ));
+    let wf_ctx = ctx.clone();
     let cfg = ControllerConfig::default().concurrency(args.concurrency);
     let wf_controller = Controller::new(
         api::<VideoWorkflow>(&client, ns),
@@ -278,6 +279,9 @@ async fn controllers(
             services = svc_store.len(),
             "caches in sync"
         );
+        wf_ctx
+            .caches_ready
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         health.set_ready(true);
         future::pending::<()>().await
     };

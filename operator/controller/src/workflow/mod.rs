@@ -11,7 +11,10 @@ pub mod validate;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -61,6 +64,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// The clock, read once per reconcile and passed to the pure parts.
     pub clock: fn() -> Timestamp,
+    /// Set once the profile, Deployment and Service caches have their first list.
+    pub caches_ready: AtomicBool,
     activity: Mutex<HashMap<String, Activity>>,
     failures: Mutex<HashMap<String, u32>>,
     plans: Mutex<HashMap<String, (String, Arc<Result<WorkflowPlan, Invalid>>)>>,
@@ -86,6 +91,7 @@ impl Context {
             deployments,
             services,
             clock: Timestamp::now,
+            caches_ready: AtomicBool::new(false),
             activity: Mutex::default(),
             failures: Mutex::default(),
             plans: Mutex::default(),
@@ -407,11 +413,9 @@ async fn reconcile_inner(wf: &VideoWorkflow, ctx: &Context) -> Result<(Action, b
         return Ok((Action::await_change(), false));
     }
     // A reconcile before the caches are filled would see no children and write them all.
-    let _ = futures::join!(
-        ctx.profiles.wait_until_ready(),
-        ctx.deployments.wait_until_ready(),
-        ctx.services.wait_until_ready()
-    );
+    if !ctx.caches_ready.load(Ordering::SeqCst) {
+        return Ok((Action::requeue(Duration::from_millis(200)), false));
+    }
     let now = (ctx.clock)();
     let ns = wf.namespace().unwrap_or_default();
     let wf_key = key(wf);

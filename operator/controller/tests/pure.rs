@@ -1,0 +1,596 @@
+//! Level 1: the pure parts. The Deployment built for a CPU stage and for a GPU stage in
+//! each sharing mode, the whole desired state (validation, plan, autoscaler, status),
+//! and the FunctionProfile's recommendation from observations.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{api::apps::v1::Deployment, jiff::Timestamp};
+use vflow_api::{Distribution, FunctionProfileStatus, SizingMode};
+use vflow_operator::{
+    config::Settings,
+    profile::desired_status,
+    workflow::{
+        self, build,
+        dereference::Children,
+        validate::{self, InvalidReason},
+    },
+};
+use vflow_planner::{
+    PlannerConfig,
+    gpu::{GpuSharing, MigProfile},
+    sizing::SizingConfig,
+};
+
+fn now() -> Timestamp {
+    "2030-01-01T00:00:00Z".parse().expect("time")
+}
+
+fn settings(sharing: GpuSharing) -> Settings {
+    Settings {
+        planner: PlannerConfig {
+            gpu_sharing: sharing,
+            ..PlannerConfig::default()
+        },
+        ..Settings::default()
+    }
+}
+
+/// The desired Deployments of the test workflow under `sharing`, by stage.
+fn built(sharing: GpuSharing, annotations: &[(&str, &str)]) -> BTreeMap<String, Deployment> {
+    let mut wf = common::workflow("wf", "ns", "");
+    wf.metadata.annotations = Some(
+        annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
+    let profiles = common::profiles("ns");
+    let s = settings(sharing);
+    let outcome = validate::check(&wf, &profiles, &s.planner);
+    assert!(outcome.is_ok(), "{outcome:?}");
+    let want = workflow::desired(
+        &wf,
+        &outcome,
+        &profiles,
+        &Children::default(),
+        &Default::default(),
+        &s,
+        now(),
+    )
+    .expect("builds");
+    want.deployments
+        .into_iter()
+        .map(|d| {
+            (
+                d.metadata.labels.as_ref().expect("labels")[build::LABEL_STAGE].clone(),
+                d,
+            )
+        })
+        .collect()
+}
+
+fn env(d: &Deployment, container: &str) -> BTreeMap<String, String> {
+    let pod = d.spec.template.spec.as_ref().expect("pod");
+    let c = pod
+        .containers
+        .iter()
+        .find(|c| c.name == container)
+        .expect("container");
+    c.env
+        .iter()
+        .flatten()
+        .map(|e| {
+            (
+                e.name.clone(),
+                e.value.clone().unwrap_or_else(|| "<from>".into()),
+            )
+        })
+        .collect()
+}
+
+fn resources(d: &Deployment, which: &str) -> BTreeMap<String, String> {
+    let pod = d.spec.template.spec.as_ref().expect("pod");
+    let r = pod.containers[0].resources.as_ref().expect("resources");
+    let map = if which == "limits" {
+        &r.limits
+    } else {
+        &r.requests
+    };
+    map.iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.0.clone()))
+        .collect()
+}
+
+#[test]
+fn cpu_stage_pod_has_the_runtime_contract_and_restricted_security() {
+    let ds = built(GpuSharing::default(), &[]);
+    let d = &ds["scale"];
+    assert_eq!(d.metadata.name.as_deref(), Some("wf-scale"));
+    let labels = d.metadata.labels.as_ref().expect("labels");
+    for (k, v) in [
+        ("vflow.io/workflow", "wf"),
+        ("vflow.io/stage", "scale"),
+        ("vflow.io/function", "scale"),
+        ("app.kubernetes.io/managed-by", "vflow-operator"),
+        ("app.kubernetes.io/part-of", "vflow"),
+    ] {
+        assert_eq!(labels.get(k).map(String::as_str), Some(v), "label {k}");
+    }
+    let owner = &d.metadata.owner_references.as_ref().expect("owner")[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.controller),
+        ("VideoWorkflow", Some(true))
+    );
+    assert!(
+        d.metadata
+            .annotations
+            .as_ref()
+            .expect("a")
+            .contains_key(build::ANNOTATION_SPEC_HASH)
+    );
+    assert_eq!(d.spec.replicas, Some(0), "ephemeral and idle");
+
+    let pod = d.spec.template.spec.as_ref().expect("pod");
+    assert_eq!(pod.share_process_namespace, Some(true));
+    assert_eq!(pod.automount_service_account_token, Some(false));
+    let psc = pod.security_context.as_ref().expect("psc");
+    assert_eq!(psc.run_as_non_root, Some(true));
+    assert_eq!(
+        psc.seccomp_profile.as_ref().map(|s| s.type_.as_str()),
+        Some("RuntimeDefault")
+    );
+    let grace = pod.termination_grace_period_seconds.expect("grace");
+    for c in &pod.containers {
+        let sc = c.security_context.as_ref().expect("sc");
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(
+            sc.capabilities.as_ref().and_then(|c| c.drop.clone()),
+            Some(vec!["ALL".to_string()])
+        );
+    }
+    let f = &pod.containers[0];
+    assert_eq!(f.name, "function");
+    assert_eq!(
+        f.command,
+        Some(vec!["/usr/local/bin/vflow-runtime".into(), "serve".into()])
+    );
+    assert_eq!(
+        f.ports.as_ref().expect("ports")[0].name.as_deref(),
+        Some("http")
+    );
+    let probe_path = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
+        p.as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .and_then(|h| h.path.clone())
+    };
+    assert_eq!(probe_path(&f.readiness_probe).as_deref(), Some("/readyz"));
+    assert_eq!(probe_path(&f.liveness_probe).as_deref(), Some("/healthz"));
+    let e = env(d, "function");
+    assert_eq!(e["VFLOW_COMMAND"], r#"["/usr/local/bin/vflow-fn","scale"]"#);
+    assert_eq!(e["VFLOW_FUNCTION"], "scale");
+    assert_eq!(e["VFLOW_PORT"], "8080");
+    assert_eq!(e["VFLOW_SCRATCH_DIR"], "/scratch");
+    assert_eq!(e["VFLOW_INSTANCE"], "<from>");
+    assert_eq!(e["VFLOW_S3_ENDPOINT"], "http://minio.storage:9000");
+    assert_eq!(e["VFLOW_S3_REGION"], "eu-west-1");
+    assert_eq!(e["VFLOW_S3_PATH_STYLE"], "true");
+    assert_eq!(e["VFLOW_S3_CREDENTIALS_DIR"], build::S3_CREDENTIALS_DIR);
+    let drain: i64 = e["VFLOW_DRAIN_TIMEOUT"]
+        .trim_end_matches('s')
+        .parse()
+        .expect("secs");
+    assert!(grace > drain, "grace {grace} must exceed the drain {drain}");
+    assert!(e.contains_key("VFLOW_CONCURRENCY"));
+    // Requests from the sizing decision; memory limit = request; no CPU limit.
+    let req = resources(d, "requests");
+    let lim = resources(d, "limits");
+    assert_eq!(req["cpu"], "2");
+    assert_eq!(req["memory"], "1024Mi");
+    assert_eq!(lim.get("memory"), req.get("memory"));
+    assert!(!lim.contains_key("cpu"));
+    // The sidecar.
+    let m = &pod.containers[1];
+    assert_eq!(
+        m.command,
+        Some(vec![
+            "/usr/local/bin/vflow-runtime".into(),
+            "metrics".into()
+        ])
+    );
+    assert_eq!(env(d, "metrics")["VFLOW_METRICS_PORT"], "9091");
+    assert_eq!(
+        m.ports.as_ref().expect("ports")[0].name.as_deref(),
+        Some("metrics")
+    );
+    // The Secret mounted read-only.
+    let mount = f
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|v| v.name == "s3-credentials")
+        .expect("mount");
+    assert_eq!(mount.read_only, Some(true));
+    let vol = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "s3-credentials")
+        .expect("vol");
+    assert_eq!(
+        vol.secret.as_ref().and_then(|s| s.secret_name.as_deref()),
+        Some("s3-creds")
+    );
+    // A CPU stage asks for no GPU.
+    assert!(!req.keys().any(|k| k.contains("nvidia")));
+}
+
+#[test]
+fn gpu_stage_in_each_sharing_mode() {
+    let cases: Vec<(
+        GpuSharing,
+        Vec<(&str, &str)>,
+        Vec<(&str, &str)>,
+        Vec<(&str, &str)>,
+    )> = vec![
+        (
+            GpuSharing::default(),
+            vec![("nvidia.com/gpu", "1")],
+            vec![],
+            vec![],
+        ),
+        (
+            GpuSharing::TimeSlicing {
+                slices: 4,
+                resource: "nvidia.com/gpu.shared".into(),
+                fail_requests_greater_than_one: false,
+            },
+            vec![("nvidia.com/gpu.shared", "1")],
+            vec![],
+            vec![],
+        ),
+        (
+            GpuSharing::Mps {
+                slices: 8,
+                resource: "nvidia.com/gpu.shared".into(),
+                gpu_memory_bytes: Some(80 << 30),
+            },
+            vec![("nvidia.com/gpu.shared", "2")],
+            vec![("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "25")],
+            vec![],
+        ),
+        (
+            GpuSharing::Mig {
+                profiles: vec![
+                    MigProfile::new("nvidia.com/mig-1g.10gb"),
+                    MigProfile::new("nvidia.com/mig-3g.40gb"),
+                ],
+            },
+            vec![("nvidia.com/mig-3g.40gb", "1")],
+            vec![],
+            vec![],
+        ),
+        (
+            GpuSharing::Hami {
+                gpu_memory_bytes: Some(80 << 30),
+            },
+            vec![("nvidia.com/gpu", "1"), ("nvidia.com/gpucores", "25")],
+            vec![],
+            vec![],
+        ),
+        (
+            GpuSharing::Kai {
+                annotation: "gpu-fraction".into(),
+            },
+            vec![],
+            vec![],
+            vec![("gpu-fraction", "0.25")],
+        ),
+    ];
+    for (sharing, want_resources, want_env, want_annotations) in cases {
+        let mode = format!("{sharing:?}");
+        let ds = built(sharing, &[]);
+        let d = &ds["detect"];
+        let req = resources(d, "requests");
+        let lim = resources(d, "limits");
+        for (k, v) in &want_resources {
+            assert_eq!(
+                req.get(*k).map(String::as_str),
+                Some(*v),
+                "{mode}: request {k} in {req:?}"
+            );
+            assert_eq!(
+                lim.get(*k),
+                req.get(*k),
+                "{mode}: extended resources limit = request"
+            );
+        }
+        let e = env(d, "function");
+        for (k, v) in &want_env {
+            assert_eq!(e.get(*k).map(String::as_str), Some(*v), "{mode}: env {k}");
+        }
+        let ann = d
+            .spec
+            .template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.annotations.clone())
+            .unwrap_or_default();
+        for (k, v) in &want_annotations {
+            assert_eq!(
+                ann.get(*k).map(String::as_str),
+                Some(*v),
+                "{mode}: annotation {k}"
+            );
+        }
+        if want_resources.is_empty() {
+            assert!(
+                !req.keys().any(|k| k.starts_with("nvidia.com")),
+                "{mode}: no extended resource"
+            );
+        } else {
+            let tol = d
+                .spec
+                .template
+                .spec
+                .as_ref()
+                .and_then(|p| p.tolerations.clone())
+                .unwrap_or_default();
+            assert!(!tol.is_empty(), "{mode}: tolerates the GPU taint");
+        }
+        // The CPU stages are untouched by the mode.
+        assert!(
+            !resources(&ds["scale"], "requests")
+                .keys()
+                .any(|k| k.starts_with("nvidia.com"))
+        );
+    }
+}
+
+#[test]
+fn an_unsatisfiable_gpu_share_is_a_condition_with_the_field_path() {
+    let wf = common::workflow("wf", "ns", "");
+    let profiles = common::profiles("ns");
+    // A quarter GPU needs 2 of 7 MIG slices; the nodes only offer 1g profiles.
+    let s = settings(GpuSharing::Mig {
+        profiles: vec![MigProfile::new("nvidia.com/mig-1g.10gb")],
+    });
+    let outcome = validate::check(&wf, &profiles, &s.planner);
+    let invalid = outcome.clone().expect_err("no MIG profile fits");
+    assert_eq!(invalid.reason, InvalidReason::GpuUnsatisfiable);
+    assert_eq!(invalid.problems[0].path, "spec.stages[2].overrides.gpu");
+    let want = workflow::desired(
+        &wf,
+        &outcome,
+        &profiles,
+        &Children::default(),
+        &Default::default(),
+        &s,
+        now(),
+    )
+    .expect("desired");
+    assert!(
+        want.deployments.is_empty() && want.services.is_empty(),
+        "nothing is built"
+    );
+    let ready = &want.status.conditions[0];
+    assert_eq!(
+        (
+            ready.type_.as_str(),
+            ready.status.as_str(),
+            ready.reason.as_str()
+        ),
+        ("Ready", "False", "GpuUnsatisfiable")
+    );
+    assert!(
+        ready.message.contains("spec.stages[2].overrides.gpu"),
+        "{}",
+        ready.message
+    );
+}
+
+#[test]
+fn a_missing_profile_names_the_stage() {
+    let wf = common::workflow("wf", "ns", "");
+    let mut profiles = common::profiles("ns");
+    profiles.remove("detect");
+    let invalid = validate::check(&wf, &profiles, &PlannerConfig::default()).expect_err("missing");
+    assert_eq!(invalid.reason, InvalidReason::ProfileMissing);
+    assert!(
+        invalid.message().contains("spec.stages[2].function"),
+        "{}",
+        invalid.message()
+    );
+}
+
+#[test]
+fn in_flight_and_prewarm_annotations_drive_the_replicas() {
+    // scale: 5 in flight at concurrency c -> ceil(5/c); detect pre-warmed for a time
+    // within its cold start (detect's prior 15s + 1s margin).
+    let ds = built(
+        GpuSharing::default(),
+        &[
+            ("vflow.io/in-flight", r#"{"scale": 5}"#),
+            (
+                "vflow.io/prewarm",
+                r#"[{"stage": "detect", "replicas": 3, "at": "2030-01-01T00:00:10Z"}, {"stage": "stitch", "replicas": 1, "at": "2030-01-01T00:01:00Z"}]"#,
+            ),
+        ],
+    );
+    let conc: u32 = env(&ds["scale"], "function")["VFLOW_CONCURRENCY"]
+        .parse()
+        .expect("n");
+    assert_eq!(ds["scale"].spec.replicas, Some(5u32.div_ceil(conc) as i32));
+    assert_eq!(
+        ds["detect"].spec.replicas,
+        Some(3),
+        "its window opened at 10s - cold start"
+    );
+    assert_eq!(
+        ds["stitch"].spec.replicas,
+        Some(0),
+        "its window opens later"
+    );
+    assert_eq!(ds["split"].spec.replicas, Some(0));
+}
+
+#[test]
+fn durable_workflow_keeps_its_minimum_and_status_lists_the_plan() {
+    let wf = common::workflow("wf", "ns", "  provisioning: Durable");
+    let profiles = common::profiles("ns");
+    let s = Settings::default();
+    let outcome = validate::check(&wf, &profiles, &s.planner);
+    let want = workflow::desired(
+        &wf,
+        &outcome,
+        &profiles,
+        &Children::default(),
+        &Default::default(),
+        &s,
+        now(),
+    )
+    .expect("desired");
+    for d in &want.deployments {
+        assert_eq!(d.spec.replicas, Some(1), "{:?}", d.metadata.name);
+    }
+    assert_eq!(want.status.stages.len(), 4);
+    let scale = workflow::stage_plan(&want.status, "scale").expect("scale");
+    assert_eq!((scale.replicas, scale.ready_replicas), (Some(1), Some(0)));
+    assert_eq!(want.status.observed_generation, Some(1));
+    let ready = &want.status.conditions[0];
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "StagesNotReady"),
+        "no children yet"
+    );
+}
+
+#[test]
+fn the_same_inputs_give_the_same_children_and_status() {
+    // What makes a steady state write nothing: a second pass over what the first made
+    // finds every child current.
+    let wf = common::workflow("wf", "ns", "");
+    let profiles = common::profiles("ns");
+    let s = Settings::default();
+    let outcome = validate::check(&wf, &profiles, &s.planner);
+    let a = workflow::desired(
+        &wf,
+        &outcome,
+        &profiles,
+        &Children::default(),
+        &Default::default(),
+        &s,
+        now(),
+    )
+    .expect("a");
+    let b = workflow::desired(
+        &wf,
+        &outcome,
+        &profiles,
+        &Children::default(),
+        &Default::default(),
+        &s,
+        now(),
+    )
+    .expect("b");
+    assert_eq!(a.deployments, b.deployments);
+    assert_eq!(a.services, b.services);
+    for d in &a.deployments {
+        assert!(workflow::apply::deployment_is_current(
+            Some(d),
+            d,
+            "00000000-0000-0000-0000-000000000001"
+        ));
+    }
+}
+
+#[test]
+fn sizing_from_observations_in_each_mode() {
+    let profiles = common::profiles("ns");
+    let mut p = profiles["scale"].clone();
+    p.metadata.generation = Some(3);
+    p.status = Some(FunctionProfileStatus {
+        invocations: 50,
+        cpu_cores: Some(Distribution {
+            p50: 0.8,
+            p95: 1.5,
+            max: 1.9,
+        }),
+        memory_bytes: Some(Distribution {
+            p50: 200e6,
+            p95: 300e6,
+            max: 400e6,
+        }),
+        ..Default::default()
+    });
+    let cfg = SizingConfig::default();
+    let st = desired_status(&p, &cfg, now());
+    let rec = st.recommendation.as_ref().expect("rec");
+    assert_eq!(rec.observations, 50);
+    assert!(
+        (rec.cpu.value().expect("cpu") - 1.8).abs() < 0.01,
+        "{:?}",
+        rec.cpu
+    );
+    assert_eq!(st.observed_generation, Some(3));
+    let cond = |t: &str| {
+        st.conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .expect("cond")
+            .clone()
+    };
+    assert_eq!(cond("Observed").status, "True");
+    assert_eq!(
+        (
+            cond("Applied").status.as_str(),
+            cond("Applied").reason.as_str()
+        ),
+        ("True", "Auto")
+    );
+
+    // Recommend: reported, not applied; the stage keeps the spec's resources.
+    p.spec.sizing = SizingMode::Recommend;
+    let st = desired_status(&p, &cfg, now());
+    assert_eq!(
+        st.conditions
+            .iter()
+            .find(|c| c.type_ == "Applied")
+            .expect("a")
+            .reason,
+        "RecommendOnly"
+    );
+
+    // Auto applies it to the Deployment.
+    let mut profiles = profiles;
+    p.spec.sizing = SizingMode::Auto;
+    profiles.insert("scale".into(), p);
+    let wf = common::workflow("wf", "ns", "");
+    let s = Settings::default();
+    let outcome = validate::check(&wf, &profiles, &s.planner);
+    let want = workflow::desired(
+        &wf,
+        &outcome,
+        &profiles,
+        &Children::default(),
+        &Default::default(),
+        &s,
+        now(),
+    )
+    .expect("d");
+    let scale = want
+        .deployments
+        .iter()
+        .find(|d| d.metadata.name.as_deref() == Some("wf-scale"))
+        .expect("scale");
+    assert_eq!(resources(scale, "requests")["cpu"], "1800m");
+
+    // Too few observations: the spec's values.
+    let mut few = profiles["scale"].clone();
+    few.status.as_mut().expect("s").invocations = 3;
+    let st = desired_status(&few, &cfg, now());
+    assert_eq!(st.conditions[0].reason, "TooFewObservations");
+}
