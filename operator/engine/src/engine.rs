@@ -36,6 +36,9 @@ pub struct RunOutcome {
     pub record: RunRecord,
 }
 
+/// Called with the record after every change.
+pub type ProgressFn = Arc<dyn Fn(&RunRecord) + Send + Sync>;
+
 pub const RUN_RECORD: &str = "_vflow-run.json";
 
 /// Backoff before retry `n` (1-based): 0.5 s, 1 s, 2 s ... capped at 10 s.
@@ -49,7 +52,7 @@ pub struct Engine<B: Backend> {
     profiles: BTreeMap<String, FunctionProfile>,
     backend: Arc<B>,
     store: Store,
-    progress: Option<Arc<dyn Fn(&RunRecord) + Send + Sync>>,
+    progress: Option<ProgressFn>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +70,11 @@ struct Dispatch {
     retries: u32,
 }
 
-type Finished = (UnitKey, Result<Vec<Attempt>, (Vec<Attempt>, String)>, Option<UnitDone>);
+type Finished = (
+    UnitKey,
+    Result<Vec<Attempt>, (Vec<Attempt>, String)>,
+    Option<UnitDone>,
+);
 
 struct UnitDone {
     outputs: Vec<String>,
@@ -112,7 +119,9 @@ impl<B: Backend> Engine<B> {
             stage: node.name.clone(),
             function: node.function.clone(),
             command: profile.map(|p| p.spec.command.clone()).unwrap_or_default(),
-            warmup_command: profile.map(|p| p.spec.warmup_command.clone()).unwrap_or_default(),
+            warmup_command: profile
+                .map(|p| p.spec.warmup_command.clone())
+                .unwrap_or_default(),
             concurrency: node
                 .concurrency
                 .or(profile.map(|p| p.spec.concurrency))
@@ -154,7 +163,11 @@ impl<B: Backend> Engine<B> {
         }
         match serde_json::to_vec_pretty(record) {
             Ok(bytes) => {
-                if let Err(e) = self.store.put_bytes(&opts.prefix.join(RUN_RECORD), bytes).await {
+                if let Err(e) = self
+                    .store
+                    .put_bytes(&opts.prefix.join(RUN_RECORD), bytes)
+                    .await
+                {
                     tracing::warn!(error = %e, "could not persist the run's progress");
                 }
             }
@@ -217,7 +230,10 @@ impl<B: Backend> Engine<B> {
         };
         let mut inputs = Vec::new();
         for source in sources {
-            let outputs = self.unit(record, source).map(|u| u.outputs.clone()).unwrap_or_default();
+            let outputs = self
+                .unit(record, source)
+                .map(|u| u.outputs.clone())
+                .unwrap_or_default();
             // A per-segment unit reads its own segment of a fan-out stage's outputs.
             if up.fan_out
                 && let Some(segment) = key.segment
@@ -286,7 +302,8 @@ impl<B: Backend> Engine<B> {
             }
             // Pre-warm requests that are due.
             let elapsed = session_start.elapsed().as_secs_f64();
-            let (due, later): (Vec<_>, Vec<_>) = prewarms.into_iter().partition(|(_, at, _)| *at <= elapsed);
+            let (due, later): (Vec<_>, Vec<_>) =
+                prewarms.into_iter().partition(|(_, at, _)| *at <= elapsed);
             prewarms = later;
             for (stage, _, replicas) in due {
                 if let Some(index) = self.graph.stage_index(&stage) {
@@ -311,7 +328,9 @@ impl<B: Backend> Engine<B> {
                 .map(|(_, at, _)| *at)
                 .fold(f64::INFINITY, f64::min);
             let wait = if next_prewarm.is_finite() {
-                Duration::from_secs_f64((next_prewarm - session_start.elapsed().as_secs_f64()).max(0.0))
+                Duration::from_secs_f64(
+                    (next_prewarm - session_start.elapsed().as_secs_f64()).max(0.0),
+                )
             } else {
                 Duration::from_secs(3600)
             };
@@ -464,7 +483,9 @@ impl<B: Backend> Engine<B> {
             Err(e) => Err(format!(
                 "stage {}{}: cannot evaluate its condition: {e}",
                 node.name,
-                key.segment.map(|s| format!(" segment {s}")).unwrap_or_default()
+                key.segment
+                    .map(|s| format!(" segment {s}"))
+                    .unwrap_or_default()
             )),
         }
     }
@@ -508,8 +529,13 @@ impl<B: Backend> Engine<B> {
                 unit.attempts.extend(attempts);
                 unit.status = UnitStatus::Failed;
                 unit.message = Some(message.clone());
-                let place = key.segment.map(|s| format!(" segment {s}")).unwrap_or_default();
-                Some(format!("stage {name}{place} failed after {tries} attempt(s): {message}"))
+                let place = key
+                    .segment
+                    .map(|s| format!(" segment {s}"))
+                    .unwrap_or_default();
+                Some(format!(
+                    "stage {name}{place} failed after {tries} attempt(s): {message}"
+                ))
             }
         }
     }
@@ -553,7 +579,12 @@ async fn invoke_unit<B: Backend>(backend: Arc<B>, store: Store, d: Dispatch) -> 
             ..Default::default()
         };
         let done = UnitDone {
-            outputs: previous.response.outputs.iter().map(|o| o.uri.clone()).collect(),
+            outputs: previous
+                .response
+                .outputs
+                .iter()
+                .map(|o| o.uri.clone())
+                .collect(),
             metadata: previous.response.metadata.clone(),
         };
         return (d.key, Ok(vec![attempt]), Some(done));
@@ -567,14 +598,21 @@ async fn invoke_unit<B: Backend>(backend: Arc<B>, store: Store, d: Dispatch) -> 
             Ok(invoked) => {
                 attempts.push(attempt_from(&invoked, submitted_at));
                 let done = UnitDone {
-                    outputs: invoked.response.outputs.iter().map(|o| o.uri.clone()).collect(),
+                    outputs: invoked
+                        .response
+                        .outputs
+                        .iter()
+                        .map(|o| o.uri.clone())
+                        .collect(),
                     metadata: invoked.response.metadata.clone(),
                 };
                 return (d.key, Ok(attempts), Some(done));
             }
             Err(err) => {
                 let message = match &err {
-                    BackendError::Failed(f) if !f.stderr_tail.is_empty() && !f.message.contains(&f.stderr_tail) => {
+                    BackendError::Failed(f)
+                        if !f.stderr_tail.is_empty() && !f.message.contains(&f.stderr_tail) =>
+                    {
                         format!("{}\n{}", f.message, f.stderr_tail)
                     }
                     other => other.to_string(),

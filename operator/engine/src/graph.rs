@@ -5,7 +5,9 @@ use vflow_api::validate::{StageShape, workflow_shape};
 use vflow_api::{FunctionProfile, VideoWorkflowSpec};
 
 /// One invocation slot: a stage, and for per-segment stages the segment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct UnitKey {
     pub stage: usize,
     pub segment: Option<u32>,
@@ -56,10 +58,11 @@ impl RunGraph {
             let after = stage.after.iter().filter_map(|a| index(a)).collect();
             let when = match &stage.when {
                 Some(w) => {
-                    let cond = StageCondition::parse(&w.condition).map_err(|e| GraphError::Condition {
-                        stage: stage.name.clone(),
-                        message: e.to_string(),
-                    })?;
+                    let cond =
+                        StageCondition::parse(&w.condition).map_err(|e| GraphError::Condition {
+                            stage: stage.name.clone(),
+                            message: e.to_string(),
+                        })?;
                     let source = index(&cond.stage).ok_or_else(|| GraphError::Condition {
                         stage: stage.name.clone(),
                         message: format!("no stage {}", cond.stage),
@@ -79,7 +82,9 @@ impl RunGraph {
                 when,
                 params: stage.params.clone(),
                 retries: overrides.and_then(|o| o.retries).unwrap_or(DEFAULT_RETRIES),
-                timeout_seconds: overrides.and_then(|o| o.timeout.as_ref()).map(|d| d.as_secs_f64()),
+                timeout_seconds: overrides
+                    .and_then(|o| o.timeout.as_ref())
+                    .map(|d| d.as_secs_f64()),
                 max_scale: overrides.and_then(|o| o.max_scale),
                 min_scale: overrides.and_then(|o| o.min_scale),
                 concurrency: overrides.and_then(|o| o.concurrency),
@@ -90,9 +95,11 @@ impl RunGraph {
 
     /// The timeout of one invocation: the stage's override, else the profile's.
     pub fn timeout_seconds(&self, stage: usize, profile: Option<&FunctionProfile>) -> Option<f64> {
-        self.stages[stage]
-            .timeout_seconds
-            .or_else(|| profile.and_then(|p| p.spec.timeout.as_ref()).map(|d| d.as_secs_f64()))
+        self.stages[stage].timeout_seconds.or_else(|| {
+            profile
+                .and_then(|p| p.spec.timeout.as_ref())
+                .map(|d| d.as_secs_f64())
+        })
     }
 
     pub fn stage_index(&self, name: &str) -> Option<usize> {
@@ -102,7 +109,10 @@ impl RunGraph {
     /// The units of a stage once the number of segments is known.
     pub fn units_of(&self, stage: usize, segments: Option<u32>) -> Vec<UnitKey> {
         match self.stages[stage].shape {
-            StageShape::Once => vec![UnitKey { stage, segment: None }],
+            StageShape::Once => vec![UnitKey {
+                stage,
+                segment: None,
+            }],
             StageShape::PerSegment(_) => (0..segments.unwrap_or(0))
                 .map(|s| UnitKey {
                     stage,

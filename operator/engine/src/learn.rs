@@ -42,7 +42,11 @@ fn merge(old: Option<&Distribution>, old_n: u64, samples: &[f64]) -> Option<Dist
 }
 
 /// Updates every profile the run used with the run's successful executions.
-pub fn fold_run(graph: &RunGraph, record: &RunRecord, profiles: &mut BTreeMap<String, FunctionProfile>) {
+pub fn fold_run(
+    graph: &RunGraph,
+    record: &RunRecord,
+    profiles: &mut BTreeMap<String, FunctionProfile>,
+) {
     let mut by_function: BTreeMap<String, Vec<&Attempt>> = BTreeMap::new();
     for unit in &record.units {
         let Some(node) = graph.stages.iter().find(|s| s.name == unit.stage) else {
@@ -65,7 +69,9 @@ pub fn fold(profile: &mut FunctionProfile, attempts: &[&Attempt]) {
     if attempts.is_empty() {
         return;
     }
-    let status = profile.status.get_or_insert_with(FunctionProfileStatus::default);
+    let status = profile
+        .status
+        .get_or_insert_with(FunctionProfileStatus::default);
     let ok: Vec<&&Attempt> = attempts.iter().filter(|a| a.error.is_none()).collect();
     let old_n = status.invocations.saturating_sub(status.failures);
     let exec: Vec<f64> = ok.iter().map(|a| a.function_seconds).collect();
@@ -75,11 +81,18 @@ pub fn fold(profile: &mut FunctionProfile, attempts: &[&Attempt]) {
         .map(|a| a.cpu_seconds / a.function_seconds)
         .collect();
     let memory: Vec<f64> = ok.iter().map(|a| a.peak_rss_bytes as f64).collect();
-    let cold: Vec<f64> = attempts.iter().filter_map(|a| a.cold_start_seconds).collect();
+    let cold: Vec<f64> = attempts
+        .iter()
+        .filter_map(|a| a.cold_start_seconds)
+        .collect();
     status.exec_seconds = merge(status.exec_seconds.as_ref(), old_n, &exec);
     status.cpu_cores = merge(status.cpu_cores.as_ref(), old_n, &cores);
     status.memory_bytes = merge(status.memory_bytes.as_ref(), old_n, &memory);
-    status.cold_start_seconds = merge(status.cold_start_seconds.as_ref(), status.cold_starts, &cold);
+    status.cold_start_seconds = merge(
+        status.cold_start_seconds.as_ref(),
+        status.cold_starts,
+        &cold,
+    );
     let bytes_in: u64 = ok.iter().map(|a| a.bytes_in).sum();
     let bytes_out: u64 = ok.iter().map(|a| a.bytes_out).sum();
     if bytes_in > 0 {
@@ -96,11 +109,29 @@ mod tests {
 
     #[test]
     fn merging_weights_by_count_and_keeps_the_max() {
-        let old = Distribution { p50: 1.0, p95: 2.0, max: 5.0 };
+        let old = Distribution {
+            p50: 1.0,
+            p95: 2.0,
+            max: 5.0,
+        };
         let merged = merge(Some(&old), 3, &[3.0]);
-        assert_eq!(merged, Some(Distribution { p50: 1.5, p95: 2.25, max: 5.0 }));
+        assert_eq!(
+            merged,
+            Some(Distribution {
+                p50: 1.5,
+                p95: 2.25,
+                max: 5.0
+            })
+        );
         assert_eq!(merge(None, 0, &[]), None);
         let fresh = merge(None, 0, &[4.0, 1.0, 2.0, 3.0]);
-        assert_eq!(fresh, Some(Distribution { p50: 2.0, p95: 4.0, max: 4.0 }));
+        assert_eq!(
+            fresh,
+            Some(Distribution {
+                p50: 2.0,
+                p95: 4.0,
+                max: 4.0
+            })
+        );
     }
 }

@@ -87,7 +87,9 @@ impl LocalBackend {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                let Some(backend) = weak.upgrade() else { return };
+                let Some(backend) = weak.upgrade() else {
+                    return;
+                };
                 backend.reap_idle().await;
             }
         });
@@ -153,7 +155,14 @@ impl LocalBackend {
         let mut cmd = Command::new(&self.config.runtime_program);
         cmd.args(&self.config.runtime_args)
             .arg("serve")
-            .args(["--bind", "127.0.0.1", "--port", "0", "--drain-timeout", "5s"])
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--drain-timeout",
+                "5s",
+            ])
             .arg("--port-file")
             .arg(&port_file)
             .arg("--function")
@@ -282,14 +291,21 @@ async fn stop(instance: &Instance) {
                 nix::sys::signal::Signal::SIGINT,
             );
         }
-        if tokio::time::timeout(Duration::from_secs(5), c.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), c.wait())
+            .await
+            .is_err()
+        {
             let _ = c.kill().await;
         }
     }
 }
 
 impl Backend for LocalBackend {
-    async fn invoke(&self, target: &StageTarget, request: InvokeRequest) -> Result<Invoked, BackendError> {
+    async fn invoke(
+        &self,
+        target: &StageTarget,
+        request: InvokeRequest,
+    ) -> Result<Invoked, BackendError> {
         let queued = Instant::now();
         let (instance, permit, cold) = self.acquire(target).await?;
         let queued_seconds = if cold.is_some() {
@@ -308,15 +324,19 @@ impl Backend for LocalBackend {
         }
         drop(permit);
         self.pool(&target.stage).freed.notify_waiters();
-        let response = response.map_err(|e| BackendError::Unavailable(format!("instance {}: {e}", instance.url)))?;
+        let response = response
+            .map_err(|e| BackendError::Unavailable(format!("instance {}: {e}", instance.url)))?;
         let status = response.status();
         let bytes = response
             .bytes()
             .await
             .map_err(|e| BackendError::Unavailable(format!("instance {}: {e}", instance.url)))?;
         if status.is_success() {
-            let response: InvokeResponse = serde_json::from_slice(&bytes)
-                .map_err(|e| BackendError::Unavailable(format!("a response that is not an invocation result: {e}")))?;
+            let response: InvokeResponse = serde_json::from_slice(&bytes).map_err(|e| {
+                BackendError::Unavailable(format!(
+                    "a response that is not an invocation result: {e}"
+                ))
+            })?;
             return Ok(Invoked {
                 response,
                 queued_seconds,

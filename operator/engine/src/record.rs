@@ -22,7 +22,10 @@ pub enum RunPhase {
 
 impl RunPhase {
     pub fn finished(self) -> bool {
-        matches!(self, RunPhase::Succeeded | RunPhase::Failed | RunPhase::Cancelled)
+        matches!(
+            self,
+            RunPhase::Succeeded | RunPhase::Failed | RunPhase::Cancelled
+        )
     }
 }
 
@@ -104,11 +107,15 @@ pub struct RunRecord {
 
 impl RunRecord {
     pub fn unit(&self, stage: &str, segment: Option<u32>) -> Option<&UnitRecord> {
-        self.units.iter().find(|u| u.stage == stage && u.segment == segment)
+        self.units
+            .iter()
+            .find(|u| u.stage == stage && u.segment == segment)
     }
 
     pub fn unit_mut(&mut self, stage: &str, segment: Option<u32>) -> Option<&mut UnitRecord> {
-        self.units.iter_mut().find(|u| u.stage == stage && u.segment == segment)
+        self.units
+            .iter_mut()
+            .find(|u| u.stage == stage && u.segment == segment)
     }
 
     /// Attempts that actually ran the function (not reused).

@@ -59,8 +59,16 @@ pub fn summarize(graph: &RunGraph, record: &RunRecord) -> RunReport {
     let mut exec_total = 0.0;
     for &index in &graph.order {
         let node = &graph.stages[index];
-        let units: Vec<_> = record.units.iter().filter(|u| u.stage == node.name).collect();
-        let attempts: Vec<_> = units.iter().flat_map(|u| &u.attempts).filter(|a| !a.reused).collect();
+        let units: Vec<_> = record
+            .units
+            .iter()
+            .filter(|u| u.stage == node.name)
+            .collect();
+        let attempts: Vec<_> = units
+            .iter()
+            .flat_map(|u| &u.attempts)
+            .filter(|a| !a.reused)
+            .collect();
         let ok: Vec<_> = attempts.iter().filter(|a| a.error.is_none()).collect();
         let exec: Vec<f64> = ok
             .iter()
@@ -76,11 +84,24 @@ pub fn summarize(graph: &RunGraph, record: &RunRecord) -> RunReport {
             skipped: count(UnitStatus::Skipped),
             failed: count(UnitStatus::Failed),
             executions: attempts.len(),
-            reused: units.iter().flat_map(|u| &u.attempts).filter(|a| a.reused).count(),
+            reused: units
+                .iter()
+                .flat_map(|u| &u.attempts)
+                .filter(|a| a.reused)
+                .count(),
             retries: attempts.iter().filter(|a| a.error.is_some()).count(),
-            cold_starts: attempts.iter().filter(|a| a.cold_start_seconds.is_some()).count(),
-            cold_start_seconds: attempts.iter().filter_map(|a| a.cold_start_seconds).fold(0.0, |a, b| a + b),
-            queued_seconds: attempts.iter().map(|a| a.queued_seconds).fold(0.0, |a, b| a + b),
+            cold_starts: attempts
+                .iter()
+                .filter(|a| a.cold_start_seconds.is_some())
+                .count(),
+            cold_start_seconds: attempts
+                .iter()
+                .filter_map(|a| a.cold_start_seconds)
+                .fold(0.0, |a, b| a + b),
+            queued_seconds: attempts
+                .iter()
+                .map(|a| a.queued_seconds)
+                .fold(0.0, |a, b| a + b),
             exec_p50_seconds: median(exec.clone()),
             exec_max_seconds: exec.iter().copied().fold(0.0, f64::max),
             cpu_seconds: ok.iter().map(|a| a.cpu_seconds).fold(0.0, |a, b| a + b),
@@ -141,7 +162,15 @@ pub fn table(report: &RunReport) -> String {
             s.units.to_string(),
             s.done.to_string(),
             s.skipped.to_string(),
-            format!("{}{}", s.executions, if s.reused > 0 { format!(" (+{} reused)", s.reused) } else { String::new() }),
+            format!(
+                "{}{}",
+                s.executions,
+                if s.reused > 0 {
+                    format!(" (+{} reused)", s.reused)
+                } else {
+                    String::new()
+                }
+            ),
             s.retries.to_string(),
             s.cold_starts.to_string(),
             format!("{:.2}", s.exec_p50_seconds),
@@ -159,7 +188,13 @@ pub fn table(report: &RunReport) -> String {
             .iter()
             .zip(&widths)
             .enumerate()
-            .map(|(i, (cell, w))| if i == 0 { format!("{cell:<w$}") } else { format!("{cell:>w$}") })
+            .map(|(i, (cell, w))| {
+                if i == 0 {
+                    format!("{cell:<w$}")
+                } else {
+                    format!("{cell:>w$}")
+                }
+            })
             .collect();
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');

@@ -10,7 +10,9 @@ const LEFT: f64 = 150.0;
 const WIDTH: f64 = 900.0;
 
 fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// An SVG timeline (times from the run's start).
@@ -52,7 +54,12 @@ pub fn svg(graph: &RunGraph, record: &RunRecord) -> String {
             Some(seg) => format!("{} #{seg}", unit.stage),
             None => unit.stage.clone(),
         };
-        let _ = writeln!(s, r#"<text x="4" y="{}">{}</text>"#, y + 10.0, escape(&label));
+        let _ = writeln!(
+            s,
+            r#"<text x="4" y="{}">{}</text>"#,
+            y + 10.0,
+            escape(&label)
+        );
         for a in &unit.attempts {
             if a.reused {
                 let _ = writeln!(
@@ -77,11 +84,26 @@ pub fn svg(graph: &RunGraph, record: &RunRecord) -> String {
                 }
             };
             if a.error.is_some() {
-                bar(a.submitted_at, a.finished_at, "#d62728", a.error.clone().unwrap_or_default());
+                bar(
+                    a.submitted_at,
+                    a.finished_at,
+                    "#d62728",
+                    a.error.clone().unwrap_or_default(),
+                );
                 continue;
             }
-            bar(a.submitted_at, cold_end, "#ff7f0e", format!("cold start {:.2} s", cold_end - a.submitted_at));
-            bar(cold_end, exec_start, "#bbbbbb", format!("queued {:.2} s", exec_start - cold_end));
+            bar(
+                a.submitted_at,
+                cold_end,
+                "#ff7f0e",
+                format!("cold start {:.2} s", cold_end - a.submitted_at),
+            );
+            bar(
+                cold_end,
+                exec_start,
+                "#bbbbbb",
+                format!("queued {:.2} s", exec_start - cold_end),
+            );
             bar(
                 exec_start,
                 a.finished_at,

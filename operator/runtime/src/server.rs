@@ -163,7 +163,10 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// killed at once (what `vflow run` sends when a run is cancelled).
 async fn terminate_signal() -> bool {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => false,

@@ -1,0 +1,706 @@
+//! `vflow run` end to end: real processes, real ffmpeg, the functions from
+//! function-images/, a local store (and S3 in one test). Each test runs in its own
+//! directory, so `.vflow/` state does not leak between them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn videos() -> PathBuf {
+    let dir = std::env::var("VFLOW_TEST_VIDEOS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo().join("../shared/data/videos"));
+    assert!(
+        dir.is_dir(),
+        "{} is missing (set VFLOW_TEST_VIDEOS)",
+        dir.display()
+    );
+    dir
+}
+
+fn tool(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} is needed (apt-get install ffmpeg): {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A test pattern with a tone: `seconds` long, a keyframe every second.
+fn pattern(dir: &Path, seconds: u32) -> PathBuf {
+    let path = dir.join(format!("pattern-{seconds}s.mp4"));
+    let d = seconds.to_string();
+    tool(
+        "ffmpeg",
+        &[
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            &format!("testsrc2=size=320x240:rate=25:duration={d}"),
+            "-f",
+            "lavfi",
+            "-i",
+            &format!("sine=frequency=440:duration={d}"),
+            "-c:v",
+            "libx264",
+            "-g",
+            "25",
+            "-preset",
+            "ultrafast",
+            "-c:a",
+            "aac",
+            "-shortest",
+            &path.to_string_lossy(),
+        ],
+    );
+    path
+}
+
+struct VideoFacts {
+    frames: u64,
+    height: u64,
+    duration: f64,
+}
+
+fn facts(path: &Path) -> VideoFacts {
+    let text = tool(
+        "ffprobe",
+        &[
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-count_frames",
+            "-show_entries",
+            "stream=height,nb_read_frames,duration",
+            "-of",
+            "json",
+            &path.to_string_lossy(),
+        ],
+    );
+    let v: Value = serde_json::from_str(&text).expect("ffprobe json");
+    let s = &v["streams"][0];
+    VideoFacts {
+        frames: s["nb_read_frames"]
+            .as_str()
+            .and_then(|x| x.parse().ok())
+            .unwrap_or(0),
+        height: s["height"].as_u64().unwrap_or(0),
+        duration: s["duration"]
+            .as_str()
+            .and_then(|x| x.parse().ok())
+            .unwrap_or(0.0),
+    }
+}
+
+/// Profiles for the tests: function-images' own, with the command optionally wrapped.
+fn write_profiles(dir: &Path, wrapper: Option<&Path>) -> PathBuf {
+    let mut text = String::new();
+    for f in [
+        "segment",
+        "scale",
+        "stitch",
+        "thumbnail",
+        "sprite",
+        "watermark",
+        "detect",
+        "blur",
+        "probe",
+    ] {
+        let path = repo().join(format!("function-images/{f}/profile.yaml"));
+        let mut doc = std::fs::read_to_string(&path).expect("profile");
+        if let Some(w) = wrapper {
+            doc = doc.replace(
+                &format!(r#"command: ["/usr/local/bin/vflow-fn", "{f}"]"#),
+                &format!(r#"command: ["{}", "{f}"]"#, w.display()),
+            );
+        }
+        text.push_str("---\n");
+        text.push_str(&doc);
+    }
+    let out = dir.join("profiles.yaml");
+    std::fs::write(&out, text).expect("write profiles");
+    out
+}
+
+fn vflow(dir: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vflow"));
+    c.current_dir(dir)
+        .args(args)
+        .env("VFLOW_FN", repo().join("function-images/vflow-fn"));
+    c
+}
+
+fn run_ok(dir: &Path, args: &[&str]) -> (Output, Value) {
+    let out = vflow(dir, args).output().expect("run vflow");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "vflow {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = report_of(&stdout);
+    (out, report)
+}
+
+fn report_of(stdout: &str) -> Value {
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("report: "))
+        .expect("a report line");
+    serde_json::from_str(&std::fs::read_to_string(line.trim()).expect("report"))
+        .expect("report json")
+}
+
+fn stage<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["stages"]
+        .as_array()
+        .and_then(|s| s.iter().find(|x| x["stage"] == name))
+        .unwrap_or_else(|| panic!("no stage {name} in {report}"))
+}
+
+fn output_path(report: &Value, index: usize) -> PathBuf {
+    let uri = report["outputs"][index].as_str().expect("an output");
+    PathBuf::from(uri.strip_prefix("file://").expect("a local output"))
+}
+
+fn example(name: &str) -> String {
+    repo()
+        .join("manifests/examples")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn thumbnails_example_on_generated_video_and_on_a_clip() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let profiles = example("profiles.yaml");
+    for input in [
+        pattern(dir.path(), 12),
+        videos().join("bbb_0-30s_720p_vp8.webm"),
+    ] {
+        let (_, report) = run_ok(
+            dir.path(),
+            &[
+                "run",
+                &example("thumbnails.yaml"),
+                "--input",
+                &input.to_string_lossy(),
+                "--profiles",
+                &profiles,
+                "--quiet",
+            ],
+        );
+        assert_eq!(report["phase"], "Succeeded");
+        let sprite = output_path(&report, 0);
+        assert!(
+            sprite.ends_with("sprite/all/sprite.jpg"),
+            "{}",
+            sprite.display()
+        );
+        let codec = tool(
+            "ffprobe",
+            &[
+                "-v",
+                "error",
+                "-show_entries",
+                "stream=codec_name,width",
+                "-of",
+                "csv=p=0",
+                &sprite.to_string_lossy(),
+            ],
+        );
+        assert!(codec.starts_with("mjpeg,"), "{codec}");
+        // 10 s segments: 2 for the pattern, 3 for the 30 s clip; a thumbnail run each.
+        let segments = stage(&report, "thumbnail")["units"].as_u64().unwrap_or(0);
+        assert!(segments >= 2, "{report}");
+    }
+}
+
+#[test]
+fn transcode_ladder_example_keeps_every_frame_in_each_rendition() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = pattern(dir.path(), 4);
+    let (_, report) = run_ok(
+        dir.path(),
+        &[
+            "run",
+            &example("transcode-ladder.yaml"),
+            "--input",
+            &input.to_string_lossy(),
+            "--profiles",
+            &example("profiles.yaml"),
+            "--quiet",
+        ],
+    );
+    let source = facts(&input);
+    let outputs = report["outputs"].as_array().expect("outputs").clone();
+    assert_eq!(outputs.len(), 3, "{report}");
+    let mut heights: Vec<u64> = outputs
+        .iter()
+        .map(|o| {
+            let path = PathBuf::from(o.as_str().unwrap_or("").trim_start_matches("file://"));
+            let f = facts(&path);
+            assert_eq!(f.frames, source.frames, "{}", path.display());
+            assert!(
+                (f.duration - source.duration).abs() <= 0.04 + 1e-6,
+                "{}: {}",
+                path.display(),
+                f.duration
+            );
+            f.height
+        })
+        .collect();
+    heights.sort();
+    assert_eq!(heights, [480, 720, 1080]);
+}
+
+#[test]
+fn detect_example_runs_on_cpu_and_skips_the_blur_when_nothing_is_found() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = pattern(dir.path(), 6);
+    let (_, report) = run_ok(
+        dir.path(),
+        &[
+            "run",
+            &example("detect.yaml"),
+            "--input",
+            &input.to_string_lossy(),
+            "--profiles",
+            &example("profiles.yaml"),
+            "--quiet",
+        ],
+    );
+    let blur = stage(&report, "blur");
+    assert_eq!(blur["skipped"], blur["units"], "{report}");
+    assert_eq!(blur["executions"], 0);
+    // The skipped blur passed the scaled segments through to stitch.
+    let out = facts(&output_path(&report, 0));
+    assert_eq!(out.frames, facts(&input).frames);
+    assert_eq!(out.height, 480);
+}
+
+/// split -> scale -> watermark (only when there are at least 3 segments) -> stitch.
+fn conditional_workflow(dir: &Path) -> PathBuf {
+    let path = dir.join("conditional.yaml");
+    std::fs::write(
+        &path,
+        r#"apiVersion: vflow.io/v1alpha1
+kind: VideoWorkflow
+metadata: {name: conditional}
+spec:
+  storage: {endpoint: "http://minio.vflow-system.svc:9000", bucket: videos, secretRef: {name: vflow-s3}}
+  prewarm: None
+  stages:
+    - {name: split, function: segment, params: {seconds: 2}, fanOut: true}
+    - {name: scale, function: scale, after: [split], params: {height: 120, preset: ultrafast}}
+    - name: mark
+      function: watermark
+      after: [scale]
+      params: {text: vflow, preset: ultrafast, fontSize: 12}
+      when: {condition: "split.segments >= 3", probability: 0.5}
+    - {name: stitch, function: stitch, after: [mark], join: true}
+"#,
+    )
+    .expect("write workflow");
+    path
+}
+
+#[test]
+fn a_conditional_stage_runs_when_true_and_passes_through_when_false() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let profiles = write_profiles(dir.path(), None);
+    let workflow = conditional_workflow(dir.path());
+    for (seconds, taken) in [(8, true), (4, false)] {
+        let input = pattern(dir.path(), seconds);
+        let (_, report) = run_ok(
+            dir.path(),
+            &[
+                "run",
+                &workflow.to_string_lossy(),
+                "--input",
+                &input.to_string_lossy(),
+                "--profiles",
+                &profiles.to_string_lossy(),
+                "--quiet",
+            ],
+        );
+        let mark = stage(&report, "mark");
+        if taken {
+            assert_eq!(mark["executions"], mark["units"], "{report}");
+            assert_eq!(mark["skipped"], 0);
+        } else {
+            assert_eq!(mark["executions"], 0, "{report}");
+            assert_eq!(mark["skipped"], mark["units"]);
+        }
+        let out = facts(&output_path(&report, 0));
+        assert_eq!(out.frames, facts(&input).frames, "{seconds} s input");
+        assert_eq!(out.height, 120);
+    }
+}
+
+/// A wrapper that logs every execution ("stage segment") and can misbehave.
+fn counting_wrapper(dir: &Path, body: &str) -> PathBuf {
+    let path = dir.join("wrapper.sh");
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\necho \"$VFLOW_STAGE ${{VFLOW_SEGMENT:--}}\" >> {log}\n{body}\nexec {vflow_fn} \"$@\"\n",
+            log = dir.join("executions.log").display(),
+            vflow_fn = repo().join("function-images/vflow-fn").display(),
+        ),
+    )
+    .expect("write wrapper");
+    Command::new("chmod")
+        .arg("+x")
+        .arg(&path)
+        .status()
+        .expect("chmod");
+    path
+}
+
+fn executions(dir: &Path) -> Vec<String> {
+    let mut lines: Vec<String> = std::fs::read_to_string(dir.join("executions.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[test]
+fn a_run_killed_mid_way_resumes_without_redoing_finished_work() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Scale is slowed down so the kill lands while segments are in progress.
+    let wrapper = counting_wrapper(dir.path(), r#"[ "$VFLOW_STAGE" = scale ] && sleep 1"#);
+    let profiles = write_profiles(dir.path(), Some(&wrapper))
+        .to_string_lossy()
+        .into_owned();
+    let workflow = conditional_workflow(dir.path())
+        .to_string_lossy()
+        .into_owned();
+    let input = pattern(dir.path(), 8).to_string_lossy().into_owned();
+    let args = [
+        "run",
+        workflow.as_str(),
+        "--input",
+        input.as_str(),
+        "--profiles",
+        profiles.as_str(),
+        "--quiet",
+        "--run-id",
+        "resume-me",
+        "--max-instances",
+        "2",
+    ];
+    let mut child = vflow(dir.path(), &args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    // Wait until some but not all scale units are done, then SIGKILL.
+    let record = dir
+        .path()
+        .join(".vflow/store/outputs/resume-me/_vflow-run.json");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let done = std::fs::read_to_string(&record)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .map(|r| {
+                r["units"]
+                    .as_array()
+                    .map(|u| {
+                        u.iter()
+                            .filter(|x| x["stage"] == "scale" && x["status"] == "Done")
+                            .count()
+                    })
+                    .unwrap_or(0)
+            })
+            .unwrap_or(0);
+        if done >= 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the run made no progress");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    // The instances notice their parent is gone and finish what they were doing.
+    std::thread::sleep(Duration::from_secs(7));
+    let before = executions(dir.path());
+
+    let (out, report) = run_ok(dir.path(), &args);
+    assert_eq!(
+        report["phase"],
+        "Succeeded",
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let after = executions(dir.path());
+    // Every unit ran exactly once over both processes.
+    let mut unique = after.clone();
+    unique.dedup();
+    assert_eq!(unique, after, "a unit ran twice: {after:?}");
+    assert_eq!(after.len(), 1 + 4 + 4 + 1, "{after:?}");
+    assert!(
+        before.len() >= 2 && before.len() < after.len(),
+        "before {before:?}"
+    );
+    let reused: u64 = report["stages"]
+        .as_array()
+        .map(|s| s.iter().map(|x| x["reused"].as_u64().unwrap_or(0)).sum())
+        .unwrap_or(0);
+    assert!(reused >= 1, "{report}");
+
+    // Identical outputs: the same workflow run in one go gives the same bytes.
+    let resumed = std::fs::read(output_path(&report, 0)).expect("resumed output");
+    let (_, clean) = run_ok(
+        dir.path(),
+        &[
+            "run",
+            workflow.as_str(),
+            "--input",
+            input.as_str(),
+            "--profiles",
+            profiles.as_str(),
+            "--quiet",
+            "--run-id",
+            "in-one-go",
+        ],
+    );
+    let fresh = std::fs::read(output_path(&clean, 0)).expect("clean output");
+    assert!(
+        resumed == fresh,
+        "the resumed run's output differs from an uninterrupted run's"
+    );
+}
+
+#[test]
+fn a_flaky_invocation_is_retried_and_a_broken_one_fails_the_run_by_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Segment 1 of scale fails twice, then works.
+    let flaky = counting_wrapper(
+        dir.path(),
+        &format!(
+            r#"if [ "$VFLOW_STAGE" = scale ] && [ "$VFLOW_SEGMENT" = 1 ]; then n=$(cat {c} 2>/dev/null || echo 0); echo $((n+1)) > {c}; [ "$n" -lt 2 ] && {{ echo "transient trouble" >&2; exit 1; }}; fi"#,
+            c = dir.path().join("count").display()
+        ),
+    );
+    let profiles = write_profiles(dir.path(), Some(&flaky))
+        .to_string_lossy()
+        .into_owned();
+    let workflow = conditional_workflow(dir.path())
+        .to_string_lossy()
+        .into_owned();
+    let input = pattern(dir.path(), 4).to_string_lossy().into_owned();
+    let (_, report) = run_ok(
+        dir.path(),
+        &[
+            "run",
+            &workflow,
+            "--input",
+            &input,
+            "--profiles",
+            &profiles,
+            "--quiet",
+        ],
+    );
+    assert_eq!(stage(&report, "scale")["retries"], 2, "{report}");
+    assert_eq!(report["phase"], "Succeeded");
+
+    // Segment 1 of scale always fails.
+    let broken = counting_wrapper(
+        dir.path(),
+        r#"if [ "$VFLOW_STAGE" = scale ] && [ "$VFLOW_SEGMENT" = 1 ]; then echo "scale: the encoder fell over" >&2; exit 1; fi"#,
+    );
+    let profiles = write_profiles(dir.path(), Some(&broken))
+        .to_string_lossy()
+        .into_owned();
+    let out = vflow(
+        dir.path(),
+        &[
+            "run",
+            &workflow,
+            "--input",
+            &input,
+            "--profiles",
+            &profiles,
+            "--quiet",
+        ],
+    )
+    .output()
+    .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("stage scale segment 1 failed after 3 attempt(s)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("the encoder fell over"), "{stderr}");
+}
+
+/// Processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
+        if cmdline.contains(needle) {
+            found.push(format!(
+                "{}: {cmdline}",
+                entry.file_name().to_string_lossy()
+            ));
+        }
+    }
+    found
+}
+
+#[test]
+fn cancelling_stops_every_worker_and_leaves_no_process() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wrapper = counting_wrapper(dir.path(), r#"[ "$VFLOW_STAGE" = scale ] && sleep 30"#);
+    let profiles = write_profiles(dir.path(), Some(&wrapper))
+        .to_string_lossy()
+        .into_owned();
+    let workflow = conditional_workflow(dir.path())
+        .to_string_lossy()
+        .into_owned();
+    let input = pattern(dir.path(), 4).to_string_lossy().into_owned();
+    let mut child = vflow(
+        dir.path(),
+        &[
+            "run",
+            &workflow,
+            "--input",
+            &input,
+            "--profiles",
+            &profiles,
+            "--quiet",
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !executions(dir.path())
+        .iter()
+        .any(|l| l.starts_with("scale"))
+    {
+        assert!(Instant::now() < deadline, "scale never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let started = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("SIGINT");
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(130));
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "cancelling took {:?}",
+        started.elapsed()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let left = processes_mentioning(&dir.path().to_string_lossy());
+    assert!(left.is_empty(), "left behind: {left:#?}");
+}
+
+/// Two runs of the same input on one backend: the second finds warm instances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_run_on_warm_instances_is_faster() {
+    use std::collections::BTreeMap;
+    use vflow_engine::backend::Backend;
+    use vflow_engine::local::{LocalBackend, LocalConfig};
+    use vflow_engine::{Engine, RunOptions};
+    use vflow_storage::{Location, Store};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let profiles_path = write_profiles(dir.path(), None);
+    let docs = vflow_cli::manifests::load_file(&profiles_path).expect("profiles");
+    let mut profiles = BTreeMap::new();
+    for doc in docs {
+        if let Some(vflow_cli::manifests::Object::Profile(mut p)) = doc.object {
+            p.spec.command[0] = repo()
+                .join("function-images/vflow-fn")
+                .to_string_lossy()
+                .into_owned();
+            profiles.insert(p.metadata.name.clone().unwrap_or_default(), *p);
+        }
+    }
+    let wf_docs =
+        vflow_cli::manifests::load_file(&conditional_workflow(dir.path())).expect("workflow");
+    let workflow = wf_docs
+        .into_iter()
+        .find_map(|d| match d.object {
+            Some(vflow_cli::manifests::Object::Workflow(w)) => Some(*w),
+            _ => None,
+        })
+        .expect("a workflow");
+    let backend = LocalBackend::new(LocalConfig {
+        runtime_program: PathBuf::from(env!("CARGO_BIN_EXE_vflow")),
+        runtime_args: vec!["runtime".into()],
+        work_dir: dir.path().join("instances"),
+        env: Vec::new(),
+        keep_alive: Duration::from_secs(120),
+        start_timeout: Duration::from_secs(60),
+    });
+    let engine =
+        Engine::new(&workflow, profiles, backend.clone(), Store::local_only()).expect("engine");
+    let input = pattern(dir.path(), 4);
+    let mut seconds = Vec::new();
+    let mut cold = Vec::new();
+    for run in ["first", "second"] {
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let opts = RunOptions {
+            run: run.into(),
+            input: input.to_string_lossy().into_owned(),
+            prefix: Location::Local(dir.path().join(format!("store/{run}/"))),
+            params: BTreeMap::new(),
+            prewarm: Vec::new(),
+            default_max_instances: 2,
+        };
+        let started = Instant::now();
+        let before = backend.cold_starts();
+        let outcome = engine.run(&opts, rx).await;
+        assert_eq!(
+            outcome.record.phase,
+            vflow_engine::RunPhase::Succeeded,
+            "{:?}",
+            outcome.record.message
+        );
+        seconds.push(started.elapsed().as_secs_f64());
+        cold.push(backend.cold_starts() - before);
+    }
+    backend.shutdown().await;
+    eprintln!(
+        "first run {:.2} s with {} cold starts; second {:.2} s with {}",
+        seconds[0], cold[0], seconds[1], cold[1]
+    );
+    assert!(
+        cold[0] >= 4,
+        "every stage starts cold the first time: {cold:?}"
+    );
+    assert_eq!(cold[1], 0, "the second run found warm instances");
+    assert!(seconds[1] < seconds[0], "{seconds:?}");
+}
