@@ -1,0 +1,670 @@
+//! Level 3: the operator as a process against a real control plane (e2e/testenv:
+//! kube-apiserver, controller-manager, scheduler, kwok nodes). Ignored by a plain
+//! `cargo test`; `make e2e-operator` starts the testenv and runs them with
+//! `--ignored --test-threads=1`. Each test has its own namespace and its own operator
+//! process(es) watching only that namespace; a failing test dumps the namespace.
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::{
+    api::{
+        apps::v1::Deployment,
+        core::v1::{Namespace, Service},
+        events::v1::Event,
+    },
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+};
+use serde_json::json;
+use vflow_api::{FunctionProfile, VideoWorkflow};
+
+fn state_dir() -> PathBuf {
+    std::env::var_os("VFLOW_TESTENV_DIR")
+        .map_or_else(|| PathBuf::from("/tmp/vflow-testenv"), PathBuf::from)
+}
+
+fn kubeconfig() -> PathBuf {
+    std::env::var_os("VFLOW_E2E_KUBECONFIG")
+        .map_or_else(|| state_dir().join("kubeconfig"), PathBuf::from)
+}
+
+fn kubectl() -> PathBuf {
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    std::env::var_os("VFLOW_TESTENV_BIN")
+        .map_or_else(
+            || PathBuf::from(home).join(".cache/vflow-testenv/bin"),
+            PathBuf::from,
+        )
+        .join("kubectl")
+}
+
+async fn client() -> Client {
+    let kc =
+        Kubeconfig::read_from(kubeconfig()).expect("testenv kubeconfig: run `make testenv-up`");
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .expect("config");
+    Client::try_from(cfg).expect("client")
+}
+
+async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A namespace with the CRDs and the example FunctionProfiles; dumped if the test fails.
+struct Env {
+    client: Client,
+    ns: String,
+}
+
+impl Env {
+    async fn new(name: &str) -> Env {
+        let client = client().await;
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        for crd in vflow_api::crds() {
+            let n = crd.name_any();
+            crds.patch(&n, &PatchParams::apply("e2e").force(), &Patch::Apply(&crd))
+                .await
+                .expect("apply CRD");
+            wait_for("CRD established", Duration::from_secs(30), || {
+                let crds = crds.clone();
+                let n = n.clone();
+                async move {
+                    crds.get(&n)
+                        .await
+                        .ok()
+                        .and_then(|c| c.status)
+                        .and_then(|s| s.conditions)
+                        .is_some_and(|cs| {
+                            cs.iter()
+                                .any(|c| c.type_ == "Established" && c.status == "True")
+                        })
+                }
+            })
+            .await;
+        }
+        let nanos = Timestamp::now().as_nanosecond() % 1_000_000;
+        let ns = format!("e2e-{name}-{nanos}");
+        let nss: Api<Namespace> = Api::all(client.clone());
+        nss.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns}})).expect("ns"),
+        )
+        .await
+        .expect("create namespace");
+        let env = Env { client, ns };
+        for p in common::profiles(&env.ns).into_values() {
+            env.apply_profile(&p).await;
+        }
+        env
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    async fn apply_profile(&self, p: &FunctionProfile) {
+        let mut p = p.clone();
+        p.metadata.namespace = Some(self.ns.clone());
+        p.metadata.resource_version = None;
+        self.api::<FunctionProfile>()
+            .patch(
+                &p.name_any(),
+                &PatchParams::apply("e2e").force(),
+                &Patch::Apply(&p),
+            )
+            .await
+            .expect("apply profile");
+    }
+
+    async fn apply_workflow(&self, wf: &VideoWorkflow) {
+        let mut wf = wf.clone();
+        wf.metadata.namespace = Some(self.ns.clone());
+        wf.metadata.uid = None;
+        wf.metadata.generation = None;
+        wf.status = None;
+        self.api::<VideoWorkflow>()
+            .patch(
+                &wf.name_any(),
+                &PatchParams::apply("e2e").force(),
+                &Patch::Apply(&wf),
+            )
+            .await
+            .expect("apply workflow");
+    }
+
+    fn example(name: &str) -> VideoWorkflow {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("../../manifests/examples/{name}.yaml"));
+        serde_saphyr::from_str(&std::fs::read_to_string(path).expect("example")).expect("parses")
+    }
+
+    async fn condition(&self, wf: &str, type_: &str) -> Option<(String, String, String)> {
+        let w = self.api::<VideoWorkflow>().get(wf).await.ok()?;
+        let c = w
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == type_)?;
+        Some((c.status, c.reason, c.message))
+    }
+
+    async fn wait_ready(&self, wf: &str, timeout: Duration) {
+        wait_for(&format!("{wf} Ready"), timeout, || async {
+            self.condition(wf, "Ready")
+                .await
+                .is_some_and(|(s, _, _)| s == "True")
+        })
+        .await;
+    }
+
+    async fn deployments(&self, wf: &str) -> BTreeMap<String, Deployment> {
+        self.api::<Deployment>()
+            .list(&ListParams::default().labels(&format!("vflow.io/workflow={wf}")))
+            .await
+            .expect("list")
+            .items
+            .into_iter()
+            .map(|d| (d.name_any(), d))
+            .collect()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("==== namespace {} ====", self.ns);
+            let _ = Command::new(kubectl())
+                .args(["--kubeconfig"])
+                .arg(kubeconfig())
+                .args([
+                    "-n",
+                    &self.ns,
+                    "get",
+                    "videoworkflows,functionprofiles,deployments,services,pods,events",
+                    "-o",
+                    "wide",
+                ])
+                .status();
+            let _ = Command::new(kubectl())
+                .args(["--kubeconfig"])
+                .arg(kubeconfig())
+                .args(["-n", &self.ns, "get", "videoworkflows", "-o", "yaml"])
+                .status();
+        }
+        // Namespaces are left in place: deleting them makes the namespace controller and
+        // the garbage collector write while a later test counts writes. `make e2e-operator`
+        // runs on a fresh testenv and stops it afterwards.
+    }
+}
+
+/// One operator process watching the test's namespace.
+struct Operator {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Operator {
+    fn start(env: &Env, identity: &str, extra: &[&str]) -> Operator {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-logs");
+        std::fs::create_dir_all(&dir).expect("log dir");
+        let log = dir.join(format!("{}-{identity}.log", env.ns));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_vflow-operator"))
+            .env("KUBECONFIG", kubeconfig())
+            .env("RUST_LOG", "info,kube=warn")
+            .args([
+                "--watch-namespace",
+                &env.ns,
+                "--lease-namespace",
+                &env.ns,
+                "--identity",
+                identity,
+            ])
+            .args(["--http-addr", &format!("127.0.0.1:{port}")])
+            .args(["--pod-annotation", "pod-ready.stage.kwok.x-k8s.io/delay=2s"])
+            .args(extra)
+            .stdout(file.try_clone().expect("fd"))
+            .stderr(file)
+            .spawn()
+            .expect("start vflow-operator");
+        Operator { child, port, log }
+    }
+
+    async fn metrics(&self) -> String {
+        let out = Command::new("curl")
+            .args(["-sf", &format!("http://127.0.0.1:{}/metrics", self.port)])
+            .output();
+        out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// API writes (every method but GET) this process made, the Lease excluded.
+    async fn writes(&self) -> u64 {
+        parse_writes(&self.metrics().await)
+    }
+
+    async fn is_leader(&self) -> bool {
+        self.metrics()
+            .await
+            .lines()
+            .any(|l| l == "vflow_operator_leader 1")
+    }
+
+    async fn wait_ready(&self) {
+        wait_for("operator /readyz", Duration::from_secs(30), || async {
+            Command::new("curl")
+                .args(["-sf", &format!("http://127.0.0.1:{}/readyz", self.port)])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .await;
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("==== operator log {} (tail) ====", self.log.display());
+            if let Ok(text) = std::fs::read_to_string(&self.log) {
+                let lines: Vec<&str> = text.lines().collect();
+                for l in &lines[lines.len().saturating_sub(40)..] {
+                    eprintln!("{l}");
+                }
+            }
+        }
+        self.kill();
+    }
+}
+
+fn parse_writes(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("vflow_operator_api_requests_total{"))
+        .filter(|l| !l.contains("method=\"GET\"") && !l.contains("resource=\"leases\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+fn requests(d: &Deployment) -> BTreeMap<String, String> {
+    d.spec.template.spec.as_ref().expect("pod").containers[0]
+        .resources
+        .as_ref()
+        .and_then(|r| r.requests.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect()
+}
+
+/// apiserver_request_total for patches (server-side apply included) of the operator's
+/// resources, as the API server counts them: an independent count of the operator's
+/// writes (the controller-manager updates Deployments with PUT, never PATCH).
+async fn apiserver_writes(client: &Client) -> u64 {
+    let text = client
+        .request_text(http::Request::get("/metrics").body(vec![]).expect("req"))
+        .await
+        .expect("apiserver /metrics");
+    text.lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+        .filter(|l| {
+            ["APPLY", "PATCH"]
+                .iter()
+                .any(|v| l.contains(&format!("verb=\"{v}\"")))
+        })
+        .filter(|l| {
+            [
+                "deployments",
+                "services",
+                "videoworkflows",
+                "functionprofiles",
+            ]
+            .iter()
+            .any(|r| l.contains(&format!("resource=\"{r}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+#[ignore = "needs e2e/testenv: make e2e-operator"]
+async fn examples_become_deployments_and_services_with_planned_resources() {
+    let env = Env::new("examples").await;
+    let _op = Operator::start(&env, "a", &["--leader-elect=false"]);
+    let names = ["detect", "thumbnails", "transcode-ladder"];
+    for n in names {
+        env.apply_workflow(&Env::example(n)).await;
+    }
+    for n in names {
+        env.wait_ready(n, READY_TIMEOUT).await;
+        let wf = env.api::<VideoWorkflow>().get(n).await.expect("wf");
+        let status = wf.status.expect("status");
+        assert_eq!(status.observed_generation, wf.metadata.generation);
+        let deployments = env.deployments(n).await;
+        let services: Api<Service> = env.api();
+        assert_eq!(
+            deployments.len(),
+            wf.spec.stages.len(),
+            "{n}: one Deployment per stage"
+        );
+        for plan in &status.stages {
+            let child = format!("{n}-{}", plan.name);
+            let d = deployments
+                .get(&child)
+                .unwrap_or_else(|| panic!("Deployment {child}"));
+            let r = requests(d);
+            // The API server writes quantities in canonical form (1024Mi -> 1Gi).
+            let value = |s: Option<&str>| {
+                s.and_then(|s| s.parse::<vflow_api::Quantity>().ok())
+                    .and_then(|q| q.value().ok())
+            };
+            assert_eq!(
+                value(r.get("cpu").map(String::as_str)),
+                value(plan.cpu.as_ref().map(|q| q.as_str())),
+                "{child} cpu"
+            );
+            assert_eq!(
+                value(r.get("memory").map(String::as_str)),
+                value(plan.memory.as_ref().map(|q| q.as_str())),
+                "{child} memory"
+            );
+            for (k, v) in &plan.gpu_resources {
+                assert_eq!(r.get(k), Some(v), "{child} {k}");
+            }
+            assert_eq!(
+                d.spec.replicas.map(|r| r as u32),
+                plan.replicas,
+                "{child} replicas"
+            );
+            let s = services.get(&child).await.expect("Service");
+            assert!(
+                s.owner_references()
+                    .iter()
+                    .any(|o| o.kind == "VideoWorkflow" && o.controller == Some(true))
+            );
+        }
+    }
+    let detect = env.deployments("detect").await;
+    assert_eq!(
+        requests(&detect["detect-detect"])
+            .get("nvidia.com/gpu")
+            .map(String::as_str),
+        Some("1")
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs e2e/testenv: make e2e-operator"]
+async fn profile_change_resizes_deployments() {
+    let env = Env::new("resize").await;
+    let _op = Operator::start(&env, "a", &["--leader-elect=false"]);
+    env.apply_workflow(&Env::example("thumbnails")).await;
+    env.wait_ready("thumbnails", READY_TIMEOUT).await;
+    let before = env.deployments("thumbnails").await;
+    assert_eq!(requests(&before["thumbnails-thumbnail"])["cpu"], "500m");
+    let mut p = common::profiles(&env.ns)["thumbnail"].clone();
+    p.spec.resources.cpu = "750m".parse().expect("q");
+    p.spec.resources.memory = "384Mi".parse().expect("q");
+    env.apply_profile(&p).await;
+    wait_for("thumbnail resized", READY_TIMEOUT, || async {
+        let r = requests(&env.deployments("thumbnails").await["thumbnails-thumbnail"]);
+        r["cpu"] == "750m" && r["memory"] == "384Mi"
+    })
+    .await;
+    let after = env.deployments("thumbnails").await;
+    assert_eq!(
+        after["thumbnails-split"].metadata.resource_version,
+        before["thumbnails-split"].metadata.resource_version,
+        "stages of other functions are not rewritten"
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs e2e/testenv: make e2e-operator"]
+async fn deleting_a_workflow_garbage_collects_its_children() {
+    let env = Env::new("gc").await;
+    let _op = Operator::start(&env, "a", &["--leader-elect=false"]);
+    env.apply_workflow(&Env::example("thumbnails")).await;
+    env.wait_ready("thumbnails", READY_TIMEOUT).await;
+    assert_eq!(env.deployments("thumbnails").await.len(), 3);
+    env.api::<VideoWorkflow>()
+        .delete("thumbnails", &DeleteParams::foreground())
+        .await
+        .expect("delete");
+    wait_for("children garbage-collected", READY_TIMEOUT, || async {
+        let services: Api<Service> = env.api();
+        let svcs = services
+            .list(&ListParams::default().labels("vflow.io/workflow=thumbnails"))
+            .await
+            .expect("list");
+        env.deployments("thumbnails").await.is_empty() && svcs.items.is_empty()
+    })
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "needs e2e/testenv: make e2e-operator"]
+async fn invalid_workflow_gets_a_condition_and_an_event_and_nothing_else_changes() {
+    let env = Env::new("invalid").await;
+    let _op = Operator::start(&env, "a", &["--leader-elect=false"]);
+    env.apply_workflow(&Env::example("thumbnails")).await;
+    env.wait_ready("thumbnails", READY_TIMEOUT).await;
+    let before = env.deployments("thumbnails").await;
+    let mut wf = Env::example("thumbnails");
+    wf.spec.stages[1].function = "thumbnial".into();
+    env.apply_workflow(&wf).await;
+    wait_for("Ready False with the field path", READY_TIMEOUT, || async {
+        env.condition("thumbnails", "Ready")
+            .await
+            .is_some_and(|(s, r, m)| {
+                s == "False" && r == "ProfileMissing" && m.contains("spec.stages[1].function")
+            })
+    })
+    .await;
+    let (status, _, message) = env
+        .condition("thumbnails", "Degraded")
+        .await
+        .expect("Degraded");
+    assert_eq!(status, "True");
+    assert!(message.contains("did you mean \"thumbnail\""), "{message}");
+    wait_for("a Warning Event", READY_TIMEOUT, || async {
+        env.api::<Event>()
+            .list(&ListParams::default())
+            .await
+            .is_ok_and(|l| {
+                l.items.iter().any(|e| {
+                    e.reason.as_deref() == Some("ProfileMissing")
+                        && e.type_.as_deref() == Some("Warning")
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref())
+                            == Some("thumbnails")
+                })
+            })
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = env.deployments("thumbnails").await;
+    let versions = |m: &BTreeMap<String, Deployment>| {
+        m.iter()
+            .map(|(k, d)| (k.clone(), d.metadata.resource_version.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        versions(&after),
+        versions(&before),
+        "children left as they were"
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs e2e/testenv: make e2e-operator"]
+async fn prewarm_request_makes_pods_ready_at_the_requested_time() {
+    // kwok makes pods Ready 2 s after they start (the pod annotation the operator adds in
+    // these tests), the thumbnail profile's coldStartPrior is 2 s, the margin 1 s: the
+    // operator scales at `at - 3 s` and the pods are Ready a little before `at`.
+    let env = Env::new("prewarm").await;
+    let op = Operator::start(&env, "a", &["--leader-elect=false"]);
+    env.apply_workflow(&Env::example("thumbnails")).await;
+    env.wait_ready("thumbnails", READY_TIMEOUT).await;
+    let at = Timestamp::now()
+        .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(12))
+        .expect("time");
+    let mut wf = Env::example("thumbnails");
+    wf.metadata.annotations = Some(BTreeMap::from([(
+        "vflow.io/prewarm".to_string(),
+        json!([{"stage": "thumbnail", "replicas": 2, "at": at.to_string()}]).to_string(),
+    )]));
+    env.apply_workflow(&wf).await;
+    let deployments: Api<Deployment> = env.api();
+    let mut scaled_at = None;
+    let ready_at;
+    loop {
+        let d = deployments.get("thumbnails-thumbnail").await.expect("get");
+        let now = Timestamp::now();
+        if scaled_at.is_none() && d.spec.replicas == Some(2) {
+            scaled_at = Some(now);
+        }
+        if d.status.as_ref().and_then(|s| s.ready_replicas) == Some(2) {
+            ready_at = now;
+            break;
+        }
+        assert!(
+            now < at
+                .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(10))
+                .expect("t"),
+            "pods not Ready 10 s after {at}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let scaled_at = scaled_at.expect("scaled");
+    let early = at.duration_since(scaled_at).as_secs_f64();
+    let late = ready_at.duration_since(at).as_secs_f64();
+    eprintln!("pre-warm: scaled {early:.2}s before `at`, Ready {late:+.2}s relative to `at`");
+    assert!(
+        (2.0..=4.5).contains(&early),
+        "scaled {early:.2}s before at (want cold start 2s + margin 1s)"
+    );
+    assert!(
+        late <= 1.5,
+        "pods Ready {late:.2}s after the requested time"
+    );
+    assert!(op.writes().await > 0);
+}
+
+#[tokio::test]
+#[ignore = "needs e2e/testenv: make e2e-operator"]
+async fn restarted_operator_makes_no_writes_in_a_steady_state() {
+    let env = Env::new("restart").await;
+    let mut first = Operator::start(&env, "a", &[]);
+    let names = ["detect", "thumbnails", "transcode-ladder"];
+    for n in names {
+        env.apply_workflow(&Env::example(n)).await;
+    }
+    for n in names {
+        env.wait_ready(n, READY_TIMEOUT).await;
+    }
+    // Let the first operator finish whatever the last status changes triggered.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    first.stop();
+    let api_before = apiserver_writes(&env.client).await;
+    let second = Operator::start(&env, "b", &[]);
+    second.wait_ready().await;
+    wait_for("leader", Duration::from_secs(30), || second.is_leader()).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let metrics = second.metrics().await;
+    let reconciles: f64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("vflow_operator_reconciliations_total{controller=\"videoworkflow\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        reconciles >= 3.0,
+        "it reconciled every workflow: {reconciles}"
+    );
+    assert_eq!(
+        parse_writes(&metrics),
+        0,
+        "writes after restart:\n{metrics}"
+    );
+    let api_after = apiserver_writes(&env.client).await;
+    assert_eq!(
+        api_after - api_before,
+        0,
+        "the API server counted writes to deployments/services/vflow objects"
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs e2e/testenv: make e2e-operator"]
+async fn with_two_replicas_only_the_leader_writes() {
+    let env = Env::new("leader").await;
+    let lease = ["--lease-seconds", "4", "--renew-seconds", "1"];
+    let mut a = Operator::start(&env, "a", &lease);
+    wait_for("a leads", Duration::from_secs(30), || a.is_leader()).await;
+    let b = Operator::start(&env, "b", &lease);
+    b.wait_ready().await;
+    env.apply_workflow(&Env::example("thumbnails")).await;
+    env.wait_ready("thumbnails", READY_TIMEOUT).await;
+    assert!(a.writes().await > 0, "the leader wrote the children");
+    assert!(!b.is_leader().await);
+    assert_eq!(b.writes().await, 0, "the follower wrote nothing");
+    // The leader dies without releasing the Lease: b takes over once it expires.
+    a.kill();
+    wait_for("b leads", Duration::from_secs(30), || b.is_leader()).await;
+    env.apply_workflow(&Env::example("detect")).await;
+    env.wait_ready("detect", READY_TIMEOUT).await;
+    assert!(b.writes().await > 0, "the new leader writes");
+}
