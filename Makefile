@@ -3,8 +3,8 @@ SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 CARGO ?= cargo
 
-.PHONY: help build test lint fmt crds check-crds validate-examples ci testenv testenv-up testenv-down testenv-smoke \
-	s3-server test-rust test-functions validate-function-profiles bench-runtime
+.PHONY: help build test lint fmt crds check-crds validate-examples ci testenv testenv-up testenv-down testenv-smoke bench-planner \
+	s3-server test-rust test-functions validate-function-profiles bench-runtime bench-local demo
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -26,6 +26,15 @@ S3S_FS := $(HOME)/.cache/vflow-s3s/bin/s3s-fs
 s3-server: $(S3S_FS) ## Install the s3s-fs server the tests start on loopback
 $(S3S_FS):
 	$(CARGO) install s3s-fs --version 0.14.1 --features binary --locked --root $(HOME)/.cache/vflow-s3s
+
+bench-local: ## Segment-parallel transcode and a cold 4-stage chain with `vflow run` (report in bench/local)
+	$(CARGO) build --release -p vflow-cli
+	bench/local/bench_local.py --vflow target/release/vflow --out bench/local
+
+DEMO_CLIP ?= ../shared/data/videos/bbb_0-30s_720p_vp8.webm
+demo: ## The local mode on a shipped example: thumbnails and a sprite sheet of a shared clip
+	@command -v ffmpeg >/dev/null || { echo "installing ffmpeg (apt)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg fonts-dejavu-core; }
+	$(CARGO) run -q -p vflow-cli --bin vflow -- run manifests/examples/thumbnails.yaml --input $(DEMO_CLIP) --profiles manifests/examples/profiles.yaml
 
 bench-runtime: s3-server ## Runtime overhead, S3 throughput and idle RSS (report in bench/runtime)
 	$(CARGO) build --release -p vflow-runtime --bins
@@ -60,5 +69,8 @@ testenv-down: ## Stop every testenv process by PID
 
 testenv-smoke: testenv ## Smoke test on a fresh control plane: Deployments on kwok nodes, CRDs, examples, GC
 	e2e/testenv/scripts/smoke.sh
+
+bench-planner: ## Planner benchmarks in the simulator: bench/planner/REPORT.md, results.json and SVG plots
+	$(CARGO) run -q -p vflow-cli --bin vflow -- sim --scenario all --seed 42 --report bench/planner
 
 ci: check-crds lint test validate-examples testenv-smoke ## What CI runs

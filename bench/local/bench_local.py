@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""make bench-local: the local mode on real video, measured side by side in one run.
+
+1. Segment-parallel transcode of a 60 s 1080p clip: `vflow run` with K single-threaded
+   workers (split and stitch included) against one ffmpeg on the whole file, single-
+   threaded (T1, for the efficiency T1 / (K * TK)) and multi-threaded (the plain
+   alternative).
+2. A 4-stage chain from cold with pre-warming None / Speculative / JustInTime:
+   end-to-end minus the sum of execution times.
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+FUNCTIONS = ["segment", "transcode", "stitch", "scale", "crop", "watermark"]
+
+
+def sh(cmd, env=None, quiet=True):
+    started = time.monotonic()
+    out = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    took = time.monotonic() - started
+    if out.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{out.stdout}\n{out.stderr}")
+    return took, out.stdout
+
+
+def frames(path):
+    _, out = sh(["ffprobe", "-v", "error", "-select_streams", "v:0", "-count_packets",
+                 "-show_entries", "stream=nb_read_packets", "-of", "csv=p=0", path])
+    return int(out.strip())
+
+
+def profiles_file(work):
+    path = os.path.join(work, "profiles.yaml")
+    with open(path, "w") as f:
+        for name in FUNCTIONS:
+            with open(os.path.join(REPO, "function-images", name, "profile.yaml")) as p:
+                f.write("---\n" + p.read())
+    return path
+
+
+def vflow_run(vflow, workflow, clip, profiles, store, extra_env=None, max_instances=None):
+    env = dict(os.environ, VFLOW_FN=os.path.join(REPO, "function-images", "vflow-fn"), **(extra_env or {}))
+    cmd = [vflow, "run", workflow, "--input", clip, "--profiles", profiles, "--store", store, "--quiet"]
+    if max_instances:
+        cmd += ["--max-instances", str(max_instances)]
+    took, out = sh(cmd, env=env)
+    report_path = next(l.split("report: ", 1)[1] for l in out.splitlines() if l.startswith("report: "))
+    with open(report_path) as f:
+        report = json.load(f)
+    return took, report
+
+
+def parallel(args, work, profiles):
+    clip = os.path.join(work, f"clip-{args.seconds}s-1080p.mp4")
+    if not os.path.exists(clip):
+        print(f"generating {clip} ...", flush=True)
+        sh(["ffmpeg", "-v", "error", "-f", "lavfi", "-i",
+            f"testsrc2=size=1920x1080:rate=30:duration={args.seconds}",
+            "-f", "lavfi", "-i", f"sine=frequency=440:duration={args.seconds}",
+            "-vf", "noise=alls=12:allf=t", "-c:v", "libx264", "-preset", "ultrafast", "-g", "60",
+            "-c:a", "aac", "-shortest", clip])
+    encode = ["-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-c:a", "copy"]
+    print("T1: one single-threaded ffmpeg ...", flush=True)
+    t1, _ = sh(["ffmpeg", "-v", "error", "-y", "-threads", "1", "-i", clip, *encode, "-threads", "1",
+                os.path.join(work, "t1.mp4")])
+    print("TM: one multi-threaded ffmpeg ...", flush=True)
+    tm, _ = sh(["ffmpeg", "-v", "error", "-y", "-i", clip, *encode, os.path.join(work, "tm.mp4")])
+    print(f"TK: vflow run with K={args.k} single-threaded workers ...", flush=True)
+    store = os.path.join(work, "store-parallel")
+    shutil.rmtree(store, ignore_errors=True)
+    tk, report = vflow_run(args.vflow, os.path.join(HERE, "parallel-transcode.yaml"), clip, profiles, store,
+                           {"VFLOW_FFMPEG_THREADS": "1"}, args.k)
+    out = report["outputs"][0].removeprefix("file://")
+    same = frames(out) == frames(clip)
+    return {
+        "clip": f"{args.seconds} s 1920x1080 30 fps (testsrc2 + noise), x264 veryfast CRF 23",
+        "k": args.k, "t1Seconds": t1, "multiThreadedSeconds": tm, "tkSeconds": tk,
+        "efficiency": t1 / (args.k * tk), "tkOverMultiThreaded": tk / tm,
+        "segments": next(s["units"] for s in report["stages"] if s["stage"] == "transcode"),
+        "stages": {s["stage"]: {"execP50": s["execP50Seconds"], "coldStarts": s["coldStarts"]}
+                   for s in report["stages"]},
+        "framesPreserved": same,
+    }
+
+
+def chain(args, work, profiles):
+    clip = os.path.join(work, "chain-input.mp4")
+    if not os.path.exists(clip):
+        sh(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25:duration=3",
+            "-c:v", "libx264", "-preset", "ultrafast", "-g", "25", clip])
+    with open(os.path.join(HERE, "chain.yaml")) as f:
+        template = f.read()
+    results = {}
+    # One calibration run first: the profiles learn local cold starts and run times,
+    # so the JIT schedule is computed from what this machine does.
+    learned = os.path.join(work, "chain-profiles")
+    shutil.rmtree(learned, ignore_errors=True)
+    os.makedirs(learned)
+    shutil.copy(profiles, os.path.join(learned, "profiles.yaml"))
+    wf = os.path.join(work, "chain-JustInTime.yaml")
+    with open(wf, "w") as f:
+        f.write(template)
+    vflow_run(args.vflow, wf, clip, learned, os.path.join(work, "store-chain-calibrate"))
+    for mode in ["None", "Speculative", "JustInTime"]:
+        wf = os.path.join(work, f"chain-{mode}.yaml")
+        with open(wf, "w") as f:
+            f.write(template.replace("prewarm: JustInTime", f"prewarm: {mode}"))
+        overheads, totals, colds = [], [], []
+        for i in range(args.repeats):
+            store = os.path.join(work, f"store-chain-{mode}-{i}")
+            shutil.rmtree(store, ignore_errors=True)
+            # A new process each time: every instance starts cold.
+            _, report = vflow_run(args.vflow, wf, clip, learned, store)
+            totals.append(report["totalSeconds"])
+            overheads.append(report["totalSeconds"] - report["execSeconds"])
+            colds.append(report["coldStarts"])
+        results[mode] = {"overheadSecondsMedian": statistics.median(overheads),
+                         "totalSecondsMedian": statistics.median(totals), "coldStarts": colds}
+    return results
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--vflow", required=True)
+    p.add_argument("--out", default=HERE)
+    p.add_argument("--seconds", type=int, default=60)
+    p.add_argument("--k", type=int, default=os.cpu_count() or 2)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--skip-parallel", action="store_true")
+    args = p.parse_args()
+    work = os.path.join(args.out, "work")
+    os.makedirs(work, exist_ok=True)
+    profiles = profiles_file(work)
+    results = {"machine": {"cpus": os.cpu_count()}}
+    if not args.skip_parallel:
+        results["parallel"] = parallel(args, work, profiles)
+    results["chain"] = chain(args, work, profiles)
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    lines = ["# vflow local mode benchmark", "",
+             "Repeat: `make bench-local` (release `vflow`; figures from one run, side by side; "
+             f"{os.cpu_count()} CPUs, shared and noisy).", ""]
+    if "parallel" in results:
+        r = results["parallel"]
+        lines += ["## Segment-parallel transcode", "", r["clip"] + ".", "",
+                  "| figure | measured | target |", "|---|---|---|",
+                  f"| T1: one single-threaded ffmpeg | {r['t1Seconds']:.1f} s | |",
+                  f"| one multi-threaded ffmpeg | {r['multiThreadedSeconds']:.1f} s | |",
+                  f"| TK: `vflow run`, K = {r['k']} single-threaded workers, {r['segments']} segments, split and stitch included | {r['tkSeconds']:.1f} s | |",
+                  f"| parallel efficiency T1 / (K * TK) | {r['efficiency']:.2f} | >= 0.8 at K = cores: {'met' if r['efficiency'] >= 0.8 else 'NOT met'} |",
+                  f"| TK / multi-threaded ffmpeg | {r['tkOverMultiThreaded']:.2f} | <= 1.1 on 2 cores: {'met' if r['tkOverMultiThreaded'] <= 1.1 else 'NOT met'} |",
+                  f"| frames preserved | {r['framesPreserved']} | |", ""]
+    lines += ["## 4-stage chain from cold", "",
+              f"Median of {args.repeats} runs each, each in a new process (every instance cold); "
+              "overhead = end-to-end minus the sum of execution times (download, function, upload).", "",
+              "| pre-warming | overhead | end-to-end | cold starts |", "|---|---|---|---|"]
+    for mode, r in results["chain"].items():
+        lines.append(f"| {mode} | {r['overheadSecondsMedian']:.3f} s | {r['totalSecondsMedian']:.3f} s | {r['coldStarts']} |")
+    lines.append("")
+    with open(os.path.join(args.out, "REPORT.md"), "w") as f:
+        f.write("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
