@@ -4,7 +4,8 @@ SHELL := bash
 CARGO ?= cargo
 
 .PHONY: help build test lint fmt crds check-crds validate-examples ci testenv testenv-up testenv-down testenv-smoke bench-planner \
-	s3-server test-rust test-functions validate-function-profiles bench-runtime bench-local demo
+	s3-server test-rust test-functions validate-function-profiles bench-runtime bench-local demo \
+	test-operator e2e-operator bench-operator
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -72,5 +73,16 @@ testenv-smoke: testenv ## Smoke test on a fresh control plane: Deployments on kw
 
 bench-planner: ## Planner benchmarks in the simulator: bench/planner/REPORT.md, results.json and SVG plots
 	$(CARGO) run -q -p vflow-cli --bin vflow -- sim --scenario all --seed 42 --report bench/planner
+
+test-operator: ## Operator tests that need no cluster: pure builders and autoscaler, tower-test mocked API
+	$(CARGO) test -p vflow-operator
+
+e2e-operator: testenv ## Operator against a real control plane (e2e/testenv; started and stopped unless already up)
+	$(CARGO) build -p vflow-operator --bins --tests
+	e2e/operator/run.sh $(CARGO) test -p vflow-operator --test e2e -- --ignored --test-threads=1
+
+bench-operator: testenv ## 500 workflows x 4 stages on testenv: time to Ready, writes, RSS, CPU (bench/operator)
+	$(CARGO) build --release -p vflow-operator --bins
+	e2e/operator/run.sh target/release/vflow-operator-bench --out bench/operator
 
 ci: check-crds lint test validate-examples testenv-smoke ## What CI runs
