@@ -71,7 +71,13 @@ pub fn run(
     let mut problems = Vec::new();
     let mut profiles: BTreeMap<String, FunctionProfile> = BTreeMap::new();
     let mut workflows: Vec<&VideoWorkflow> = Vec::new();
-    for doc in docs.iter().chain(&profile_docs) {
+    let n_own = docs.len();
+    for (k, doc) in docs.iter().chain(&profile_docs).enumerate() {
+        let own = k < n_own;
+        // A directory of profiles may hold the workflow file itself: read it once.
+        if !own && same_file(&doc.file, workflow_file) {
+            continue;
+        }
         let at = format!(
             "{} (document {}, {})",
             doc.file.display(),
@@ -84,7 +90,7 @@ pub fn run(
                 problems.extend(validate_profile(p).iter().map(|x| format!("{at}: {x}")));
                 profiles.insert(p.metadata.name.clone().unwrap_or_default(), (**p).clone());
             }
-            Some(Object::Workflow(w)) if doc.file == workflow_file => workflows.push(w),
+            Some(Object::Workflow(w)) if own => workflows.push(w),
             _ => {}
         }
     }
@@ -123,6 +129,13 @@ pub fn run(
             code: 0,
         },
         Err(e) => fail(1, vec![format!("{}: {e}", workflow_file.display())]),
+    }
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
     }
 }
 

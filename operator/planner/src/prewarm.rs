@@ -154,6 +154,64 @@ pub fn schedule(
     }
 }
 
+/// Rolling just-in-time: stage `reached` of `path` got its input at `now` and starts
+/// at `starts_at` (now when its instance is ready, else when the instance will be);
+/// the schedule for the stages after it, from what is known now instead of what was
+/// expected at `t0`. The spread of an arrival then covers only the stages still to
+/// run, so the margin shrinks as the run advances.
+pub fn reschedule(
+    path: &[PathStage],
+    reached: usize,
+    now: f64,
+    starts_at: f64,
+    margin: Margin,
+) -> Vec<PrewarmAction> {
+    if reached >= path.len() {
+        return Vec::new();
+    }
+    let n = path.len() - reached;
+    let mut arrivals: Vec<(f64, f64)> = Vec::with_capacity(n);
+    let mut starts: Vec<f64> = Vec::with_capacity(n);
+    let mut out = Vec::new();
+    for (k, s) in path[reached..].iter().enumerate() {
+        if k == 0 {
+            arrivals.push((now, 0.0));
+            starts.push(starts_at.max(now));
+            continue;
+        }
+        let (a, var) = s
+            .after
+            .iter()
+            .filter(|&&j| j >= reached && j - reached < k)
+            .map(|&j| {
+                let p = &path[j];
+                let jj = j - reached;
+                (
+                    starts[jj] + p.exec_seconds + p.overhead_seconds,
+                    arrivals[jj].1 + p.exec_std_seconds.powi(2),
+                )
+            })
+            .fold((now, 0.0), |b, x| if x.0 > b.0 { x } else { b });
+        let lead = s.cold_start_seconds + margin.base_seconds + margin.z * var.sqrt();
+        let at = (a - lead).max(now);
+        if !s.warm {
+            out.push(PrewarmAction {
+                stage: s.stage.clone(),
+                at_seconds: at,
+                replicas: s.replicas.max(1),
+            });
+        }
+        let ready = if s.warm {
+            now
+        } else {
+            at + s.cold_start_seconds
+        };
+        arrivals.push((a, var));
+        starts.push(a.max(ready));
+    }
+    out
+}
+
 /// What to do when a run took a branch the path did not predict.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -258,6 +316,21 @@ mod tests {
         // s2's input: s0 starts at 1 (cold), so 1 + 4.1 + 4.1 = 9.2; its sigma is
         // sqrt(0.3^2 + 0.4^2) = 0.5: 9.2 - 1 - 0.5.
         assert!((s[2].at_seconds - 7.7).abs() < 1e-9);
+    }
+
+    #[test]
+    fn reschedule_uses_the_actual_arrival() {
+        let path = chain(&[(4.0, 2.0), (3.0, 2.0), (5.0, 2.0)]);
+        // s1's input came at 110 (later than the 106.1 expected) and s1 was warm: s2's
+        // input is due at 113.1, so s2 is warmed at 113.1 - 2 - 0.5.
+        let s = reschedule(&path, 1, 110.0, 110.0, Margin::fixed(0.5));
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].stage, "s2");
+        assert!((s[0].at_seconds - 110.6).abs() < 1e-9);
+        // s1's instance is ready only at 111.5: s2 at 112.1.
+        let s = reschedule(&path, 1, 110.0, 111.5, Margin::fixed(0.5));
+        assert!((s[0].at_seconds - 112.1).abs() < 1e-9);
+        assert!(reschedule(&path, 3, 0.0, 0.0, Margin::default()).is_empty());
     }
 
     #[test]

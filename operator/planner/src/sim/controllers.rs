@@ -19,6 +19,12 @@ pub struct PrewarmController {
     pub function_names: Vec<String>,
     /// Per request: stages warmed for it and not used yet.
     warmed: Vec<Vec<String>>,
+    /// (request, stage) -> when its warmed instance is expected ready.
+    ready_at: std::collections::BTreeMap<(usize, String), f64>,
+    /// Per request: which path it is on (0 predicted, k the k-th alternative).
+    on_path: Vec<usize>,
+    /// JIT re-schedules the rest of the path as each stage's input arrives.
+    pub rolling: bool,
     pub replans: u64,
 }
 
@@ -37,12 +43,62 @@ impl PrewarmController {
             alternatives,
             function_names: functions.iter().map(|f| f.name.clone()).collect(),
             warmed: Vec::new(),
+            ready_at: Default::default(),
+            on_path: Vec::new(),
+            rolling: true,
             replans: 0,
         }
     }
 
     fn index(&self, name: &str) -> Option<usize> {
         self.function_names.iter().position(|n| n == name)
+    }
+
+    fn note_ready(
+        &mut self,
+        request: usize,
+        actions: &[prewarm::PrewarmAction],
+        path: &[PathStage],
+    ) {
+        for a in actions {
+            let cold = path
+                .iter()
+                .find(|s| s.stage == a.stage)
+                .map_or(0.0, |s| s.cold_start_seconds);
+            self.ready_at
+                .insert((request, a.stage.clone()), a.at_seconds + cold);
+        }
+    }
+
+    /// Rolling JIT: re-schedules the stages after `name` from now.
+    fn roll(&mut self, now: f64, request: usize, name: &str, starts_at: f64) -> Vec<Command> {
+        if !(self.rolling && self.policy == PrewarmPolicy::JustInTime) {
+            return Vec::new();
+        }
+        let path = match self.on_path[request] {
+            0 => self.predicted.clone(),
+            k => self.alternatives[k - 1].clone(),
+        };
+        let Some(reached) = path.iter().position(|s| s.stage == name) else {
+            return Vec::new();
+        };
+        let pending = &self.warmed[request];
+        let actions: Vec<prewarm::PrewarmAction> =
+            prewarm::reschedule(&path, reached, now, starts_at, self.margin)
+                .into_iter()
+                .filter(|a| pending.contains(&a.stage))
+                .collect();
+        self.note_ready(request, &actions, &path);
+        let mut cmds: Vec<Command> = actions
+            .iter()
+            .filter_map(|a| {
+                Some(Command::Cancel {
+                    function: self.index(&a.stage)?,
+                })
+            })
+            .collect();
+        cmds.extend(self.commands(&actions));
+        cmds
     }
 
     fn commands(&self, actions: &[prewarm::PrewarmAction]) -> Vec<Command> {
@@ -63,9 +119,12 @@ impl Controller for PrewarmController {
     fn on_arrival(&mut self, now: f64, request: usize, _spec: &RequestSpec) -> Vec<Command> {
         if self.warmed.len() <= request {
             self.warmed.resize(request + 1, Vec::new());
+            self.on_path.resize(request + 1, 0);
         }
         let actions = prewarm::schedule(self.policy, &self.predicted, now, self.margin);
         self.warmed[request] = actions.iter().map(|a| a.stage.clone()).collect();
+        let path = self.predicted.clone();
+        self.note_ready(request, &actions, &path);
         self.commands(&actions)
     }
 
@@ -87,19 +146,34 @@ impl Controller for PrewarmController {
         let warmed = &mut self.warmed[request];
         if let Some(k) = warmed.iter().position(|w| *w == name) {
             warmed.remove(k);
-            return Vec::new();
+            // Its instance is expected ready when the warm-up said, or now if earlier.
+            let starts = self
+                .ready_at
+                .get(&(request, name.clone()))
+                .copied()
+                .unwrap_or(now);
+            return self.roll(now, request, &name, starts);
         }
         if self.policy == PrewarmPolicy::None {
             return Vec::new();
         }
         // Not warmed for this run: did it take another branch?
-        let Some(alt) = self
+        let Some(alt_index) = self
             .alternatives
             .iter()
-            .find(|p| p.first().is_some_and(|s| s.stage == name))
+            .position(|p| p.first().is_some_and(|s| s.stage == name))
         else {
-            return Vec::new();
+            let cold = self
+                .predicted
+                .iter()
+                .chain(self.alternatives.iter().flatten())
+                .find(|s| s.stage == name)
+                .map_or(0.0, |s| s.cold_start_seconds);
+            return self.roll(now, request, &name, now + cold);
         };
+        let warmed = &mut self.warmed[request];
+        let alt = &self.alternatives[alt_index];
+        self.on_path[request] = alt_index + 1;
         self.replans += 1;
         let plan = prewarm::replan(self.policy, warmed, alt, now, self.margin);
         let mut cmds: Vec<Command> = plan
@@ -121,6 +195,8 @@ impl Controller for PrewarmController {
                 .map(|a| a.stage.clone())
                 .filter(|s| *s != name),
         );
+        let alt = self.alternatives[alt_index].clone();
+        self.note_ready(request, &plan.warm, &alt);
         cmds
     }
 }
@@ -130,8 +206,9 @@ impl Controller for PrewarmController {
 pub enum Provision {
     /// Every instance scales to zero after the keep-alive.
     AllEphemeral,
-    /// Every function gets a durable instance at the start, and every instance stays.
-    StaticDurable,
+    /// One durable instance of each function, fixed at the start, as far as the memory
+    /// budget less the reserve allows (in function order); the rest ephemeral.
+    StaticDurable { budget_bytes: f64 },
     /// The planner's benefit/cost choice, re-planned every interval from the rates seen.
     Dynamic(ProvisioningConfig),
 }
@@ -168,14 +245,20 @@ impl Controller for ProvisioningController {
         let mode = self.mode.clone();
         match &mode {
             Provision::AllEphemeral => Vec::new(),
-            Provision::StaticDurable => {
+            Provision::StaticDurable { budget_bytes } => {
                 if self.started {
                     return Vec::new();
                 }
                 self.started = true;
-                (0..self.loads.len())
-                    .map(|function| Command::Durable { function, count: 1 })
-                    .collect()
+                let mut left = *budget_bytes;
+                let mut cmds = Vec::new();
+                for (function, l) in self.loads.iter().enumerate() {
+                    if l.memory_bytes <= left {
+                        left -= l.memory_bytes;
+                        cmds.push(Command::Durable { function, count: 1 });
+                    }
+                }
+                cmds
             }
             Provision::Dynamic(cfg) => {
                 if !self.started {

@@ -70,6 +70,8 @@ pub enum Command {
     /// Now: drop instances of the function warmed ahead and never used, and cancel its
     /// pending warm-ups.
     Release { function: usize },
+    /// Now: cancel the function's pending warm-ups (a newer schedule replaces them).
+    Cancel { function: usize },
     /// Now: keep `count` instances of the function however idle.
     Durable { function: usize, count: u32 },
 }
@@ -143,6 +145,8 @@ pub struct Outcome {
     pub idle_never_used: f64,
     pub cost: f64,
     pub tasks: u64,
+    /// Requests that could never finish (their tasks found no room, ever).
+    pub unfinished: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -336,11 +340,14 @@ impl<'a, C: Controller> Engine<'a, C> {
                         std::mem::replace(&mut self.arrivals, vec![0; self.functions.len()]);
                     let cmds = self.controller.on_interval(self.now, &arrivals);
                     self.apply(cmds);
+                    // Stop when nothing else can happen: work left with no event
+                    // pending is stuck (reported as unfinished), not a reason to tick on.
                     let busy = self
                         .state
                         .iter()
                         .zip(self.requests)
-                        .any(|(s, r)| s.done < r.tasks.len());
+                        .any(|(s, r)| s.done < r.tasks.len())
+                        && self.events.iter().any(|e| e.event != Event::Interval);
                     if let Some(dt) = self.controller.interval().filter(|_| busy) {
                         self.push(self.now + dt, Event::Interval);
                     }
@@ -358,6 +365,10 @@ impl<'a, C: Controller> Engine<'a, C> {
         let last = self.state.iter().map(|s| s.finish).fold(first, f64::max);
         self.out.makespan = if first.is_finite() { last - first } else { 0.0 };
         for (r, s) in self.state.iter().enumerate() {
+            if s.done < self.requests[r].tasks.len() {
+                self.out.unfinished += 1;
+                continue;
+            }
             let lat = s.finish - self.requests[r].arrival;
             self.out.latencies.push(lat);
             self.out.overheads.push(lat - s.exec_sum);
@@ -393,6 +404,7 @@ impl<'a, C: Controller> Engine<'a, C> {
                         self.remove(i);
                     }
                 }
+                Command::Cancel { function } => self.warm_generation[function] += 1,
                 Command::Durable { function, count } => self.set_durable(function, count),
             }
         }

@@ -32,6 +32,7 @@ pub struct Summary {
     pub idle_after_use: f64,
     pub cost: f64,
     pub tasks: u64,
+    pub unfinished: u64,
 }
 
 impl Summary {
@@ -46,6 +47,7 @@ impl Summary {
             idle_after_use: o.idle_after_use,
             cost: o.cost,
             tasks: o.tasks,
+            unfinished: o.unfinished,
         }
     }
 }
@@ -306,20 +308,23 @@ impl Default for SmseParams {
             task_counts: vec![400, 600, 800, 1000, 1200],
             keep_alives: vec![0.0, 30.0],
             interval_seconds: 30.0,
+            // Sized so that the peak demand at the highest load (1200 tasks: about 6.4
+            // tasks/s at the peak, ~1.1 s each, ~1.25 GiB each) fills the 16 GiB: memory,
+            // as in SMSE, is what durable instances compete for.
             nodes: vec![
                 NodeSpec {
                     cpu: 4.0,
                     memory_bytes: 8.0 * GIB,
                     gpus: 0.0
                 };
-                3
+                2
             ],
         }
     }
 }
 
-/// The SMSE functions: memory 0.5 to 2 GiB, cold starts 1.5 to 5 s, 0.6 to 1.6 s per
-/// 2 s segment.
+/// The SMSE functions: half a core, memory 0.5 to 2 GiB, cold starts 1.5 to 5 s, 0.6
+/// to 1.6 s per 2 s segment.
 pub fn smse_functions(n: usize) -> (Vec<SimFunction>, Vec<LogNormal>) {
     let prices = Prices::default();
     let mut functions = Vec::new();
@@ -330,7 +335,7 @@ pub fn smse_functions(n: usize) -> (Vec<SimFunction>, Vec<LogNormal>) {
         let e = 0.6 + 1.0 * ((k * 5) % n) as f64 / n as f64;
         functions.push(function(
             format!("f{k}"),
-            1.0,
+            0.5,
             mem,
             LogNormal::from_p50_p95(cold, cold * 1.3),
             &prices,
@@ -377,12 +382,10 @@ pub fn smse(p: &SmseParams, seed: u64) -> SmseReport {
                 ("all-ephemeral", Provision::AllEphemeral, ephemeral_cfg),
                 (
                     "static all-durable",
-                    Provision::StaticDurable,
-                    EngineConfig {
-                        keep_alive_seconds: None,
-                        per_starting_instance_seconds: 0.0,
-                        evict_idle: false,
+                    Provision::StaticDurable {
+                        budget_bytes: memory * 0.75,
                     },
+                    ephemeral_cfg,
                 ),
                 (
                     "dynamic durable",

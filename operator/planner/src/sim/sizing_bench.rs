@@ -205,13 +205,21 @@ pub fn sizing(n: usize, seed: u64) -> SizingReport {
     let cfg = SizingConfig::default();
     // The same true use for every strategy.
     let mut rng = Rng::new(seed);
-    let draws: Vec<Vec<(f64, f64)>> = cases
+    // rounds[k][f]: what invocation k of function f uses.
+    let dists: Vec<(LogNormal, LogNormal)> = cases
         .iter()
         .map(|c| {
-            let cpu = LogNormal::from_p50_p95(c.cpu_p50, c.cpu_p95);
-            let mem = LogNormal::from_p50_p95(c.mem_p50_mib * MIB, c.mem_p95_mib * MIB);
-            (0..n)
-                .map(|_| (cpu.sample(&mut rng), mem.sample(&mut rng)))
+            (
+                LogNormal::from_p50_p95(c.cpu_p50, c.cpu_p95),
+                LogNormal::from_p50_p95(c.mem_p50_mib * MIB, c.mem_p95_mib * MIB),
+            )
+        })
+        .collect();
+    let rounds: Vec<Vec<(f64, f64)>> = (0..n)
+        .map(|_| {
+            dists
+                .iter()
+                .map(|(cpu, mem)| (cpu.sample(&mut rng), mem.sample(&mut rng)))
                 .collect()
         })
         .collect();
@@ -226,9 +234,9 @@ pub fn sizing(n: usize, seed: u64) -> SizingReport {
         let mut latencies = Vec::new();
         let mut observed: Vec<Vec<(f64, f64)>> = vec![Vec::new(); cases.len()];
         let mut window_ooms = vec![0u64; cases.len()];
-        for k in 0..n {
+        for round in &rounds {
             for (f, c) in cases.iter().enumerate() {
-                let (cpu_used, mem_used) = draws[f][k];
+                let (cpu_used, mem_used) = round[f];
                 let mut latency = 0.0;
                 let mut attempts = 0;
                 loop {

@@ -168,12 +168,10 @@ pub fn run_file(w: &WorkloadFile, seed: u64) -> Result<SmseReport, WorkloadError
         ("all-ephemeral", Provision::AllEphemeral, ephemeral),
         (
             "static all-durable",
-            Provision::StaticDurable,
-            EngineConfig {
-                keep_alive_seconds: None,
-                per_starting_instance_seconds: 0.0,
-                evict_idle: false,
+            Provision::StaticDurable {
+                budget_bytes: memory * 0.75,
             },
+            ephemeral,
         ),
         ("dynamic durable", Provision::Dynamic(dynamic), ephemeral),
     ];
