@@ -314,17 +314,36 @@ EXT = {"mp4": "mp4", "mkv": "mkv", "webm": "webm"}
 FORMAT = {"mp4": "mp4", "mkv": "matroska", "webm": "webm"}
 
 
-def muxer_args(container: str) -> list[str]:
+def muxer_args(container: str, audio: dict | None = None) -> list[str]:
+    """Output format options; `audio` is the audio stream that goes into the file, if any."""
     # faststart puts the index first so a segment can be read while streaming.
-    return {"mp4": ["-f", "mp4", "-movflags", "+faststart"], "mkv": ["-f", "matroska"],
+    args = {"mp4": ["-f", "mp4", "-movflags", "+faststart"], "mkv": ["-f", "matroska"],
             "webm": ["-f", "webm"]}[container]
+    return args + movie_timescale(container, audio)
 
 
-def audio_args(acodec: str | None, container: str) -> list[str]:
-    """Copy audio where the container takes it (keeps joins gap-free), else encode it."""
+def movie_timescale(container: str, audio: dict | None) -> list[str]:
+    """mp4: the edit lists in the movie timescale of the audio's sample rate.
+
+    A segment's audio starts a fraction of a packet after its video (the packet that
+    straddles the cut belongs to the previous segment), and mp4 stores that delay as an
+    empty edit in the movie timescale, 1/1000 s by default. Rounded to milliseconds, each
+    segment's audio would move by up to 0.5 ms against its video; in the sample rate
+    the delay is exact, so stitch puts every audio packet back where it was.
+    """
+    try:
+        rate = int((audio or {}).get("sample_rate") or 0)
+    except ValueError:
+        rate = 0
+    return ["-movie_timescale", str(rate)] if container == "mp4" and rate > 0 else []
+
+
+def audio_args(acodec: str | None, container: str, encode: bool = False) -> list[str]:
+    """Copy audio where the container takes it (keeps joins gap-free), else (or when
+    `encode`) encode it: Opus for webm, else AAC."""
     if acodec is None:
         return []
-    if fits(container, None, acodec):
+    if fits(container, None, acodec) and not encode:
         return ["-c:a", "copy"]
     return ["-c:a", "libopus", "-b:a", "128k"] if container == "webm" else ["-c:a", "aac", "-b:a", "160k"]
 
@@ -376,7 +395,8 @@ def encode_video(ctx: "Context", src: str, info: dict, what: str, *, vfilter: st
 
     `graph` is a filter_complex chain reading [vin] and ending in [vout]; the output is
     output.<mp4|webm|mkv> in the staging folder. Frames pass through one for one
-    (-fps_mode passthrough), so per-segment stages keep the frame count.
+    (-fps_mode passthrough) with their timestamps (-enc_time_base -1), so per-segment
+    stages keep the frame count, the start time and the A/V alignment of a segment.
     """
     v, a = video_stream(info, src), audio_stream(info)
     acodec = a["codec_name"] if a else None
@@ -389,7 +409,13 @@ def encode_video(ctx: "Context", src: str, info: dict, what: str, *, vfilter: st
         vmap = ["-map", f"0:{v['index']}"] + (["-vf", vfilter] if vfilter else [])
     amap = (["-map", f"0:{a['index']}"] + audio_args(acodec, container)) if a else []
     out = ctx.out(f"output.{EXT[container]}")
-    ffmpeg([*ins, *vmap, *enc, *amap, "-fps_mode", "passthrough", *muxer_args(container), out], what, src, cwd=cwd)
+    # -enc_time_base -1 encodes in the input's time base, so every frame keeps its exact
+    # pts. With the default (1/frame rate) each pts was rounded to the frame grid: a
+    # first frame at 0.022 s went to 0.040 s, webm's millisecond timestamps moved by up
+    # to half a frame, each against the audio, which is copied as it is. (The mp4 is the
+    # same either way; ffprobe merely shows no packet durations for x264 with B-frames.)
+    ffmpeg([*ins, *vmap, *enc, *amap, "-fps_mode", "passthrough", "-enc_time_base:v", "-1",
+            *muxer_args(container, a if amap else None), out], what, src, cwd=cwd)
     return out
 
 

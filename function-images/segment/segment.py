@@ -10,8 +10,8 @@ import csv
 import os
 
 from vflowfn import (Context, FnError, Function, Param, audio_args, audio_stream, duration, ffmpeg,
-                     ffprobe, frame_rate, muxer_args, pick_container, probe_packets, video_encoder_args,
-                     video_stream, FORMAT)
+                     ffprobe, frame_rate, movie_timescale, muxer_args, pick_container, probe_packets,
+                     video_encoder_args, video_stream, FORMAT)
 
 # A stream-copy segment may run this much longer than asked before re-encoding pays off.
 SLACK = 1.5
@@ -32,6 +32,13 @@ def copy_cuts_fit(src: str, v: dict, seconds: float, total: float) -> bool:
             while t - t0 >= k * seconds - 1e-6:
                 k += 1
     return total - (start - t0) <= SLACK * seconds
+
+
+def _seconds(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):  # absent or "N/A"
+        return 0.0
 
 
 def run(ctx: Context) -> dict:
@@ -55,23 +62,48 @@ def run(ctx: Context) -> dict:
         times = ",".join(f"{k * seconds:.6f}" for k in range(1, int(total / seconds) + 1)
                          if k * seconds < total - seconds / 2) or f"{total + 1:.6f}"
         codecs = (video_encoder_args("h264", 18, "veryfast") + ["-force_key_frames", times]
-                  + audio_args(acodec, container))
+                  + ["-fps_mode", "passthrough", "-enc_time_base:v", "-1"] + audio_args(acodec, container))
         cuts = ["-segment_times", times]
     seg_list = os.path.join(ctx.work, "list.csv")
+    # Timestamps. The segment muxer cuts the interleaved packets at each cut's video
+    # keyframe, so every audio packet lands in exactly one segment (the one that
+    # straddles a cut stays with the earlier one), and -reset_timestamps shifts all
+    # streams of a segment by its keyframe's pts: the audio keeps its exact offset from
+    # the video, and stitch, placing the videos by the cut times in the tags, puts every
+    # audio packet back at its source time, with stream copy and no trimming. For that:
+    # - -avoid_negative_ts disabled: else ffmpeg shifts the streams to start at >= 0
+    #   before the segment muxer (which does not declare that it takes negative ones).
+    #   An AAC track's priming packet has a negative pts (mp4 hides it with an edit
+    #   list), so the whole first segment moved by its length (video at 0.022 s) and
+    #   the priming samples became audible. Handed through, the mp4 muxer writes the
+    #   edit list again; matroska shifts a segment within itself, which keeps A/V.
+    # - the mp4 movie timescale is the sample rate (muxer_args): a segment's audio
+    #   starts a fraction of a packet after its video, an edit that ms would round.
+    # - re-encoding keeps each frame's pts (-enc_time_base -1) instead of rounding it
+    #   to the frame grid, which moved the video against the copied audio.
+    mux_opts = movie_timescale(container, a)
+    if mux_opts:
+        mux_opts = ["-segment_format_options", f"movie_timescale={mux_opts[1]}"]
     ffmpeg(["-i", src, *maps, *codecs, "-f", "segment", *cuts,
             "-segment_time_delta", f"{0.5 / fps:.6f}", "-reset_timestamps", "1",
-            "-segment_format", FORMAT[container], "-segment_list", seg_list,
-            "-segment_list_type", "csv", os.path.join(ctx.work, f"seg-%05d.{container}")],
+            "-avoid_negative_ts", "disabled", "-segment_format", FORMAT[container], *mux_opts,
+            "-segment_list", seg_list, "-segment_list_type", "csv",
+            os.path.join(ctx.work, f"seg-%05d.{container}")],
            "segmenting" + (" (stream copy)" if copy else " (re-encoding)"), src)
     with open(seg_list, newline="") as f:
         rows = [r for r in csv.reader(f) if r]
     if not rows:
         raise FnError(f"segmenting failed on input {src}: no segments were written")
+    # The tag's start is the pts of the segment's first video frame on ffmpeg's output
+    # timeline (the source's, less its start_time), its end the end of its last frame.
+    # The segment list says 0 for the first segment whatever its first frame's pts
+    # (0.003 s in a webm whose audio starts at 0): take that from the source.
+    rows[0][1] = str(max(0.0, _seconds(v.get("start_time")) - _seconds(info["format"].get("start_time"))))
     # Remux (stream copy) to tag each segment with its place in the whole.
     for i, (name, start, end) in enumerate(rows):
         tag = f"vflow-segment index={i} count={len(rows)} start={float(start):.6f} end={float(end):.6f}"
         ffmpeg(["-i", os.path.join(ctx.work, name), "-map", "0", "-c", "copy", "-metadata", f"comment={tag}",
-                *muxer_args(container), ctx.out(f"segment-{i:05d}.{container}")], "tagging segment", src)
+                *muxer_args(container, a), ctx.out(f"segment-{i:05d}.{container}")], "tagging segment", src)
     return {"segments": len(rows), "duration": round(total, 6)}
 
 

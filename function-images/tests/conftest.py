@@ -27,7 +27,17 @@ class Result:
 @pytest.fixture
 def fn(tmp_path):
     """fn("scale", [input], height=240) -> Result; params as the runtime passes them."""
-    counter = iter(range(1000))
+    return runner(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def session_fn(tmp_path_factory):
+    """fn for session fixtures (outputs shared by several tests)."""
+    return runner(tmp_path_factory.mktemp("shared"))
+
+
+def runner(tmp_path):
+    counter = iter(range(10000))
 
     def call(name, inputs, out=None, env=None, **params):
         n = next(counter)
@@ -76,13 +86,28 @@ def packets(path, stream="v:0"):
     return json.loads(out)["packets"]
 
 
-def stream_duration(path, stream="v:0"):
-    """End of the last packet minus the first pts, from packets (works for mkv/webm too)."""
+def span(path, stream="v:0"):
+    """(first pts, end of the last packet, typical packet duration) from packets; where
+    ffprobe gives no duration (x264 with B-frames in a time base other than 1/fps) the
+    last packet lasts the typical pts step."""
     pk = [p for p in packets(path, stream) if p.get("pts_time") not in (None, "N/A")]
     pts = sorted(float(p["pts_time"]) for p in pk)
+    steps = sorted(b - a for a, b in zip(pts, pts[1:]) if b > a)
+    durs = sorted(float(p["duration_time"]) for p in pk if p.get("duration_time") not in (None, "N/A"))
+    typical = durs[len(durs) // 2] if durs else steps[len(steps) // 2] if steps else 0.0
     last = max(pk, key=lambda p: float(p["pts_time"]))
-    d = float(last.get("duration_time") or 0) if last.get("duration_time") not in (None, "N/A") else 0
-    return pts[-1] + d - pts[0]
+    d = float(last["duration_time"]) if last.get("duration_time") not in (None, "N/A") else typical
+    return pts[0], pts[-1] + d, typical
+
+
+def stream_duration(path, stream="v:0"):
+    """End of the last packet minus the first pts, from packets (works for mkv/webm too)."""
+    start, end, _ = span(path, stream)
+    return end - start
+
+
+def pts_list(path, stream="v:0"):
+    return sorted(float(p["pts_time"]) for p in packets(path, stream) if p.get("pts_time") not in (None, "N/A"))
 
 
 def fps(path):

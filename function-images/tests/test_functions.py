@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from conftest import astream, count_frames, fps, packets, probe, stream_duration, vstream
+from conftest import astream, count_frames, fps, packets, probe, pts_list, span, stream_duration, vstream
 
 
 def frame_tol(path):
@@ -32,8 +32,23 @@ def check_segments(r, src, seconds, expect_n):
     return segs, durs
 
 
-def test_segment_stream_copy_at_keyframes(fn, clips):
-    r = fn("segment", [clips["gop25"]], seconds=2)
+@pytest.fixture(scope="session")
+def segmented(session_fn, clips, videos):
+    """segmented(clip, seconds) -> segment's Result, made once per session (the split
+    tests below and the split -> stitch tests share them; nothing writes into them)."""
+    cache = {}
+
+    def get(clip, seconds):
+        if (clip, seconds) not in cache:
+            src = clips[clip] if clip in clips else videos[clip]
+            cache[clip, seconds] = session_fn("segment", [src], seconds=seconds)
+        return cache[clip, seconds]
+
+    return get
+
+
+def test_segment_stream_copy_at_keyframes(segmented, clips):
+    r = segmented("gop25", 2)
     assert r.rc == 0, r
     segs, durs = check_segments(r, clips["gop25"], 2, 5)
     assert [s.name for s in segs] == [f"segment-{i:05d}.mp4" for i in range(5)]
@@ -42,8 +57,8 @@ def test_segment_stream_copy_at_keyframes(fn, clips):
     assert sum(1 for p in packets(segs[1]) if "K" in p["flags"]) == 2
 
 
-def test_segment_reencodes_when_gop_too_long(fn, clips):
-    r = fn("segment", [clips["longgop"]], seconds=2)
+def test_segment_reencodes_when_gop_too_long(fn, segmented, clips):
+    r = segmented("longgop", 2)
     assert r.rc == 0, r
     segs, durs = check_segments(r, clips["longgop"], 2, 5)
     assert all(d == pytest.approx(2.0, abs=0.05) for d in durs)
@@ -59,48 +74,85 @@ def test_segment_multistream_keeps_first_video_and_audio(fn, videos):
         assert kinds == [("video", 320), ("audio", None)]
 
 
-def test_segment_vp8_webm_stream_copy(fn, videos):
-    r = fn("segment", [videos["bbb"]], seconds=5)
+def test_segment_vp8_webm_stream_copy(segmented, videos):
+    r = segmented("bbb", 5)
     assert r.rc == 0, r
     segs, _ = check_segments(r, videos["bbb"], 5, 6)
     assert all(s.suffix == ".webm" and vstream(s)["codec_name"] == "vp8" for s in segs)
 
 
-def split_scale_stitch(fn, src, seconds, height, container="mp4"):
-    seg = fn("segment", [src], seconds=seconds)
-    assert seg.rc == 0, seg
-    scaled = []
-    for s in sorted(seg.out.iterdir()):
-        r = fn("scale", [s], height=height, preset="ultrafast")
-        assert r.rc == 0, r
-        scaled += [r.out / f for f in r.files()]
-    st = fn("stitch", scaled, container=container)
+@pytest.fixture(scope="session")
+def split_scale(session_fn, segmented):
+    """split_scale(clip, seconds, height) -> (segments, scaled segments), made once."""
+    cache = {}
+
+    def get(clip, seconds, height):
+        if (clip, seconds, height) not in cache:
+            seg = segmented(clip, seconds)
+            assert seg.rc == 0, seg
+            segs = [seg.out / f for f in seg.files()]
+            scaled = []
+            for s in segs:
+                r = session_fn("scale", [s], height=height, preset="ultrafast")
+                assert r.rc == 0, r
+                scaled += [r.out / f for f in r.files()]
+            cache[clip, seconds, height] = segs, scaled
+        return cache[clip, seconds, height]
+
+    return get
+
+
+def stitch(fn, inputs, container="mp4", **params):
+    st = fn("stitch", inputs, container=container, **params)
     assert st.rc == 0, st
-    return scaled, st.out / st.files()[0]
+    return st.out / st.files()[0]
 
 
-@pytest.mark.parametrize("clip", ["gop25", "longgop"])
-def test_split_scale_stitch_generated(fn, clips, clip):
-    src = clips[clip]
-    _, out = split_scale_stitch(fn, src, 2, 180)
-    assert count_frames(out) == count_frames(src) == 250
-    assert stream_duration(out) == pytest.approx(stream_duration(src), abs=frame_tol(src))
-    assert stream_duration(out, "a:0") == pytest.approx(stream_duration(src, "a:0"), abs=0.05)
-    v = vstream(out)
-    assert (v["width"], v["height"], v["codec_name"]) == (320, 180, "h264")
-
-
-@pytest.mark.parametrize("clip, seconds, container", [("intel", 5, "mp4"), ("bbb", 5, "mkv")])
-def test_split_scale_stitch_real(fn, videos, clip, seconds, container):
-    src = videos[clip]
-    _, out = split_scale_stitch(fn, src, seconds, 144, container)
+def assert_same_timeline(src, out, audio_copied=True, shifted=False):
+    """The output keeps the source's timeline: the video starts where the source's did
+    (within a frame), with the same frames and duration (within a frame), the audio
+    lasts as long (within a packet), and nothing drifts per join: every frame, and
+    every audio packet where the audio was copied, is at its source time (1 ms: webm),
+    or, where a stage `shifted` the whole (matroska makes negative timestamps of audio
+    priming 0), all by the same amount."""
     assert count_frames(out) == count_frames(src)
-    assert stream_duration(out) == pytest.approx(stream_duration(src), abs=2 * frame_tol(src))
-    assert vstream(out)["height"] == 144 and astream(out) is not None
+    v0, v1, frame = span(src)
+    o0, o1, _ = span(out)
+    assert abs(o0 - v0) <= frame + 1e-6, f"video starts at {o0} instead of {v0}"
+    assert abs((o1 - o0) - (v1 - v0)) <= frame + 1e-6, f"video lasts {o1 - o0} instead of {v1 - v0}"
+    a0, a1, packet = span(src, "a:0")
+    b0, b1, _ = span(out, "a:0")
+    assert abs((b1 - b0) - (a1 - a0)) <= packet + 1e-6, f"audio lasts {b1 - b0} instead of {a1 - a0}"
+    offsets = [b - a for a, b in zip(pts_list(src), pts_list(out))]
+    base = offsets[0] if shifted else 0.0
+    drift = max(abs(d - base) for d in offsets)
+    assert drift <= 1e-3, f"a frame is {drift:.6f} s off its source time (+{base:.6f} s)"
+    if audio_copied:
+        sa, oa = pts_list(src, "a:0"), pts_list(out, "a:0")
+        assert len(sa) == len(oa)
+        drift = max(abs(a - b) for a, b in zip(sa, oa))
+        assert drift <= 1e-3, f"an audio packet is {drift:.6f} s off its source time"
 
 
-def test_stitch_refuses_wrong_order_missing_and_mismatch(fn, clips):
-    scaled, _ = split_scale_stitch(fn, clips["gop25"], 2, 180)
+# split -> stitch and split -> scale -> stitch: generated clips (stream copy cuts and,
+# for a single keyframe, re-encoding cuts), the car clip (12.5 fps, AAC 48 kHz without
+# priming) and Big Buck Bunny (VP8/Vorbis webm, 24 fps in ms timestamps, video at 3 ms).
+@pytest.mark.parametrize("clip, seconds, height, containers", [
+    ("gop25", 2, 180, ("mp4", "mp4")), ("longgop", 2, 180, ("mp4", "mp4")),
+    ("intel", 9.6, 144, ("mp4", "mp4")), ("bbb", 5, 144, ("webm", "mkv"))])
+def test_split_stitch_keeps_the_timeline(fn, split_scale, clips, videos, clip, seconds, height, containers):
+    src = clips[clip] if clip in clips else videos[clip]
+    segs, scaled = split_scale(clip, seconds, height)
+    assert len(segs) >= 3
+    assert_same_timeline(src, stitch(fn, segs, containers[0]))
+    out = stitch(fn, scaled, containers[1])
+    assert_same_timeline(src, out)
+    v = vstream(out)
+    assert v["height"] == height and v["codec_name"] == "h264"
+
+
+def test_stitch_refuses_wrong_order_missing_and_mismatch(fn, split_scale):
+    _, scaled = split_scale("gop25", 2, 180)
     swapped = fn("stitch", [scaled[0], scaled[2], scaled[1], *scaled[3:]])
     assert swapped.rc == 1 and "out of order" in swapped.stderr and swapped.files() == []
     missing = fn("stitch", [scaled[0], *scaled[2:]])
@@ -110,6 +162,36 @@ def test_stitch_refuses_wrong_order_missing_and_mismatch(fn, clips):
     assert mixed.rc == 1 and "width" in mixed.stderr and "output.mp4" in mixed.stderr
     webm = fn("stitch", scaled, container="webm")
     assert webm.rc == 2 and "webm" in webm.stderr
+
+
+def test_stitch_refuses_gaps(fn, split_scale, tmp_path):
+    from conftest import ffmpeg
+    _, scaled = split_scale("gop25", 2, 180)
+    # a segment that lost its last 3 frames (its tag still says 2 s): a gap in video
+    short = tmp_path / "short.mp4"
+    ffmpeg("-i", scaled[1], "-map", "0", "-c", "copy", "-frames:v", 47, short)
+    r = fn("stitch", [scaled[0], short, *scaled[2:]])
+    assert r.rc == 1 and "gap in video" in r.stderr and "short.mp4" in r.stderr and r.files() == []
+    # a segment whose audio stops 0.2 s early: a gap in audio at the next join
+    early = tmp_path / "early.mp4"
+    ffmpeg("-i", scaled[1], "-map", "0", "-c:v", "copy", "-af", "atrim=end=1.8", "-c:a", "aac", early)
+    r = fn("stitch", [scaled[0], early, *scaled[2:]])
+    assert r.rc == 1 and "gap in audio" in r.stderr and str(scaled[2]) in r.stderr and r.files() == []
+
+
+def test_stitch_joins_audio_encoded_per_segment(fn, clips, split_scale, tmp_path):
+    """Audio that a per-segment stage re-encoded (here Opus) is off its source packet
+    grid at every join by up to a packet: stitch encodes it once over the whole, joined
+    to the sample by timestamps, instead of letting it drift."""
+    from conftest import ffmpeg
+    _, scaled = split_scale("gop25", 2, 180)
+    opus = []
+    for i, s in enumerate(scaled):
+        opus.append(tmp_path / f"opus{i}.mkv")
+        ffmpeg("-i", s, "-map", "0", "-c:v", "copy", "-c:a", "libopus", "-b:a", "64k", opus[-1])
+    out = stitch(fn, opus, "mp4")
+    assert astream(out)["codec_name"] == "aac"
+    assert_same_timeline(clips["gop25"], out, audio_copied=False, shifted=True)
 
 
 def test_scale_codecs(fn, clips):
