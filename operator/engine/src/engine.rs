@@ -473,10 +473,16 @@ impl<B: Backend> Engine<B> {
                 segment: key.segment,
             },
         };
-        let metadata = self
-            .unit(record, source_key)
-            .map(|u| u.metadata.clone())
-            .unwrap_or_default();
+        let source_unit = self.unit(record, source_key);
+        // A skipped stage wrote no metadata: conditions on it count as false, the same
+        // rule the planner uses for branch probabilities.
+        if source_unit.is_some_and(|u| u.status == UnitStatus::Skipped) {
+            return Ok(Some(format!(
+                "skipped: {text} reads {}, which was skipped",
+                self.graph.stages[*source].name
+            )));
+        }
+        let metadata = source_unit.map(|u| u.metadata.clone()).unwrap_or_default();
         match condition.evaluate(&metadata) {
             Ok(true) => Ok(None),
             Ok(false) => Ok(Some(format!("skipped: {text} is false"))),

@@ -235,14 +235,20 @@ impl Executor {
 
         let in_dir = dir.join("in");
         let out_dir = dir.join("out");
-        for d in [&in_dir, &out_dir] {
-            tokio::fs::create_dir_all(d).await.map_err(|e| {
-                failure(
-                    Phase::Download,
-                    format!("scratch directory {}: {e}", d.display()),
-                    true,
-                )
-            })?;
+        // Filesystem steps are batched into one blocking call each: on a busy node every
+        // hand-off to the blocking pool can wait a scheduler tick.
+        {
+            let (in_dir, out_dir) = (in_dir.clone(), out_dir.clone());
+            tokio::task::spawn_blocking(move || {
+                for d in [&in_dir, &out_dir] {
+                    std::fs::create_dir_all(d)
+                        .map_err(|e| format!("scratch directory {}: {e}", d.display()))?;
+                }
+                Ok::<_, String>(())
+            })
+            .await
+            .map_err(|e| failure(Phase::Download, e.to_string(), true))?
+            .map_err(|e| failure(Phase::Download, e, true))?;
         }
 
         // Inputs, in parallel, each verified.
@@ -389,23 +395,24 @@ impl Executor {
             });
         }
 
-        let metadata = read_metadata(&metadata_path).await?;
-
         // Outputs, then the completion record last: a reader who sees the record sees
         // every output.
         let upload_started = Instant::now();
-        let files = {
+        let (metadata, files) = {
             let out_dir = out_dir.clone();
-            tokio::task::spawn_blocking(move || list_outputs(&out_dir))
-                .await
-                .map_err(|e| failure(Phase::Upload, e.to_string(), true))?
-                .map_err(|e| {
+            tokio::task::spawn_blocking(move || {
+                let metadata = read_metadata(&metadata_path)?;
+                let files = list_outputs(&out_dir).map_err(|e| {
                     failure(
                         Phase::Upload,
                         format!("reading the output directory: {e}"),
                         true,
                     )
-                })?
+                })?;
+                Ok::<_, InvokeFailure>((metadata, files))
+            })
+            .await
+            .map_err(|e| failure(Phase::Upload, e.to_string(), true))??
         };
         let uploads: Vec<_> = files
             .into_iter()
@@ -536,10 +543,8 @@ fn storage_failure(phase: Phase, err: &StorageError) -> InvokeFailure {
     failure(phase, message, retryable)
 }
 
-async fn read_metadata(
-    path: &Path,
-) -> Result<serde_json::Map<String, serde_json::Value>, InvokeFailure> {
-    let size = match tokio::fs::metadata(path).await {
+fn read_metadata(path: &Path) -> Result<serde_json::Map<String, serde_json::Value>, InvokeFailure> {
+    let size = match std::fs::metadata(path) {
         Ok(meta) => meta.len(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
         Err(e) => {
@@ -559,8 +564,7 @@ async fn read_metadata(
             false,
         ));
     }
-    let text = tokio::fs::read(path)
-        .await
+    let text = std::fs::read(path)
         .map_err(|e| failure(Phase::Function, format!("metadata file: {e}"), false))?;
     match serde_json::from_slice::<serde_json::Value>(&text) {
         Ok(serde_json::Value::Object(map)) => Ok(map),

@@ -38,7 +38,9 @@ impl S3Settings {
             path_style: true,
             access_key_id,
             secret_access_key,
-            multipart_threshold: 64 << 20,
+            // Parts pay off for large objects on real servers; below this one PUT avoids
+            // the server reassembling parts (a full extra copy on file-backed servers).
+            multipart_threshold: 128 << 20,
             part_size: 16 << 20,
             part_concurrency: 4,
             max_attempts: 5,
@@ -74,6 +76,20 @@ impl S3Settings {
         let mut settings = Self::new(var("VFLOW_S3_ENDPOINT"), key, secret);
         if let Some(region) = var("VFLOW_S3_REGION").or_else(|| var("AWS_REGION")) {
             settings.region = region;
+        }
+        let bytes = |name: &str| -> Result<Option<u64>, String> {
+            var(name)
+                .map(|v| {
+                    v.parse::<u64>()
+                        .map_err(|_| format!("{name}={v}: expected a number of bytes"))
+                })
+                .transpose()
+        };
+        if let Some(threshold) = bytes("VFLOW_S3_MULTIPART_THRESHOLD")? {
+            settings.multipart_threshold = threshold;
+        }
+        if let Some(part) = bytes("VFLOW_S3_PART_SIZE")? {
+            settings.part_size = part.max(5 << 20);
         }
         if let Some(path_style) = var("VFLOW_S3_PATH_STYLE") {
             settings.path_style = match path_style.as_str() {
