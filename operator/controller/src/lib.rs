@@ -96,7 +96,7 @@ pub async fn run(args: Args) -> Result<()> {
         .map_err(|e| Error::Config(format!("no Kubernetes configuration: {e}")))?;
     let client = counting_client(config, metrics.clone())?;
     let health = Health::default();
-    let http = tokio::spawn(http::serve(args.http_addr, metrics.clone(), health.clone()));
+    let mut http = tokio::spawn(http::serve(args.http_addr, metrics.clone(), health.clone()));
     client.apiserver_version().await?;
     health.set_ready(true);
 
@@ -116,7 +116,7 @@ pub async fn run(args: Args) -> Result<()> {
         tokio::select! {
             _ = leader::acquire(&lease_api, &lease) => {},
             _ = &mut shutdown => { info!("shutting down"); return Ok(()); }
-            r = &mut Box::pin(async { http.await }) => return Err(Error::Config(format!("HTTP server stopped: {r:?}"))),
+            r = &mut http => return Err(Error::Config(format!("HTTP server stopped: {r:?}"))),
         }
         metrics.leader.set(1);
     }

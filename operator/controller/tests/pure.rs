@@ -228,14 +228,17 @@ fn cpu_stage_pod_has_the_runtime_contract_and_restricted_security() {
     assert!(!req.keys().any(|k| k.contains("nvidia")));
 }
 
+/// Sharing mode; then the extended resources, env and pod annotations expected.
+type GpuCase = (
+    GpuSharing,
+    Vec<(&'static str, &'static str)>,
+    Vec<(&'static str, &'static str)>,
+    Vec<(&'static str, &'static str)>,
+);
+
 #[test]
 fn gpu_stage_in_each_sharing_mode() {
-    let cases: Vec<(
-        GpuSharing,
-        Vec<(&str, &str)>,
-        Vec<(&str, &str)>,
-        Vec<(&str, &str)>,
-    )> = vec![
+    let cases: Vec<GpuCase> = vec![
         (
             GpuSharing::default(),
             vec![("nvidia.com/gpu", "1")],

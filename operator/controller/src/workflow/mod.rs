@@ -53,6 +53,9 @@ pub const RESYNC: Duration = Duration::from_secs(600);
 /// Per-stage memory of activity for the autoscaler: (in-flight last seen, last active).
 type Activity = HashMap<String, (u32, Timestamp)>;
 
+/// Plans by workflow uid, with the key they were computed for.
+type PlanCache = HashMap<String, (String, Arc<Result<WorkflowPlan, Invalid>>)>;
+
 /// What the workflow controller shares between reconciles.
 pub struct Context {
     pub client: Client,
@@ -68,7 +71,7 @@ pub struct Context {
     pub caches_ready: AtomicBool,
     activity: Mutex<HashMap<String, Activity>>,
     failures: Mutex<HashMap<String, u32>>,
-    plans: Mutex<HashMap<String, (String, Arc<Result<WorkflowPlan, Invalid>>)>>,
+    plans: Mutex<PlanCache>,
     stage_counts: Mutex<HashMap<String, StageCounts>>,
 }
 
