@@ -46,6 +46,26 @@ pub fn parse_command(text: &str) -> Result<Argv, String> {
     Ok(Argv(argv))
 }
 
+/// Binds the listener and, when asked, writes the port actually bound (atomically, so a
+/// caller polling the file never reads half a number).
+pub async fn listen(
+    bind: IpAddr,
+    port: u16,
+    port_file: Option<&std::path::Path>,
+) -> Result<(tokio::net::TcpListener, std::net::SocketAddr), String> {
+    let listener = tokio::net::TcpListener::bind((bind, port))
+        .await
+        .map_err(|e| format!("cannot listen on {bind}:{port}: {e}"))?;
+    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    if let Some(path) = port_file {
+        let partial = path.with_extension("partial");
+        std::fs::write(&partial, address.port().to_string())
+            .and_then(|()| std::fs::rename(&partial, path))
+            .map_err(|e| format!("port file {}: {e}", path.display()))?;
+    }
+    Ok((listener, address))
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     Text,

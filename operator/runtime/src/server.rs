@@ -250,16 +250,8 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         draining: AtomicBool::new(false),
     });
 
-    let listener = tokio::net::TcpListener::bind((args.bind, args.port))
-        .await
-        .map_err(|e| format!("cannot listen on {}:{}: {e}", args.bind, args.port))?;
-    let address = listener.local_addr().map_err(|e| e.to_string())?;
-    if let Some(path) = &args.port_file {
-        let partial = path.with_extension("partial");
-        std::fs::write(&partial, address.port().to_string())
-            .and_then(|()| std::fs::rename(&partial, path))
-            .map_err(|e| format!("port file {}: {e}", path.display()))?;
-    }
+    let (listener, address) =
+        crate::config::listen(args.bind, args.port, args.port_file.as_deref()).await?;
     tracing::info!(%address, function = %args.function, concurrency = args.concurrency, "listening");
 
     let (warm_failed_tx, warm_failed_rx) = tokio::sync::oneshot::channel::<String>();
