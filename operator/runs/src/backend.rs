@@ -1,0 +1,278 @@
+//! The run engine's backend in a cluster: invocations go to the stage's Service; while a
+//! stage has no ready instance they are held here (the job of Knative's activator)
+//! until the operator, asked through the in-flight annotation, has scaled it up.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use vflow_engine::backend::{Backend, BackendError, Invoked, StageTarget};
+use vflow_runtime::invocation::{ErrorBody, InvokeRequest, InvokeResponse};
+
+use crate::capacity::Capacity;
+
+/// The base URL of a stage's instances (without `/invoke`).
+pub trait Resolver: Send + Sync + 'static {
+    fn url(&self, namespace: &str, workflow: &str, stage: &str) -> String;
+}
+
+/// `http://<workflow>-<stage>.<namespace>.svc:8080`: the Service the operator creates.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceResolver;
+
+impl Resolver for ServiceResolver {
+    fn url(&self, namespace: &str, workflow: &str, stage: &str) -> String {
+        format!("http://{workflow}-{stage}.{namespace}.svc:8080")
+    }
+}
+
+/// Fixed URLs per stage (tests: a local `vflow-runtime serve` stands in for the pods).
+#[derive(Debug, Clone, Default)]
+pub struct StaticResolver(pub BTreeMap<String, String>);
+
+impl Resolver for StaticResolver {
+    fn url(&self, _namespace: &str, _workflow: &str, stage: &str) -> String {
+        self.0.get(stage).cloned().unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct KubeBackendConfig {
+    /// Longest an invocation is held while its stage scales from zero.
+    pub activation_timeout: Duration,
+    /// How long a seen ready instance is trusted without asking again.
+    pub ready_ttl: Duration,
+}
+
+impl Default for KubeBackendConfig {
+    fn default() -> Self {
+        Self {
+            activation_timeout: Duration::from_secs(300),
+            ready_ttl: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Decrements the in-flight count however the invocation ends (also when aborted).
+struct InFlight<'a, C: Capacity> {
+    capacity: &'a C,
+    stage: &'a str,
+}
+
+impl<C: Capacity> Drop for InFlight<'_, C> {
+    fn drop(&mut self) {
+        self.capacity.end(self.stage);
+    }
+}
+
+#[derive(Default)]
+struct StageGate {
+    /// One waiter watches the Deployment; the others wait for it here.
+    waiting: tokio::sync::Mutex<()>,
+    ready_at: std::sync::Mutex<Option<Instant>>,
+}
+
+pub struct KubeBackend<C: Capacity> {
+    namespace: String,
+    workflow: String,
+    capacity: C,
+    resolver: Arc<dyn Resolver>,
+    config: KubeBackendConfig,
+    client: reqwest::Client,
+    gates: std::sync::Mutex<HashMap<String, Arc<StageGate>>>,
+    cancelled: AtomicBool,
+    cancel: Notify,
+}
+
+impl<C: Capacity> KubeBackend<C> {
+    pub fn new(
+        namespace: &str,
+        workflow: &str,
+        capacity: C,
+        resolver: Arc<dyn Resolver>,
+        config: KubeBackendConfig,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            namespace: namespace.to_string(),
+            workflow: workflow.to_string(),
+            capacity,
+            resolver,
+            config,
+            client: reqwest::Client::new(),
+            gates: std::sync::Mutex::new(HashMap::new()),
+            cancelled: AtomicBool::new(false),
+            cancel: Notify::new(),
+        })
+    }
+
+    pub fn capacity(&self) -> &C {
+        &self.capacity
+    }
+
+    fn gate(&self, stage: &str) -> Arc<StageGate> {
+        let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+        gates.entry(stage.to_string()).or_default().clone()
+    }
+
+    fn forget_ready(&self, stage: &str) {
+        let gate = self.gate(stage);
+        *gate.ready_at.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Waits until the stage has a ready instance; `Some(seconds)` when it had none
+    /// (a cold start this invocation paid for).
+    async fn activate(&self, stage: &str) -> Result<Option<f64>, BackendError> {
+        let gate = self.gate(stage);
+        let fresh = |gate: &StageGate| {
+            gate.ready_at
+                .lock()
+                .map(|t| t.is_some_and(|t| t.elapsed() < self.config.ready_ttl))
+                .unwrap_or(false)
+        };
+        if fresh(&gate) {
+            return Ok(None);
+        }
+        let started = Instant::now();
+        let _turn = gate.waiting.lock().await;
+        if fresh(&gate) {
+            // Another invocation waited for the instance this one will use.
+            let waited = started.elapsed().as_secs_f64();
+            return Ok((waited > 0.05).then_some(waited));
+        }
+        let ready = self
+            .capacity
+            .ready(stage)
+            .await
+            .map_err(BackendError::Unavailable)?;
+        let cold = if ready > 0 {
+            None
+        } else {
+            tracing::info!(workflow = %self.workflow, stage, "holding invocations while the stage scales from zero");
+            tokio::select! {
+                r = self.capacity.wait_ready(stage, self.config.activation_timeout) => r.map_err(BackendError::Unavailable)?,
+                _ = self.cancelled() => return Err(BackendError::Cancelled),
+            }
+            Some(started.elapsed().as_secs_f64())
+        };
+        *gate.ready_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        Ok(cold)
+    }
+
+    async fn cancelled(&self) {
+        loop {
+            let notified = self.cancel.notified();
+            if self.cancelled.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    async fn post(
+        &self,
+        url: &str,
+        request: &InvokeRequest,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, BackendError> {
+        self.client
+            .post(url)
+            .timeout(timeout)
+            .json(request)
+            .send()
+            .await
+            .map_err(|e| BackendError::Unavailable(format!("{url}: {e}")))
+    }
+}
+
+impl<C: Capacity> Backend for KubeBackend<C> {
+    async fn invoke(
+        &self,
+        target: &StageTarget,
+        request: InvokeRequest,
+    ) -> Result<Invoked, BackendError> {
+        if self.cancelled.load(Ordering::SeqCst) {
+            return Err(BackendError::Cancelled);
+        }
+        let stage = target.stage.as_str();
+        self.capacity.begin(stage);
+        let _in_flight = InFlight {
+            capacity: &self.capacity,
+            stage,
+        };
+        let cold_start_seconds = self.activate(stage).await?;
+        let url = format!(
+            "{}/invoke",
+            self.resolver.url(&self.namespace, &self.workflow, stage)
+        );
+        // The runtime enforces the function's timeout; this only catches a lost instance.
+        let timeout = Duration::from_secs_f64(target.timeout_seconds.max(1.0) + 60.0);
+        let queued = Instant::now();
+        let deadline = queued + self.config.activation_timeout;
+        let response = loop {
+            let response = tokio::select! {
+                r = self.post(&url, &request, timeout) => r,
+                _ = self.cancelled() => return Err(BackendError::Cancelled),
+            };
+            let response = match response {
+                Ok(r) => r,
+                Err(e) => {
+                    // The next attempt looks at the Deployment again.
+                    self.forget_ready(stage);
+                    return Err(e);
+                }
+            };
+            // Every instance's slots are busy: wait as the runtime asks, like a queue.
+            if response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS
+                && Instant::now() < deadline
+            {
+                let wait = response
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(1.0)
+                    .clamp(0.05, 10.0);
+                tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+                continue;
+            }
+            break response;
+        };
+        let queued_seconds = queued.elapsed().as_secs_f64();
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| BackendError::Unavailable(format!("{url}: {e}")))?;
+        if status.is_success() {
+            let response: InvokeResponse = serde_json::from_slice(&bytes).map_err(|e| {
+                BackendError::Unavailable(format!("{url}: not an invocation result: {e}"))
+            })?;
+            let exec = response.wall_seconds;
+            return Ok(Invoked {
+                response,
+                queued_seconds: (queued_seconds - exec).max(0.0),
+                cold_start_seconds,
+            });
+        }
+        match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(body) => Err(BackendError::Failed(body.error)),
+            Err(_) => Err(BackendError::Unavailable(format!(
+                "{url} answered {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            ))),
+        }
+    }
+
+    async fn prewarm(&self, target: &StageTarget, replicas: u32) {
+        self.capacity
+            .prewarm(&target.stage, replicas.min(target.max_instances.max(1)));
+    }
+
+    /// The operator owns the instances; a cancelled run only lets go of what it holds.
+    async fn shutdown(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+        self.cancel.notify_waiters();
+    }
+}

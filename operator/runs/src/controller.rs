@@ -1,0 +1,395 @@
+//! The VideoWorkflowRun controller: one engine task per unfinished run, status written
+//! from the engine's record as it changes, finished runs deleted after their TTL.
+//!
+//! Nothing about a run's progress lives in this process: the engine's record sits in
+//! the workflow's bucket under the run's prefix, so an operator that restarts (or a new
+//! leader) reconciles every Running run, starts its engine again and the engine resumes
+//! from the record, reusing every invocation that had completed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::watch;
+use vflow_api::{
+    FunctionProfile, RunPhase, VideoWorkflow, VideoWorkflowRun, VideoWorkflowRunStatus,
+};
+use vflow_engine::record::{RunRecord, unix_now};
+use vflow_engine::{Engine, RunGraph, RunOptions};
+use vflow_planner::{PlannerConfig, plan_workflow};
+use vflow_storage::{Location, Store};
+
+use crate::backend::KubeBackend;
+use crate::capacity::KubeCapacity;
+use crate::config::RunsConfig;
+use crate::signals::Signaller;
+use crate::status::{StageResources, StatusInput, status};
+use crate::storage::{KubeStorage, Storage};
+
+pub struct Ctx {
+    pub client: Client,
+    pub config: RunsConfig,
+    pub signaller: Arc<Signaller>,
+    /// Runs with an engine task in this process, by uid.
+    active: Mutex<HashMap<String, ()>>,
+}
+
+impl Ctx {
+    pub fn new(client: Client, config: RunsConfig) -> Arc<Self> {
+        Arc::new(Self {
+            signaller: Signaller::new(client.clone()),
+            client,
+            config,
+            active: Mutex::new(HashMap::new()),
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Kube(#[from] kube::Error),
+}
+
+/// Time left before a run that finished at `finished` is deleted.
+pub fn ttl_remaining(finished: Option<Timestamp>, ttl: Duration, now: Timestamp) -> Duration {
+    let Some(finished) = finished else {
+        return Duration::ZERO.max(ttl);
+    };
+    let ttl = SignedDuration::try_from(ttl).unwrap_or(SignedDuration::MAX);
+    let end = finished.checked_add(ttl).unwrap_or(Timestamp::MAX);
+    let left = end.duration_since(now);
+    Duration::try_from(left).unwrap_or(Duration::ZERO)
+}
+
+fn ttl_of(run: &VideoWorkflowRun, default: Duration) -> Duration {
+    run.spec
+        .ttl_seconds_after_finished
+        .map(|s| Duration::from_secs(s.max(0) as u64))
+        .unwrap_or(default)
+}
+
+pub async fn reconcile(run: Arc<VideoWorkflowRun>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    if run.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let ns = run.namespace().unwrap_or_default();
+    let name = run.name_any();
+    let status = run.status.clone().unwrap_or_default();
+    if status.phase.is_finished() {
+        let left = ttl_remaining(
+            status.completion_time.map(|t| t.0),
+            ttl_of(&run, ctx.config.default_ttl),
+            Timestamp::now(),
+        );
+        if !left.is_zero() {
+            return Ok(Action::requeue(left));
+        }
+        let api: Api<VideoWorkflowRun> = Api::namespaced(ctx.client.clone(), &ns);
+        match api.delete(&name, &DeleteParams::background()).await {
+            Ok(_) => {
+                tracing::info!(run = %name, namespace = %ns, "deleted a finished run after its TTL")
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+        return Ok(Action::await_change());
+    }
+    let key = run.uid().unwrap_or_else(|| format!("{ns}/{name}"));
+    let start = {
+        let mut active = ctx.active.lock().unwrap_or_else(|p| p.into_inner());
+        active.insert(key.clone(), ()).is_none()
+    };
+    if start {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            drive(&ctx, &run).await;
+            ctx.active
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+        });
+    }
+    // Look again now and then: an engine task that ended without finishing the run
+    // (its workflow was missing, the bucket unreachable) is started again.
+    Ok(Action::requeue(ctx.config.retry_interval))
+}
+
+pub fn error_policy(_run: Arc<VideoWorkflowRun>, error: &Error, _ctx: Arc<Ctx>) -> Action {
+    tracing::warn!(%error, "run reconcile failed");
+    Action::requeue(Duration::from_secs(10))
+}
+
+async fn patch_status(
+    api: &Api<VideoWorkflowRun>,
+    name: &str,
+    status: &VideoWorkflowRunStatus,
+) -> Result<(), kube::Error> {
+    let mut value = serde_json::to_value(status).unwrap_or_default();
+    // A message from an earlier wait must not outlive it (merge patches keep absent fields).
+    if status.message.is_none()
+        && let Some(map) = value.as_object_mut()
+    {
+        map.insert("message".into(), serde_json::Value::Null);
+    }
+    let patch = serde_json::json!({"status": value});
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(|_| ())
+}
+
+/// Why an engine task did not get to run the engine.
+enum Problem {
+    /// Worth trying again later (the workflow or its Secret may appear, S3 may answer).
+    Waiting(String),
+    /// The run cannot work as written.
+    Fatal(String),
+}
+
+/// Resources per stage as the operator sizes them (the planner on the same inputs).
+fn resources(
+    wf: &VideoWorkflow,
+    profiles: &BTreeMap<String, FunctionProfile>,
+) -> (BTreeMap<String, StageResources>, Vec<(String, f64, u32)>) {
+    let mut out = BTreeMap::new();
+    let mut prewarm = Vec::new();
+    match plan_workflow(wf, profiles, &PlannerConfig::default()) {
+        Ok(plan) => {
+            for d in &plan.stages {
+                out.insert(
+                    d.name.clone(),
+                    StageResources {
+                        cpu_cores: d.size.cpu_cores,
+                        memory_gib: d.size.memory_bytes / (1u64 << 30) as f64,
+                        gpu: d.size.gpu.unwrap_or(0.0),
+                        concurrency: d.concurrency.max(1),
+                    },
+                );
+            }
+            prewarm = plan
+                .prewarm
+                .iter()
+                .map(|a| (a.stage.clone(), a.at_seconds, a.replicas))
+                .collect();
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "planning failed; costing from the profiles' requests")
+        }
+    }
+    for stage in &wf.spec.stages {
+        if out.contains_key(&stage.name) {
+            continue;
+        }
+        if let Some(p) = profiles.get(&stage.function) {
+            let r = &p.spec.resources;
+            out.insert(
+                stage.name.clone(),
+                StageResources {
+                    cpu_cores: r.cpu.value().unwrap_or(1.0),
+                    memory_gib: r.memory.value().unwrap_or(1.0) / (1u64 << 30) as f64,
+                    gpu: r.gpu.unwrap_or(0.0),
+                    concurrency: p.spec.concurrency.max(1),
+                },
+            );
+        }
+    }
+    (out, prewarm)
+}
+
+/// The run's input as a URI: as given, or a key in the workflow's bucket.
+pub fn input_uri(input: &str, bucket: &str) -> String {
+    if input.starts_with("s3://") {
+        input.to_string()
+    } else {
+        format!("s3://{bucket}/{}", input.trim_start_matches('/'))
+    }
+}
+
+/// `s3://<bucket>/<outputPrefix><run>/`: where the run's outputs and record live.
+pub fn run_prefix(wf: &VideoWorkflow, run: &str) -> Location {
+    Location::S3 {
+        bucket: wf.spec.storage.bucket.clone(),
+        key: format!("{}{run}/", wf.spec.output_prefix.trim_start_matches('/')),
+    }
+}
+
+async fn drive(ctx: &Arc<Ctx>, run: &VideoWorkflowRun) {
+    let ns = run.namespace().unwrap_or_default();
+    let name = run.name_any();
+    let api: Api<VideoWorkflowRun> = Api::namespaced(ctx.client.clone(), &ns);
+    if let Err(problem) = drive_engine(ctx, run, &api).await {
+        let mut status = run.status.clone().unwrap_or_default();
+        match problem {
+            Problem::Waiting(message) => {
+                tracing::info!(run = %name, %message, "run waiting");
+                status.message = Some(message);
+            }
+            Problem::Fatal(message) => {
+                tracing::warn!(run = %name, %message, "run failed before it started");
+                status.phase = RunPhase::Failed;
+                status.message = Some(message.clone());
+                let now = Timestamp::now();
+                status.completion_time =
+                    Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now));
+                status.conditions =
+                    vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                        type_: "Failed".into(),
+                        status: "True".into(),
+                        reason: "InvalidRun".into(),
+                        message,
+                        last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                            now,
+                        ),
+                        observed_generation: run.metadata.generation,
+                    }];
+            }
+        }
+        if let Err(e) = patch_status(&api, &name, &status).await {
+            tracing::warn!(run = %name, error = %e, "could not write the run's status");
+        }
+    }
+}
+
+async fn drive_engine(
+    ctx: &Arc<Ctx>,
+    run: &VideoWorkflowRun,
+    api: &Api<VideoWorkflowRun>,
+) -> Result<(), Problem> {
+    let ns = run.namespace().unwrap_or_default();
+    let name = run.name_any();
+    let wf_name = &run.spec.workflow_ref.name;
+    let workflows: Api<VideoWorkflow> = Api::namespaced(ctx.client.clone(), &ns);
+    let wf = workflows
+        .get_opt(wf_name)
+        .await
+        .map_err(|e| Problem::Waiting(format!("reading VideoWorkflow {ns}/{wf_name}: {e}")))?
+        .ok_or_else(|| Problem::Waiting(format!("VideoWorkflow {ns}/{wf_name} not found")))?;
+    let profile_api: Api<FunctionProfile> = Api::namespaced(ctx.client.clone(), &ns);
+    let profiles: BTreeMap<String, FunctionProfile> = profile_api
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| Problem::Waiting(format!("listing FunctionProfiles in {ns}: {e}")))?
+        .items
+        .into_iter()
+        .map(|p| (p.name_any(), p))
+        .collect();
+    let settings = KubeStorage(ctx.client.clone())
+        .settings(&wf)
+        .await
+        .map_err(Problem::Waiting)?;
+    let store = Store::with_s3(&settings);
+    let (stage_resources, prewarm) = resources(&wf, &profiles);
+
+    let capacity = KubeCapacity::new(
+        ctx.client.clone(),
+        ctx.signaller.clone(),
+        &ns,
+        wf_name,
+        wf.spec.scale_to_zero_after.as_std(),
+    );
+    let backend = KubeBackend::new(
+        &ns,
+        wf_name,
+        capacity,
+        ctx.config.resolver.clone(),
+        ctx.config.backend.clone(),
+    );
+    let mut engine = Engine::new(&wf, profiles, backend.clone(), store.clone())
+        .map_err(|e| Problem::Fatal(format!("VideoWorkflow {ns}/{wf_name}: {e}")))?;
+    let graph = engine.graph.clone();
+    let (record_tx, record_rx) = watch::channel(None::<RunRecord>);
+    engine.on_progress(move |r| {
+        record_tx.send_replace(Some(r.clone()));
+    });
+    let (cancel_tx, cancel_rx) = watch::channel(false);
+    let writer = tokio::spawn(status_writer(
+        ctx.clone(),
+        api.clone(),
+        name.clone(),
+        run.metadata.generation,
+        graph.clone(),
+        stage_resources.clone(),
+        record_rx,
+        cancel_tx,
+    ));
+    let opts = RunOptions {
+        run: name.clone(),
+        input: input_uri(&run.spec.input, &wf.spec.storage.bucket),
+        prefix: run_prefix(&wf, &name),
+        params: run.spec.params.clone(),
+        prewarm,
+        default_max_instances: 100,
+    };
+    tracing::info!(run = %name, namespace = %ns, workflow = %wf_name, "running");
+    let outcome = engine.run(&opts, cancel_rx).await;
+    writer.abort();
+    let record = outcome.record;
+
+    let mut sizes = BTreeMap::new();
+    for o in crate::status::outputs(&graph, &record, &BTreeMap::new()) {
+        if let Ok(loc) = Location::parse(&o.uri)
+            && let Ok(Some(n)) = store.size(&loc).await
+        {
+            sizes.insert(o.uri, n);
+        }
+    }
+    let status = status(&StatusInput {
+        graph: &graph,
+        record: &record,
+        resources: &stage_resources,
+        prices: &ctx.config.prices,
+        sizes: &sizes,
+        generation: run.metadata.generation,
+        now: unix_now(),
+    });
+    match patch_status(api, &name, &status).await {
+        Ok(()) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => tracing::warn!(run = %name, error = %e, "could not write the final status"),
+    }
+    tracing::info!(run = %name, phase = ?status.phase, "run ended");
+    Ok(())
+}
+
+/// Writes the status after each change of the record, at most every `status_interval`;
+/// a run that was deleted cancels its engine.
+#[allow(clippy::too_many_arguments)]
+async fn status_writer(
+    ctx: Arc<Ctx>,
+    api: Api<VideoWorkflowRun>,
+    name: String,
+    generation: Option<i64>,
+    graph: RunGraph,
+    resources: BTreeMap<String, StageResources>,
+    mut records: watch::Receiver<Option<RunRecord>>,
+    cancel: watch::Sender<bool>,
+) {
+    while records.changed().await.is_ok() {
+        let Some(record) = records.borrow_and_update().clone() else {
+            continue;
+        };
+        let status = status(&StatusInput {
+            graph: &graph,
+            record: &record,
+            resources: &resources,
+            prices: &ctx.config.prices,
+            sizes: &BTreeMap::new(),
+            generation,
+            now: unix_now(),
+        });
+        match patch_status(&api, &name, &status).await {
+            Ok(()) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                tracing::info!(run = %name, "run deleted: cancelling it");
+                let _ = cancel.send(true);
+                return;
+            }
+            Err(e) => tracing::warn!(run = %name, error = %e, "could not write the run's status"),
+        }
+        tokio::time::sleep(ctx.config.status_interval).await;
+    }
+}

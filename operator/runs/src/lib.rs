@@ -1,0 +1,132 @@
+//! VideoWorkflowRuns in a cluster (see docs/runs.md).
+//!
+//! - [`backend`]: the run engine's Kubernetes backend: invokes a stage through its
+//!   Service, asks the operator's autoscaler for instances through the in-flight and
+//!   pre-warm annotations ([`signals`]) and holds invocations while a stage scales
+//!   from zero ([`capacity`]);
+//! - [`controller`]: drives the engine for each run, writes its status ([`status`]:
+//!   progress, per-stage progress, outputs, timings, estimated cost), resumes runs after
+//!   a restart and deletes finished runs after their TTL;
+//! - [`trigger`]: runs from S3 prefix polling and MinIO bucket notifications.
+//!
+//! The operator starts everything with [`run_controller`].
+
+pub mod backend;
+pub mod capacity;
+pub mod config;
+pub mod controller;
+pub mod signals;
+pub mod status;
+pub mod storage;
+pub mod trigger;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::{FutureExt, StreamExt};
+use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
+use kube::{Api, Client};
+use vflow_api::{VideoWorkflow, VideoWorkflowRun};
+
+pub use config::RunsConfig;
+
+fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs the VideoWorkflowRun controller, the S3 poller and the webhook (as configured)
+/// until `shutdown` completes. Call it on the leader only: two of these would run
+/// each run twice.
+pub async fn run_controller(
+    client: Client,
+    config: RunsConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    let shutdown = shutdown.boxed().shared();
+    let ns = config.namespace.clone();
+    let ctx = controller::Ctx::new(client.clone(), config.clone());
+
+    // The triggers read workflows from one cache.
+    let (wf_store, wf_writer) = reflector::store::<VideoWorkflow>();
+    let wf_watch = reflector::reflector(
+        wf_writer,
+        watcher(
+            api::<VideoWorkflow>(&client, ns.as_deref()),
+            watcher::Config::default(),
+        )
+        .default_backoff(),
+    )
+    .applied_objects()
+    .for_each(|_| futures::future::ready(()));
+
+    let webhook = {
+        let state = Arc::new(trigger::webhook::WebhookState {
+            workflows: wf_store.clone(),
+            sink: trigger::KubeRunSink(client.clone()),
+            token: config.webhook_token.clone(),
+        });
+        let addr = config.webhook_addr;
+        let shutdown = shutdown.clone();
+        async move {
+            let Some(addr) = addr else {
+                return futures::future::pending::<Result<(), String>>().await;
+            };
+            let listener = trigger::webhook::bind(addr)
+                .await
+                .map_err(|e| format!("webhook on {addr}: {e}"))?;
+            tracing::info!(%addr, "MinIO notification webhook listening");
+            trigger::webhook::serve(listener, state, shutdown)
+                .await
+                .map_err(|e| format!("webhook: {e}"))
+        }
+    };
+
+    let poller = {
+        let store = wf_store.clone();
+        let client = client.clone();
+        let cfg = config.poller.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            let Some(cfg) = cfg else {
+                return futures::future::pending::<()>().await;
+            };
+            let _ = store.wait_until_ready().await;
+            let poller = trigger::poller::Poller::new(
+                store,
+                trigger::KubeRunSink(client.clone()),
+                storage::KubeStorage(client),
+                cfg,
+            );
+            poller.run(shutdown).await;
+        }
+    };
+
+    let runs = Controller::new(
+        api::<VideoWorkflowRun>(&client, ns.as_deref()),
+        watcher::Config::default(),
+    )
+    .graceful_shutdown_on(shutdown.clone())
+    .run(controller::reconcile, controller::error_policy, ctx.clone())
+    .for_each(|_| futures::future::ready(()));
+
+    let result = tokio::select! {
+        _ = runs => Ok(()),
+        _ = wf_watch => Err("the workflow watch stopped".to_string()),
+        r = webhook => r,
+        _ = poller => Ok(()),
+        _ = shutdown.clone() => Ok(()),
+    };
+    // Runs still going resume in the next operator; stop asking for their instances.
+    ctx.signaller.clear_in_flight().await;
+    result
+}

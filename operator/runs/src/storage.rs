@@ -1,0 +1,75 @@
+//! A workflow's bucket: its endpoint and settings from the spec, credentials from the
+//! Secret it names (else the operator's own environment).
+
+use std::future::Future;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, Client, ResourceExt};
+use vflow_api::VideoWorkflow;
+use vflow_storage::S3Settings;
+
+/// How the operator reaches a workflow's bucket.
+pub trait Storage: Send + Sync + 'static {
+    fn settings(
+        &self,
+        wf: &VideoWorkflow,
+    ) -> impl Future<Output = Result<S3Settings, String>> + Send;
+}
+
+/// Reads `spec.storage.secretRef` (keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY).
+#[derive(Clone)]
+pub struct KubeStorage(pub Client);
+
+/// The spec's endpoint, region and addressing on top of `base` credentials.
+pub fn apply_spec(wf: &VideoWorkflow, mut settings: S3Settings) -> S3Settings {
+    let storage = &wf.spec.storage;
+    settings.endpoint = storage.endpoint.clone();
+    if let Some(region) = &storage.region {
+        settings.region = region.clone();
+    }
+    settings.path_style = storage.path_style;
+    settings
+}
+
+impl Storage for KubeStorage {
+    async fn settings(&self, wf: &VideoWorkflow) -> Result<S3Settings, String> {
+        let ns = wf.namespace().unwrap_or_default();
+        let Some(secret_ref) = &wf.spec.storage.secret_ref else {
+            let env = S3Settings::from_env()?.ok_or_else(|| {
+                format!(
+                    "VideoWorkflow {ns}/{}: no storage.secretRef and no S3 credentials in the operator's environment",
+                    wf.name_any()
+                )
+            })?;
+            return Ok(apply_spec(wf, env));
+        };
+        let api: Api<Secret> = Api::namespaced(self.0.clone(), &ns);
+        let secret = api
+            .get(&secret_ref.name)
+            .await
+            .map_err(|e| format!("Secret {ns}/{}: {e}", secret_ref.name))?;
+        let data = secret.data.unwrap_or_default();
+        let field = |k: &str| {
+            data.get(k)
+                .map(|v| String::from_utf8_lossy(&v.0).trim().to_string())
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| format!("Secret {ns}/{}: no key {k}", secret_ref.name))
+        };
+        let base = S3Settings::new(
+            None,
+            field("AWS_ACCESS_KEY_ID")?,
+            field("AWS_SECRET_ACCESS_KEY")?,
+        );
+        Ok(apply_spec(wf, base))
+    }
+}
+
+/// The same settings for every workflow (tests, or a single shared bucket).
+#[derive(Clone, Debug)]
+pub struct FixedStorage(pub S3Settings);
+
+impl Storage for FixedStorage {
+    async fn settings(&self, _wf: &VideoWorkflow) -> Result<S3Settings, String> {
+        Ok(self.0.clone())
+    }
+}

@@ -1,0 +1,309 @@
+//! Tests that need no server: status, timings and cost from an engine record; the
+//! annotation contract against the operator's own parser; trigger matching and names.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::jiff::Timestamp;
+use serde_json::json;
+use vflow_api::RunPhase;
+use vflow_engine::RunGraph;
+use vflow_engine::record::{Attempt, RunRecord, UnitRecord, UnitStatus};
+use vflow_runs::signals::WorkflowSignals;
+use vflow_runs::status::{Prices, StageResources, StatusInput, cost, status, timings};
+use vflow_runs::trigger::{NewObject, matches, run_for, run_name};
+
+const T0: f64 = 1_800_000_000.0;
+
+fn attempt(at: f64, exec: f64, cold: Option<f64>) -> Attempt {
+    Attempt {
+        submitted_at: T0 + at,
+        finished_at: T0 + at + cold.unwrap_or(0.0) + exec,
+        cold_start_seconds: cold,
+        function_seconds: exec,
+        ..Default::default()
+    }
+}
+
+fn unit(
+    stage: &str,
+    segment: Option<u32>,
+    status: UnitStatus,
+    attempts: Vec<Attempt>,
+) -> UnitRecord {
+    UnitRecord {
+        stage: stage.into(),
+        segment,
+        status,
+        outputs: vec![format!("s3://videos/outputs/r/{stage}/{segment:?}/out.bin")],
+        metadata: Default::default(),
+        attempts,
+        message: None,
+    }
+}
+
+/// split (2 s, cold 3 s) -> copy x3 (1 s, 4 s with a 2 s cold start, 1 s) -> join (1 s).
+fn record(finished: bool) -> RunRecord {
+    let mut units = vec![
+        unit(
+            "split",
+            None,
+            UnitStatus::Done,
+            vec![attempt(0.0, 2.0, Some(3.0))],
+        ),
+        unit(
+            "copy",
+            Some(0),
+            UnitStatus::Done,
+            vec![attempt(5.0, 1.0, None)],
+        ),
+        unit(
+            "copy",
+            Some(1),
+            UnitStatus::Done,
+            vec![attempt(5.0, 4.0, Some(2.0))],
+        ),
+        unit(
+            "copy",
+            Some(2),
+            UnitStatus::Done,
+            vec![
+                Attempt {
+                    error: Some("boom".into()),
+                    ..attempt(5.0, 0.0, None)
+                },
+                attempt(6.0, 1.0, None),
+            ],
+        ),
+    ];
+    // A failed attempt held its slot for its wall time.
+    units[3].attempts[0].finished_at = T0 + 5.5;
+    units.push(unit(
+        "join",
+        None,
+        if finished {
+            UnitStatus::Done
+        } else {
+            UnitStatus::Running
+        },
+        if finished {
+            vec![attempt(11.0, 1.0, None)]
+        } else {
+            vec![]
+        },
+    ));
+    RunRecord {
+        run: "r".into(),
+        workflow: "wf".into(),
+        input: "s3://videos/in.bin".into(),
+        prefix: "s3://videos/outputs/r/".into(),
+        phase: if finished {
+            vflow_engine::RunPhase::Succeeded
+        } else {
+            vflow_engine::RunPhase::Running
+        },
+        segments: Some(3),
+        units,
+        started_at: T0,
+        finished_at: finished.then_some(T0 + 13.0),
+        message: None,
+        sessions: 1,
+    }
+}
+
+fn graph() -> RunGraph {
+    let wf = common::workflow("wf", "ns", "http://s3:9000", json!({}));
+    RunGraph::new(&wf.spec).expect("graph")
+}
+
+#[test]
+fn timings_follow_the_critical_path() {
+    let t = timings(&graph(), &record(true), 0.0);
+    // split 2 + slowest copy 4 + join 1; cold starts on that path: 3 + 2.
+    assert_eq!(t.total_seconds, 13.0);
+    assert_eq!(t.critical_path_exec_seconds, 7.0);
+    assert_eq!(t.overhead_seconds, 6.0);
+    assert_eq!(t.cold_start_seconds, 5.0);
+}
+
+#[test]
+fn a_running_run_is_timed_until_now() {
+    let t = timings(&graph(), &record(false), T0 + 20.0);
+    assert_eq!(t.total_seconds, 20.0);
+    assert_eq!(t.critical_path_exec_seconds, 6.0, "join has not run");
+}
+
+#[test]
+fn cost_is_resource_seconds_times_prices() {
+    let resources = BTreeMap::from([
+        (
+            "split".to_string(),
+            StageResources {
+                cpu_cores: 2.0,
+                memory_gib: 1.0,
+                gpu: 0.0,
+                concurrency: 1,
+            },
+        ),
+        (
+            "copy".to_string(),
+            StageResources {
+                cpu_cores: 1.0,
+                memory_gib: 2.0,
+                gpu: 0.5,
+                concurrency: 2,
+            },
+        ),
+    ]);
+    let prices = Prices {
+        cpu_core_second: 1.0,
+        memory_gib_second: 0.1,
+        gpu_second: 10.0,
+        currency: "EUR".into(),
+    };
+    let c = cost(&record(true), &resources, &prices);
+    // split: 2 s x 2 cores; copy: (1 + 4 + 0.5 failed + 1) s / 2 per invocation;
+    // join: no entry -> 1 core, 1 GiB, 1 s.
+    let copy_held = (1.0 + 4.0 + 0.5 + 1.0) / 2.0;
+    assert!(
+        (c.cpu_core_seconds - (4.0 + copy_held + 1.0)).abs() < 1e-3,
+        "{c:?}"
+    );
+    assert!((c.memory_gib_seconds - (2.0 + 2.0 * copy_held + 1.0)).abs() < 1e-3);
+    assert!((c.gpu_seconds - 0.5 * copy_held).abs() < 1e-3);
+    let want = c.cpu_core_seconds + 0.1 * c.memory_gib_seconds + 10.0 * c.gpu_seconds;
+    assert!((c.total - want).abs() < 1e-3);
+    assert_eq!(c.currency, "EUR");
+}
+
+#[test]
+fn status_has_progress_stages_outputs_and_a_condition() {
+    let g = graph();
+    let sizes = BTreeMap::from([("s3://videos/outputs/r/join/None/out.bin".to_string(), 42)]);
+    let running = record(false);
+    let s = status(&StatusInput {
+        graph: &g,
+        record: &running,
+        resources: &BTreeMap::new(),
+        prices: &Prices::default(),
+        sizes: &sizes,
+        generation: Some(1),
+        now: T0 + 20.0,
+    });
+    assert_eq!(s.phase, RunPhase::Running);
+    assert_eq!(s.progress.as_deref(), Some("4/5"));
+    assert!(s.outputs.is_empty() && s.conditions.is_empty() && s.completion_time.is_none());
+    let copy = &s.stages[1];
+    assert_eq!(
+        (copy.name.as_str(), copy.done, copy.total, copy.cold_starts),
+        ("copy", 3, 3, 1)
+    );
+    assert_eq!(copy.exec_seconds, 6.0);
+    assert!(copy.completion_time.is_some());
+    assert!(s.stages[2].completion_time.is_none(), "join not settled");
+
+    let done = record(true);
+    let s = status(&StatusInput {
+        graph: &g,
+        record: &done,
+        resources: &BTreeMap::new(),
+        prices: &Prices::default(),
+        sizes: &sizes,
+        generation: Some(1),
+        now: T0 + 99.0,
+    });
+    assert_eq!(s.phase, RunPhase::Succeeded);
+    assert_eq!(s.progress.as_deref(), Some("5/5"));
+    assert_eq!(s.outputs.len(), 1, "only the sink's outputs");
+    assert_eq!(
+        (s.outputs[0].stage.as_str(), s.outputs[0].bytes),
+        ("join", 42)
+    );
+    assert_eq!(s.conditions[0].type_, "Succeeded");
+    assert_eq!(s.timings.as_ref().map(|t| t.total_seconds), Some(13.0));
+    assert!(s.estimated_cost.as_ref().is_some_and(|c| c.total > 0.0));
+    let json = serde_json::to_value(&s).expect("json");
+    for field in [
+        "totalSeconds",
+        "criticalPathExecSeconds",
+        "overheadSeconds",
+        "coldStartSeconds",
+    ] {
+        assert!(json["timings"].get(field).is_some(), "{field} in {json}");
+    }
+}
+
+#[test]
+fn the_operator_reads_our_annotations_as_meant() {
+    let mut s = WorkflowSignals::default();
+    s.begin("copy");
+    s.begin("copy");
+    s.begin("split");
+    let at: Timestamp = "2030-01-01T00:00:00Z".parse().expect("time");
+    s.request_prewarm("join", 2, at);
+    let annotations = s.annotations();
+    assert_eq!(
+        vflow_runs::signals::IN_FLIGHT,
+        vflow_operator::signals::IN_FLIGHT
+    );
+    assert_eq!(
+        vflow_runs::signals::PREWARM,
+        vflow_operator::signals::PREWARM
+    );
+    let parsed = vflow_operator::signals::parse(Some(&annotations), &["split", "copy", "join"]);
+    assert!(parsed.problems.is_empty(), "{:?}", parsed.problems);
+    assert_eq!(parsed.in_flight("copy"), 2);
+    assert_eq!(parsed.in_flight("split"), 1);
+    let p: Vec<_> = parsed.prewarm_for("join").collect();
+    assert_eq!((p.len(), p[0].replicas, p[0].at), (1, 2, at));
+}
+
+#[test]
+fn triggers_match_prefix_and_suffix_but_never_outputs_or_internals() {
+    let wf = common::workflow(
+        "wf",
+        "ns",
+        "http://s3:9000",
+        json!({"trigger": {"type": "S3", "prefix": "", "suffix": ".mp4"}, "outputPrefix": "outputs/"}),
+    );
+    assert!(matches(&wf, "videos", "in/a.mp4"));
+    assert!(!matches(&wf, "other", "in/a.mp4"), "another bucket");
+    assert!(!matches(&wf, "videos", "in/a.mov"), "suffix");
+    assert!(
+        !matches(&wf, "videos", "outputs/r/join/all/a.mp4"),
+        "outputs never trigger"
+    );
+    assert!(!matches(&wf, "videos", ".vflow/triggers/ns/wf.json"));
+    let manual = common::workflow("wf", "ns", "http://s3:9000", json!({}));
+    assert!(!matches(&manual, "videos", "in/a.mp4"), "manual trigger");
+}
+
+#[test]
+fn run_names_are_stable_per_object_and_differ_per_content() {
+    let o = |key: &str, etag: &str| NewObject {
+        bucket: "videos".into(),
+        key: key.into(),
+        etag: etag.into(),
+    };
+    let a = run_name("ns", "wf", &o("in/a.mp4", "e1"));
+    assert_eq!(
+        a,
+        run_name("ns", "wf", &o("in/a.mp4", "\"e1\"")),
+        "quotes ignored"
+    );
+    assert_ne!(a, run_name("ns", "wf", &o("in/a.mp4", "e2")));
+    assert_ne!(a, run_name("ns2", "wf", &o("in/a.mp4", "e1")));
+    assert!(a.starts_with("wf-") && a.len() == 13, "{a}");
+    let long = "w".repeat(200);
+    assert!(run_name("ns", &long, &o("k", "")).len() <= 63);
+    let wf = common::workflow(
+        "wf",
+        "ns",
+        "http://s3:9000",
+        json!({"trigger": {"type": "S3"}}),
+    );
+    let run = run_for(&wf, &o("in/a b.mp4", "e1"), "webhook");
+    assert_eq!(run.spec.input, "s3://videos/in/a b.mp4");
+    assert_eq!(run.spec.workflow_ref.name, "wf");
+}
