@@ -51,6 +51,23 @@ pub struct Document {
 
 /// Reads every document of a YAML file. Documents of other API groups (a Secret next to
 /// a workflow, say) are left out: they are kubectl's business.
+/// The YAML files of a directory (sorted, not recursive), or the file itself.
+pub fn yaml_files(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    if path.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let read = std::fs::read_dir(path).map_err(|source| LoadError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut out: Vec<PathBuf> = read
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
 pub fn load_file(path: &Path) -> Result<Vec<Document>, LoadError> {
     let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
         path: path.to_path_buf(),

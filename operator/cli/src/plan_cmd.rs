@@ -46,7 +46,7 @@ pub fn run(
     }
     let mut profile_docs = Vec::new();
     for path in profile_paths {
-        match files_under(path) {
+        match crate::manifests::yaml_files(path) {
             Ok(files) => {
                 for f in files {
                     match load_file(&f) {
@@ -144,23 +144,6 @@ fn read_config(path: &Path) -> Result<PlannerConfig, String> {
         .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
     serde_saphyr::from_str(&text)
         .map_err(|e| format!("{}: not a planner configuration: {e}", path.display()))
-}
-
-/// YAML files of a directory (sorted), or the file itself.
-fn files_under(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
-    if path.is_file() {
-        return Ok(vec![path.to_path_buf()]);
-    }
-    let read = std::fs::read_dir(path).map_err(|source| LoadError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let mut out: Vec<PathBuf> = read
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-        .collect();
-    out.sort();
-    Ok(out)
 }
 
 /// The plan for people: every choice with its reason.

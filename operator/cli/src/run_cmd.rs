@@ -47,16 +47,7 @@ fn bad(message: impl Into<String>) -> RunError {
 }
 
 fn yaml_files(path: &Path) -> Result<Vec<PathBuf>, RunError> {
-    if path.is_file() {
-        return Ok(vec![path.to_path_buf()]);
-    }
-    let entries = std::fs::read_dir(path).map_err(|e| bad(format!("{}: {e}", path.display())))?;
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-        .collect();
-    files.sort();
-    Ok(files)
+    crate::manifests::yaml_files(path).map_err(|e| bad(e.to_string()))
 }
 
 /// Where learned profiles are kept: `<dir>/learned/` when `--profiles` is one directory,
@@ -84,7 +75,12 @@ fn load(args: &RunArgs, learned: &Path) -> Result<Loaded, RunError> {
     for file in &files {
         let docs = load_file(file).map_err(|e| bad(e.to_string()))?;
         for doc in docs {
-            let at = format!("{} (document {}, {})", doc.file.display(), doc.index, doc.label);
+            let at = format!(
+                "{} (document {}, {})",
+                doc.file.display(),
+                doc.index,
+                doc.label
+            );
             problems.extend(doc.problems.iter().map(|p| format!("{at}: {p}")));
             match doc.object {
                 Some(Object::Profile(p)) => {
@@ -122,7 +118,12 @@ fn load(args: &RunArgs, learned: &Path) -> Result<Loaded, RunError> {
             });
         }
     };
-    let set = ProfileSet::complete(profiles.iter().map(|(k, v)| (k.clone(), v.spec.clone())).collect());
+    let set = ProfileSet::complete(
+        profiles
+            .iter()
+            .map(|(k, v)| (k.clone(), v.spec.clone()))
+            .collect(),
+    );
     let name = workflow.metadata.name.clone().unwrap_or_default();
     problems.extend(
         validate_workflow(&workflow, &set)
@@ -161,7 +162,10 @@ fn find_vflow_fn(workflow: &Path) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-fn localize_commands(profiles: &mut BTreeMap<String, FunctionProfile>, workflow: &Path) -> Result<(), RunError> {
+fn localize_commands(
+    profiles: &mut BTreeMap<String, FunctionProfile>,
+    workflow: &Path,
+) -> Result<(), RunError> {
     let local_fn = find_vflow_fn(workflow);
     for (name, profile) in profiles.iter_mut() {
         for command in [&mut profile.spec.command, &mut profile.spec.warmup_command] {
@@ -171,7 +175,10 @@ fn localize_commands(profiles: &mut BTreeMap<String, FunctionProfile>, workflow:
             if Path::new(&program).is_file() {
                 continue;
             }
-            if Path::new(&program).file_name().is_some_and(|n| n == "vflow-fn") {
+            if Path::new(&program)
+                .file_name()
+                .is_some_and(|n| n == "vflow-fn")
+            {
                 let local = local_fn.clone().ok_or_else(|| {
                     bad(format!(
                         "FunctionProfile {name}: {program} is an image path and function-images/vflow-fn \
@@ -189,7 +196,11 @@ fn new_run_id(workflow: &str) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    format!("{workflow}-{:x}{:04x}", now.as_secs(), (now.subsec_nanos() ^ std::process::id()) & 0xffff)
+    format!(
+        "{workflow}-{:x}{:04x}",
+        now.as_secs(),
+        (now.subsec_nanos() ^ std::process::id()) & 0xffff
+    )
 }
 
 /// One line per change: `split 1/1  scale 3/8  stitch 0/1`.
@@ -204,7 +215,11 @@ fn progress_line(graph: &RunGraph, record: &RunRecord) -> String {
                 .iter()
                 .filter(|u| matches!(u.status, UnitStatus::Done | UnitStatus::Skipped))
                 .count();
-            let total = if units.is_empty() { "?".to_string() } else { units.len().to_string() };
+            let total = if units.is_empty() {
+                "?".to_string()
+            } else {
+                units.len().to_string()
+            };
             let bar = if units.is_empty() {
                 "          ".to_string()
             } else {
@@ -220,7 +235,10 @@ fn progress_line(graph: &RunGraph, record: &RunRecord) -> String {
 pub async fn run(args: RunArgs) -> Result<i32, RunError> {
     let state_dir = std::path::absolute(".vflow").map_err(|e| bad(e.to_string()))?;
     let learned = learned_dir(&args, &state_dir);
-    let Loaded { workflow, mut profiles } = load(&args, &learned)?;
+    let Loaded {
+        workflow,
+        mut profiles,
+    } = load(&args, &learned)?;
     localize_commands(&mut profiles, &args.workflow)?;
     let wf_name = workflow.metadata.name.clone().unwrap_or_default();
 
@@ -249,7 +267,10 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
     };
 
     let run_id = args.run_id.clone().unwrap_or_else(|| new_run_id(&wf_name));
-    let prefix = store_root.join(&format!("{}{run_id}/", workflow.spec.output_prefix.trim_start_matches('/')));
+    let prefix = store_root.join(&format!(
+        "{}{run_id}/",
+        workflow.spec.output_prefix.trim_start_matches('/')
+    ));
 
     // The input: used where it is when the instances can read it, else uploaded.
     let input = if args.input.starts_with("s3://") {
@@ -277,17 +298,21 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
     };
 
     let cfg = PlannerConfig::default();
-    let plan = plan_workflow(&workflow, &profiles, &cfg).map_err(|e| bad(format!("planning: {e}")))?;
+    let plan =
+        plan_workflow(&workflow, &profiles, &cfg).map_err(|e| bad(format!("planning: {e}")))?;
     let prewarm = plan
         .prewarm
         .iter()
         .map(|a| (a.stage.clone(), a.at_seconds, a.replicas))
         .collect();
 
-    let default_max = args
-        .max_instances
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(2));
-    let exe = std::env::current_exe().map_err(|e| bad(format!("cannot find the vflow executable: {e}")))?;
+    let default_max = args.max_instances.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(2)
+    });
+    let exe = std::env::current_exe()
+        .map_err(|e| bad(format!("cannot find the vflow executable: {e}")))?;
     let work_dir = state_dir.join("instances").join(&run_id);
     let backend = LocalBackend::new(LocalConfig {
         runtime_program: exe,
@@ -307,7 +332,9 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
         let last_line = last_line.clone();
         engine.on_progress(move |record| {
             let line = progress_line(&graph, record);
-            let Ok(mut last) = last_line.lock() else { return };
+            let Ok(mut last) = last_line.lock() else {
+                return;
+            };
             if *last == line {
                 return;
             }
@@ -345,12 +372,19 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
 
     // Report: a table here, JSON and a timeline beside the run's state.
     let report = vflow_engine::report::summarize(&graph, &record);
-    let report_dir = args.report_dir.clone().unwrap_or_else(|| state_dir.join("runs").join(&run_id));
-    std::fs::create_dir_all(&report_dir).map_err(|e| bad(format!("{}: {e}", report_dir.display())))?;
+    let report_dir = args
+        .report_dir
+        .clone()
+        .unwrap_or_else(|| state_dir.join("runs").join(&run_id));
+    std::fs::create_dir_all(&report_dir)
+        .map_err(|e| bad(format!("{}: {e}", report_dir.display())))?;
     let json = serde_json::to_string_pretty(&report).map_err(|e| bad(e.to_string()))?;
     std::fs::write(report_dir.join("report.json"), json + "\n").map_err(|e| bad(e.to_string()))?;
-    std::fs::write(report_dir.join("timeline.svg"), vflow_engine::timeline::svg(&graph, &record))
-        .map_err(|e| bad(e.to_string()))?;
+    std::fs::write(
+        report_dir.join("timeline.svg"),
+        vflow_engine::timeline::svg(&graph, &record),
+    )
+    .map_err(|e| bad(e.to_string()))?;
     print!("{}", vflow_engine::report::table(&report));
     println!(
         "\n{:?} in {:.2} s ({:.2} s of execution, {} cold starts)",
@@ -387,7 +421,11 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
     }
 }
 
-fn write_learned(dir: &Path, profiles: &BTreeMap<String, FunctionProfile>, graph: &RunGraph) -> Result<(), String> {
+fn write_learned(
+    dir: &Path,
+    profiles: &BTreeMap<String, FunctionProfile>,
+    graph: &RunGraph,
+) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     for stage in &graph.stages {
         let Some(profile) = profiles.get(&stage.function) else {
@@ -395,9 +433,8 @@ fn write_learned(dir: &Path, profiles: &BTreeMap<String, FunctionProfile>, graph
         };
         let yaml = serde_saphyr::to_string(profile).map_err(|e| e.to_string())?;
         let path = dir.join(format!("{}.yaml", stage.function));
-        let text = format!(
-            "# Learned by `vflow run`: the status holds what local runs measured.\n{yaml}"
-        );
+        let text =
+            format!("# Learned by `vflow run`: the status holds what local runs measured.\n{yaml}");
         std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     Ok(())

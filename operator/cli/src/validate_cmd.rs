@@ -43,7 +43,7 @@ pub fn run(files: &[PathBuf], profile_dirs: &[PathBuf]) -> Report {
     }
     let mut extra_profiles = Vec::new();
     for dir in profile_dirs {
-        match yaml_files(dir) {
+        match crate::manifests::yaml_files(dir) {
             Ok(paths) => {
                 for path in paths {
                     match load_file(&path) {
@@ -52,10 +52,7 @@ pub fn run(files: &[PathBuf], profile_dirs: &[PathBuf]) -> Report {
                     }
                 }
             }
-            Err(source) => load_errors.push(LoadError::Read {
-                path: dir.clone(),
-                source,
-            }),
+            Err(e) => load_errors.push(e),
         }
     }
     let mut profiles = BTreeMap::new();
@@ -96,13 +93,4 @@ fn where_(doc: &Document) -> String {
         doc.index,
         doc.label
     )
-}
-
-fn yaml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-        .collect();
-    out.sort();
-    Ok(out)
 }
