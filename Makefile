@@ -5,7 +5,8 @@ CARGO ?= cargo
 
 .PHONY: help build test lint fmt crds check-crds validate-examples ci testenv testenv-up testenv-down testenv-smoke bench-planner \
 	s3-server test-rust test-functions validate-function-profiles bench-runtime bench-local demo \
-	test-operator e2e-operator bench-operator
+	test-operator e2e-operator bench-operator \
+	test-runs
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -84,5 +85,10 @@ e2e-operator: testenv ## Operator against a real control plane (e2e/testenv; sta
 bench-operator: testenv ## 500 workflows x 4 stages on testenv: time to Ready, writes, RSS, CPU (bench/operator)
 	$(CARGO) build --release -p vflow-operator --bins
 	e2e/operator/run.sh target/release/vflow-operator-bench --out bench/operator
+
+test-runs: s3-server testenv ## vflow-runs and the cluster CLI: pure and S3 tests, then a private testenv (own ports; fails if taken) with the operator
+	$(CARGO) test -p vflow-runs
+	$(CARGO) build -p vflow-operator --bin vflow-operator -p vflow-runtime --bin vflow-runtime -p vflow-cli --bin vflow
+	operator/runs/testenv.sh bash -c '$(CARGO) test -p vflow-runs --test cluster -- --ignored --test-threads=1 && $(CARGO) test -p vflow-cli --test cluster_cli -- --ignored --test-threads=1'
 
 ci: check-crds lint test validate-examples testenv-smoke ## What CI runs

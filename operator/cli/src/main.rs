@@ -93,6 +93,43 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         report: Option<PathBuf>,
     },
+    /// Create a VideoWorkflowRun in the cluster (KUBECONFIG): WORKFLOW on one input.
+    /// Prints namespace/name.
+    Submit {
+        /// The VideoWorkflow's name.
+        workflow: String,
+        /// The input: s3://bucket/key, or a key in the workflow's bucket.
+        #[arg(long)]
+        input: String,
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// A parameter for this run only, as stage.key=value (repeatable).
+        #[arg(long = "param", value_name = "STAGE.KEY=VALUE")]
+        params: Vec<String>,
+        /// The run's name (default: generated).
+        #[arg(long)]
+        name: Option<String>,
+        /// Delete the run this many seconds after it finishes (default: the operator's).
+        #[arg(long)]
+        ttl: Option<i64>,
+    },
+    /// The runs in a namespace, or one run's stages, timings, cost and outputs.
+    Status {
+        run: Option<String>,
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
+    /// Logs of a run's stage pods (container `function`).
+    Logs {
+        run: String,
+        #[arg(long)]
+        stage: String,
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// Only the last N lines of each pod.
+        #[arg(long)]
+        tail: Option<i64>,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -205,6 +242,48 @@ fn main() -> ExitCode {
                 command,
             });
             finish(&out.stdout, &out.stderr, out.code)
+        }
+        Command::Submit {
+            workflow,
+            input,
+            namespace,
+            params,
+            name,
+            ttl,
+        } => {
+            use vflow_cli::submit_cmd::{SubmitArgs, submit};
+            let args = SubmitArgs {
+                workflow,
+                input,
+                namespace,
+                params,
+                name,
+                ttl_seconds_after_finished: ttl,
+            };
+            ExitCode::from(vflow_cli::status_cmd::with_client(|c| async move {
+                submit(c, &args).await.map(|n| format!("{n}\n"))
+            }))
+        }
+        Command::Status { run, namespace } => {
+            ExitCode::from(vflow_cli::status_cmd::with_client(|c| async move {
+                vflow_cli::status_cmd::status(c, run.as_deref(), namespace.as_deref()).await
+            }))
+        }
+        Command::Logs {
+            run,
+            stage,
+            namespace,
+            tail,
+        } => {
+            let args = vflow_cli::logs_cmd::LogsArgs {
+                run,
+                stage,
+                namespace,
+                tail,
+            };
+            ExitCode::from(vflow_cli::status_cmd::with_client(|c| async move {
+                vflow_cli::logs_cmd::logs(c, &args).await
+            }))
         }
     }
 }

@@ -62,6 +62,22 @@ pub struct Poller<W, S, St> {
     clients: Mutex<HashMap<String, (S3Settings, S3Store)>>,
 }
 
+/// The ETag; servers that list none (s3s-fs) get size and modification time instead,
+/// so an overwritten object still counts as new.
+fn version_of(object: &aws_sdk_s3::types::Object) -> String {
+    match object.e_tag().map(|e| e.trim_matches('"')) {
+        Some(etag) if !etag.is_empty() => etag.to_string(),
+        _ => format!(
+            "size={};modified={}",
+            object.size().unwrap_or(0),
+            object
+                .last_modified()
+                .map(|t| format!("{}.{:09}", t.secs(), t.subsec_nanos()))
+                .unwrap_or_default()
+        ),
+    }
+}
+
 async fn list(s3: &S3Store, wf: &VideoWorkflow) -> Result<Vec<Listed>, String> {
     let bucket = &wf.spec.storage.bucket;
     let prefix = wf.spec.trigger.prefix.clone().unwrap_or_default();
@@ -87,7 +103,7 @@ async fn list(s3: &S3Store, wf: &VideoWorkflow) -> Result<Vec<Listed>, String> {
             if matches(wf, bucket, key) {
                 out.push(Listed {
                     key: key.to_string(),
-                    etag: object.e_tag().unwrap_or("").trim_matches('"').to_string(),
+                    etag: version_of(object),
                 });
             }
         }

@@ -1,0 +1,669 @@
+//! Against a real control plane (e2e/testenv, through `make test-runs`, which starts a
+//! private one on its own ports) with the real vflow-operator binary scaling the stage
+//! Deployments (kwok makes their pods Ready after 2 s but runs nothing) and local
+//! `vflow-runtime serve` processes standing in for the pods, on a real S3 server.
+//!
+//! `cargo test -p vflow-runs --test cluster -- --ignored --test-threads=1` with
+//! VFLOW_RUNS_KUBECONFIG set; the binaries come from target/debug (or VFLOW_OPERATOR_BIN,
+//! VFLOW_RUNTIME_BIN).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+use vflow_api::{FunctionProfile, RunPhase, VideoWorkflow, VideoWorkflowRun};
+use vflow_engine::backend::{Backend, StageTarget};
+use vflow_engine::record::RunRecord;
+use vflow_runs::backend::{KubeBackend, KubeBackendConfig, StaticResolver};
+use vflow_runs::capacity::KubeCapacity;
+use vflow_runs::signals::{IN_FLIGHT, Signaller};
+use vflow_runs::trigger::poller::PollerConfig;
+use vflow_runs::{RunsConfig, run_controller};
+use vflow_runtime::invocation::InvokeRequest;
+use vflow_storage::S3Store;
+use vflow_storage::test_server::{ACCESS_KEY, SECRET_KEY, TestS3};
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn binary(var: &str, name: &str) -> PathBuf {
+    std::env::var(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| workspace().join("target/debug").join(name))
+}
+
+fn kubeconfig() -> PathBuf {
+    PathBuf::from(std::env::var("VFLOW_RUNS_KUBECONFIG").expect(
+        "VFLOW_RUNS_KUBECONFIG: run these through `make test-runs` (a private e2e/testenv)",
+    ))
+}
+
+async fn client() -> Client {
+    let kc = Kubeconfig::read_from(kubeconfig()).expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .expect("config");
+    Client::try_from(config).expect("client")
+}
+
+async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A namespace with the CRDs, the test profiles, the S3 Secret and the workflow.
+struct Env {
+    client: Client,
+    ns: String,
+    s3: TestS3,
+    store: S3Store,
+    script: PathBuf,
+    _dir: tempfile::TempDir,
+    _procs: Vec<Killed>,
+}
+
+impl Env {
+    async fn new(name: &str, workflow_extra: serde_json::Value) -> Env {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s3 =
+            TestS3::start(&dir.path().join("s3"), &["videos"]).expect("s3s-fs (make s3-server)");
+        let store = S3Store::new(&s3.settings());
+        let script = common::write_script(dir.path());
+        let client = client().await;
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        for crd in vflow_api::crds() {
+            let n = crd.name_any();
+            crds.patch(
+                &n,
+                &PatchParams::apply("runs-e2e").force(),
+                &Patch::Apply(&crd),
+            )
+            .await
+            .expect("apply CRD");
+            wait_for("CRD established", Duration::from_secs(30), || {
+                let crds = crds.clone();
+                let n = n.clone();
+                async move {
+                    crds.get(&n)
+                        .await
+                        .ok()
+                        .and_then(|c| c.status)
+                        .and_then(|s| s.conditions)
+                        .is_some_and(|cs| {
+                            cs.iter()
+                                .any(|c| c.type_ == "Established" && c.status == "True")
+                        })
+                }
+            })
+            .await;
+        }
+        let ns = format!("runs-{name}-{}", std::process::id() % 100_000);
+        let nss: Api<Namespace> = Api::all(client.clone());
+        nss.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns}})).expect("ns"),
+        )
+        .await
+        .expect("create namespace");
+        let profiles: Api<FunctionProfile> = Api::namespaced(client.clone(), &ns);
+        for p in common::profiles(&ns, &script.to_string_lossy()) {
+            profiles
+                .create(&PostParams::default(), &p)
+                .await
+                .expect("profile");
+        }
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": "s3-creds"},
+            "stringData": {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
+        }))
+        .expect("secret");
+        secrets
+            .create(&PostParams::default(), &secret)
+            .await
+            .expect("secret");
+        let wf = common::workflow("wf", &ns, &s3.endpoint, workflow_extra);
+        let wfs: Api<VideoWorkflow> = Api::namespaced(client.clone(), &ns);
+        wfs.create(&PostParams::default(), &wf)
+            .await
+            .expect("workflow");
+        Env {
+            client,
+            ns,
+            s3,
+            store,
+            script,
+            _dir: dir,
+            _procs: Vec::new(),
+        }
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    /// The real operator, watching this namespace only.
+    fn start_operator(&mut self) {
+        let child = Command::new(binary("VFLOW_OPERATOR_BIN", "vflow-operator"))
+            .args(["--watch-namespace", &self.ns, "--leader-elect=false"])
+            .args(["--http-addr", &format!("127.0.0.1:{}", free_port())])
+            .args(["--pod-annotation", "pod-ready.stage.kwok.x-k8s.io/delay=2s"])
+            .env("KUBECONFIG", kubeconfig())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start vflow-operator (cargo build -p vflow-operator)");
+        self._procs.push(Killed(child));
+    }
+
+    /// A `vflow-runtime serve` per stage standing in for its pods; their URLs.
+    async fn start_runtimes(&mut self) -> StaticResolver {
+        let mut urls = BTreeMap::new();
+        for (stage, op) in [("split", "split"), ("copy", "copy"), ("join", "join")] {
+            let dir = self._dir.path().join(format!("rt-{stage}"));
+            std::fs::create_dir_all(&dir).expect("dir");
+            let port_file = dir.join("port");
+            let command = json!([self.script.to_string_lossy(), op]).to_string();
+            let child = Command::new(binary("VFLOW_RUNTIME_BIN", "vflow-runtime"))
+                .args([
+                    "serve",
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                    "--concurrency",
+                    "4",
+                ])
+                .arg("--port-file")
+                .arg(&port_file)
+                .args(["--function", op, "--instance", stage, "--timeout", "60s"])
+                .arg("--scratch-dir")
+                .arg(dir.join("scratch"))
+                .env("VFLOW_COMMAND", command)
+                .env("VFLOW_LOG", "warn")
+                .envs(self.s3.env())
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("start vflow-runtime (cargo build -p vflow-runtime)");
+            self._procs.push(Killed(child));
+            let mut port = None;
+            wait_for("runtime port", Duration::from_secs(30), || {
+                port = std::fs::read_to_string(&port_file)
+                    .ok()
+                    .and_then(|p| p.trim().parse::<u16>().ok());
+                let ready = port.is_some();
+                async move { ready }
+            })
+            .await;
+            urls.insert(
+                stage.to_string(),
+                format!("http://127.0.0.1:{}", port.unwrap_or(0)),
+            );
+        }
+        StaticResolver(urls)
+    }
+
+    async fn deployment(&self, name: &str) -> Option<Deployment> {
+        self.api::<Deployment>().get_opt(name).await.ok().flatten()
+    }
+
+    async fn annotation(&self, key: &str) -> Option<String> {
+        let wf = self.api::<VideoWorkflow>().get("wf").await.ok()?;
+        wf.metadata.annotations?.get(key).cloned()
+    }
+
+    async fn put(&self, key: &str, body: &str) {
+        self.store
+            .put_bytes("videos", key, body.as_bytes().to_vec())
+            .await
+            .expect("put");
+    }
+
+    async fn record(&self, run: &str) -> RunRecord {
+        let bytes = self
+            .store
+            .get_bytes("videos", &format!("outputs/{run}/_vflow-run.json"))
+            .await
+            .expect("get")
+            .expect("the run's record");
+        serde_json::from_slice(&bytes).expect("record")
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let nss: Api<Namespace> = Api::all(self.client.clone());
+        let ns = self.ns.clone();
+        // Best effort: the private testenv is thrown away afterwards anyway.
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Runtime::new() {
+                let _ = rt.block_on(nss.delete(&ns, &Default::default()));
+            }
+        })
+        .join();
+    }
+}
+
+fn target(stage: &str) -> StageTarget {
+    StageTarget {
+        stage: stage.into(),
+        function: "tsplit".into(),
+        command: vec![],
+        warmup_command: vec![],
+        concurrency: 1,
+        min_instances: 0,
+        max_instances: 2,
+        timeout_seconds: 60.0,
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs e2e/testenv: make test-runs"]
+async fn a_stage_at_zero_is_scaled_by_the_operator_and_the_invocation_waits_for_it() {
+    let mut env = Env::new("scale", json!({})).await;
+    env.start_operator();
+    let resolver = env.start_runtimes().await;
+    wait_for(
+        "Deployment wf-split at 0 replicas",
+        Duration::from_secs(60),
+        || async {
+            env.deployment("wf-split")
+                .await
+                .is_some_and(|d| d.spec.replicas == Some(0))
+        },
+    )
+    .await;
+    env.put("in/clip.bin", "input\n").await;
+
+    let signaller = Signaller::new(env.client.clone());
+    let capacity = KubeCapacity::new(
+        env.client.clone(),
+        signaller,
+        &env.ns,
+        "wf",
+        Duration::from_secs(30),
+    );
+    let backend = KubeBackend::new(
+        &env.ns,
+        "wf",
+        capacity,
+        Arc::new(resolver),
+        KubeBackendConfig::default(),
+    );
+    let request = InvokeRequest {
+        run: "r1".into(),
+        stage: "split".into(),
+        segment: None,
+        inputs: vec!["s3://videos/in/clip.bin".into()],
+        output_prefix: "s3://videos/outputs/r1/split/all/".into(),
+        params: BTreeMap::from([("count".to_string(), json!(3))]),
+        timeout_seconds: Some(60.0),
+    };
+    let started = Instant::now();
+    let call = {
+        let backend = backend.clone();
+        tokio::spawn(async move { backend.invoke(&target("split"), request).await })
+    };
+    // While it is held: the annotation asks for it and the operator scales up.
+    wait_for("in-flight annotation", Duration::from_secs(10), || async {
+        env.annotation(IN_FLIGHT).await.as_deref() == Some(r#"{"split":1}"#)
+    })
+    .await;
+    wait_for(
+        "operator scales wf-split to 1",
+        Duration::from_secs(20),
+        || async {
+            env.deployment("wf-split")
+                .await
+                .is_some_and(|d| d.spec.replicas == Some(1))
+        },
+    )
+    .await;
+    assert!(
+        !call.is_finished(),
+        "the invocation went through before a pod was Ready"
+    );
+    let invoked = call.await.expect("join").expect("invoked");
+    let ready = env
+        .deployment("wf-split")
+        .await
+        .and_then(|d| d.status)
+        .and_then(|s| s.ready_replicas);
+    assert_eq!(ready, Some(1));
+    let cold = invoked.cold_start_seconds.expect("a cold start");
+    eprintln!(
+        "scale from zero: held {cold:.2}s (kwok ready delay 2s), total {:.2}s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(cold >= 1.5, "held only {cold:.2}s");
+    assert_eq!(invoked.response.outputs.len(), 3);
+    wait_for(
+        "in-flight back to none",
+        Duration::from_secs(10),
+        || async { env.annotation(IN_FLIGHT).await.as_deref() == Some("{}") },
+    )
+    .await;
+
+    // A stage with no Deployment: a clear error after the activation timeout.
+    let signaller = Signaller::new(env.client.clone());
+    let capacity = KubeCapacity::new(
+        env.client.clone(),
+        signaller,
+        &env.ns,
+        "nope",
+        Duration::from_secs(30),
+    );
+    let lost = KubeBackend::new(
+        &env.ns,
+        "nope",
+        capacity,
+        Arc::new(StaticResolver::default()),
+        KubeBackendConfig {
+            activation_timeout: Duration::from_secs(1),
+            ..Default::default()
+        },
+    );
+    let err = lost
+        .invoke(
+            &target("split"),
+            InvokeRequest {
+                run: "r2".into(),
+                stage: "split".into(),
+                segment: None,
+                inputs: vec![],
+                output_prefix: "s3://videos/x/".into(),
+                params: BTreeMap::new(),
+                timeout_seconds: None,
+            },
+        )
+        .await
+        .expect_err("no Deployment");
+    assert!(err.to_string().contains("does not exist"), "{err}");
+}
+
+fn config(ns: &str, resolver: StaticResolver) -> RunsConfig {
+    RunsConfig {
+        namespace: Some(ns.to_string()),
+        status_interval: Duration::from_millis(200),
+        retry_interval: Duration::from_secs(2),
+        poller: Some(PollerConfig {
+            interval: Duration::from_millis(500),
+            run_existing: false,
+        }),
+        resolver: Arc::new(resolver),
+        ..RunsConfig::default()
+    }
+}
+
+async fn wait_phase(env: &Env, name: &str, phase: RunPhase, timeout: Duration) -> VideoWorkflowRun {
+    let runs: Api<VideoWorkflowRun> = env.api();
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(r)) = runs.get_opt(name).await {
+            let now = r.status.as_ref().map(|s| s.phase).unwrap_or_default();
+            if now == phase {
+                return r;
+            }
+            assert!(
+                !(now.is_finished()),
+                "run {name} ended {now:?}: {:?}",
+                r.status.and_then(|s| s.message)
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "run {name} not {phase:?} within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn run(name: &str, input: &str, ttl: i64, params: serde_json::Value) -> VideoWorkflowRun {
+    serde_json::from_value(json!({
+        "apiVersion": "vflow.io/v1alpha1",
+        "kind": "VideoWorkflowRun",
+        "metadata": {"name": name},
+        "spec": {"workflowRef": {"name": "wf"}, "input": input, "ttlSecondsAfterFinished": ttl, "params": params}
+    }))
+    .expect("run")
+}
+
+#[tokio::test]
+#[ignore = "needs e2e/testenv: make test-runs"]
+async fn runs_from_submit_and_from_the_s3_trigger_finish_with_status_and_go_after_their_ttl() {
+    let mut env = Env::new(
+        "ctl",
+        json!({"trigger": {"type": "S3", "prefix": "incoming/", "suffix": ".bin"}}),
+    )
+    .await;
+    env.start_operator();
+    let resolver = env.start_runtimes().await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let controller = tokio::spawn(run_controller(
+        env.client.clone(),
+        config(&env.ns, resolver),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    env.put("in/clip.bin", "input\n").await;
+    let runs: Api<VideoWorkflowRun> = env.api();
+    runs.create(
+        &PostParams::default(),
+        &run("manual", "in/clip.bin", 4, json!({})),
+    )
+    .await
+    .expect("create run");
+
+    let done = wait_phase(&env, "manual", RunPhase::Succeeded, Duration::from_secs(90)).await;
+    let status = done.status.expect("status");
+    eprintln!(
+        "{}",
+        serde_json::to_string_pretty(&status).unwrap_or_default()
+    );
+    assert_eq!(status.progress.as_deref(), Some("5/5"));
+    let stages: Vec<(String, u32, u32)> = status
+        .stages
+        .iter()
+        .map(|s| (s.name.clone(), s.done, s.total))
+        .collect();
+    assert_eq!(
+        stages,
+        vec![
+            ("split".into(), 1, 1),
+            ("copy".into(), 3, 3),
+            ("join".into(), 1, 1)
+        ]
+    );
+    assert_eq!(status.outputs.len(), 1);
+    assert!(status.outputs[0].uri.ends_with("/join/all/joined.bin") && status.outputs[0].bytes > 0);
+    let t = status.timings.expect("timings");
+    assert!(t.total_seconds > 0.0 && t.critical_path_exec_seconds > 0.0);
+    assert!(
+        t.cold_start_seconds >= 1.5,
+        "every stage started from zero: {t:?}"
+    );
+    assert!((t.total_seconds - t.critical_path_exec_seconds - t.overhead_seconds).abs() < 0.01);
+    assert!(
+        status
+            .estimated_cost
+            .is_some_and(|c| c.total > 0.0 && c.cpu_core_seconds > 0.0)
+    );
+    assert!(
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Succeeded" && c.status == "True")
+    );
+    let bytes = env
+        .store
+        .get_bytes("videos", "outputs/manual/join/all/joined.bin")
+        .await
+        .expect("get")
+        .expect("output");
+    assert_eq!(
+        String::from_utf8_lossy(&bytes).matches("input").count(),
+        3,
+        "three segments joined"
+    );
+
+    // An object arriving under the trigger's prefix starts a run; the outputs do not.
+    env.put("incoming/new.bin", "triggered\n").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let triggered = loop {
+        let list = runs
+            .list(&Default::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default();
+        if let Some(r) = list
+            .into_iter()
+            .find(|r| r.spec.input == "s3://videos/incoming/new.bin")
+        {
+            break Some(r.name_any());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no run for incoming/new.bin within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let triggered = triggered.expect("run");
+    wait_phase(
+        &env,
+        &triggered,
+        RunPhase::Succeeded,
+        Duration::from_secs(60),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let all = runs.list(&Default::default()).await.expect("list").items;
+    let inputs: Vec<String> = all.iter().map(|r| r.spec.input.clone()).collect();
+    assert_eq!(
+        inputs.iter().filter(|i| i.contains("incoming/")).count(),
+        1,
+        "{inputs:?}"
+    );
+
+    // ttlSecondsAfterFinished: 4.
+    wait_for(
+        "the finished run deleted after its TTL",
+        Duration::from_secs(20),
+        || async { runs.get_opt("manual").await.ok().flatten().is_none() },
+    )
+    .await;
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), controller).await;
+}
+
+#[tokio::test]
+#[ignore = "needs e2e/testenv: make test-runs"]
+async fn a_restarted_controller_resumes_the_run_without_redoing_finished_work() {
+    let mut env = Env::new("resume", json!({})).await;
+    env.start_operator();
+    let resolver = env.start_runtimes().await;
+    env.put("in/clip.bin", "input\n").await;
+    let runs: Api<VideoWorkflowRun> = env.api();
+    runs.create(
+        &PostParams::default(),
+        &run("slow", "in/clip.bin", 600, json!({"copy": {"sleep": 4}})),
+    )
+    .await
+    .expect("create run");
+
+    // The first controller in its own runtime, dropped whole (like a killed process)
+    // once split is done and the copies are running.
+    let (client, cfg) = (env.client.clone(), config(&env.ns, resolver.clone()));
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let first = std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(async move {
+            let shutdown = async move {
+                let _ = tokio::task::spawn_blocking(move || stopped.recv()).await;
+            };
+            let _ = run_controller(client, cfg, shutdown).await;
+        });
+        drop(rt);
+    });
+    wait_for(
+        "split done, copies running",
+        Duration::from_secs(60),
+        || async {
+            let r = runs.get_opt("slow").await.ok().flatten();
+            r.and_then(|r| r.status).is_some_and(|s| {
+                s.stages.iter().any(|st| st.name == "split" && st.done == 1)
+                    && s.stages
+                        .iter()
+                        .any(|st| st.name == "copy" && st.total == 3 && st.done < 3)
+            })
+        },
+    )
+    .await;
+    let _ = stop.send(());
+    let _ = first.join();
+
+    let (stop2, stopped2) = tokio::sync::oneshot::channel::<()>();
+    let second = tokio::spawn(run_controller(
+        env.client.clone(),
+        config(&env.ns, resolver),
+        async {
+            let _ = stopped2.await;
+        },
+    ));
+    wait_phase(&env, "slow", RunPhase::Succeeded, Duration::from_secs(90)).await;
+    let record = env.record("slow").await;
+    assert_eq!(record.sessions, 2, "picked up twice");
+    let split = record.unit("split", None).expect("split");
+    assert_eq!(
+        split.attempts.iter().filter(|a| !a.reused).count(),
+        1,
+        "split ran once: {:?}",
+        split.attempts
+    );
+    let _ = stop2.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), second).await;
+}
