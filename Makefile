@@ -80,7 +80,7 @@ test-operator: ## Operator tests that need no cluster: pure builders and autosca
 
 e2e-operator: testenv ## Operator against a real control plane (e2e/testenv; started and stopped unless already up)
 	$(CARGO) build -p vflow-operator --bins --tests
-	e2e/operator/run.sh $(CARGO) test -p vflow-operator --test e2e -- --ignored --test-threads=1
+	e2e/operator/run.sh $(CARGO) test -p vflow-operator --test e2e --test observer_e2e -- --ignored --test-threads=1
 
 bench-operator: testenv ## 500 workflows x 4 stages on testenv: time to Ready, writes, RSS, CPU (bench/operator)
 	$(CARGO) build --release -p vflow-operator --bins
@@ -88,7 +88,11 @@ bench-operator: testenv ## 500 workflows x 4 stages on testenv: time to Ready, w
 
 test-runs: s3-server testenv ## vflow-runs and the cluster CLI: pure and S3 tests, then a private testenv (own ports; fails if taken) with the operator
 	$(CARGO) test -p vflow-runs
-	$(CARGO) build -p vflow-operator --bin vflow-operator -p vflow-runtime --bin vflow-runtime -p vflow-cli --bin vflow
-	operator/runs/testenv.sh bash -c '$(CARGO) test -p vflow-runs --test cluster -- --ignored --test-threads=1 && $(CARGO) test -p vflow-cli --test cluster_cli -- --ignored --test-threads=1'
+	# One package per build, and a private copy: built together with a crate that uses
+	# the AWS SDK, the operator gets both rustls providers and panics choosing one.
+	$(CARGO) build -p vflow-operator --bin vflow-operator
+	mkdir -p target/runs-e2e && cp target/debug/vflow-operator target/runs-e2e/
+	$(CARGO) build -p vflow-runtime --bin vflow-runtime
+	VFLOW_OPERATOR_BIN=$(CURDIR)/target/runs-e2e/vflow-operator operator/runs/testenv.sh bash -c '$(CARGO) test -p vflow-runs --test cluster -- --ignored --test-threads=1 && $(CARGO) test -p vflow-cli --test cluster_cli -- --ignored --test-threads=1'
 
 ci: check-crds lint test validate-examples testenv-smoke ## What CI runs

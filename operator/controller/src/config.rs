@@ -58,6 +58,10 @@ pub struct Args {
     #[arg(long, env = "VFLOW_OPERATOR_IDENTITY")]
     pub identity: Option<String>,
 
+    /// Time between scrapes of the function pods' observations (0 turns it off).
+    #[arg(long, env = "VFLOW_OBSERVE_SECONDS", default_value_t = 30)]
+    pub observe_seconds: u64,
+
     /// How long a Lease holds without renewal, in seconds.
     #[arg(long, env = "VFLOW_OPERATOR_LEASE_SECONDS", default_value_t = 15)]
     pub lease_seconds: u32,

@@ -12,6 +12,7 @@ pub mod error;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod observer;
 pub mod profile;
 pub mod signals;
 pub mod workflow;
@@ -87,7 +88,14 @@ async fn shutdown_signal() {
 
 /// Runs the operator until SIGTERM/SIGINT (Ok) or until it loses the Lease or cannot
 /// serve (Err).
+/// Chooses ring as the process's TLS provider: kube is built with ring and the AWS SDK
+/// with aws-lc-rs, and with both rustls refuses to guess. Call before the first client.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 pub async fn run(args: Args) -> Result<()> {
+    install_crypto_provider();
     init_tracing(&args);
     let settings = args.settings()?;
     let metrics = Metrics::new();
@@ -128,6 +136,17 @@ pub async fn run(args: Args) -> Result<()> {
         health.clone(),
         identity,
     );
+    // The leader folds what function pods measured into their FunctionProfiles.
+    let observe = async {
+        if args.observe_seconds > 0 {
+            let observer =
+                observer::Observer::new(client.clone(), std::sync::Arc::new(observer::pod_ip));
+            observer
+                .run(Duration::from_secs(args.observe_seconds))
+                .await;
+        }
+        future::pending::<()>().await
+    };
     let keep = async {
         if args.leader_elect {
             leader::keep(&lease_api, &lease).await
@@ -137,6 +156,7 @@ pub async fn run(args: Args) -> Result<()> {
     };
     let result = tokio::select! {
         r = controllers => r,
+        _ = observe => Ok(()),
         e = keep => Err(e),
         _ = &mut shutdown => { info!("shutting down"); Ok(()) }
     };

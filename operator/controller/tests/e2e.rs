@@ -51,6 +51,7 @@ fn kubectl() -> PathBuf {
 }
 
 async fn client() -> Client {
+    vflow_operator::install_crypto_provider();
     let kc =
         Kubeconfig::read_from(kubeconfig()).expect("testenv kubeconfig: run `make testenv-up`");
     let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())

@@ -152,8 +152,8 @@ fn workflow(i: usize) -> Res<VideoWorkflow> {
             "stages": [
                 {"name": "split", "function": "segment", "fanOut": true},
                 {"name": "scale", "function": "scale", "after": ["split"], "params": {"height": 480}},
-                {"name": "transcode", "function": "transcode", "after": ["scale"]},
-                {"name": "stitch", "function": "stitch", "after": ["transcode"], "join": true}
+                {"name": "thumbnail", "function": "thumbnail", "after": ["scale"]},
+                {"name": "sprite", "function": "sprite", "after": ["thumbnail"], "join": true}
             ]
         }
     }))?)
@@ -194,6 +194,7 @@ async fn wait_leading(op: &Proc, within: Duration) -> Res<()> {
 
 #[tokio::main]
 async fn main() -> Res<()> {
+    vflow_operator::install_crypto_provider();
     let args = Args::parse();
     std::fs::create_dir_all(&args.out)?;
     let kc = Kubeconfig::read_from(&args.kubeconfig)?;

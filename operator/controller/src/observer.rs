@@ -1,0 +1,186 @@
+//! Closes the feedback loop in a cluster: what function pods measured goes into their
+//! FunctionProfile's status.
+//!
+//! Every interval the operator scrapes each ready function pod: the runtime's
+//! `/observations` (per-invocation time, CPU, peak memory, cold start) and the
+//! sidecar's (container-level CPU, memory and GPU while busy), and folds what is new
+//! since the previous scrape into the profile (see `vflow_engine::learn::fold_scrapes`).
+//! Function pods then need no Kubernetes credentials at all. Counters are cumulative
+//! per pod, so the operator remembers the last scrape of each pod; after an operator
+//! restart the first scrape of the pods that already existed only sets that baseline
+//! (a little is lost, nothing is counted twice).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Api, Client, ResourceExt};
+use vflow_api::FunctionProfile;
+use vflow_engine::learn::{InstanceScrape, fold_scrapes};
+use vflow_runtime::observations::{ContainerObservations, InstanceObservations};
+
+use crate::workflow::build::LABEL_FUNCTION;
+
+/// Field manager of the observation fields of FunctionProfile status.
+pub const OBSERVER_MANAGER: &str = "vflow-observer";
+
+/// Where a pod's port is reachable: `http://<podIP>:<port>` in a cluster; tests map
+/// pods to local processes.
+pub type Resolve = Arc<dyn Fn(&Pod, u16) -> Option<String> + Send + Sync>;
+
+pub fn pod_ip(pod: &Pod, port: u16) -> Option<String> {
+    let ip = pod.status.as_ref()?.pod_ip.as_ref()?;
+    Some(format!("http://{ip}:{port}"))
+}
+
+fn ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// One pod's runtime and sidecar observations, under its UID.
+type PodReport = (String, InstanceObservations, Option<ContainerObservations>);
+
+pub struct Observer {
+    client: Client,
+    http: reqwest::Client,
+    resolve: Resolve,
+    runtime_port: u16,
+    sidecar_port: u16,
+    /// Last scrape per pod UID.
+    last: HashMap<String, InstanceObservations>,
+    /// Pods that existed at the first scrape: baseline only.
+    first_scrape_done: bool,
+}
+
+impl Observer {
+    pub fn new(client: Client, resolve: Resolve) -> Self {
+        Self {
+            client,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap_or_default(),
+            resolve,
+            runtime_port: 8080,
+            sidecar_port: 9091,
+            last: HashMap::new(),
+            first_scrape_done: false,
+        }
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(&self, base: &str) -> Option<T> {
+        let response = self
+            .http
+            .get(format!("{base}/observations"))
+            .send()
+            .await
+            .ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        response.json().await.ok()
+    }
+
+    /// One pass over every function pod; returns how many profiles were updated.
+    pub async fn scrape_once(&mut self) -> Result<usize, kube::Error> {
+        let pods: Api<Pod> = Api::all(self.client.clone());
+        let pods = pods
+            .list(&ListParams::default().labels(LABEL_FUNCTION))
+            .await?;
+        let baseline_only = !self.first_scrape_done;
+        self.first_scrape_done = true;
+        // (namespace, function) -> what each of its pods reported now.
+        let mut by_function: BTreeMap<(String, String), Vec<PodReport>> = BTreeMap::new();
+        let mut seen = HashMap::new();
+        for pod in pods.items.iter().filter(|p| ready(p)) {
+            let (Some(uid), Some(ns)) = (pod.metadata.uid.clone(), pod.namespace()) else {
+                continue;
+            };
+            let Some(function) = pod.labels().get(LABEL_FUNCTION).cloned() else {
+                continue;
+            };
+            let Some(base) = (self.resolve)(pod, self.runtime_port) else {
+                continue;
+            };
+            let Some(current) = self.get::<InstanceObservations>(&base).await else {
+                continue;
+            };
+            let container = match (self.resolve)(pod, self.sidecar_port) {
+                Some(sidecar) => self.get::<ContainerObservations>(&sidecar).await,
+                None => None,
+            };
+            seen.insert(uid.clone(), current.clone());
+            if baseline_only {
+                continue;
+            }
+            by_function
+                .entry((ns, function))
+                .or_default()
+                .push((uid, current, container));
+        }
+        let mut updated = 0;
+        for ((ns, function), reports) in by_function {
+            let api: Api<FunctionProfile> = Api::namespaced(self.client.clone(), &ns);
+            let Some(mut profile) = api.get_opt(&function).await? else {
+                continue;
+            };
+            let scrapes: Vec<InstanceScrape<'_>> = reports
+                .iter()
+                .map(|(uid, current, container)| InstanceScrape {
+                    previous: self.last.get(uid),
+                    current,
+                    container: container.as_ref(),
+                })
+                .collect();
+            if !fold_scrapes(&mut profile, &scrapes) {
+                continue;
+            }
+            let Some(status) = &profile.status else {
+                continue;
+            };
+            let patch = serde_json::json!({
+                "apiVersion": vflow_api::API_VERSION,
+                "kind": "FunctionProfile",
+                "status": {
+                    "invocations": status.invocations,
+                    "coldStarts": status.cold_starts,
+                    "failures": status.failures,
+                    "oomKills": status.oom_kills,
+                    "execSeconds": status.exec_seconds,
+                    "coldStartSeconds": status.cold_start_seconds,
+                    "cpuCores": status.cpu_cores,
+                    "memoryBytes": status.memory_bytes,
+                    "gpuMemoryBytes": status.gpu_memory_bytes,
+                    "gpuUtilization": status.gpu_utilization,
+                    "outputInputRatio": status.output_input_ratio,
+                    "windowEnd": k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
+                }
+            });
+            let params = PatchParams::apply(OBSERVER_MANAGER).force();
+            api.patch_status(&function, &params, &Patch::Apply(&patch))
+                .await?;
+            updated += 1;
+        }
+        self.last = seen;
+        Ok(updated)
+    }
+
+    /// Scrapes every `interval` until the process stops.
+    pub async fn run(mut self, interval: Duration) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            match self.scrape_once().await {
+                Ok(n) if n > 0 => tracing::debug!(profiles = n, "observations folded"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "scraping observations failed"),
+            }
+        }
+    }
+}
