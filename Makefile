@@ -95,4 +95,4 @@ test-runs: s3-server testenv ## vflow-runs and the cluster CLI: pure and S3 test
 	$(CARGO) build -p vflow-runtime --bin vflow-runtime
 	VFLOW_OPERATOR_BIN=$(CURDIR)/target/runs-e2e/vflow-operator operator/runs/testenv.sh bash -c '$(CARGO) test -p vflow-runs --test cluster -- --ignored --test-threads=1 && $(CARGO) test -p vflow-cli --test cluster_cli -- --ignored --test-threads=1'
 
-ci: check-crds lint test validate-examples testenv-smoke ## What CI runs
+ci: check-crds lint test validate-examples testenv-smoke e2e-operator test-runs ## What CI runs
