@@ -168,6 +168,8 @@ where
             return 2;
         }
     };
+    // kube uses ring, the AWS SDK aws-lc-rs: rustls needs to be told.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let result = runtime.block_on(async {
         let client = Client::try_default()
             .await

@@ -150,11 +150,14 @@ enum Problem {
     Fatal(String),
 }
 
+/// (stage, seconds after the start, replicas), as the engine takes it.
+type Prewarm = Vec<(String, f64, u32)>;
+
 /// Resources per stage as the operator sizes them (the planner on the same inputs).
 fn resources(
     wf: &VideoWorkflow,
     profiles: &BTreeMap<String, FunctionProfile>,
-) -> (BTreeMap<String, StageResources>, Vec<(String, f64, u32)>) {
+) -> (BTreeMap<String, StageResources>, Prewarm) {
     let mut out = BTreeMap::new();
     let mut prewarm = Vec::new();
     match plan_workflow(wf, profiles, &PlannerConfig::default()) {

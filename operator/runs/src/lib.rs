@@ -44,6 +44,12 @@ where
     }
 }
 
+/// Chooses ring as the process's TLS provider: kube is built with ring and the AWS SDK
+/// with aws-lc-rs, and with both rustls refuses to guess. Call before the first client.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Runs the VideoWorkflowRun controller, the S3 poller and the webhook (as configured)
 /// until `shutdown` completes. Call it on the leader only: two of these would run
 /// each run twice.
@@ -52,6 +58,7 @@ pub async fn run_controller(
     config: RunsConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
+    install_crypto_provider();
     let shutdown = shutdown.boxed().shared();
     let ns = config.namespace.clone();
     let ctx = controller::Ctx::new(client.clone(), config.clone());

@@ -51,6 +51,7 @@ fn kubeconfig() -> PathBuf {
 }
 
 async fn client() -> Client {
+    vflow_runs::install_crypto_provider();
     let kc = Kubeconfig::read_from(kubeconfig()).expect("kubeconfig");
     let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
@@ -225,6 +226,8 @@ impl Env {
                 .arg(dir.join("scratch"))
                 .env("VFLOW_COMMAND", command)
                 .env("VFLOW_LOG", "warn")
+                // Gone with this test process even when it is killed.
+                .env("VFLOW_EXIT_WITH_PARENT", "1")
                 .envs(self.s3.env())
                 .stdout(Stdio::null())
                 .spawn()
@@ -276,12 +279,15 @@ impl Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
-        let nss: Api<Namespace> = Api::all(self.client.clone());
         let ns = self.ns.clone();
-        // Best effort: the private testenv is thrown away afterwards anyway.
+        // Best effort, with a client of its own: this one's worker lives on the test's
+        // runtime, which this drop blocks.
         let _ = std::thread::spawn(move || {
             if let Ok(rt) = tokio::runtime::Runtime::new() {
-                let _ = rt.block_on(nss.delete(&ns, &Default::default()));
+                rt.block_on(async {
+                    let nss: Api<Namespace> = Api::all(client().await);
+                    let _ = nss.delete(&ns, &Default::default()).await;
+                });
             }
         })
         .join();
@@ -617,7 +623,8 @@ async fn a_restarted_controller_resumes_the_run_without_redoing_finished_work() 
 
     // The first controller in its own runtime, dropped whole (like a killed process)
     // once split is done and the copies are running.
-    let (client, cfg) = (env.client.clone(), config(&env.ns, resolver.clone()));
+    // Its own client too: a kube client's worker lives on the runtime that made it.
+    let cfg = config(&env.ns, resolver.clone());
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
     let first = std::thread::spawn(move || {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -625,7 +632,7 @@ async fn a_restarted_controller_resumes_the_run_without_redoing_finished_work() 
             let shutdown = async move {
                 let _ = tokio::task::spawn_blocking(move || stopped.recv()).await;
             };
-            let _ = run_controller(client, cfg, shutdown).await;
+            let _ = run_controller(client().await, cfg, shutdown).await;
         });
         drop(rt);
     });
@@ -644,7 +651,7 @@ async fn a_restarted_controller_resumes_the_run_without_redoing_finished_work() 
     )
     .await;
     let _ = stop.send(());
-    let _ = first.join();
+    let _ = tokio::task::spawn_blocking(move || first.join()).await;
 
     let (stop2, stopped2) = tokio::sync::oneshot::channel::<()>();
     let second = tokio::spawn(run_controller(

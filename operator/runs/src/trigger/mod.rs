@@ -42,12 +42,14 @@ pub fn matches(wf: &VideoWorkflow, bucket: &str, key: &str) -> bool {
     let prefix = spec.trigger.prefix.as_deref().unwrap_or("");
     let suffix = spec.trigger.suffix.as_deref().unwrap_or("");
     let outputs = spec.output_prefix.trim_start_matches('/');
+    let in_outputs = !outputs.is_empty() && key.starts_with(outputs);
+    let record = key.rsplit('/').next().unwrap_or("").starts_with("_vflow-");
     key.starts_with(prefix)
         && key.ends_with(suffix)
         && !key.ends_with('/')
         && !key.starts_with(INTERNAL_PREFIX)
-        && !(!outputs.is_empty() && key.starts_with(outputs))
-        && !key.rsplit('/').next().unwrap_or("").starts_with("_vflow-")
+        && !in_outputs
+        && !record
 }
 
 /// The run's name for an object: the same object gives the same name.
