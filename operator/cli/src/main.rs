@@ -187,7 +187,10 @@ fn main() -> ExitCode {
                 max_instances,
                 quiet,
             };
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("vflow: cannot start the async runtime: {e}");

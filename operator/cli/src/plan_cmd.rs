@@ -13,7 +13,7 @@ use vflow_api::{
 };
 use vflow_planner::{PlannerConfig, WorkflowPlan, plan_workflow};
 
-use crate::manifests::{Document, LoadError, Object, load_file};
+use crate::manifests::{Document, Object, load_file};
 
 /// What `vflow plan` prints and how it exits.
 pub struct Outcome {

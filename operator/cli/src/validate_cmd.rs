@@ -1,9 +1,6 @@
 //! `vflow validate FILE...`: every problem in every manifest, or nothing at all.
 
-use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
-};
+use std::{collections::BTreeMap, path::PathBuf};
 
 use vflow_api::validate::{ProfileSet, validate_profile, validate_run, validate_workflow};
 
