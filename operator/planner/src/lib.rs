@@ -15,7 +15,9 @@
 //!   GpuError>`.
 //! - [`prewarm::jit_schedule`]`(&[PathStage], t0, Margin) -> Vec<PrewarmAction>` at a
 //!   run's start (with [`plan::WorkflowPlan::path_stages`]), and
-//!   [`prewarm::replan`] when a branch goes the other way.
+//!   [`prewarm::replan`] when a branch goes the other way; or
+//!   [`prewarm::progress_schedule`]`(&[PathStage], &[StageProgress], now, Risk)` on
+//!   every progress event of a run (the next requests due, from its actual progress).
 //! - [`provisioning::plan`]`(&[FunctionLoad], &ProvisioningConfig)` each interval.
 //!
 //! [`sim`] is a discrete-event simulator of a cluster that runs these decisions

@@ -712,6 +712,7 @@ fn path_stages(
                 exec_std_seconds: f.timing.exec.std_dev(),
                 overhead_seconds: overhead,
                 cold_start_seconds: f.timing.cold_start.median,
+                cold_start_std_seconds: f.timing.cold_start.std_dev(),
                 replicas,
                 warm: durable[i].1 >= replicas || fused_with[i].is_some(),
             }

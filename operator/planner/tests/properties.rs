@@ -6,7 +6,8 @@ use vflow_planner::{
     dag::Dag,
     path::{greedy, max_product, outcome_probability, run_probabilities},
     prewarm::{
-        Margin, PathStage, expected_arrivals, jit_schedule, reschedule, speculative_schedule,
+        Margin, PathStage, Risk, StageProgress, expected_arrivals, jit_schedule, progress_schedule,
+        reschedule, speculative_schedule,
     },
 };
 
@@ -151,6 +152,7 @@ fn path_strategy() -> impl Strategy<Value = Vec<PathStage>> {
                 exec_std_seconds: sd,
                 overhead_seconds: o,
                 cold_start_seconds: c,
+                cold_start_std_seconds: 0.0,
                 replicas: 1,
                 warm: warm && k > 0,
             })
@@ -223,6 +225,28 @@ proptest! {
         for a in reschedule(&path, reached, now, now + wait, Margin::default()) {
             prop_assert!(a.at_seconds >= now);
             prop_assert!(a.stage != path[reached].stage);
+        }
+    }
+
+    #[test]
+    fn progress_schedule_is_never_in_the_past(path in path_strategy(), now in 0.0f64..1000.0, k in any::<prop::sample::Index>(), ran in 0.0f64..5.0) {
+        // The run is at stage `reached`: it started `ran` seconds ago, everything
+        // before it is done.
+        let reached = k.index(path.len());
+        let mut known = vec![StageProgress::default(); path.len()];
+        for (j, p) in known.iter_mut().enumerate().take(reached) {
+            p.finished_at = Some(now - ran - 0.1 * (reached - j) as f64);
+        }
+        known[reached].input_at = Some(now - ran);
+        known[reached].started_at = Some(now - ran);
+        let risk = Risk { samples: 32, ..Risk::default() };
+        let due = progress_schedule(&path, &known, now, risk);
+        for a in &due {
+            let j = path.iter().position(|s| s.stage == a.stage).expect("stage on the path");
+            prop_assert!(a.at_seconds >= now);
+            prop_assert!(j > reached);
+            prop_assert!(!path[j].warm);
+            prop_assert_eq!(a.at_seconds, due[0].at_seconds);
         }
     }
 }

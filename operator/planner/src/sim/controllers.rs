@@ -4,7 +4,7 @@ use vflow_api::PrewarmPolicy;
 
 use super::engine::{Command, Controller, RequestSpec, SimFunction};
 use crate::{
-    prewarm::{self, Margin, PathStage},
+    prewarm::{self, Margin, PathStage, Risk, StageProgress},
     provisioning::{self, FunctionLoad, ProvisioningConfig},
 };
 
@@ -25,6 +25,15 @@ pub struct PrewarmController {
     on_path: Vec<usize>,
     /// JIT re-schedules the rest of the path as each stage's input arrives.
     pub rolling: bool,
+    /// JIT from the run's progress ([`prewarm::progress_schedule`]) instead of a
+    /// margin: recomputed on every input arrival and stage start.
+    pub progress: Option<Risk>,
+    /// Per request (progress mode): what is known about each stage of its path.
+    known: Vec<Vec<StageProgress>>,
+    /// Per request (progress mode): pending (not yet issued) request times.
+    planned: Vec<Vec<Option<f64>>>,
+    /// Per request (progress mode): the wake-up pending, if any (older ones are stale).
+    wake_at: Vec<Option<f64>>,
     pub replans: u64,
 }
 
@@ -46,8 +55,154 @@ impl PrewarmController {
             ready_at: Default::default(),
             on_path: Vec::new(),
             rolling: true,
+            progress: None,
+            known: Vec::new(),
+            planned: Vec::new(),
+            wake_at: Vec::new(),
             replans: 0,
         }
+    }
+
+    /// JIT from the run's progress at the given risk.
+    pub fn with_progress(mut self, risk: Risk) -> Self {
+        self.progress = Some(risk);
+        self
+    }
+
+    fn progress_mode(&self) -> Option<Risk> {
+        self.progress
+            .filter(|_| self.policy == PrewarmPolicy::JustInTime)
+    }
+
+    fn current_path(&self, request: usize) -> &[PathStage] {
+        match self.on_path[request] {
+            0 => &self.predicted,
+            k => &self.alternatives[k - 1],
+        }
+    }
+
+    fn grow(&mut self, request: usize) {
+        if self.warmed.len() <= request {
+            self.warmed.resize(request + 1, Vec::new());
+            self.on_path.resize(request + 1, 0);
+            self.known.resize(request + 1, Vec::new());
+            self.planned.resize(request + 1, Vec::new());
+            self.wake_at.resize(request + 1, None);
+        }
+    }
+
+    /// Progress mode: a fresh path whose first stage's input arrived at `now` (served
+    /// on demand unless warm).
+    fn start_path(&mut self, request: usize, now: f64) {
+        let path = self.current_path(request);
+        let mut known = vec![StageProgress::default(); path.len()];
+        if let Some(first) = known.first_mut() {
+            first.input_at = Some(now);
+            if !path[0].warm {
+                first.requested_at = Some(now);
+            }
+        }
+        let n = path.len();
+        self.known[request] = known;
+        self.planned[request] = vec![None; n];
+    }
+
+    /// Progress mode: issued requests become known, pending ones are replaced by the
+    /// schedule from what is known now.
+    fn recompute(&mut self, now: f64, request: usize, risk: Risk) -> Vec<Command> {
+        let mut cmds = Vec::new();
+        let path = self.current_path(request).to_vec();
+        for (k, stage) in path.iter().enumerate() {
+            match self.planned[request][k] {
+                Some(t) if t <= now => {
+                    self.known[request][k].requested_at = Some(t);
+                    self.planned[request][k] = None;
+                }
+                Some(_) => {
+                    self.planned[request][k] = None;
+                    if let Some(function) = self.index(&stage.stage) {
+                        cmds.push(Command::Cancel { function });
+                    }
+                }
+                None => {}
+            }
+        }
+        let actions = prewarm::progress_schedule(&path, &self.known[request], now, risk);
+        for a in &actions {
+            if let Some(k) = path.iter().position(|s| s.stage == a.stage) {
+                self.planned[request][k] = Some(a.at_seconds);
+            }
+        }
+        cmds.extend(self.commands(&actions));
+        // Then decide the next ones, with what is known by then.
+        if let Some(a) = actions.first()
+            && self.wake_at[request] != Some(a.at_seconds)
+        {
+            self.wake_at[request] = Some(a.at_seconds);
+            cmds.push(Command::Wake {
+                at: a.at_seconds,
+                token: request,
+            });
+        }
+        cmds
+    }
+
+    fn progress_task_ready(
+        &mut self,
+        now: f64,
+        request: usize,
+        name: &str,
+        risk: Risk,
+    ) -> Vec<Command> {
+        let mut cmds = Vec::new();
+        let path = self.current_path(request).to_vec();
+        let Some(k) = path.iter().position(|s| s.stage == name) else {
+            // Another branch: release what was requested for this one and not used,
+            // then schedule the branch taken.
+            let Some(alt) = self
+                .alternatives
+                .iter()
+                .position(|p| p.first().is_some_and(|s| s.stage == name))
+            else {
+                return cmds;
+            };
+            for (k, s) in path.iter().enumerate() {
+                let p = self.known[request][k];
+                let asked = p.requested_at.is_some() || self.planned[request][k].is_some();
+                if asked
+                    && p.input_at.is_none()
+                    && let Some(function) = self.index(&s.stage)
+                {
+                    cmds.push(Command::Release { function });
+                }
+            }
+            self.on_path[request] = alt + 1;
+            self.replans += 1;
+            self.start_path(request, now);
+            cmds.extend(self.recompute(now, request, risk));
+            return cmds;
+        };
+        let known = &mut self.known[request];
+        known[k].input_at = Some(now);
+        for &j in &path[k].after {
+            if j < k && known[j].finished_at.is_none() {
+                known[j].finished_at = Some(now - path[j].overhead_seconds);
+            }
+        }
+        if !path[k].warm && known[k].requested_at.is_none() {
+            // Served on demand from now: a pending request for it is moot.
+            known[k].requested_at = Some(match self.planned[request][k] {
+                Some(t) if t <= now => t,
+                _ => now,
+            });
+            if self.planned[request][k].take().is_some_and(|t| t > now)
+                && let Some(function) = self.index(name)
+            {
+                cmds.push(Command::Cancel { function });
+            }
+        }
+        cmds.extend(self.recompute(now, request, risk));
+        cmds
     }
 
     fn index(&self, name: &str) -> Option<usize> {
@@ -117,9 +272,11 @@ impl PrewarmController {
 
 impl Controller for PrewarmController {
     fn on_arrival(&mut self, now: f64, request: usize, _spec: &RequestSpec) -> Vec<Command> {
-        if self.warmed.len() <= request {
-            self.warmed.resize(request + 1, Vec::new());
-            self.on_path.resize(request + 1, 0);
+        self.grow(request);
+        if let Some(risk) = self.progress_mode() {
+            self.on_path[request] = 0;
+            self.start_path(request, now);
+            return self.recompute(now, request, risk);
         }
         let actions = prewarm::schedule(self.policy, &self.predicted, now, self.margin);
         self.warmed[request] = actions.iter().map(|a| a.stage.clone()).collect();
@@ -143,6 +300,9 @@ impl Controller for PrewarmController {
         else {
             return Vec::new();
         };
+        if let Some(risk) = self.progress_mode() {
+            return self.progress_task_ready(now, request, &name, risk);
+        }
         let warmed = &mut self.warmed[request];
         if let Some(k) = warmed.iter().position(|w| *w == name) {
             warmed.remove(k);
@@ -185,7 +345,15 @@ impl Controller for PrewarmController {
                 })
             })
             .collect();
-        cmds.extend(self.commands(&plan.warm));
+        // The stage that just arrived is being served on demand now: warming another
+        // instance of it would only idle.
+        let warm: Vec<prewarm::PrewarmAction> = plan
+            .warm
+            .iter()
+            .filter(|a| a.stage != name)
+            .cloned()
+            .collect();
+        cmds.extend(self.commands(&warm));
         let warmed = &mut self.warmed[request];
         warmed.retain(|w| !plan.release.contains(w));
         // The stage that just arrived is being served on demand now.
@@ -198,6 +366,47 @@ impl Controller for PrewarmController {
         let alt = self.alternatives[alt_index].clone();
         self.note_ready(request, &plan.warm, &alt);
         cmds
+    }
+
+    fn on_wake(&mut self, now: f64, request: usize) -> Vec<Command> {
+        match self.progress_mode() {
+            Some(risk) if self.wake_at.get(request) == Some(&Some(now)) => {
+                self.wake_at[request] = None;
+                self.recompute(now, request, risk)
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn on_task_start(
+        &mut self,
+        now: f64,
+        request: usize,
+        task: usize,
+        spec: &RequestSpec,
+    ) -> Vec<Command> {
+        let Some(risk) = self.progress_mode() else {
+            return Vec::new();
+        };
+        let Some(name) = spec
+            .tasks
+            .get(task)
+            .and_then(|t| self.function_names.get(t.function))
+            .cloned()
+        else {
+            return Vec::new();
+        };
+        let Some(k) = self
+            .current_path(request)
+            .iter()
+            .position(|s| s.stage == name)
+        else {
+            return Vec::new();
+        };
+        let known = &mut self.known[request][k];
+        known.started_at = Some(now);
+        known.ready_at.get_or_insert(now);
+        self.recompute(now, request, risk)
     }
 }
 

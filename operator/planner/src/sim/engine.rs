@@ -74,6 +74,8 @@ pub enum Command {
     Cancel { function: usize },
     /// Now: keep `count` instances of the function however idle.
     Durable { function: usize, count: u32 },
+    /// At `at`, call the controller's `on_wake` with `token`.
+    Wake { at: f64, token: usize },
 }
 
 /// The policy under test.
@@ -89,6 +91,20 @@ pub trait Controller {
         _task: usize,
         _spec: &RequestSpec,
     ) -> Vec<Command> {
+        Vec::new()
+    }
+    /// A task began running on an instance (its input and an instance are both there).
+    fn on_task_start(
+        &mut self,
+        _now: f64,
+        _request: usize,
+        _task: usize,
+        _spec: &RequestSpec,
+    ) -> Vec<Command> {
+        Vec::new()
+    }
+    /// A wake-up the controller asked for (`Command::Wake`).
+    fn on_wake(&mut self, _now: f64, _token: usize) -> Vec<Command> {
         Vec::new()
     }
     /// Called every `interval()` seconds with task arrivals per function since the last call.
@@ -132,6 +148,10 @@ pub struct Outcome {
     pub latencies: Vec<f64>,
     /// Per request: latency minus the sum of its tasks' execution times.
     pub overheads: Vec<f64>,
+    /// Per request: the overhead it would have had with its first task's wait as its
+    /// only cold start (that wait plus the dispatch overheads of its tasks; exact for
+    /// chains, an upper bound for DAGs).
+    pub ideal_overheads: Vec<f64>,
     /// Per request: cold starts its tasks waited for.
     pub request_cold_starts: Vec<u32>,
     pub makespan: f64,
@@ -170,6 +190,8 @@ enum Event {
     TaskReady(usize, usize),
     InstanceReady(usize),
     TaskDone(usize, usize, usize),
+    Started(usize, usize),
+    Wake(usize),
     Warm(usize, u32, u64),
     Expire(usize, f64),
     Interval,
@@ -205,6 +227,7 @@ struct RequestState {
     exec_sum: f64,
     cold: u32,
     finish: f64,
+    first_start: Option<f64>,
 }
 
 /// Runs requests through the cluster under a controller.
@@ -245,6 +268,7 @@ impl<'a, C: Controller> Engine<'a, C> {
                 exec_sum: r.tasks.iter().map(|t| t.exec_seconds).sum(),
                 cold: 0,
                 finish: r.arrival,
+                first_start: None,
             })
             .collect();
         Engine {
@@ -320,6 +344,16 @@ impl<'a, C: Controller> Engine<'a, C> {
                 }
                 Event::InstanceReady(i) => self.instance_ready(i),
                 Event::TaskDone(r, t, i) => self.task_done(r, t, i),
+                Event::Wake(token) => {
+                    let cmds = self.controller.on_wake(self.now, token);
+                    self.apply(cmds);
+                }
+                Event::Started(r, t) => {
+                    let cmds = self
+                        .controller
+                        .on_task_start(self.now, r, t, &self.requests[r]);
+                    self.apply(cmds);
+                }
                 Event::Warm(f, replicas, generation) => {
                     if generation == self.warm_generation[f] {
                         self.warm(f, replicas);
@@ -372,6 +406,13 @@ impl<'a, C: Controller> Engine<'a, C> {
             let lat = s.finish - self.requests[r].arrival;
             self.out.latencies.push(lat);
             self.out.overheads.push(lat - s.exec_sum);
+            let dispatch: f64 = self.requests[r]
+                .tasks
+                .iter()
+                .map(|t| t.overhead_seconds)
+                .sum();
+            let first_wait = s.first_start.map_or(0.0, |f| f - self.requests[r].arrival);
+            self.out.ideal_overheads.push(first_wait + dispatch);
             self.out.request_cold_starts.push(s.cold);
         }
         (self.out, self.controller)
@@ -406,6 +447,7 @@ impl<'a, C: Controller> Engine<'a, C> {
                 }
                 Command::Cancel { function } => self.warm_generation[function] += 1,
                 Command::Durable { function, count } => self.set_durable(function, count),
+                Command::Wake { at, token } => self.push(at, Event::Wake(token)),
             }
         }
     }
@@ -608,6 +650,10 @@ impl<'a, C: Controller> Engine<'a, C> {
             .unwrap_or(1.0);
         let exec = self.requests[r].tasks[t].exec_seconds * factor;
         self.push(now + exec, Event::TaskDone(r, t, i));
+        if self.state[r].first_start.is_none() {
+            self.state[r].first_start = Some(now);
+        }
+        self.push(now, Event::Started(r, t));
     }
 
     fn instance_ready(&mut self, i: usize) {

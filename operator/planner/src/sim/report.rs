@@ -19,19 +19,30 @@ pub struct BenchReport {
     pub chains: Option<ChainsReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub smse: Option<SmseReport>,
+    /// The SMSE workload on a cluster provisioned for the mean load (saturated at peaks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub smse_saturated: Option<SmseReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub packing: Option<PackingReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sizing: Option<SizingReport>,
 }
 
-/// Chains target: JIT overhead within 1.2 cold starts at every length, and JIT's idle
-/// instance-seconds (before use, lengths >= 2) under 10% of Speculative's.
-pub fn chains_verdict(c: &ChainsReport) -> (bool, f64, f64) {
+/// Chains target for a JIT row label: (met, worst overhead vs the ideal single cold
+/// start, worst overhead in cold starts, JIT / Speculative idle before use over
+/// lengths >= 2). Met: overhead within 1.2 of the ideal at every length and idle
+/// under 10% of Speculative's.
+pub fn chains_verdict_for(c: &ChainsReport, jit: &str) -> (bool, f64, f64, f64) {
+    let worst_ideal = c
+        .rows
+        .iter()
+        .filter(|r| r.policy == jit)
+        .map(|r| r.overhead_vs_ideal)
+        .fold(0.0, f64::max);
     let worst = c
         .rows
         .iter()
-        .filter(|r| r.policy == "JIT")
+        .filter(|r| r.policy == jit)
         .map(|r| r.overhead_cold_starts)
         .fold(0.0, f64::max);
     let idle = |p: &str| {
@@ -41,8 +52,18 @@ pub fn chains_verdict(c: &ChainsReport) -> (bool, f64, f64) {
             .map(|r| r.idle_before_use_per_run)
             .sum::<f64>()
     };
-    let ratio = idle("JIT") / idle("Speculative").max(1e-9);
-    (worst <= 1.2 && ratio < 0.10, worst, ratio)
+    let ratio = idle(jit) / idle("Speculative").max(1e-9);
+    (
+        worst_ideal <= 1.2 && ratio < 0.10,
+        worst_ideal,
+        worst,
+        ratio,
+    )
+}
+
+/// [`chains_verdict_for`] the progress-aware JIT.
+pub fn chains_verdict(c: &ChainsReport) -> (bool, f64, f64, f64) {
+    chains_verdict_for(c, "JIT")
 }
 
 /// SMSE target: dynamic durable's makespan at least 30% below all-ephemeral's at the
@@ -74,13 +95,13 @@ pub fn chains_table(c: &ChainsReport) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "| length | policy | overhead s | in cold starts | cold starts/run | idle before use s/run | idle after use s/run |"
+        "| length | policy | overhead s | in cold starts | ideal s | vs ideal | cold starts/run | idle before use s/run | idle after use s/run |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
     for r in c.rows.iter().chain(&c.branch_rows) {
         let _ = writeln!(
             s,
-            "| {}{} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            "| {}{} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
             r.length,
             if c.branch_rows.contains(r) {
                 " (0.7/0.3 branch)"
@@ -90,6 +111,8 @@ pub fn chains_table(c: &ChainsReport) -> String {
             r.policy,
             r.mean_overhead,
             r.overhead_cold_starts,
+            r.ideal_overhead,
+            r.overhead_vs_ideal,
             r.cold_starts_per_run,
             r.idle_before_use_per_run,
             r.idle_after_use_per_run
@@ -188,7 +211,7 @@ pub fn plots(r: &BenchReport) -> Vec<(String, String)> {
                 .map(|x| (x.length as f64, f(x)))
                 .collect(),
         };
-        let policies = ["None", "Speculative", "JIT"];
+        let policies = ["None", "Speculative", "JIT (margin)", "JIT"];
         out.push((
             "chains-overhead.svg".into(),
             line_chart(
@@ -347,26 +370,48 @@ pub fn markdown(r: &BenchReport, command: &str) -> String {
         "platforms; they are beside ours for scale, not as a like-for-like comparison.\n"
     );
     if let Some(c) = &r.chains {
-        let (met, worst, ratio) = chains_verdict(c);
+        let (met, worst_ideal, worst, ratio) = chains_verdict(c);
+        let (_, before_ideal, before_cs, before_ratio) = chains_verdict_for(c, "JIT (margin)");
         let _ = writeln!(s, "## 1. Chains and pre-warming (Xanadu)\n");
         let _ = writeln!(
             s,
-            "{} runs per length; every stage: exec p50 {:.1} s / p95 {:.1} s, cold start p50 {:.1} s / p95 {:.1} s, 0.05 s dispatch per edge; runs far enough apart that everything has scaled to zero in between. Overhead = end-to-end minus the sum of the run's execution times. Idle = instance-seconds an instance was ready but unused before its first task (keep-alive idle after use is the same for all three policies and shown apart).\n",
-            c.runs, c.exec_p50, c.exec_p95, c.cold_start_p50, c.cold_start_p95
+            "{} runs per length; every stage: exec p50 {:.1} s / p95 {:.1} s, cold start p50 {:.1} s / p95 {:.1} s, 0.05 s dispatch per edge; runs far enough apart that everything has scaled to zero in between. Overhead = end-to-end minus the sum of the run's execution times. Ideal = the overhead the same run has with its first stage's wait as its only cold start (that wait plus the dispatch overheads, which no pre-warming removes); vs ideal = overhead / ideal. Idle = instance-seconds an instance was ready but unused before its first task, the same definition for every policy (from ready until the input arrives, or until released); keep-alive idle after use is the same for all policies and shown apart. JIT is the progress-aware schedule (`prewarm::progress_schedule`, accepted late probability {:.2}), re-decided on every input arrival and stage start; JIT (margin) is the earlier rule (t0 schedule with a base + z sigma margin, z = 1, rolled forward at each input arrival), kept as the before.\n",
+            c.runs, c.exec_p50, c.exec_p95, c.cold_start_p50, c.cold_start_p95, c.late_quantile
         );
         s.push_str(&chains_table(c));
         let _ = writeln!(
             s,
             "\n![overhead](chains-overhead.svg) ![idle](chains-idle.svg)\n"
         );
+        let yes = |b: bool| if b { "yes" } else { "no" };
         let _ = writeln!(
             s,
-            "| target | published (Xanadu) | measured | met |\n|---|---|---|---|\n| JIT overhead within 1.2 cold starts at every length | overhead nearly flat in chain length; ~10x below OpenWhisk | worst JIT overhead {:.2} cold starts | {} |\n| JIT idle under 10% of Speculative's | speculative locks resources; JIT +0.9% CPU over cold | JIT / Speculative idle (lengths 2-8) = {:.1}% | {} |\n",
+            "| target | published (Xanadu) | JIT (margin), before | JIT | met |\n|---|---|---|---|---|\n| JIT overhead within 1.2 of the ideal single cold start at every length | overhead nearly flat in chain length; ~10x below OpenWhisk | worst {:.3} x ideal | worst {:.3} x ideal | {} |\n| same, read as overhead within 1.2 mean cold starts (dispatch counted as overhead) | - | worst {:.2} cold starts | worst {:.2} cold starts | {} |\n| JIT idle under 10% of Speculative's | speculative locks resources; JIT +0.9% CPU over cold | {:.1}% (lengths 2-8) | {:.1}% (lengths 2-8) | {} |\n",
+            before_ideal,
+            worst_ideal,
+            yes(worst_ideal <= 1.2),
+            before_cs,
             worst,
-            if worst <= 1.2 { "yes" } else { "no" },
+            yes(worst <= 1.2),
+            before_ratio * 100.0,
             ratio * 100.0,
-            if ratio < 0.1 { "yes" } else { "no" }
+            yes(ratio < 0.1)
         );
+        if !c.frontier.is_empty() {
+            let _ = writeln!(
+                s,
+                "The trade-off, progress-aware JIT at other accepted late probabilities (same runs; the default is not chosen from this table):\n\n| late probability | worst overhead vs ideal | JIT / Speculative idle | both targets |\n|---|---|---|---|"
+            );
+            for &(q, w, r) in &c.frontier {
+                let _ = writeln!(
+                    s,
+                    "| {q:.2} | {w:.3} | {:.1}% | {} |",
+                    r * 100.0,
+                    yes(w <= 1.2 && r < 0.1)
+                );
+            }
+            let _ = writeln!(s);
+        }
         let _ = writeln!(
             s,
             "Branch runs that went the unpredicted way and were re-planned: {} (release of the abandoned branch's warm instances, JIT from the branch taken).\n",
@@ -375,7 +420,7 @@ pub fn markdown(r: &BenchReport, command: &str) -> String {
         if !met {
             let _ = writeln!(
                 s,
-                "Why the targets are missed: here a cold start ({:.1} s) is as long as a stage's execution ({:.1} s), so every later stage must be requested before the stage ahead of it has even started, and its input's arrival is uncertain by the spread of the execution times (p95/p50 = {:.2}). The margin trades the two: with z = 1 about one input in six arrives before its instance is ready (the extra cold starts per run above, each a fraction of a cold start), and every instance that is ready first idles for the margin. Speculative pays no lateness but idles for the whole chain ahead of each stage. A smaller margin lowers JIT's idle toward the 10% target and raises its overhead above 1.2 cold starts; a larger one does the reverse; no single margin met both on this workload, and the margin was not tuned to the target.\n",
+                "Why the targets are not both met: a cold start ({:.1} s) is as long as a stage's execution ({:.1} s, p95/p50 = {:.2}), so stage k+1's instance must be requested about when stage k starts, before anything about stage k's duration is known; the spread of (exec of stage k) - (cold start of stage k+1) is the irreducible uncertainty, and each instance either idles for the lead that covers it or the run waits. Deciding from the run's actual progress and the conditional (elapsed-time) distributions did not move that trade-off measurably against the fixed margin (compare the two JIT rows and the curve above at equal idle): the information that would narrow it (how far stage k is) only comes after the decision. Speculative's idle grows with the square of the length and JIT's linearly, so the 10% share is out of reach mostly at short lengths (at length 2 Speculative idles only about one stage's time).\n",
                 c.cold_start_p50,
                 c.exec_p50,
                 c.exec_p95 / c.exec_p50
@@ -413,6 +458,31 @@ pub fn markdown(r: &BenchReport, command: &str) -> String {
         let _ = writeln!(
             s,
             "Why the target is missed: on this workload the makespan is set by the last arrivals (the ~300 s arrival window), not by a backlog: at keep-alive 0 every policy finishes within seconds of the last request, so avoided cold starts show in the latencies and the cold-start counts (dynamic durable roughly halves the cold starts at the highest load) but barely in the makespan. With a 30 s keep-alive, ephemeral instances already stay warm for every function busy enough to pass the three-reuse rule, so the planner keeps none durable and the two policies are the same run. SMSE's 30% needs a regime where cold starts eat the capacity a backlog needs; this simulator was not tuned to produce it.\n"
+        );
+    }
+    if let Some(sm) = &r.smse_saturated {
+        let _ = writeln!(
+            s,
+            "### The same workload on a saturated cluster\n\nSMSE's makespans come from a fixed cluster that the load overruns, so that a backlog forms and the capacity cold starts take lengthens it. Here one node of {:.0} cores / {:.0} GiB: what the warm execution of the mean arrival rate at the highest load keeps busy (every function equally likely, popularity being reshuffled), so the peaks (1.6x the mean) overrun it. Everything else as above.\n",
+            sm.nodes.first().map_or(0.0, |n| n.cpu),
+            sm.nodes
+                .first()
+                .map_or(0.0, |n| n.memory_bytes / 1024f64.powi(3)),
+        );
+        s.push_str(&smse_table(sm));
+        let _ = writeln!(s);
+        for (k, tasks, dynamic, stat) in smse_reductions(sm) {
+            let _ = writeln!(
+                s,
+                "| saturated, keep-alive {k:.0} s, {tasks} tasks | published (SMSE) | measured | met |\n|---|---|---|---|\n| dynamic durable makespan vs all-ephemeral | up to 30% lower | {:.1}% lower | {} |\n| static all-durable vs all-ephemeral | worse under shifting popularity | {:.1}% lower | - |\n",
+                dynamic * 100.0,
+                if dynamic >= 0.30 { "yes" } else { "no" },
+                stat * 100.0
+            );
+        }
+        let _ = writeln!(
+            s,
+            "What the saturated runs show: the backlog does set the makespan here, but the simulated ephemeral instances do not pay a cold start per task under a backlog: an instance that finishes takes the next queued task of its function (as a FaaS worker serves its function's queue), so the popular functions stay warm while busy and the cold starts stay roughly flat while the tasks triple (see the table). Durable instances then only hold memory the backlog needs (and, pinned for a function that went out of fashion, hold it for nothing until the next re-plan); static pinning can even leave a function with no room to start at all (the unfinished requests). Static all-durable rows with unfinished requests are not comparable: their makespan covers only the requests that finished. With a 30 s keep-alive, idle kept-alive instances hold memory that queued tasks wait for (the simulator evicts idle instances for new work but not for queued work), which is why keep-alive 30 s is slower than 0 s here; letting queued work evict them was tried and made the 1200-task ephemeral run slower still, so it was left as it was. SMSE's 30% implies ephemeral containers that pay their start-up on every invocation or that are torn down between requests of a backlog; this simulator does not model that, and was not changed to.\n"
         );
     }
     if let Some(p) = &r.packing {

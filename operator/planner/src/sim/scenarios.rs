@@ -12,7 +12,7 @@ use super::{
 use crate::{
     fusion::Prices,
     packing::{self, Completion, Objective, PackingInput, ScalingModel, ServiceCurve},
-    prewarm::{Margin, PathStage},
+    prewarm::{Margin, PathStage, Risk},
     provisioning::{FunctionLoad, ProvisioningConfig},
     rng::{LogNormal, Rng, quantile},
 };
@@ -92,6 +92,11 @@ pub struct ChainRow {
     pub mean_overhead: f64,
     /// Mean overhead in units of the mean cold start.
     pub overhead_cold_starts: f64,
+    /// Mean overhead the same runs would have had with only their first stage's wait
+    /// as a cold start (that wait plus the dispatch overheads).
+    pub ideal_overhead: f64,
+    /// mean_overhead / ideal_overhead.
+    pub overhead_vs_ideal: f64,
     pub cold_starts_per_run: f64,
     /// Idle warm instance-seconds per run before first use (pre-warm waste).
     pub idle_before_use_per_run: f64,
@@ -110,6 +115,11 @@ pub struct ChainsReport {
     pub rows: Vec<ChainRow>,
     pub branch_rows: Vec<ChainRow>,
     pub branch_replans: u64,
+    /// Progress-aware JIT at other accepted late probabilities (the trade-off curve):
+    /// (late quantile, worst overhead vs ideal over lengths, JIT / Speculative idle
+    /// over lengths 2..).
+    pub frontier: Vec<(f64, f64, f64)>,
+    pub late_quantile: f64,
 }
 
 pub struct ChainParams {
@@ -118,7 +128,10 @@ pub struct ChainParams {
     pub exec: LogNormal,
     pub cold: LogNormal,
     pub margin: Margin,
+    pub risk: Risk,
     pub keep_alive: f64,
+    /// Late quantiles for the trade-off curve (empty: none).
+    pub frontier: Vec<f64>,
 }
 
 impl Default for ChainParams {
@@ -130,7 +143,9 @@ impl Default for ChainParams {
             exec: LogNormal::from_p50_p95(2.0, 3.0),
             cold: LogNormal::from_p50_p95(2.0, 2.6),
             margin: Margin::default(),
+            risk: Risk::default(),
             keep_alive: 60.0,
+            frontier: vec![0.02, 0.05, 0.1, 0.2, 0.3],
         }
     }
 }
@@ -146,25 +161,54 @@ fn path_of(names: &[String], exec: LogNormal, cold: LogNormal) -> Vec<PathStage>
             exec_std_seconds: exec.std_dev(),
             overhead_seconds: DISPATCH_SECONDS,
             cold_start_seconds: cold.median,
+            cold_start_std_seconds: cold.std_dev(),
             replicas: 1,
             warm: false,
         })
         .collect()
 }
 
-const POLICIES: [(PrewarmPolicy, &str); 3] = [
-    (PrewarmPolicy::None, "None"),
-    (PrewarmPolicy::Speculative, "Speculative"),
-    (PrewarmPolicy::JustInTime, "JIT"),
+/// The policies compared: "JIT" is the progress-aware schedule; "JIT (margin)" the
+/// earlier fixed-rule one (t0 schedule with a z-sigma margin, rolled forward at each
+/// input arrival), kept as the before.
+const POLICIES: [(PrewarmPolicy, &str, bool); 4] = [
+    (PrewarmPolicy::None, "None", false),
+    (PrewarmPolicy::Speculative, "Speculative", false),
+    (PrewarmPolicy::JustInTime, "JIT (margin)", false),
+    (PrewarmPolicy::JustInTime, "JIT", true),
 ];
+
+fn controller(
+    p: &ChainParams,
+    policy: PrewarmPolicy,
+    progress: Option<Risk>,
+    predicted: &[PathStage],
+    alternatives: Vec<Vec<PathStage>>,
+    functions: &[SimFunction],
+) -> PrewarmController {
+    let c = PrewarmController::new(
+        policy,
+        p.margin,
+        predicted.to_vec(),
+        alternatives,
+        functions,
+    );
+    match progress {
+        Some(r) => c.with_progress(r),
+        None => c,
+    }
+}
 
 fn chain_row(length: usize, policy: &str, o: &Outcome, runs: usize, cold: LogNormal) -> ChainRow {
     let runs_f = runs.max(1) as f64;
+    let ideal = mean(&o.ideal_overheads);
     ChainRow {
         length,
         policy: policy.to_string(),
         mean_overhead: mean(&o.overheads),
         overhead_cold_starts: mean(&o.overheads) / cold.mean(),
+        ideal_overhead: ideal,
+        overhead_vs_ideal: mean(&o.overheads) / ideal.max(1e-9),
         cold_starts_per_run: o.cold_starts as f64 / runs_f,
         idle_before_use_per_run: o.idle_before_use / runs_f,
         idle_after_use_per_run: o.idle_after_use / runs_f,
@@ -191,8 +235,9 @@ pub fn chains(p: &ChainParams, seed: u64) -> ChainsReport {
         let requests =
             workload::chain_requests(length, p.runs, spacing, &exec, &mut Rng::new(seed));
         let path = path_of(&names, p.exec, p.cold);
-        for (policy, label) in POLICIES {
-            let c = PrewarmController::new(policy, p.margin, path.clone(), vec![], &functions);
+        for (policy, label, progress) in POLICIES {
+            let risk = progress.then_some(p.risk);
+            let c = controller(p, policy, risk, &path, vec![], &functions);
             let (o, _) = Engine::new(
                 &big_cluster(),
                 &functions,
@@ -243,11 +288,13 @@ pub fn chains(p: &ChainParams, seed: u64) -> ChainsReport {
     let mut branch_rows = Vec::new();
     let mut branch_replans = 0;
     let length = shape.prefix + shape.branch;
-    for (policy, label) in POLICIES {
-        let c = PrewarmController::new(
+    for (policy, label, progress) in POLICIES {
+        let risk = progress.then_some(p.risk);
+        let c = controller(
+            p,
             policy,
-            p.margin,
-            predicted.clone(),
+            risk,
+            &predicted,
             vec![alternative.clone()],
             &functions,
         );
@@ -263,6 +310,7 @@ pub fn chains(p: &ChainParams, seed: u64) -> ChainsReport {
         branch_replans = branch_replans.max(c.replans);
         branch_rows.push(chain_row(length, label, &o, p.runs * 2, p.cold));
     }
+    let frontier = chains_frontier(p, seed, &rows);
     ChainsReport {
         runs: p.runs,
         exec_p50: p.exec.median,
@@ -272,7 +320,69 @@ pub fn chains(p: &ChainParams, seed: u64) -> ChainsReport {
         rows,
         branch_rows,
         branch_replans,
+        frontier,
+        late_quantile: p.risk.late_quantile,
     }
+}
+
+/// Progress-aware JIT at each late quantile of `p.frontier`, against the Speculative
+/// rows already measured: (q, worst overhead vs ideal, idle ratio).
+fn chains_frontier(p: &ChainParams, seed: u64, rows: &[ChainRow]) -> Vec<(f64, f64, f64)> {
+    let prices = Prices::default();
+    let cfg = EngineConfig {
+        keep_alive_seconds: Some(p.keep_alive),
+        ..EngineConfig::default()
+    };
+    let spacing = p.keep_alive + 10.0 * (p.max_length as f64) * p.exec.p95() + 60.0;
+    let spec_idle: f64 = rows
+        .iter()
+        .filter(|r| r.policy == "Speculative" && r.length >= 2)
+        .map(|r| r.idle_before_use_per_run)
+        .sum();
+    p.frontier
+        .iter()
+        .map(|&q| {
+            let risk = Risk {
+                late_quantile: q,
+                ..p.risk
+            };
+            let (mut worst, mut idle) = (0.0f64, 0.0);
+            for length in 1..=p.max_length {
+                let names: Vec<String> = (0..length).map(|k| format!("s{k}")).collect();
+                let functions: Vec<SimFunction> = names
+                    .iter()
+                    .map(|n| function(n.clone(), 1.0, 1.0, p.cold, &prices))
+                    .collect();
+                let exec = vec![p.exec; length];
+                let requests =
+                    workload::chain_requests(length, p.runs, spacing, &exec, &mut Rng::new(seed));
+                let path = path_of(&names, p.exec, p.cold);
+                let c = controller(
+                    p,
+                    PrewarmPolicy::JustInTime,
+                    Some(risk),
+                    &path,
+                    vec![],
+                    &functions,
+                );
+                let (o, _) = Engine::new(
+                    &big_cluster(),
+                    &functions,
+                    &requests,
+                    cfg,
+                    c,
+                    seed ^ 0xC0FFEE,
+                )
+                .run();
+                let row = chain_row(length, "JIT", &o, p.runs, p.cold);
+                worst = worst.max(row.overhead_vs_ideal);
+                if length >= 2 {
+                    idle += row.idle_before_use_per_run;
+                }
+            }
+            (q, worst, idle / spec_idle.max(1e-9))
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------- SMSE
@@ -321,6 +431,38 @@ impl Default for SmseParams {
             ],
         }
     }
+}
+
+/// A fixed cluster provisioned for the *mean* load of `tasks` tasks (SMSE's setting:
+/// a small fixed cluster that the peaks overrun, so a backlog forms and whatever
+/// cold starts take from it lengthens the makespan). One node with the CPU and
+/// memory that the warm execution of the mean arrival rate keeps busy (every
+/// function equally likely, since which one is popular is reshuffled each cycle),
+/// rounded up to whole cores and GiB; the peaks run at 1.6 times the mean.
+pub fn mean_load_cluster(tasks: usize) -> Vec<NodeSpec> {
+    let (functions, exec) = smse_functions(12);
+    let w = SmseWorkload::new(tasks);
+    let rate = tasks as f64 / w.window_seconds;
+    let n = functions.len() as f64;
+    let cpu: f64 = functions
+        .iter()
+        .zip(&exec)
+        .map(|(f, e)| f.cpu * e.mean())
+        .sum::<f64>()
+        / n
+        * rate;
+    let mem: f64 = functions
+        .iter()
+        .zip(&exec)
+        .map(|(f, e)| f.memory_bytes * e.mean())
+        .sum::<f64>()
+        / n
+        * rate;
+    vec![NodeSpec {
+        cpu: cpu.ceil(),
+        memory_bytes: (mem / GIB).ceil() * GIB,
+        gpus: 0.0,
+    }]
 }
 
 /// The SMSE functions: half a core, memory 0.5 to 2 GiB, cold starts 1.5 to 5 s, 0.6
