@@ -628,7 +628,7 @@ fn cancelling_stops_every_worker_and_leaves_no_process() {
 
 /// Two runs of the same input on one backend: the second finds warm instances.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_run_on_warm_instances_is_faster() {
+async fn a_second_run_finds_warm_instances() {
     use std::collections::BTreeMap;
     use vflow_engine::backend::Backend;
     use vflow_engine::local::{LocalBackend, LocalConfig};
@@ -670,6 +670,7 @@ async fn a_second_run_on_warm_instances_is_faster() {
     let input = pattern(dir.path(), 4);
     let mut seconds = Vec::new();
     let mut cold = Vec::new();
+    let mut waited = Vec::new();
     for run in ["first", "second"] {
         let (_tx, rx) = tokio::sync::watch::channel(false);
         let opts = RunOptions {
@@ -691,16 +692,31 @@ async fn a_second_run_on_warm_instances_is_faster() {
         );
         seconds.push(started.elapsed().as_secs_f64());
         cold.push(backend.cold_starts() - before);
+        waited.push(
+            outcome
+                .record
+                .units
+                .iter()
+                .flat_map(|u| &u.attempts)
+                .filter_map(|a| a.cold_start_seconds)
+                .fold(0.0, |a, b| a + b),
+        );
     }
     backend.shutdown().await;
     eprintln!(
-        "first run {:.2} s with {} cold starts; second {:.2} s with {}",
-        seconds[0], cold[0], seconds[1], cold[1]
+        "first run {:.2} s with {} cold starts ({:.3} s waited); second {:.2} s with {} ({:.3} s)",
+        seconds[0], cold[0], waited[0], seconds[1], cold[1], waited[1]
     );
     assert!(
         cold[0] >= 4,
         "every stage starts cold the first time: {cold:?}"
     );
     assert_eq!(cold[1], 0, "the second run found warm instances");
-    assert!(seconds[1] < seconds[0], "{seconds:?}");
+    // Wall times on a shared machine are noise at this scale (a local cold start is
+    // tens of milliseconds); what the second run saves is the waiting for instances.
+    assert!(
+        waited[0] > 0.0,
+        "the first run waited for cold starts: {waited:?}"
+    );
+    assert_eq!(waited[1], 0.0, "the second run waited for no instance");
 }
