@@ -316,9 +316,12 @@ pub fn desired(
                 .to_string(),
         )
     } else {
+        // A fixed message: naming the stages would rewrite status as each one comes up
+        // (status.stages has the per-stage replicas).
         (
             "StagesNotReady",
-            format!("waiting for stages: {}", not_ready.join(", ")),
+            "waiting for the stages' Deployments and ready replicas (see status.stages)"
+                .to_string(),
         )
     };
     let (degraded, degraded_reason, degraded_message) = if signals.problems.is_empty() {
@@ -449,18 +452,25 @@ async fn reconcile_inner(wf: &VideoWorkflow, ctx: &Context) -> Result<(Action, b
     let uid = wf.uid().unwrap_or_default();
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
+    // Children that differ from the cache, applied concurrently (one round trip, not 2N).
+    let mut writes = Vec::new();
     for (stage, d) in wf.spec.stages.iter().zip(&want.deployments) {
         let existing = children.deployments.get(&stage.name).map(|d| d.as_ref());
         if !apply::deployment_is_current(existing, d, &uid) {
-            apply::apply(&deployments, d).await?;
+            writes.push(futures::future::Either::Left(async {
+                apply::apply(&deployments, d).await.map(drop)
+            }));
         }
     }
     for (stage, s) in wf.spec.stages.iter().zip(&want.services) {
         let existing = children.services.get(&stage.name).map(|s| s.as_ref());
         if !apply::service_is_current(existing, s, &uid) {
-            apply::apply(&services, s).await?;
+            writes.push(futures::future::Either::Right(async {
+                apply::apply(&services, s).await.map(drop)
+            }));
         }
     }
+    futures::future::try_join_all(writes).await?;
     if !want.invalid {
         for name in &children.stale_deployments {
             apply::delete(&deployments, name).await?;
