@@ -15,4 +15,9 @@ then
   # OpenCV 5 dropped the Haar cascades that detect's CPU fallback uses: stay on 4.x.
   python3 -m pip install -q pytest pyyaml numpy "opencv-python-headless<5"
 fi
-exec python3 -m pytest -q "$here/tests" "$@"
+# GPU tests run only where asked (`run-tests.sh --gpu` on the GPU machine); CI has none.
+if [[ "${1:-}" == "--gpu" ]]; then
+  shift
+  exec python3 -m pytest -q "$here/tests" -m gpu "$@"
+fi
+exec python3 -m pytest -q "$here/tests" -m "not gpu" "$@"

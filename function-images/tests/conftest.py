@@ -140,3 +140,7 @@ def videos():
     if missing:
         pytest.fail(f"test videos missing in {d}: {missing} (set VFLOW_TEST_VIDEOS to their folder)")
     return {n.split("_")[0]: d / n for n in names}  # intel, bbb, nasa
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs torch and a CUDA GPU (run-tests.sh --gpu)")

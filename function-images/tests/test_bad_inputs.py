@@ -57,12 +57,12 @@ def test_stitch_with_a_corrupt_segment(fn, clips, broken):
 
 @pytest.fixture
 def tiny_disk(tmp_path):
-    """A 1 MiB tmpfs (needs root); otherwise the test is skipped with the reason."""
+    """A 1 MiB tmpfs (needs root); without root the test fails with the reason."""
     mnt = tmp_path / "disk"
     mnt.mkdir()
     p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
     if p.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {p.stderr.strip()}")
+        pytest.fail(f"cannot mount a tmpfs here (this test needs root): {p.stderr.strip()}")
     yield mnt
     subprocess.run(["umount", str(mnt)], check=False)
 
