@@ -275,7 +275,7 @@ async fn main() -> Res<()> {
             )
             .into());
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
     }
     let ready_s = t0.elapsed().as_secs_f64();
     let (writes_ready, lease_ready) = op.writes();

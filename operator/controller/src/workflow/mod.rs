@@ -292,7 +292,12 @@ pub fn desired(
                     .max(0) as u32
                     >= scale.replicas
         });
-        let ready = dep_current && svc_current && rolled_out && ready_replicas >= scale.replicas;
+        // A stage scaled to zero needs nothing running: it is ready once its children are
+        // as planned, which this reconcile makes true (or fails before writing status).
+        // Otherwise the Deployment controller must have rolled out the current spec and
+        // the planned replicas must be ready.
+        let ready = scale.replicas == 0
+            || (dep_current && svc_current && rolled_out && ready_replicas >= scale.replicas);
         if !ready {
             not_ready.push(stage.name.clone());
             out.counts.not_ready += 1;
