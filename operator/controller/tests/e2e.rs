@@ -536,7 +536,7 @@ async fn invalid_workflow_gets_a_condition_and_an_event_and_nothing_else_changes
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = env.deployments("thumbnails").await;
-    // What the operator writes: the spec (generation), labels and annotations. The
+    // What the operator writes: the spec (generation), labels, its annotation. The
     // resourceVersion also moves when the controller-manager updates the Deployment's
     // status, which can still happen after the workflow is Ready.
     let versions = |m: &BTreeMap<String, Deployment>| {
@@ -546,7 +546,13 @@ async fn invalid_workflow_gets_a_condition_and_an_event_and_nothing_else_changes
                     k.clone(),
                     d.metadata.generation,
                     d.metadata.labels.clone(),
-                    d.metadata.annotations.clone(),
+                    // Only the operator's annotation: the controller-manager adds
+                    // deployment.kubernetes.io/revision on its own schedule.
+                    d.metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get("vflow.io/spec-hash").cloned()),
+                    d.spec.replicas,
                 )
             })
             .collect::<Vec<_>>()
