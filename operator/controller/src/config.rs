@@ -58,6 +58,11 @@ pub struct Args {
     #[arg(long, env = "VFLOW_OPERATOR_IDENTITY")]
     pub identity: Option<String>,
 
+    /// Run the VideoWorkflowRun controller and the S3 / webhook triggers in this process
+    /// (on the leader; settings from the `VFLOW_RUNS_*` variables, docs/runs.md).
+    #[arg(long, env = "VFLOW_OPERATOR_RUN_CONTROLLER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub run_controller: bool,
+
     /// Time between scrapes of the function pods' observations (0 turns it off).
     #[arg(long, env = "VFLOW_OBSERVE_SECONDS", default_value_t = 30)]
     pub observe_seconds: u64,

@@ -99,6 +99,20 @@ pub async fn run(args: Args) -> Result<()> {
     init_tracing(&args);
     let settings = args.settings()?;
     let metrics = Metrics::new();
+    // Read before anything starts, so a bad VFLOW_RUNS_* value stops the operator at once.
+    let runs = if args.run_controller {
+        let mut cfg = vflow_runs::RunsConfig::from_env().map_err(Error::Config)?;
+        if let Some(ns) = &args.watch_namespace {
+            cfg.namespace = Some(ns.clone());
+        }
+        cfg.metrics = Some(
+            vflow_runs::metrics::RunMetrics::register(&metrics.registry)
+                .map_err(|e| Error::Config(format!("run metrics: {e}")))?,
+        );
+        Some(cfg)
+    } else {
+        None
+    };
     let config = kube::Config::infer()
         .await
         .map_err(|e| Error::Config(format!("no Kubernetes configuration: {e}")))?;
@@ -154,8 +168,25 @@ pub async fn run(args: Args) -> Result<()> {
             future::pending::<Error>().await
         }
     };
+    // Runs are driven by the leader only: two engines on one run would run it twice.
+    // A new leader resumes every unfinished run from its record.
+    let runs = async {
+        match runs {
+            Some(cfg) => {
+                info!("run controller on");
+                // Without a shutdown signal it only returns when something broke.
+                let r = vflow_runs::run_controller(client.clone(), cfg, future::pending::<()>());
+                Err(Error::Watch(match r.await {
+                    Ok(()) => "the run controller stopped".into(),
+                    Err(e) => format!("the run controller stopped: {e}"),
+                }))
+            }
+            None => future::pending::<Result<()>>().await,
+        }
+    };
     let result = tokio::select! {
         r = controllers => r,
+        r = runs => r,
         _ = observe => Ok(()),
         e = keep => Err(e),
         _ = &mut shutdown => { info!("shutting down"); Ok(()) }

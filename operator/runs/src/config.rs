@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::{KubeBackendConfig, Resolver, ServiceResolver};
+use crate::metrics::RunMetrics;
 use crate::status::Prices;
 use crate::trigger::poller::PollerConfig;
 
@@ -28,6 +29,8 @@ pub struct RunsConfig {
     pub webhook_addr: Option<SocketAddr>,
     pub webhook_token: Option<String>,
     pub resolver: Arc<dyn Resolver>,
+    /// Where finished runs are counted (the operator's registry); None: not counted.
+    pub metrics: Option<RunMetrics>,
 }
 
 impl Default for RunsConfig {
@@ -43,6 +46,7 @@ impl Default for RunsConfig {
             webhook_addr: None,
             webhook_token: None,
             resolver: Arc::new(ServiceResolver),
+            metrics: None,
         }
     }
 }

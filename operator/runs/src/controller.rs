@@ -26,6 +26,7 @@ use vflow_storage::{Location, Store};
 use crate::backend::KubeBackend;
 use crate::capacity::KubeCapacity;
 use crate::config::RunsConfig;
+use crate::metrics::ActiveGuard;
 use crate::signals::Signaller;
 use crate::status::{StageResources, StatusInput, status};
 use crate::storage::{KubeStorage, Storage};
@@ -319,6 +320,8 @@ async fn drive_engine(
         record_rx,
         cancel_tx,
     ));
+    let prewarmed: std::collections::BTreeSet<String> =
+        prewarm.iter().map(|(stage, _, _)| stage.clone()).collect();
     let opts = RunOptions {
         run: name.clone(),
         input: input_uri(&run.spec.input, &wf.spec.storage.bucket),
@@ -328,7 +331,9 @@ async fn drive_engine(
         default_max_instances: 100,
     };
     tracing::info!(run = %name, namespace = %ns, workflow = %wf_name, "running");
+    let active = ActiveGuard::new(ctx.config.metrics.as_ref());
     let outcome = engine.run(&opts, cancel_rx).await;
+    drop(active);
     writer.abort();
     let record = outcome.record;
 
@@ -353,6 +358,15 @@ async fn drive_engine(
         Ok(()) => {}
         Err(kube::Error::Api(e)) if e.code == 404 => {}
         Err(e) => tracing::warn!(run = %name, error = %e, "could not write the final status"),
+    }
+    if let Some(m) = &ctx.config.metrics {
+        m.finished(
+            &graph,
+            &record,
+            status.phase,
+            &prewarmed,
+            status.estimated_cost.as_ref(),
+        );
     }
     tracing::info!(run = %name, phase = ?status.phase, "run ended");
     Ok(())

@@ -15,6 +15,7 @@ pub mod backend;
 pub mod capacity;
 pub mod config;
 pub mod controller;
+pub mod metrics;
 pub mod signals;
 pub mod status;
 pub mod storage;

@@ -187,10 +187,12 @@ impl Env {
         Api::namespaced(self.client.clone(), &self.ns)
     }
 
-    /// The real operator, watching this namespace only.
+    /// The real operator, watching this namespace only, without its run controller.
     fn start_operator(&mut self) {
         let child = Command::new(binary("VFLOW_OPERATOR_BIN", "vflow-operator"))
             .args(["--watch-namespace", &self.ns, "--leader-elect=false"])
+            // These tests run the run controller in-process, with their own resolver.
+            .arg("--run-controller=false")
             .args(["--http-addr", &format!("127.0.0.1:{}", free_port())])
             .args(["--pod-annotation", "pod-ready.stage.kwok.x-k8s.io/delay=2s"])
             .env("KUBECONFIG", kubeconfig())

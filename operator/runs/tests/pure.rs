@@ -1,16 +1,19 @@
-//! Tests that need no server: status, timings and cost from an engine record; the
-//! annotation contract against the operator's own parser; trigger matching and names.
+//! Tests that need no server: status, timings, cost and metrics from an engine record;
+//! trigger matching and names. (The annotation contract is checked in the operator's
+//! tests, against its own parser.)
 
 mod common;
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::jiff::Timestamp;
 use serde_json::json;
+use std::collections::BTreeSet;
 use vflow_api::RunPhase;
 use vflow_engine::RunGraph;
 use vflow_engine::record::{Attempt, RunRecord, UnitRecord, UnitStatus};
-use vflow_runs::signals::WorkflowSignals;
+
+use prometheus::Encoder;
+use vflow_runs::metrics::RunMetrics;
 use vflow_runs::status::{Prices, StageResources, StatusInput, cost, status, timings};
 use vflow_runs::trigger::{NewObject, matches, run_for, run_name};
 
@@ -235,28 +238,62 @@ fn status_has_progress_stages_outputs_and_a_condition() {
 }
 
 #[test]
-fn the_operator_reads_our_annotations_as_meant() {
-    let mut s = WorkflowSignals::default();
-    s.begin("copy");
-    s.begin("copy");
-    s.begin("split");
-    let at: Timestamp = "2030-01-01T00:00:00Z".parse().expect("time");
-    s.request_prewarm("join", 2, at);
-    let annotations = s.annotations();
-    assert_eq!(
-        vflow_runs::signals::IN_FLIGHT,
-        vflow_operator::signals::IN_FLIGHT
+fn a_finished_run_is_counted_once_with_every_attempt() {
+    let registry = prometheus::Registry::new();
+    let m = RunMetrics::register(&registry).expect("metrics");
+    let prewarmed: BTreeSet<String> = ["copy", "join", "not-in-the-run"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let cost = vflow_api::Cost {
+        total: 0.25,
+        currency: "USD".into(),
+        ..Default::default()
+    };
+    // A run still running counts nothing.
+    m.finished(
+        &graph(),
+        &record(false),
+        RunPhase::Running,
+        &prewarmed,
+        None,
     );
-    assert_eq!(
-        vflow_runs::signals::PREWARM,
-        vflow_operator::signals::PREWARM
+    m.finished(
+        &graph(),
+        &record(true),
+        RunPhase::Succeeded,
+        &prewarmed,
+        Some(&cost),
     );
-    let parsed = vflow_operator::signals::parse(Some(&annotations), &["split", "copy", "join"]);
-    assert!(parsed.problems.is_empty(), "{:?}", parsed.problems);
-    assert_eq!(parsed.in_flight("copy"), 2);
-    assert_eq!(parsed.in_flight("split"), 1);
-    let p: Vec<_> = parsed.prewarm_for("join").collect();
-    assert_eq!((p.len(), p[0].replicas, p[0].at), (1, 2, at));
+    let mut buf = Vec::new();
+    prometheus::TextEncoder::new()
+        .encode(&registry.gather(), &mut buf)
+        .expect("encode");
+    let text = String::from_utf8(buf).expect("utf-8");
+    for line in [
+        r#"vflow_runs_finished_total{phase="Succeeded"} 1"#,
+        r#"vflow_run_duration_seconds_sum{phase="Succeeded"} 13"#,
+        r#"vflow_run_invocations_total{function="tsplit",outcome="succeeded"} 1"#,
+        r#"vflow_run_invocations_total{function="tcopy",outcome="succeeded"} 3"#,
+        r#"vflow_run_invocations_total{function="tcopy",outcome="failed"} 1"#,
+        r#"vflow_run_invocations_total{function="tjoin",outcome="succeeded"} 1"#,
+        r#"vflow_run_cold_starts_total{function="tsplit"} 1"#,
+        r#"vflow_run_cold_starts_total{function="tcopy"} 1"#,
+        r#"vflow_run_cold_start_seconds_sum{function="tcopy"} 2"#,
+        r#"vflow_run_invocation_exec_seconds_count{function="tcopy"} 3"#,
+        // copy's segment 1 waited for a cold start; join found its instance warm.
+        r#"vflow_run_prewarm_total{result="miss"} 1"#,
+        r#"vflow_run_prewarm_total{result="hit"} 1"#,
+        r#"vflow_run_estimated_cost_total{currency="USD"} 0.25"#,
+        "vflow_runs_active 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
+    }
+    assert!(!text.contains("tjoin\"} 1\nvflow_run_cold"), "{text}");
+    assert!(
+        !text.contains(r#"vflow_run_cold_starts_total{function="tjoin"}"#),
+        "{text}"
+    );
 }
 
 #[test]
