@@ -3,8 +3,8 @@
 //! kind; never object names).
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// The operator's metrics and the registry that serves them.
@@ -15,6 +15,8 @@ pub struct Metrics {
     pub errors: IntCounterVec,
     pub duration: HistogramVec,
     pub stages: IntGaugeVec,
+    pub instances: IntGaugeVec,
+    pub function_requests: GaugeVec,
     pub scale_decisions: IntCounterVec,
     pub api_requests: IntCounterVec,
     pub leader: IntGauge,
@@ -64,6 +66,23 @@ impl Metrics {
             &["state"],
         )
         .expect("valid metric");
+        let instances = IntGaugeVec::new(
+            Opts::new(
+                "vflow_operator_instances",
+                "Stage instances (replicas) of all workflows: desired by the autoscaler, ready.",
+            ),
+            &["state"],
+        )
+        .expect("valid metric");
+        let function_requests = GaugeVec::new(
+            Opts::new(
+                "vflow_operator_function_requests",
+                "Resources requested for a function: per-instance request times desired \
+                 replicas, summed over the stages that run it (cpu_cores, memory_bytes, gpu).",
+            ),
+            &["function", "resource"],
+        )
+        .expect("valid metric");
         let scale_decisions = IntCounterVec::new(
             Opts::new(
                 "vflow_operator_scale_decisions_total",
@@ -90,6 +109,8 @@ impl Metrics {
             Box::new(errors.clone()),
             Box::new(duration.clone()),
             Box::new(stages.clone()),
+            Box::new(instances.clone()),
+            Box::new(function_requests.clone()),
             Box::new(scale_decisions.clone()),
             Box::new(api_requests.clone()),
             Box::new(leader.clone()),
@@ -102,6 +123,8 @@ impl Metrics {
             errors,
             duration,
             stages,
+            instances,
+            function_requests,
             scale_decisions,
             api_requests,
             leader,

@@ -383,7 +383,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 #[ignore = "needs e2e/testenv: make e2e-operator"]
 async fn examples_become_deployments_and_services_with_planned_resources() {
     let env = Env::new("examples").await;
-    let _op = Operator::start(&env, "a", &["--leader-elect=false"]);
+    let op = Operator::start(&env, "a", &["--leader-elect=false"]);
     let names = ["detect", "thumbnails", "transcode-ladder"];
     for n in names {
         env.apply_workflow(&Env::example(n)).await;
@@ -443,6 +443,32 @@ async fn examples_become_deployments_and_services_with_planned_resources() {
             .get("nvidia.com/gpu")
             .map(String::as_str),
         Some("1")
+    );
+    // The gauges add up what the Deployments say; the run controller is on and idle.
+    let mut desired = 0;
+    for n in names {
+        desired += env
+            .deployments(n)
+            .await
+            .values()
+            .map(|d| d.spec.replicas.unwrap_or(0))
+            .sum::<i32>();
+    }
+    let metrics = op.metrics().await;
+    let gauge = |line: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line)?.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{line} in\n{metrics}"))
+    };
+    assert_eq!(
+        gauge("vflow_operator_instances{state=\"desired\"}"),
+        f64::from(desired)
+    );
+    assert_eq!(gauge("vflow_runs_active"), 0.0);
+    assert!(
+        metrics.contains("vflow_operator_function_requests{function=\""),
+        "{metrics}"
     );
 }
 

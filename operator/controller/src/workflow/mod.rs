@@ -72,7 +72,7 @@ pub struct Context {
     activity: Mutex<HashMap<String, Activity>>,
     failures: Mutex<HashMap<String, u32>>,
     plans: Mutex<PlanCache>,
-    stage_counts: Mutex<HashMap<String, StageCounts>>,
+    stage_counts: Mutex<HashMap<String, (StageCounts, FunctionRequests)>>,
 }
 
 impl Context {
@@ -103,14 +103,21 @@ impl Context {
     }
 }
 
-/// Stages by state, for the `vflow_operator_stages` gauge.
+/// Stages by state and their instances, for the `vflow_operator_stages` and
+/// `vflow_operator_instances` gauges.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct StageCounts {
     pub ready: i64,
     pub not_ready: i64,
     pub scaled_to_zero: i64,
     pub invalid: i64,
+    pub desired_instances: i64,
+    pub ready_instances: i64,
 }
+
+/// Per function: CPU cores, memory bytes and GPUs requested by the desired replicas, for
+/// `vflow_operator_function_requests`.
+pub type FunctionRequests = BTreeMap<String, [f64; 3]>;
 
 /// A replica change, for metrics and logs.
 #[derive(Debug, Clone, PartialEq)]
@@ -132,6 +139,7 @@ pub struct Desired {
     /// The autoscaler's memory after this reconcile.
     pub activity: Activity,
     pub counts: StageCounts,
+    pub requests: FunctionRequests,
     pub invalid: bool,
 }
 
@@ -306,6 +314,16 @@ pub fn desired(
         } else {
             out.counts.ready += 1;
         }
+        out.counts.desired_instances += i64::from(scale.replicas);
+        out.counts.ready_instances += i64::from(ready_replicas.min(scale.replicas));
+        let r = out
+            .requests
+            .entry(stage.function.clone())
+            .or_insert([0.0; 3]);
+        let n = f64::from(scale.replicas);
+        r[0] += decision.size.cpu_cores * n;
+        r[1] += decision.size.memory_bytes * n;
+        r[2] += decision.size.gpu.unwrap_or(0.0) * n;
         if let Some(sp) = stage_plans.iter_mut().find(|p| p.name == stage.name) {
             sp.replicas = Some(scale.replicas);
             sp.ready_replicas = Some(ready_replicas);
@@ -522,7 +540,7 @@ async fn reconcile_inner(wf: &VideoWorkflow, ctx: &Context) -> Result<(Action, b
         }
     }
     status::write(&api, wf, &want.status).await?;
-    update_stage_gauge(ctx, &wf_key, want.counts);
+    update_stage_gauge(ctx, &wf_key, want.counts, want.requests.clone());
 
     let action = if want.invalid {
         Action::await_change()
@@ -546,24 +564,45 @@ fn forget(ctx: &Context, wf: &VideoWorkflow) {
     if let Ok(mut p) = ctx.plans.lock() {
         p.remove(&wf.uid().unwrap_or_default());
     }
-    update_stage_gauge(ctx, &k, StageCounts::default());
+    update_stage_gauge(ctx, &k, StageCounts::default(), FunctionRequests::new());
 }
 
-fn update_stage_gauge(ctx: &Context, key: &str, counts: StageCounts) {
+fn update_stage_gauge(ctx: &Context, key: &str, counts: StageCounts, requests: FunctionRequests) {
     let Ok(mut all) = ctx.stage_counts.lock() else {
         return;
     };
-    if counts == StageCounts::default() {
+    if counts == StageCounts::default() && requests.is_empty() {
         all.remove(key);
     } else {
-        all.insert(key.to_string(), counts);
+        all.insert(key.to_string(), (counts, requests));
     }
     let mut sum = StageCounts::default();
-    for c in all.values() {
+    let mut by_function = FunctionRequests::new();
+    for (c, r) in all.values() {
         sum.ready += c.ready;
         sum.not_ready += c.not_ready;
         sum.scaled_to_zero += c.scaled_to_zero;
         sum.invalid += c.invalid;
+        sum.desired_instances += c.desired_instances;
+        sum.ready_instances += c.ready_instances;
+        for (function, req) in r {
+            let total = by_function.entry(function.clone()).or_insert([0.0; 3]);
+            for (t, x) in total.iter_mut().zip(req) {
+                *t += x;
+            }
+        }
+    }
+    let i = &ctx.metrics.instances;
+    i.with_label_values(&["desired"]).set(sum.desired_instances);
+    i.with_label_values(&["ready"]).set(sum.ready_instances);
+    // Functions no workflow runs any more drop out instead of staying at their last value.
+    let f = &ctx.metrics.function_requests;
+    f.reset();
+    for (function, req) in &by_function {
+        for (resource, value) in ["cpu_cores", "memory_bytes", "gpu"].iter().zip(req) {
+            f.with_label_values(&[function.as_str(), resource])
+                .set(*value);
+        }
     }
     let g = &ctx.metrics.stages;
     g.with_label_values(&["ready"]).set(sum.ready);
