@@ -56,6 +56,9 @@ impl Instance {
 struct Pool {
     instances: Mutex<Vec<Arc<Instance>>>,
     starting: AtomicU32,
+    /// Pre-warm starts in progress that no invocation has claimed yet: an invocation
+    /// that finds one waits for it instead of starting an instance of its own.
+    unclaimed_prewarms: AtomicU32,
     freed: Notify,
 }
 
@@ -247,17 +250,29 @@ impl LocalBackend {
         target: &StageTarget,
     ) -> Result<(Arc<Instance>, OwnedSemaphorePermit, Option<f64>), BackendError> {
         let pool = self.pool(&target.stage);
+        // Set once this invocation chose to wait for a pre-warm start: the wait is the
+        // part of a cold start the pre-warm did not hide.
+        let mut claimed: Option<Instant> = None;
         loop {
             let freed = pool.freed.notified();
             {
                 let instances = pool.instances.lock().await;
                 for instance in instances.iter() {
                     if let Ok(permit) = instance.slots.clone().try_acquire_owned() {
-                        return Ok((instance.clone(), permit, None));
+                        let waited = claimed.map(|at| at.elapsed().as_secs_f64());
+                        return Ok((instance.clone(), permit, waited.filter(|w| *w > 0.001)));
                     }
                 }
+                let claim = claimed.is_none()
+                    && pool
+                        .unclaimed_prewarms
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok();
+                if claim {
+                    claimed = Some(Instant::now());
+                }
                 let count = instances.len() as u32 + pool.starting.load(Ordering::SeqCst);
-                if count < target.max_instances.max(1) {
+                if !claim && count < target.max_instances.max(1) {
                     pool.starting.fetch_add(1, Ordering::SeqCst);
                     drop(instances);
                     let started = Instant::now();
@@ -359,8 +374,13 @@ impl Backend for LocalBackend {
         let want = replicas.min(target.max_instances.max(1));
         for _ in have..want {
             pool.starting.fetch_add(1, Ordering::SeqCst);
+            pool.unclaimed_prewarms.fetch_add(1, Ordering::SeqCst);
             let result = self.start_instance(target).await;
             pool.starting.fetch_sub(1, Ordering::SeqCst);
+            // Unless an invocation claimed this start already.
+            let _ = pool
+                .unclaimed_prewarms
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
             match result {
                 Ok(instance) => {
                     pool.instances.lock().await.push(instance);

@@ -50,6 +50,11 @@ pub struct PlannerConfig {
     /// profile's window rate shared among the stages that run the function.
     pub stage_rates: BTreeMap<String, f64>,
     pub fusion_samples: u32,
+    /// Fuse chain stages into one pod where it pays. Off by default: no backend builds
+    /// fused pods yet (the operator and the local mode run every stage in its own
+    /// instance), and a plan that fused would not pre-warm the stages after the head,
+    /// which then start cold. `vflow plan --config` can turn it on to see the choice.
+    pub fuse: bool,
     pub seed: u64,
 }
 
@@ -76,6 +81,7 @@ impl Default for PlannerConfig {
             provisioning: ProvisioningConfig::default(),
             stage_rates: BTreeMap::new(),
             fusion_samples: 1000,
+            fuse: false,
             seed: 1,
         }
     }
@@ -557,6 +563,7 @@ fn fusion_input(
     let candidates = dag
         .chain_edges()
         .into_iter()
+        .filter(|_| cfg.fuse)
         .filter(|&(u, v)| dag.shape(u) == dag.shape(v) && !spec.stages[u].fan_out)
         .filter_map(|(u, v)| Some((pos(u)?, pos(v)?)))
         .collect();
