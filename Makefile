@@ -95,4 +95,16 @@ test-runs: s3-server testenv ## vflow-runs and the cluster CLI: pure and S3 test
 	$(CARGO) build -p vflow-runtime --bin vflow-runtime
 	VFLOW_OPERATOR_BIN=$(CURDIR)/target/runs-e2e/vflow-operator operator/runs/testenv.sh bash -c '$(CARGO) test -p vflow-runs --test cluster -- --ignored --test-threads=1 && $(CARGO) test -p vflow-cli --test cluster_cli -- --ignored --test-threads=1'
 
-ci: check-crds lint test validate-examples testenv-smoke e2e-operator test-runs ## What CI runs
+# Observability (charts/vflow/files: alerts and Grafana dashboard) and the kind test
+# (e2e/kind): docs/observability.md, docs/getting-started.md.
+.PHONY: check-observability check-e2e-kind e2e-kind
+check-observability: ## Alerts and dashboard: PromQL parsed by Prometheus' parser, vflow_* names and labels against the code and real /metrics, Grafana fields
+	e2e/observability/check.sh
+
+check-e2e-kind: helm ## The kind test where it cannot run: shellcheck, manifests (kubernetes-validate, vflow validate), the chart with its values, the skip without Docker
+	e2e/kind/check.sh
+
+e2e-kind: ## End to end on kind (needs Docker, kind, kubectl, helm): images, MinIO, the chart, a run and an S3-triggered run, outputs checked with ffprobe
+	e2e/kind/run.sh
+
+ci: check-crds lint test validate-examples testenv-smoke e2e-operator test-runs check-observability check-e2e-kind ## What CI runs

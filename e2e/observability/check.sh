@@ -124,6 +124,7 @@ if "$bin" -alerts e2e/observability/testdata/bad-alerts.yaml \
 	-sources operator -runbooks docs/troubleshooting.md >"$work/bad.out" 2>&1; then
 	die "checkobs accepted testdata/: $(cat "$work/bad.out")"
 fi
+# shellcheck disable=SC2016 # literal $ in checkobs' messages
 expected=(
 	'MISSING METRIC vflow_runs_finishd_total'
 	'vflow_operator_stages has no label "phase"'
