@@ -6,7 +6,8 @@ CARGO ?= cargo
 .PHONY: help build test lint fmt crds check-crds validate-examples ci testenv testenv-up testenv-down testenv-smoke bench-planner \
 	s3-server test-rust test-functions validate-function-profiles bench-runtime bench-local demo \
 	test-operator e2e-operator bench-operator \
-	test-runs
+	test-runs \
+	helm check-chart-crds chart-lint chart-test
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -49,8 +50,9 @@ lint: ## Formatting check and clippy with warnings as errors
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
-crds: ## Regenerate crds/ from the Rust types
+crds: ## Regenerate crds/ from the Rust types (and their copy in charts/vflow/crds/)
 	$(CARGO) run -q -p vflow-api --bin crdgen -- crds/
+	rm -f charts/vflow/crds/*.yaml && cp crds/*.yaml charts/vflow/crds/
 
 check-crds: crds ## Fail when crds/ differs from what the types generate
 	@git diff --exit-code -- crds/ || { echo "crds/ is stale: run 'make crds' and commit the result" >&2; exit 1; }
@@ -95,6 +97,22 @@ test-runs: s3-server testenv ## vflow-runs and the cluster CLI: pure and S3 test
 	$(CARGO) build -p vflow-runtime --bin vflow-runtime
 	VFLOW_OPERATOR_BIN=$(CURDIR)/target/runs-e2e/vflow-operator operator/runs/testenv.sh bash -c '$(CARGO) test -p vflow-runs --test cluster -- --ignored --test-threads=1 && $(CARGO) test -p vflow-cli --test cluster_cli -- --ignored --test-threads=1'
 
+# The Helm chart (charts/vflow): e2e/chart/README.md. Helm is built from its Go module
+# into ~/.cache/vflow-helm; the Python tools go into a venv in ~/.cache/vflow-pyenv.
+helm: ## Build the pinned Helm into ~/.cache/vflow-helm/bin (skipped when up to date)
+	bash -c 'source e2e/chart/lib.sh && ensure_helm'
+
+check-chart-crds: ## Fail when charts/vflow/crds/ differs from crds/
+	@diff -r crds charts/vflow/crds || { echo "charts/vflow/crds/ differs from crds/: run 'make crds' and commit" >&2; exit 1; }
+
+chart-lint: check-chart-crds helm ## helm lint/template of every values combination, schema-validated; bad values must fail; RBAC = manifests/rbac
+	e2e/chart/lint.sh
+
+chart-test: testenv helm ## The chart on a private testenv (ports 31101-31108): install, upgrade, the operator as its ServiceAccount (audit-checked RBAC), uninstall
+	$(CARGO) build -p vflow-operator --bin vflow-operator
+	mkdir -p target/chart-e2e && cp target/debug/vflow-operator target/chart-e2e/
+	VFLOW_OPERATOR_BIN=$(CURDIR)/target/chart-e2e/vflow-operator e2e/chart/test.sh
+
 # Observability (charts/vflow/files: alerts and Grafana dashboard) and the kind test
 # (e2e/kind): docs/observability.md, docs/getting-started.md.
 .PHONY: check-observability check-e2e-kind e2e-kind
@@ -107,4 +125,4 @@ check-e2e-kind: helm ## The kind test where it cannot run: shellcheck, manifests
 e2e-kind: ## End to end on kind (needs Docker, kind, kubectl, helm): images, MinIO, the chart, a run and an S3-triggered run, outputs checked with ffprobe
 	e2e/kind/run.sh
 
-ci: check-crds lint test validate-examples testenv-smoke e2e-operator test-runs check-observability check-e2e-kind ## What CI runs
+ci: check-crds lint test validate-examples testenv-smoke e2e-operator test-runs chart-lint chart-test check-observability check-e2e-kind ## What CI runs

@@ -123,6 +123,15 @@ kubeconfig "$KUBECONFIG_PATH" admin
 kubeconfig "$STATE_DIR/controller-manager.kubeconfig" controller-manager
 kubeconfig "$STATE_DIR/scheduler.kubeconfig" scheduler
 
+# Opt-in: the API server's audit log (JSON lines in logs/audit.log) under the policy in
+# VFLOW_TESTENV_AUDIT_POLICY, e.g. to see which verbs a ServiceAccount uses.
+audit=()
+if [[ -n ${VFLOW_TESTENV_AUDIT_POLICY:-} ]]; then
+	[[ -f $VFLOW_TESTENV_AUDIT_POLICY ]] || die "VFLOW_TESTENV_AUDIT_POLICY=$VFLOW_TESTENV_AUDIT_POLICY: no such file"
+	audit=(--audit-policy-file="$VFLOW_TESTENV_AUDIT_POLICY" --audit-log-path="$STATE_DIR/logs/audit.log"
+		--audit-log-format=json --audit-log-mode=blocking)
+fi
+
 # ---------------------------------------------------------------- processes
 fail() {
 	local name="$1"
@@ -194,7 +203,8 @@ start kube-apiserver \
 	--proxy-client-key-file="$pki/front-proxy-client.key" \
 	--authorization-mode=Node,RBAC \
 	--allow-privileged=true \
-	--profiling=false
+	--profiling=false \
+	"${audit[@]}"
 await kube-apiserver 120 curl_ --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" \
 	"$API_URL/readyz"
 
