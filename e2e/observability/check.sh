@@ -8,7 +8,10 @@
 #     vflow_* name and label against the metrics the Rust code registers;
 #  3. the runtime and the metrics sidecar run here for real (one rejected and one
 #     successful invocation with a stand-in function on local files) and their /metrics
-#     answers are given to checkobs, which checks its source scan against them.
+#     answers are given to checkobs, which checks its source scan against them; and
+#     checkobs must report every problem planted in testdata/;
+#  4. every alert's expression, evaluated by Prometheus' engine on synthetic series
+#     (alerts_test.go), fires when it should and not otherwise.
 #
 # Needs go (>= 1.26), cargo, python3 and curl. Set VFLOW_RUNTIME_BIN to use a
 # vflow-runtime binary that is already built.
@@ -151,4 +154,13 @@ log "checkobs on the chart's alerts and dashboards"
 	-runbooks docs/troubleshooting.md \
 	-exposition "$work/runtime.prom" \
 	-exposition "$work/sidecar.prom"
+
+# 4. The alerts fire on the series they are about and stay quiet otherwise: each alert's
+# expression evaluated by Prometheus' engine on synthetic series (alerts_test.go; Go
+# caches the result until the alerts or the test change).
+log "go test: the alerts on synthetic series"
+t=$SECONDS
+(cd e2e/observability && CGO_ENABLED=0 GOFLAGS="${GOFLAGS:-} -buildvcs=false -mod=readonly" \
+	go test -p "${VFLOW_OBSERVABILITY_GO_PARALLEL:-2}" -trimpath ./...)
+log "go test took $((SECONDS - t))s"
 log "check-observability took $((SECONDS - start_all))s"

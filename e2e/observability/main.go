@@ -72,7 +72,7 @@ func (c *checker) errorf(format string, args ...any) {
 }
 
 var (
-	ctorRe = regexp.MustCompile(`\b(?:Int)?(Counter|Gauge|Histogram)(Vec)?::(?:new|with_opts)\(\s*(?:(?:Histogram)?Opts::new\(\s*)?"([a-zA-Z_:][a-zA-Z0-9_:]*)"`)
+	ctorRe      = regexp.MustCompile(`\b(?:Int)?(Counter|Gauge|Histogram)(Vec)?::(?:new|with_opts)\(\s*(?:(?:Histogram)?Opts::new\(\s*)?"([a-zA-Z_:][a-zA-Z0-9_:]*)"`)
 	prefixRe    = regexp.MustCompile(`new_custom\(\s*Some\(\s*"([a-zA-Z_][a-zA-Z0-9_]*)"`)
 	constLblRe  = regexp.MustCompile(`new_custom\([^;]*?\[\s*\(\s*"([a-zA-Z_][a-zA-Z0-9_]*)"`)
 	labelsRe    = regexp.MustCompile(`&\[\s*((?:"[a-zA-Z_][a-zA-Z0-9_]*"\s*,?\s*)+)\]`)
