@@ -108,7 +108,7 @@ check-chart-crds: ## Fail when charts/vflow/crds/ differs from crds/
 chart-lint: check-chart-crds helm ## helm lint/template of every values combination, schema-validated; bad values must fail; RBAC = manifests/rbac
 	e2e/chart/lint.sh
 
-chart-test: testenv helm ## The chart on a private testenv (ports 31101-31108): install, upgrade, the operator as its ServiceAccount (audit-checked RBAC), uninstall
+chart-test: testenv helm s3-server ## The chart on a private testenv (ports 31101-31109): install, upgrade, the operator as its ServiceAccount (audit-checked RBAC), uninstall
 	$(CARGO) build -p vflow-operator --bin vflow-operator
 	mkdir -p target/chart-e2e && cp target/debug/vflow-operator target/chart-e2e/
 	VFLOW_OPERATOR_BIN=$(CURDIR)/target/chart-e2e/vflow-operator e2e/chart/test.sh
