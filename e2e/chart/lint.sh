@@ -10,7 +10,8 @@
 #  4. the PrometheusRule and dashboards are the files under charts/vflow/files/, verbatim;
 #  5. every e2e/chart/bad-values/*.yaml fails with the message its "# expect:" line names;
 #  6. the packaged chart renders the same as the directory;
-#  7. shellcheck on these scripts.
+#  7. shellcheck on these scripts;
+#  8. every variable the operator reads is set by the chart (or listed with a reason).
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -126,6 +127,36 @@ for name in default monitoring; do
 		failed "the packaged chart renders $name differently"
 	fi
 done
+
+# 8. Every operator setting has a value: each variable the operator reads
+# (operator/controller/src/config.rs, operator/runs/src/config.rs, the S3 settings) is
+# set by templates/deployment.yaml, or listed here with the reason it is not.
+log "every operator environment variable is set by the chart"
+declare -A not_in_chart=(
+	[VFLOW_OPERATOR_IDENTITY]="the pod name (POD_NAME) is the identity"
+	[VFLOW_OPERATOR_LEASE_NAMESPACE]="the pod's namespace (POD_NAMESPACE) holds the Lease"
+	[VFLOW_RUNS_NAMESPACE]="falls back to VFLOW_OPERATOR_NAMESPACE (operator.watchNamespace)"
+	[VFLOW_S3_MULTIPART_THRESHOLD]="tuning, through operator.extraEnv"
+	[VFLOW_S3_PART_SIZE]="tuning, through operator.extraEnv"
+)
+mapfile -t operator_vars < <(
+	{
+		grep -ho 'env = "[A-Z_]*"' "$REPO_ROOT/operator/controller/src/config.rs" | cut -d'"' -f2
+		grep -ho '"VFLOW_RUNS_[A-Z_]*"' "$REPO_ROOT/operator/runs/src/config.rs" | tr -d '"'
+		grep -ho '"VFLOW_S3_[A-Z_]*"' "$REPO_ROOT/operator/storage/src/settings.rs" | tr -d '"'
+	} | sort -u
+)
+((${#operator_vars[@]} > 20)) || failed "found only ${#operator_vars[@]} operator variables: is this check still reading the right files?"
+for var in "${operator_vars[@]}"; do
+	if grep -q "name: $var\$" "$CHART/templates/deployment.yaml"; then
+		continue
+	elif [[ -n ${not_in_chart[$var]+x} ]]; then
+		printf '  --  %-42s not in the chart: %s\n' "$var" "${not_in_chart[$var]}"
+	else
+		failed "the operator reads $var but the chart never sets it: add a value (values.yaml, values.schema.json, README.md) or list it in lint.sh"
+	fi
+done
+printf '  ok  %d operator variables\n' "${#operator_vars[@]}"
 
 if ((failures > 0)); then
 	die "chart-lint: $failures check(s) failed ($((SECONDS - start))s)"
