@@ -102,7 +102,8 @@ fn default_scale_to_zero_after() -> Duration {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Storage {
-    /// Endpoint URL, e.g. http://minio.storage:9000. Unset means AWS S3.
+    /// Endpoint URL, e.g. http://minio.storage:9000. Unset means the operator's default
+    /// (its VFLOW_S3_ENDPOINT, the chart's storage.endpoint), else AWS S3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 512), regex(pattern = r"^https?://[^\s/?#]+(/[^\s]*)?$"))]
     pub endpoint: Option<String>,

@@ -63,6 +63,11 @@ pub struct Args {
     #[arg(long, env = "VFLOW_OPERATOR_RUN_CONTROLLER", default_value_t = true, action = clap::ArgAction::Set)]
     pub run_controller: bool,
 
+    /// S3 endpoint for workflows whose storage names none (default: AWS S3); the run
+    /// controller reads the same variable.
+    #[arg(long, env = "VFLOW_S3_ENDPOINT")]
+    pub default_s3_endpoint: Option<String>,
+
     /// Time between scrapes of the function pods' observations (0 turns it off).
     #[arg(long, env = "VFLOW_OBSERVE_SECONDS", default_value_t = 30)]
     pub observe_seconds: u64,
@@ -126,6 +131,8 @@ pub struct Settings {
     pub pod_annotations: BTreeMap<String, String>,
     pub prewarm_margin: Duration,
     pub default_cold_start: Duration,
+    /// Endpoint for workflows whose storage names none.
+    pub default_s3_endpoint: Option<String>,
 }
 
 impl Default for Settings {
@@ -135,6 +142,7 @@ impl Default for Settings {
             pod_annotations: BTreeMap::new(),
             prewarm_margin: Duration::from_secs(1),
             default_cold_start: Duration::from_secs(5),
+            default_s3_endpoint: None,
         }
     }
 }
@@ -165,6 +173,10 @@ impl Args {
                 self.default_cold_start_seconds,
                 "--default-cold-start-seconds",
             )?,
+            default_s3_endpoint: self
+                .default_s3_endpoint
+                .clone()
+                .filter(|e| !e.trim().is_empty()),
         })
     }
 

@@ -597,3 +597,43 @@ fn sizing_from_observations_in_each_mode() {
     let st = desired_status(&few, &cfg, now());
     assert_eq!(st.conditions[0].reason, "TooFewObservations");
 }
+
+#[test]
+fn a_workflow_without_an_endpoint_gets_the_operators_default_and_the_sidecar_its_function() {
+    let mut wf = common::workflow("wf", "ns", "");
+    wf.spec.storage.endpoint = None;
+    let profiles = common::profiles("ns");
+    let build = |default: Option<&str>| {
+        let s = Settings {
+            default_s3_endpoint: default.map(str::to_string),
+            ..settings(GpuSharing::default())
+        };
+        let outcome = validate::check(&wf, &profiles, &s.planner);
+        workflow::desired(
+            &wf,
+            &outcome,
+            &profiles,
+            &Children::default(),
+            &Default::default(),
+            &s,
+            now(),
+        )
+        .expect("builds")
+        .deployments
+    };
+    let with_default = build(Some("http://minio.vflow-system.svc:9000"));
+    assert!(!with_default.is_empty());
+    for d in &with_default {
+        assert_eq!(
+            env(d, "function")
+                .get("VFLOW_S3_ENDPOINT")
+                .map(String::as_str),
+            Some("http://minio.vflow-system.svc:9000")
+        );
+        let function = env(d, "function")["VFLOW_FUNCTION"].clone();
+        assert_eq!(env(d, "metrics").get("VFLOW_FUNCTION"), Some(&function));
+    }
+    for d in &build(None) {
+        assert_eq!(env(d, "function").get("VFLOW_S3_ENDPOINT"), None, "AWS S3");
+    }
+}

@@ -143,6 +143,15 @@ async fn patch_status(
         .map(|_| ())
 }
 
+/// What the API server said, without the Debug dump kube's Display adds to it; the text
+/// lands in a run's status.message, where a person reads it.
+pub fn kube_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!("{} ({})", s.message, s.code),
+        other => other.to_string(),
+    }
+}
+
 /// Why an engine task did not get to run the engine.
 enum Problem {
     /// Worth trying again later (the workflow or its Secret may appear, S3 may answer).
@@ -270,13 +279,23 @@ async fn drive_engine(
     let wf = workflows
         .get_opt(wf_name)
         .await
-        .map_err(|e| Problem::Waiting(format!("reading VideoWorkflow {ns}/{wf_name}: {e}")))?
+        .map_err(|e| {
+            Problem::Waiting(format!(
+                "reading VideoWorkflow {ns}/{wf_name}: {}",
+                kube_message(&e)
+            ))
+        })?
         .ok_or_else(|| Problem::Waiting(format!("VideoWorkflow {ns}/{wf_name} not found")))?;
     let profile_api: Api<FunctionProfile> = Api::namespaced(ctx.client.clone(), &ns);
     let profiles: BTreeMap<String, FunctionProfile> = profile_api
         .list(&ListParams::default())
         .await
-        .map_err(|e| Problem::Waiting(format!("listing FunctionProfiles in {ns}: {e}")))?
+        .map_err(|e| {
+            Problem::Waiting(format!(
+                "listing FunctionProfiles in {ns}: {}",
+                kube_message(&e)
+            ))
+        })?
         .items
         .into_iter()
         .map(|p| (p.name_any(), p))

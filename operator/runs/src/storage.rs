@@ -20,15 +20,32 @@ pub trait Storage: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct KubeStorage(pub Client);
 
-/// The spec's endpoint, region and addressing on top of `base` credentials.
-pub fn apply_spec(wf: &VideoWorkflow, mut settings: S3Settings) -> S3Settings {
+/// The spec's endpoint, region and addressing on top of `base` credentials. A spec
+/// without an endpoint gets the operator's default (`VFLOW_S3_ENDPOINT`), as its stage
+/// pods do; with neither it is AWS S3.
+pub fn apply_spec(
+    wf: &VideoWorkflow,
+    mut settings: S3Settings,
+    default_endpoint: Option<String>,
+) -> S3Settings {
     let storage = &wf.spec.storage;
-    settings.endpoint = storage.endpoint.clone();
+    settings.endpoint = storage
+        .endpoint
+        .clone()
+        .or(settings.endpoint)
+        .or(default_endpoint);
     if let Some(region) = &storage.region {
         settings.region = region.clone();
     }
     settings.path_style = storage.path_style;
     settings
+}
+
+/// The operator's `VFLOW_S3_ENDPOINT`, the endpoint of workflows that name none.
+fn default_endpoint() -> Option<String> {
+    std::env::var("VFLOW_S3_ENDPOINT")
+        .ok()
+        .filter(|e| !e.trim().is_empty())
 }
 
 impl Storage for KubeStorage {
@@ -41,13 +58,16 @@ impl Storage for KubeStorage {
                     wf.name_any()
                 )
             })?;
-            return Ok(apply_spec(wf, env));
+            return Ok(apply_spec(wf, env, None));
         };
         let api: Api<Secret> = Api::namespaced(self.0.clone(), &ns);
-        let secret = api
-            .get(&secret_ref.name)
-            .await
-            .map_err(|e| format!("Secret {ns}/{}: {e}", secret_ref.name))?;
+        let secret = api.get(&secret_ref.name).await.map_err(|e| {
+            format!(
+                "Secret {ns}/{}: {}",
+                secret_ref.name,
+                crate::controller::kube_message(&e)
+            )
+        })?;
         let data = secret.data.unwrap_or_default();
         let field = |k: &str| {
             data.get(k)
@@ -60,7 +80,7 @@ impl Storage for KubeStorage {
             field("AWS_ACCESS_KEY_ID")?,
             field("AWS_SECRET_ACCESS_KEY")?,
         );
-        Ok(apply_spec(wf, base))
+        Ok(apply_spec(wf, base, default_endpoint()))
     }
 }
 

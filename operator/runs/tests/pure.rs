@@ -344,3 +344,30 @@ fn run_names_are_stable_per_object_and_differ_per_content() {
     assert_eq!(run.spec.input, "s3://videos/in/a b.mp4");
     assert_eq!(run.spec.workflow_ref.name, "wf");
 }
+
+#[test]
+fn a_workflow_without_an_endpoint_gets_the_operators_default() {
+    use vflow_runs::storage::apply_spec;
+    use vflow_storage::S3Settings;
+    let creds = || S3Settings::new(None, "k".into(), "s".into());
+    let named = common::workflow("wf", "ns", "http://named:9000", json!({}));
+    let mut unnamed = named.clone();
+    unnamed.spec.storage.endpoint = None;
+    let default = Some("http://minio.vflow-system.svc:9000".to_string());
+    assert_eq!(
+        apply_spec(&named, creds(), default.clone())
+            .endpoint
+            .as_deref(),
+        Some("http://named:9000"),
+        "the workflow's own endpoint wins"
+    );
+    assert_eq!(
+        apply_spec(&unnamed, creds(), default.clone()).endpoint,
+        default
+    );
+    assert_eq!(
+        apply_spec(&unnamed, creds(), None).endpoint,
+        None,
+        "neither: AWS S3"
+    );
+}

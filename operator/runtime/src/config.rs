@@ -147,6 +147,9 @@ pub struct MetricsArgs {
     pub bind: IpAddr,
     #[arg(long, env = "VFLOW_METRICS_PORT", default_value_t = 9091)]
     pub port: u16,
+    /// The function's name, a label on every metric (as the runtime's).
+    #[arg(long, env = "VFLOW_FUNCTION", default_value = "function")]
+    pub function: String,
     #[arg(long, env = "VFLOW_PORT_FILE")]
     pub port_file: Option<PathBuf>,
     /// Time between samples.

@@ -216,7 +216,11 @@ async fn observations(State(sidecar): State<Arc<Sidecar>>) -> Response {
 }
 
 pub async fn run(args: MetricsArgs) -> Result<(), String> {
-    let registry = Registry::new_custom(Some("vflow".into()), None).map_err(|e| e.to_string())?;
+    let registry = Registry::new_custom(
+        Some("vflow".into()),
+        Some([("function".to_string(), args.function.clone())].into()),
+    )
+    .map_err(|e| e.to_string())?;
     let gauges = register(&registry).map_err(|e| e.to_string())?;
     let window = args.window.max(1);
     let sidecar = Arc::new(Sidecar {

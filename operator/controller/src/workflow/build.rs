@@ -71,6 +71,8 @@ pub struct StageInput<'a> {
     pub profile: &'a FunctionProfile,
     /// Extra pod-template annotations from the operator's configuration.
     pub pod_annotations: &'a BTreeMap<String, String>,
+    /// The operator's S3 endpoint for a workflow whose storage names none.
+    pub default_endpoint: Option<&'a str>,
 }
 
 fn selector_labels(workflow: &str, stage: &str) -> BTreeMap<String, String> {
@@ -175,8 +177,8 @@ fn function_container(input: &StageInput<'_>) -> Result<Container> {
         },
         env("VFLOW_LOG_FORMAT", "json"),
     ]);
-    if let Some(endpoint) = &storage.endpoint {
-        vars.push(env("VFLOW_S3_ENDPOINT", endpoint.clone()));
+    if let Some(endpoint) = storage.endpoint.as_deref().or(input.default_endpoint) {
+        vars.push(env("VFLOW_S3_ENDPOINT", endpoint.to_string()));
     }
     if let Some(region) = &storage.region {
         vars.push(env("VFLOW_S3_REGION", region.clone()));
@@ -260,6 +262,7 @@ fn sidecar_container(input: &StageInput<'_>) -> Container {
         image: Some(input.profile.spec.image.clone()),
         command: Some(vec![RUNTIME.into(), "metrics".into()]),
         env: Some(vec![
+            env("VFLOW_FUNCTION", input.stage.function.clone()),
             env("VFLOW_METRICS_PORT", METRICS_PORT.to_string()),
             env("VFLOW_LOG_FORMAT", "json"),
         ]),

@@ -275,6 +275,7 @@ pub fn desired(
             decision,
             profile,
             pod_annotations: &settings.pod_annotations,
+            default_endpoint: settings.default_s3_endpoint.as_deref(),
         };
         let deployment = build::deployment(&si, scale.replicas)?;
         let service = build::service(&si)?;
