@@ -297,7 +297,19 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
         }
     };
 
-    let cfg = PlannerConfig::default();
+    // Plan from what this run really moves: the input's size, and a local store's
+    // disk speed instead of an object store's.
+    let mut cfg = PlannerConfig::default();
+    if let Ok(loc) = Location::parse(&input)
+        && let Ok(Some(bytes)) = store.size(&loc).await
+    {
+        cfg.input_bytes = bytes as f64;
+    }
+    if matches!(store_root, Location::Local(_)) {
+        cfg.transfer.put_bytes_per_second = 1e9;
+        cfg.transfer.get_bytes_per_second = 1e9;
+        cfg.transfer.request_seconds = 0.001;
+    }
     let plan =
         plan_workflow(&workflow, &profiles, &cfg).map_err(|e| bad(format!("planning: {e}")))?;
     let prewarm = plan
