@@ -165,6 +165,22 @@ var alertCases = []alertCase{
 		at: 15 * time.Minute, fires: false,
 	},
 	{
+		name:  "a function process OOM-killed while its runtime lived on",
+		alert: "VflowInvocationOOMKilled",
+		load: `load 1m
+			vflow_runtime_oom_kills_total{namespace="v", pod="wf-scale-1", function="scale"} 0x10 1x20
+			vflow_runtime_oom_kills_total{namespace="v", pod="wf-crop-1", function="crop"} 0x30`,
+		at: 15 * time.Minute, fires: true,
+		labels: map[string]string{"function": "scale", "namespace": "v"},
+	},
+	{
+		name:  "no OOM kills",
+		alert: "VflowInvocationOOMKilled",
+		load: `load 1m
+			vflow_runtime_oom_kills_total{namespace="v", pod="wf-crop-1", function="crop"} 0x30`,
+		at: 15 * time.Minute, fires: false,
+	},
+	{
 		name:  "no operator scraped",
 		alert: "VflowOperatorDown",
 		load: `load 1m

@@ -352,6 +352,7 @@ impl Executor {
             observed.memory_bytes.push(measured.peak_rss_bytes as f64);
             if measured.exit == (Exit::Signal { signal: 9 }) {
                 observed.oom_kills += 1;
+                self.metrics.oom_kills.inc();
             }
             if measured.exit.success() {
                 observed.exec_seconds.push(function_seconds);

@@ -2,8 +2,8 @@
 //! name and a fixed set of outcomes and phases, never run ids.
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
 };
 
 #[derive(Clone)]
@@ -16,6 +16,7 @@ pub struct RuntimeMetrics {
     pub bytes: IntCounterVec,
     pub cpu_seconds: Histogram,
     pub peak_memory: Histogram,
+    pub oom_kills: IntCounter,
     pub cold_start: Gauge,
     pub ready: IntGauge,
 }
@@ -78,6 +79,10 @@ impl RuntimeMetrics {
                 10,
             )?),
         )?;
+        let oom_kills = IntCounter::new(
+            "runtime_oom_kills_total",
+            "Function processes killed by SIGKILL that the runtime did not send: the OOM killer",
+        )?;
         let cold_start = Gauge::new("runtime_cold_start_seconds", "Process start to ready")?;
         let ready = IntGauge::new("runtime_ready", "1 once warm-up has finished")?;
         registry.register(Box::new(invocations.clone()))?;
@@ -87,6 +92,7 @@ impl RuntimeMetrics {
         registry.register(Box::new(bytes.clone()))?;
         registry.register(Box::new(cpu_seconds.clone()))?;
         registry.register(Box::new(peak_memory.clone()))?;
+        registry.register(Box::new(oom_kills.clone()))?;
         registry.register(Box::new(cold_start.clone()))?;
         registry.register(Box::new(ready.clone()))?;
         Ok(Self {
@@ -98,6 +104,7 @@ impl RuntimeMetrics {
             bytes,
             cpu_seconds,
             peak_memory,
+            oom_kills,
             cold_start,
             ready,
         })

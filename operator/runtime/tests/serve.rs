@@ -542,3 +542,50 @@ async fn local_directories_work_without_s3() {
         b"local bytes"
     );
 }
+
+#[tokio::test]
+async fn a_function_killed_by_someone_else_counts_as_an_oom_kill() {
+    let s = setup();
+    s.put("in/a.mp4", b"frames").await;
+    let rt = s.runtime(&[]);
+    rt.wait_ready(&s.client).await;
+    let (status, _, body) = invoke(
+        &s.client,
+        &rt.url,
+        json!({"run": "r", "stage": "scale", "inputs": ["s3://videos/in/a.mp4"],
+               "outputPrefix": "s3://videos/out/killed/", "params": {"mode": "killed"}}),
+    )
+    .await;
+    // Worth another attempt (the engine retries it; the operator raises the memory).
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["retryable"], true, "{body}");
+    assert_eq!(
+        body["error"]["exit"],
+        json!({"kind": "signal", "signal": 9})
+    );
+    let metrics = s
+        .client
+        .get(format!("{}/metrics", rt.url))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == r#"vflow_runtime_oom_kills_total{function="testfn"} 1"#),
+        "{metrics}"
+    );
+    let observations: serde_json::Value = s
+        .client
+        .get(format!("{}/observations", rt.url))
+        .send()
+        .await
+        .expect("observations")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(observations["oomKills"], 1, "{observations}");
+}
