@@ -271,8 +271,12 @@ impl LocalBackend {
                 if claim {
                     claimed = Some(Instant::now());
                 }
-                let count = instances.len() as u32 + pool.starting.load(Ordering::SeqCst);
-                if !claim && count < target.max_instances.max(1) {
+                let starting = pool.starting.load(Ordering::SeqCst);
+                // A claimed start still under way: keep waiting for it. Once nothing is
+                // starting (it failed, or another invocation took its slot), start one.
+                let waiting = claimed.is_some() && starting > 0;
+                let count = instances.len() as u32 + starting;
+                if !waiting && count < target.max_instances.max(1) {
                     pool.starting.fetch_add(1, Ordering::SeqCst);
                     drop(instances);
                     let started = Instant::now();
@@ -376,17 +380,22 @@ impl Backend for LocalBackend {
             pool.starting.fetch_add(1, Ordering::SeqCst);
             pool.unclaimed_prewarms.fetch_add(1, Ordering::SeqCst);
             let result = self.start_instance(target).await;
-            pool.starting.fetch_sub(1, Ordering::SeqCst);
-            // Unless an invocation claimed this start already.
-            let _ = pool
-                .unclaimed_prewarms
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-            match result {
-                Ok(instance) => {
-                    pool.instances.lock().await.push(instance);
-                    pool.freed.notify_waiters();
+            // The instance joins the pool (under its lock) before the start stops
+            // counting, so an invocation arriving in between sees one or the other.
+            {
+                let mut instances = pool.instances.lock().await;
+                if let Ok(instance) = &result {
+                    instances.push(instance.clone());
                 }
-                Err(e) => tracing::warn!(stage = %target.stage, error = %e, "pre-warm failed"),
+                pool.starting.fetch_sub(1, Ordering::SeqCst);
+                // Unless an invocation claimed this start already.
+                let _ =
+                    pool.unclaimed_prewarms
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+            }
+            pool.freed.notify_waiters();
+            if let Err(e) = result {
+                tracing::warn!(stage = %target.stage, error = %e, "pre-warm failed");
             }
         }
     }

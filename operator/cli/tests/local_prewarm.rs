@@ -1,0 +1,104 @@
+//! The local backend's pre-warming with real `vflow runtime serve` processes: an
+//! invocation that arrives while a pre-warm start is under way waits for that instance
+//! instead of starting one of its own, and counts only the wait it was left with.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use vflow_engine::backend::{Backend, StageTarget};
+use vflow_engine::local::{LocalBackend, LocalConfig};
+use vflow_runtime::invocation::InvokeRequest;
+
+fn target(dir: &std::path::Path) -> StageTarget {
+    // A function that writes one file; instances take a second to warm up, like a
+    // container start.
+    let script = dir.join("fn.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nwhile [ $# -gt 0 ]; do case $1 in --output-dir) out=$2; shift 2;; *) shift;; esac; done\necho ok > \"$out/done.txt\"\n",
+    )
+    .expect("script");
+    let mut perms = std::fs::metadata(&script).expect("meta").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&script, perms).expect("chmod");
+    StageTarget {
+        stage: "s".into(),
+        function: "f".into(),
+        command: vec![script.to_string_lossy().into_owned()],
+        warmup_command: vec!["sleep".into(), "1".into()],
+        concurrency: 1,
+        min_instances: 0,
+        max_instances: 4,
+        timeout_seconds: 30.0,
+    }
+}
+
+fn backend(dir: &std::path::Path) -> std::sync::Arc<LocalBackend> {
+    LocalBackend::new(LocalConfig {
+        runtime_program: PathBuf::from(env!("CARGO_BIN_EXE_vflow")),
+        runtime_args: vec!["runtime".into()],
+        work_dir: dir.join("instances"),
+        env: Vec::new(),
+        keep_alive: Duration::from_secs(60),
+        start_timeout: Duration::from_secs(30),
+    })
+}
+
+fn request(dir: &std::path::Path, name: &str) -> InvokeRequest {
+    let input = dir.join("in.txt");
+    std::fs::write(&input, "input").expect("input");
+    InvokeRequest {
+        run: "r".into(),
+        stage: "s".into(),
+        segment: None,
+        inputs: vec![input.to_string_lossy().into_owned()],
+        output_prefix: format!("{}/", dir.join("out").join(name).to_string_lossy()),
+        params: BTreeMap::new(),
+        timeout_seconds: None,
+    }
+}
+
+#[tokio::test]
+async fn an_invocation_waits_for_a_prewarm_under_way_instead_of_starting_another() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = backend(dir.path());
+    let target = target(dir.path());
+    let warming = {
+        let (backend, target) = (backend.clone(), target.clone());
+        tokio::spawn(async move { backend.prewarm(&target, 1).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let invoked = backend
+        .invoke(&target, request(dir.path(), "a"))
+        .await
+        .expect("invocation");
+    warming.await.expect("pre-warm task");
+    assert_eq!(backend.cold_starts(), 1, "one instance, the pre-warmed one");
+    // It arrived 0.3 s into a 1 s warm-up: it waited for the rest of it.
+    let waited = invoked.cold_start_seconds.expect("it waited for the start");
+    assert!(waited > 0.0, "{waited}");
+    // The next one finds the instance warm.
+    let again = backend
+        .invoke(&target, request(dir.path(), "b"))
+        .await
+        .expect("invocation");
+    assert_eq!(again.cold_start_seconds, None);
+    assert_eq!(backend.cold_starts(), 1);
+    backend.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_a_prewarm_an_invocation_starts_its_own_instance() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = backend(dir.path());
+    let target = target(dir.path());
+    let invoked = backend
+        .invoke(&target, request(dir.path(), "a"))
+        .await
+        .expect("invocation");
+    assert_eq!(backend.cold_starts(), 1);
+    let waited = invoked.cold_start_seconds.expect("a cold start");
+    assert!(waited >= 0.9, "a whole warm-up: {waited}");
+    backend.shutdown().await;
+}
