@@ -167,10 +167,16 @@ type Prewarm = Vec<(String, f64, u32)>;
 fn resources(
     wf: &VideoWorkflow,
     profiles: &BTreeMap<String, FunctionProfile>,
+    input_bytes: Option<u64>,
 ) -> (BTreeMap<String, StageResources>, Prewarm) {
     let mut out = BTreeMap::new();
     let mut prewarm = Vec::new();
-    match plan_workflow(wf, profiles, &PlannerConfig::default()) {
+    // Pre-warm times follow from how long data takes to move: plan with the real input.
+    let mut cfg = PlannerConfig::default();
+    if let Some(bytes) = input_bytes {
+        cfg.input_bytes = bytes as f64;
+    }
+    match plan_workflow(wf, profiles, &cfg) {
         Ok(plan) => {
             for d in &plan.stages {
                 out.insert(
@@ -305,7 +311,12 @@ async fn drive_engine(
         .await
         .map_err(Problem::Waiting)?;
     let store = Store::with_s3(&settings);
-    let (stage_resources, prewarm) = resources(&wf, &profiles);
+    let input = input_uri(&run.spec.input, &wf.spec.storage.bucket);
+    let input_bytes = match Location::parse(&input) {
+        Ok(loc) => store.size(&loc).await.ok().flatten(),
+        Err(_) => None,
+    };
+    let (stage_resources, prewarm) = resources(&wf, &profiles, input_bytes);
 
     let capacity = KubeCapacity::new(
         ctx.client.clone(),
@@ -343,7 +354,7 @@ async fn drive_engine(
         prewarm.iter().map(|(stage, _, _)| stage.clone()).collect();
     let opts = RunOptions {
         run: name.clone(),
-        input: input_uri(&run.spec.input, &wf.spec.storage.bucket),
+        input,
         prefix: run_prefix(&wf, &name),
         params: run.spec.params.clone(),
         prewarm,
