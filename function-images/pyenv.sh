@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Makes (or refreshes) the one venv that every Python-using test and the local mode run
+# in, from function-images/requirements.txt, and prints its directory. Recreated only
+# when the requirements or the base interpreter change (a stamp records both).
+#   VFLOW_PYENV   where the venv goes (default ~/.cache/vflow-pyenv)
+#   VFLOW_PYTHON  the base interpreter (default: python3 on PATH, outside this venv)
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+requirements="$here/requirements.txt"
+venv="${VFLOW_PYENV:-${HOME:-/root}/.cache/vflow-pyenv}"
+die() { printf 'pyenv.sh: %s\n' "$*" >&2; exit 1; }
+
+# The base interpreter must not be this venv's own python (make puts it first on PATH).
+base="${VFLOW_PYTHON:-}"
+if [[ -z $base ]]; then
+	base="$(PATH="$(printf '%s' "$PATH" | tr ':' '\n' | grep -vxF "$venv/bin" | paste -sd:)" command -v python3)" ||
+		die "python3 is not installed (apt-get install -y python3 python3-venv)"
+fi
+stamp="$({ cat "$requirements"; "$base" -c 'import sys; print(sys.executable, sys.version)'; } | sha256sum | cut -d' ' -f1)"
+if [[ -x $venv/bin/python3 && -f $venv/.stamp && "$(<"$venv/.stamp")" == "$stamp" ]]; then
+	printf '%s\n' "$venv"
+	exit 0
+fi
+printf 'pyenv.sh: installing function-images/requirements.txt into %s (base %s)\n' "$venv" "$base" >&2
+rm -rf "$venv"
+"$base" -m venv "$venv" || die "$base -m venv failed (apt-get install -y python3-venv)"
+# --no-deps: requirements.txt pins every package, transitive ones included, so nothing
+# unpinned slips in; `pip check` then proves the list is complete.
+"$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$requirements" ||
+	die "pip install -r $requirements failed"
+"$venv/bin/pip" check >&2 || die "$requirements is missing a dependency (pip check above)"
+"$venv/bin/python3" -c 'import cv2; assert hasattr(cv2, "CascadeClassifier")' ||
+	die "OpenCV in $venv has no CascadeClassifier (detect's CPU fallback needs 4.x)"
+printf '%s\n' "$stamp" >"$venv/.stamp"
+printf '%s\n' "$venv"
