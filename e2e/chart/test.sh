@@ -72,7 +72,8 @@ cleanup() {
 			tail -n 40 "$work/operator.log" >&2
 		}
 	fi
-	"$REPO_ROOT/e2e/testenv/scripts/down.sh" >&2 || true
+	# down.sh fails when anything tried to leave the machine (the egress guard).
+	"$REPO_ROOT/e2e/testenv/scripts/down.sh" >&2 || rc=1
 	rm -rf "$work"
 	exit "$rc"
 }

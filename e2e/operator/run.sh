@@ -15,7 +15,12 @@ else
 	"$scripts/up.sh" >/dev/null
 	started=1
 fi
-stop() { if ((started)); then "$scripts/down.sh" >&2 || true; fi; }
+# down.sh fails when anything tried to leave the machine (the egress guard): so do we.
+stop() {
+	local rc=$?
+	if ((started)); then "$scripts/down.sh" >&2 || rc=1; fi
+	exit "$rc"
+}
 trap stop EXIT
 export VFLOW_E2E_KUBECONFIG="$state/kubeconfig"
 "$@"

@@ -16,6 +16,12 @@ for port in $((base + 1)) $((base + 2)) $((base + 3)) $((base + 4)) $((base + 5)
 	fi
 done
 e2e/testenv/scripts/up.sh >/dev/null
-trap 'e2e/testenv/scripts/down.sh >&2 || true' EXIT
+# down.sh fails when anything tried to leave the machine (the egress guard): so do we.
+stop() {
+	local rc=$?
+	e2e/testenv/scripts/down.sh >&2 || rc=1
+	exit "$rc"
+}
+trap stop EXIT
 export VFLOW_RUNS_KUBECONFIG="$VFLOW_TESTENV_DIR/kubeconfig"
 "$@"

@@ -66,6 +66,10 @@ if [[ ${VFLOW_TESTENV_CLEAN:-} == 1 ]]; then
 	rm -rf "$STATE_DIR"
 	log "removed $STATE_DIR"
 fi
+# Fails, naming each address, when anything tried to leave the machine meanwhile.
+"$TESTENV_SRC/scripts/egress-guard.sh" off "$STATE_DIR" ||
+	die "traffic to addresses off this machine was refused while the testenv was up (above)"
+
 if ((${#pids[@]} + ${#strays[@]} == 0)); then
 	log "nothing was running"
 else

@@ -121,6 +121,22 @@ check_deployment_ready() {
 		wait_for "3 Running and Ready pods" "$TIMEOUT" pods_ready 3
 }
 
+# kwok gives pods loopback addresses: whatever dials a pod IP stays on this machine.
+check_pod_ips() {
+	local ips ip
+	ips="$(k get pods -n "$NS" -l app=smoke -o jsonpath='{.items[*].status.podIP}')" || return 1
+	[[ -n $ips ]] || { echo "no pod IPs" >&2; return 1; }
+	for ip in $ips; do
+		[[ $ip == 127.* ]] || { echo "pod IP $ip is not in 127.0.0.0/8" >&2; return 1; }
+	done
+}
+
+# The egress guard (egress-guard.sh) is installed while the testenv is up.
+check_egress_guard() {
+	[[ ${VFLOW_TESTENV_EGRESS_GUARD:-on} != off ]] || { echo "VFLOW_TESTENV_EGRESS_GUARD=off" >&2; return 1; }
+	iptables -C OUTPUT -j VFLOW_EGRESS
+}
+
 # The pods became Ready no sooner than the configured delay after creation
 # (timestamps have whole seconds, hence the one second of slack).
 check_ready_delay() {
@@ -205,7 +221,8 @@ for c in "${COMPONENTS[@]}"; do
 done
 
 # Stop the control plane whatever happens (the normal path stops it as a check).
-trap '"$TESTENV_SRC/scripts/down.sh" >/dev/null 2>&1' EXIT
+# down.sh fails when anything tried to leave the machine (the egress guard): so do we.
+trap 'rc=$?; "$TESTENV_SRC/scripts/down.sh" >/dev/null || rc=1; exit "$rc"' EXIT
 trap 'echo "interrupted" >&2; exit 130' INT TERM
 
 check "control plane starts (etcd, kube-apiserver, controller-manager, scheduler, kwok)" check_up
@@ -215,6 +232,8 @@ if ((failed > 0)); then
 fi
 check "$NODE_COUNT kwok nodes are Ready with nvidia.com/gpu allocatable" check_nodes
 check "a Deployment of 3 replicas gets 3 Running and Ready pods on kwok nodes" check_deployment_ready
+check "pods get loopback addresses (kwok --cidr in 127.0.0.0/8)" check_pod_ips
+check "the egress guard refuses traffic to private addresses while the testenv is up" check_egress_guard
 check "pods become Ready after the configured delay ($VFLOW_TESTENV_POD_READY_DELAY)" check_ready_delay
 check "scaling the Deployment to 0 removes its pods" check_scale_to_zero
 check "deleting the Deployment garbage-collects its ReplicaSets and pods" check_deployment_gc

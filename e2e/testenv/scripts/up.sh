@@ -33,6 +33,10 @@ for port in "$ETCD_PORT" "$ETCD_PEER_PORT" "$APISERVER_PORT" "$KCM_PORT" "$SCHED
 	fi
 done
 
+# Nothing the tests start may reach an address off this machine while the testenv is up
+# (the fake pods' and Services' addresses included): see egress-guard.sh.
+"$TESTENV_SRC/scripts/egress-guard.sh" on "$STATE_DIR"
+
 # Parse the pod ready delay: 1500ms, 2s, 1m, or a bare number of seconds.
 if [[ $POD_READY_DELAY =~ ^([0-9]+)(ms|s|m)?$ ]]; then
 	case "${BASH_REMATCH[2]}" in
@@ -234,6 +238,8 @@ start kube-scheduler \
 	--leader-elect=false \
 	--profiling=false
 
+# Fake pods get loopback addresses: a dial to a pod IP (the operator's observer scrapes
+# them) stays on this machine, where a test's stand-in process may listen.
 sed "s/@POD_READY_DELAY_MS@/$ready_delay_ms/" "$TESTENV_SRC/kwok/stages.yaml" >"$STATE_DIR/kwok/stages.yaml"
 start kwok \
 	--kubeconfig="$KUBECONFIG_PATH" \
@@ -241,7 +247,7 @@ start kwok \
 	--manage-all-nodes=false \
 	--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
 	--node-lease-duration-seconds=40 \
-	--cidr=10.244.0.0/16 \
+	--cidr=127.244.0.0/16 \
 	--node-ip=127.0.0.1
 
 await kube-controller-manager 60 curl_ -k "https://127.0.0.1:$KCM_PORT/healthz"
