@@ -37,7 +37,9 @@ diff -r "$REPO_ROOT/crds" "$CHART/crds" || failed "charts/vflow/crds/ differs fr
 
 # 7. shellcheck (first: it is quick)
 log "shellcheck"
-"$PYENV/bin/shellcheck" -x "$CHART_TESTS"/*.sh "$REPO_ROOT/e2e/testenv/scripts/up.sh" || failed "shellcheck"
+"$PYENV/bin/shellcheck" -x "$CHART_TESTS"/*.sh "$REPO_ROOT"/e2e/testenv/scripts/*.sh "$REPO_ROOT"/e2e/operator/run.sh \
+	"$REPO_ROOT"/operator/runs/testenv.sh "$REPO_ROOT"/function-images/*.sh "$REPO_ROOT"/.ci/{run,fresh,egress-watch} ||
+	failed "shellcheck"
 
 # 2. lint and template each combination
 template() { # NAME ARGS...: renders into $work/NAME.yaml

@@ -42,11 +42,11 @@ install() {
 	id="$(head -c4 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 	iptables -A "$CHAIN" -o lo -j RETURN
 	# DNS to the machine's resolvers (which may have private addresses).
-	for ns in $(awk '$1 == "nameserver" { print $2 }' /etc/resolv.conf); do
+	while read -r ns; do
 		[[ $ns == *:* ]] && continue
 		iptables -A "$CHAIN" -d "$ns" -p udp --dport 53 -j RETURN
 		iptables -A "$CHAIN" -d "$ns" -p tcp --dport 53 -j RETURN
-	done
+	done < <(awk '$1 == "nameserver" { print $2 }' /etc/resolv.conf)
 	# Containers and kind nodes the tests start: their own network namespaces.
 	iptables -A "$CHAIN" -o docker0 -j RETURN
 	iptables -A "$CHAIN" -o br-+ -j RETURN

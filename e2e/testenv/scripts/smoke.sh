@@ -222,7 +222,12 @@ done
 
 # Stop the control plane whatever happens (the normal path stops it as a check).
 # down.sh fails when anything tried to leave the machine (the egress guard): so do we.
-trap 'rc=$?; "$TESTENV_SRC/scripts/down.sh" >/dev/null || rc=1; exit "$rc"' EXIT
+stop_on_exit() {
+	local rc=$?
+	"$TESTENV_SRC/scripts/down.sh" >/dev/null || rc=1
+	exit "$rc"
+}
+trap stop_on_exit EXIT
 trap 'echo "interrupted" >&2; exit 130' INT TERM
 
 check "control plane starts (etcd, kube-apiserver, controller-manager, scheduler, kwok)" check_up
