@@ -125,14 +125,20 @@ chart-test: testenv helm s3-server ## The chart on a private testenv (ports 3110
 
 # Observability (charts/vflow/files: alerts and Grafana dashboard) and the kind test
 # (e2e/kind): docs/observability.md, docs/getting-started.md.
-.PHONY: check-observability check-e2e-kind e2e-kind
+.PHONY: check-observability check-e2e-kind e2e-kind kind-node-image kind-images
 check-observability: ## Alerts and dashboard: PromQL parsed by Prometheus' parser, vflow_* names and labels against the code and real /metrics, Grafana fields
 	e2e/observability/check.sh
 
 check-e2e-kind: helm ## The kind test where it cannot run: shellcheck, manifests (kubernetes-validate, vflow validate), the chart with its values, the skip without Docker
 	e2e/kind/check.sh
 
-e2e-kind: ## End to end on kind (needs Docker, kind, kubectl, helm): images, MinIO, the chart, a run and an S3-triggered run, outputs checked with ffprobe
+kind-node-image: testenv ## The kind node image, built offline from Debian and Go modules (~/.cache/vflow-kind; skipped when up to date)
+	e2e/kind/node-image/build.sh
+
+kind-images: ## Every image e2e-kind runs, from the project's Dockerfiles on local stand-in bases, and MinIO from its Go module
+	e2e/kind/images.sh
+
+e2e-kind: testenv helm pyenv ## End to end on a real kind cluster (needs Docker; starts dockerd): node image, images, MinIO, the chart, runs checked with ffprobe
 	e2e/kind/run.sh
 
 ci: check-crds lint test validate-examples testenv-smoke e2e-operator test-runs chart-lint chart-test check-observability check-e2e-kind ## What CI runs

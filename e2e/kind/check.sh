@@ -12,8 +12,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 # shellcheck source=e2e/chart/lib.sh
 source e2e/chart/lib.sh
 
-# The Kubernetes version of the kind node image run.sh uses by default.
-KUBE_VERSION=1.33.0
+# The Kubernetes version of the kind node image (node-image/build.sh: the testenv's).
+KUBE_VERSION="$(awk '$1 == "k8s.io/kubernetes" { sub(/^v/, "", $2); print $2 }' e2e/testenv/go.mod)"
 
 die() {
 	printf 'check-e2e-kind: %s\n' "$*" >&2
@@ -25,7 +25,7 @@ ensure_pyenv
 ensure_helm
 
 # 1. shellcheck (the venv's pinned one, not whatever the machine has).
-scripts=(e2e/kind/run.sh e2e/kind/check.sh e2e/observability/check.sh)
+scripts=(e2e/kind/*.sh e2e/kind/node-image/*.sh e2e/observability/check.sh)
 log "shellcheck ${scripts[*]}"
 "$PYENV/bin/shellcheck" --version | sed -n 2p
 "$PYENV/bin/shellcheck" -x "${scripts[@]}"
@@ -35,9 +35,11 @@ log "shellcheck ${scripts[*]}"
 mapfile -t manifests < <(
 	"$PYENV/bin/python" - <<'EOF'
 import glob, yaml
-for path in sorted(glob.glob("e2e/kind/*.yaml")):
+for path in sorted(glob.glob("e2e/kind/*.yaml") + glob.glob("e2e/kind/node-image/*.yaml")):
     docs = [d for d in yaml.safe_load_all(open(path)) if d]
-    if docs and all("apiVersion" in d and "kind" in d for d in docs):
+    # kind's own configuration (kind.x-k8s.io) is read by kind, not the API server.
+    if docs and all("apiVersion" in d and "kind" in d and not d["apiVersion"].startswith("kind.x-k8s.io/")
+                    for d in docs):
         print(path)
 EOF
 )
@@ -65,44 +67,49 @@ grep -q 'image: "\{0,1\}ghcr.io/vflow/vflow-operator:0.1.0"\{0,1\}$' "$rendered"
 grep -q 'imagePullPolicy: Never' "$rendered" ||
 	die "the chart with e2e/kind/values.yaml may pull the operator image: run.sh loads it into kind"
 
-# 4. The images run.sh builds are those the example's stages need, with the names their
-# FunctionProfiles give, and each has a Dockerfile.
-log "run.sh builds the images of the thumbnails example"
+# 4. The images images.sh builds are those the examples' stages need, with the names
+# their FunctionProfiles give, each from a Dockerfile of the project; MinIO's image is
+# the one minio.yaml runs.
+log "images.sh builds the images of the examples; minio.yaml runs the MinIO it builds"
 "$PYENV/bin/python" - <<'EOF'
-import re, sys, yaml
-script = open("e2e/kind/run.sh").read()
-built = set(re.search(r"^functions=\(([^)]*)\)", script, re.M).group(1).split())
-workflow = yaml.safe_load(open("manifests/examples/thumbnails.yaml"))
-needed = {s["function"] for s in workflow["spec"]["stages"]}
-profiles = {d["metadata"]["name"]: d for d in yaml.safe_load_all(open("manifests/examples/profiles.yaml")) if d}
+import glob, os, subprocess, sys, yaml
 problems = []
-if built != needed:
-    problems.append(f"run.sh builds {sorted(built)} but thumbnails.yaml uses {sorted(needed)}")
-for fn in sorted(needed):
-    image = profiles.get(fn, {}).get("spec", {}).get("image")
-    if image != f"ghcr.io/vflow/fn-{fn}:0.1.0":
-        problems.append(f"FunctionProfile {fn} has image {image}, run.sh builds ghcr.io/vflow/fn-{fn}:0.1.0")
-    try:
-        open(f"function-images/{fn}/Dockerfile").close()
-    except OSError:
-        problems.append(f"no function-images/{fn}/Dockerfile")
-if workflow["spec"]["storage"]["endpoint"] != "http://minio.vflow-system.svc:9000":
-    problems.append("thumbnails.yaml's S3 endpoint is not the MinIO of e2e/kind/minio.yaml")
-if workflow["spec"]["storage"].get("secretRef", {}).get("name") != "vflow-s3":
-    problems.append("thumbnails.yaml's secretRef is not vflow-s3, the Secret run.sh creates")
+functions = {os.path.basename(os.path.dirname(d)) for d in glob.glob("function-images/*/Dockerfile")} - {"base"}
+profiles = {d["metadata"]["name"]: d for d in yaml.safe_load_all(open("manifests/examples/profiles.yaml")) if d}
+for example in ("thumbnails", "transcode-ladder", "detect"):
+    workflow = yaml.safe_load(open(f"manifests/examples/{example}.yaml"))
+    for fn in sorted({s["function"] for s in workflow["spec"]["stages"]}):
+        image = profiles.get(fn, {}).get("spec", {}).get("image")
+        if image != f"ghcr.io/vflow/fn-{fn}:0.1.0":
+            problems.append(f"FunctionProfile {fn} has image {image}, images.sh builds ghcr.io/vflow/fn-{fn}:0.1.0")
+        if fn not in functions:
+            problems.append(f"no function-images/{fn}/Dockerfile")
+    if workflow["spec"]["storage"]["endpoint"] != "http://minio.vflow-system.svc:9000":
+        problems.append(f"{example}.yaml's S3 endpoint is not the MinIO of e2e/kind/minio.yaml")
+    if workflow["spec"]["storage"].get("secretRef", {}).get("name") != "vflow-s3":
+        problems.append(f"{example}.yaml's secretRef is not vflow-s3, the Secret run.sh creates")
+if not os.path.exists("function-images/detect/Dockerfile.cpu"):
+    problems.append("no function-images/detect/Dockerfile.cpu (detect's CPU variant for kind)")
+minio = subprocess.run(["bash", "-c", "source e2e/kind/lib.sh && echo $MINIO_IMAGE"],
+                       capture_output=True, text=True).stdout.strip()
+images = [c["image"] for d in yaml.safe_load_all(open("e2e/kind/minio.yaml")) if d and d["kind"] == "Deployment"
+          for c in d["spec"]["template"]["spec"]["containers"]]
+if not minio or images != [minio]:
+    problems.append(f"e2e/kind/minio.yaml runs {images}, images.sh builds {minio!r}")
 for p in problems:
     print(f"check-e2e-kind: {p}", file=sys.stderr)
 sys.exit(1 if problems else 0)
 EOF
 
-# 5. Without a Docker engine run.sh says it skipped, plainly, and succeeds.
-log "run.sh without a Docker engine"
+# 5. Where no Docker engine can run at all (no dockerd, docker info fails) run.sh says
+# it skipped, plainly, and succeeds; with dockerd installed it never skips.
+log "run.sh where no Docker engine can run"
 fake="$(mktemp -d)"
 trap 'rm -rf "$fake" "$rendered"' EXIT
 printf '#!/bin/sh\necho "Cannot connect to the Docker daemon" >&2\nexit 1\n' >"$fake/docker"
 chmod +x "$fake/docker"
-out="$(PATH="$fake:$PATH" e2e/kind/run.sh 2>&1)" || die "run.sh without Docker exited $?: $out"
-[[ $out == "e2e-kind: SKIPPED: no Docker engine (docker info failed)" ]] ||
+out="$(PATH="$fake" /bin/bash e2e/kind/run.sh 2>&1)" || die "run.sh without Docker exited $?: $out"
+[[ $out == "e2e-kind: SKIPPED: no Docker engine can run here (no dockerd, and docker info failed)" ]] ||
 	die "run.sh without Docker printed: $out"
 echo "$out"
 

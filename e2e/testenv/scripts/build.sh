@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok and
-# kubectl from the Go module in e2e/testenv into $VFLOW_TESTENV_CACHE/bin, in one
+# Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok, kubectl and
+# (for the kind node image) kubelet, kubeadm, kube-proxy from the Go module in e2e/testenv into $VFLOW_TESTENV_CACHE/bin, in one
 # `go build` (the binaries share most packages). Skips the build when the
 # binaries were built from the same go.mod, go.sum, sources and Go version.
 set -euo pipefail

@@ -26,7 +26,7 @@ API_URL="https://127.0.0.1:$APISERVER_PORT"
 
 # Start order; stop order is the reverse.
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
-BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok kubectl)
+BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok kubectl kubelet kubeadm kube-proxy)
 
 log() { printf '[testenv] %s\n' "$*" >&2; }
 die() { printf '[testenv] ERROR: %s\n' "$*" >&2; exit 1; }

@@ -1,0 +1,80 @@
+# shellcheck shell=bash disable=SC2034
+# Settings for the kind tests (node-image/build.sh, images.sh, run.sh); sourced, not run.
+# Every version the kind cluster is built from is pinned here, once. Nothing is pulled
+# from a container registry: the node image, the images kubeadm expects and every image
+# the tests run are built on this machine from Debian packages and Go modules.
+
+KIND_SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$KIND_SRC/../.." && pwd)"
+# shellcheck source=e2e/testenv/scripts/lib.sh
+source "$REPO_ROOT/e2e/testenv/scripts/lib.sh" # KUBE_VERSION, the Kubernetes binaries
+TESTENV_BIN="$BIN_DIR"
+
+# Tools and components, each from its Go module.
+KIND_VERSION=v0.33.0
+CONTAINERD_VERSION=v2.3.4 # 2.x: Debian's 1.6/1.7 is too old for Kubernetes 1.36+
+RUNC_VERSION=v1.4.3
+CRICTL_VERSION=v1.36.0
+CNI_PLUGINS_VERSION=v1.9.1
+COREDNS_VERSION=v1.14.6
+# MinIO's community edition is published as source only; a pseudo-version of its module.
+MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
+# The tags kubeadm $KUBE_VERSION expects (`kubeadm config images list`).
+ETCD_TAG=3.7.0-0
+PAUSE_TAG=3.10.2
+
+# Debian, from its archive: the node's root file system and the stand-ins for the public
+# base images the project's Dockerfiles name.
+DEBIAN_MIRROR="${VFLOW_KIND_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+
+KIND_CACHE="${VFLOW_KIND_CACHE:-${HOME:-/root}/.cache/vflow-kind}"
+NODE_IMAGE="vflow.local/kind-node:$KUBE_VERSION"
+# kind runs `docker run --privileged`; this front replaces that flag (see docker-front.sh).
+SHIM_DIR="$KIND_CACHE/shim"
+KIND="$SHIM_DIR/kind"
+KUBECTL="$TESTENV_BIN/kubectl"
+
+kind_log() { printf '[kind] %s\n' "$*" >&2; }
+kind_die() {
+	printf '[kind] ERROR: %s\n' "$*" >&2
+	exit 1
+}
+
+# stamp_of WORDS...: a hash of the words and of the files among them.
+stamp_of() {
+	local w
+	for w in "$@"; do
+		if [[ -f $w ]]; then sha256sum <"$w"; else printf '%s\n' "$w"; fi
+	done | sha256sum | cut -d' ' -f1
+}
+
+# fresh STAMPFILE STAMP: whether STAMPFILE holds STAMP (the step's inputs did not change).
+fresh() { [[ -f $1 && "$(<"$1")" == "$2" ]]; }
+
+# ensure_docker: a running Docker engine, started here (in the background) when it is
+# installed but not running; fails loudly when there is none.
+ensure_docker() {
+	docker info >/dev/null 2>&1 && return 0
+	command -v dockerd >/dev/null || kind_die "no Docker engine: apt-get install -y docker.io"
+	kind_log "starting dockerd (log in $KIND_CACHE/dockerd.log)"
+	mkdir -p "$KIND_CACHE"
+	setsid dockerd >"$KIND_CACHE/dockerd.log" 2>&1 </dev/null &
+	local i
+	for ((i = 0; i < 120; i++)); do
+		docker info >/dev/null 2>&1 && return 0
+		sleep 0.5
+	done
+	tail -n 20 "$KIND_CACHE/dockerd.log" >&2
+	kind_die "dockerd did not come up in 60 s"
+}
+
+# go_install GOBIN ARGS...: `go install` of a module at a version, outside any module.
+go_install() {
+	local gobin="$1"
+	shift
+	mkdir -p "$gobin"
+	(cd /tmp && GOBIN="$gobin" GOFLAGS="-buildvcs=false -trimpath" nice -n 10 go install -p "${VFLOW_KIND_GO_PARALLEL:-2}" "$@")
+}
+
+# MinIO's image, built by images.sh from MINIO_VERSION; e2e/kind/minio.yaml names it.
+MINIO_IMAGE="vflow.local/minio:${MINIO_VERSION##*-}"
