@@ -33,10 +33,13 @@ standin() {
 		return 0
 	fi
 	kind_log "stand-in $name"
-	local changes=(--change "LABEL vflow.standin=$stamp")
+	local old changes=(--change "LABEL vflow.standin=$stamp")
 	for change in "$@"; do changes+=(--change "$change"); done
+	old="$(docker images -q "$name")"
 	tar -C "$dir" --exclude='./dev/*' --exclude='./proc/*' --exclude='./sys/*' -cf - . |
 		docker import "${changes[@]}" - "$name" >/dev/null
+	# The stand-in it replaces, unless something still uses it.
+	if [[ -n $old ]]; then docker rmi "$old" >/dev/null 2>&1 || true; fi
 }
 
 # rootfs SUITE PACKAGES: a minbase Debian root file system, cached; prints its path.
@@ -52,12 +55,27 @@ rootfs() {
 		rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/* "$dir"/usr/share/{doc,man,info}/*
 		printf '%s\n' "$stamp" >"$dir/.stamp"
 	fi
+	with_host_cas "$dir"
 	printf '%s\n' "$dir"
+}
+
+# with_host_cas DIR: this machine's own CA certificates (/usr/local/share/ca-certificates)
+# trusted in DIR too. Where the registries are reached through a TLS proxy with its own
+# CA (these machines), cargo, pip and apt inside the image builds need it; elsewhere there
+# are none and nothing changes.
+host_cas="$(cat /usr/local/share/ca-certificates/*.crt 2>/dev/null | sha256sum | cut -c1-12)"
+with_host_cas() {
+	local dir="$1"
+	[[ -f $dir/.host-cas && "$(<"$dir/.host-cas")" == "$host_cas" ]] && return 0
+	mkdir -p "$dir/usr/local/share/ca-certificates"
+	cp /usr/local/share/ca-certificates/*.crt "$dir/usr/local/share/ca-certificates/" 2>/dev/null || true
+	chroot "$dir" update-ca-certificates >/dev/null 2>&1 || kind_die "update-ca-certificates failed in $dir"
+	printf '%s\n' "$host_cas" >"$dir/.host-cas"
 }
 
 path_env='PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 trixie="$(rootfs trixie ca-certificates)"
-standin debian:trixie-slim "$(<"$trixie/.stamp")" "$trixie" "ENV $path_env"
+standin debian:trixie-slim "$(<"$trixie/.stamp")-$host_cas" "$trixie" "ENV $path_env"
 
 bookworm="$(rootfs bookworm ca-certificates,libgcc-s1)"
 nonroot="$KIND_CACHE/distroless-nonroot"
@@ -68,7 +86,8 @@ if ! fresh "$nonroot/.stamp" "$(<"$bookworm/.stamp")"; then
 	chroot "$nonroot" useradd --uid 65532 --gid 65532 --home-dir /home/nonroot --create-home nonroot
 	cp "$bookworm/.stamp" "$nonroot/.stamp"
 fi
-standin gcr.io/distroless/cc-debian12:nonroot "$(<"$nonroot/.stamp")" "$nonroot" "ENV $path_env" \
+with_host_cas "$nonroot"
+standin gcr.io/distroless/cc-debian12:nonroot "$(<"$nonroot/.stamp")-$host_cas" "$nonroot" "ENV $path_env" \
 	"USER 65532:65532" "WORKDIR /home/nonroot"
 
 # The build stage: gcc (cc, aws-lc's C), this machine's Rust toolchain (no rustup: its
@@ -85,7 +104,8 @@ if ! fresh "$rust_fs/.stamp" "$rust_stamp"; then
 	cp -a "$toolchain/bin" "$toolchain/lib" "$rust_fs/usr/local/rust/"
 	printf '%s\n' "$rust_stamp" >"$rust_fs/.stamp"
 fi
-standin rust:1.95-slim-bookworm "$rust_stamp" "$rust_fs" \
+with_host_cas "$rust_fs"
+standin rust:1.95-slim-bookworm "$rust_stamp-$host_cas" "$rust_fs" \
 	"ENV PATH=/usr/local/cargo/bin:/usr/local/rust/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
 	"ENV CARGO_HOME=/usr/local/cargo" "ENV RUST_VERSION=$rust_version"
 
@@ -104,6 +124,7 @@ build() { # build IMAGE DOCKERFILE [ARGS...]
 build "$registry/vflow-operator:$tag" operator/Dockerfile
 build "$registry/fn-base:$tag" function-images/base/Dockerfile
 for dir in function-images/*/; do
+	dir="${dir%/}"
 	fn="$(basename "$dir")"
 	case "$fn" in
 	base | tests | vflow-fn) continue ;;

@@ -34,6 +34,15 @@ SHIM_DIR="$KIND_CACHE/shim"
 KIND="$SHIM_DIR/kind"
 KUBECTL="$TESTENV_BIN/kubectl"
 
+# The Docker CLI that comes with the engine (Debian's docker.io, which builds with
+# BuildKit on its own): a newer client first on PATH, as these machines have, wants the
+# buildx plugin for BuildKit, and that is not installed.
+if [[ -x /usr/bin/docker ]] && dpkg -S /usr/bin/docker 2>/dev/null | grep -q "^docker.io:"; then
+	mkdir -p "$KIND_CACHE/docker-cli"
+	ln -sf /usr/bin/docker "$KIND_CACHE/docker-cli/docker"
+	PATH="$KIND_CACHE/docker-cli:$PATH"
+fi
+
 kind_log() { printf '[kind] %s\n' "$*" >&2; }
 kind_die() {
 	printf '[kind] ERROR: %s\n' "$*" >&2
