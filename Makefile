@@ -141,4 +141,4 @@ kind-images: ## Every image e2e-kind runs, from the project's Dockerfiles on loc
 e2e-kind: testenv helm pyenv ## End to end on a real kind cluster (needs Docker; starts dockerd): node image, images, MinIO, the chart, runs checked with ffprobe
 	e2e/kind/run.sh
 
-ci: check-crds lint test validate-examples testenv-smoke e2e-operator test-runs chart-lint chart-test check-observability check-e2e-kind ## What CI runs
+ci: check-crds lint test validate-examples testenv-smoke e2e-operator test-runs chart-lint chart-test check-observability check-e2e-kind e2e-kind ## What CI runs
