@@ -44,6 +44,11 @@ pub struct KubeBackendConfig {
     pub activation_timeout: Duration,
     /// How long a seen ready instance is trusted without asking again.
     pub ready_ttl: Duration,
+    /// How long a refused connection is retried in place: a pod is Ready before its
+    /// Service routes to it (the EndpointSlice and kube-proxy follow by a second or
+    /// more), and a refused request never reached a function, so sending it again is
+    /// safe. The wait counts as cold start.
+    pub route_grace: Duration,
 }
 
 impl Default for KubeBackendConfig {
@@ -51,6 +56,7 @@ impl Default for KubeBackendConfig {
         Self {
             activation_timeout: Duration::from_secs(300),
             ready_ttl: Duration::from_secs(5),
+            route_grace: Duration::from_secs(15),
         }
     }
 }
@@ -175,14 +181,13 @@ impl<C: Capacity> KubeBackend<C> {
         url: &str,
         request: &InvokeRequest,
         timeout: Duration,
-    ) -> Result<reqwest::Response, BackendError> {
+    ) -> Result<reqwest::Response, reqwest::Error> {
         self.client
             .post(url)
             .timeout(timeout)
             .json(request)
             .send()
             .await
-            .map_err(|e| BackendError::Unavailable(format!("{url}: {e}")))
     }
 }
 
@@ -201,7 +206,7 @@ impl<C: Capacity> Backend for KubeBackend<C> {
             capacity: &self.capacity,
             stage,
         };
-        let cold_start_seconds = self.activate(stage).await?;
+        let mut cold_start_seconds = self.activate(stage).await?;
         let url = format!(
             "{}/invoke",
             self.resolver.url(&self.namespace, &self.workflow, stage)
@@ -210,6 +215,9 @@ impl<C: Capacity> Backend for KubeBackend<C> {
         let timeout = Duration::from_secs_f64(target.timeout_seconds.max(1.0) + 60.0);
         let queued = Instant::now();
         let deadline = queued + self.config.activation_timeout;
+        let route_deadline = queued + self.config.route_grace;
+        let mut unrouted = Duration::ZERO;
+        let mut pause = Duration::from_millis(50);
         let response = loop {
             let response = tokio::select! {
                 r = self.post(&url, &request, timeout) => r,
@@ -217,10 +225,21 @@ impl<C: Capacity> Backend for KubeBackend<C> {
             };
             let response = match response {
                 Ok(r) => r,
+                Err(e) if e.is_connect() && Instant::now() < route_deadline => {
+                    // Not routed to the instance yet: the request never left.
+                    let waited = Instant::now();
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = self.cancelled() => return Err(BackendError::Cancelled),
+                    }
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                    unrouted += waited.elapsed();
+                    continue;
+                }
                 Err(e) => {
                     // The next attempt looks at the Deployment again.
                     self.forget_ready(stage);
-                    return Err(e);
+                    return Err(BackendError::Unavailable(format!("{url}: {e}")));
                 }
             };
             // Every instance's slots are busy: wait as the runtime asks, like a queue.
@@ -239,7 +258,11 @@ impl<C: Capacity> Backend for KubeBackend<C> {
             }
             break response;
         };
-        let queued_seconds = queued.elapsed().as_secs_f64();
+        if !unrouted.is_zero() {
+            let waited = unrouted.as_secs_f64() + cold_start_seconds.unwrap_or(0.0);
+            cold_start_seconds = Some(waited);
+        }
+        let queued_seconds = (queued.elapsed() - unrouted).as_secs_f64();
         let status = response.status();
         let bytes = response
             .bytes()

@@ -1,7 +1,8 @@
 //! The Kubernetes backend's activator logic with a scripted capacity and a stand-in
 //! instance on loopback: invocations wait while the stage has no ready instance, all
 //! of them count as in flight meanwhile, a stage that never gets one fails clearly,
-//! and a busy instance (429) is waited for rather than failed.
+//! a busy instance (429) is waited for rather than failed, and so is a ready instance
+//! that the Service does not route to yet (a refused connection, within a grace).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -283,4 +284,99 @@ async fn busy_instances_are_waited_for_and_shutdown_cancels_held_invocations() {
         .expect("returned")
         .expect("join");
     assert!(matches!(result, Err(BackendError::Cancelled)), "{result:?}");
+}
+
+/// A port that is free now; something listens on it only later (or never).
+async fn unused_port() -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    l.local_addr().expect("addr")
+}
+
+/// Serves `response()` on `addr` from `after` on.
+fn serve_later(addr: std::net::SocketAddr, after: Duration) -> Arc<AtomicU32> {
+    let hits = Arc::new(AtomicU32::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(after).await;
+        let app = Router::new().route(
+            "/invoke",
+            post(move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    (
+                        StatusCode::OK,
+                        [("content-type", "application/json")],
+                        response(),
+                    )
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("rebind");
+        axum::serve(listener, app).await
+    });
+    hits
+}
+
+// Seen on kind: the Deployment reports a ready pod a second or more before its Service
+// routes to it, and every invocation sent in that gap was refused and burnt a retry.
+#[tokio::test]
+async fn a_ready_instance_the_service_does_not_route_to_yet_is_waited_for() {
+    let addr = unused_port().await;
+    let hits = serve_later(addr, Duration::from_millis(700));
+    let b = backend(
+        &format!("http://{addr}"),
+        Scripted::new(Some(Duration::ZERO)),
+        Duration::from_secs(10),
+    );
+    let invoked = b
+        .invoke(&target(), request(0))
+        .await
+        .expect("invoked once routed");
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "sent once it could land");
+    let cold = invoked
+        .cold_start_seconds
+        .expect("the wait is a cold start");
+    assert!((0.5..5.0).contains(&cold), "cold start {cold}");
+    assert!(
+        invoked.queued_seconds < 0.5,
+        "the routing wait is not queueing: {}",
+        invoked.queued_seconds
+    );
+}
+
+#[tokio::test]
+async fn an_instance_never_routed_to_fails_retryably_after_the_grace() {
+    let addr = unused_port().await;
+    let resolver = StaticResolver([("copy".to_string(), format!("http://{addr}"))].into());
+    let b = KubeBackend::new(
+        "ns",
+        "wf",
+        Scripted::new(Some(Duration::ZERO)),
+        Arc::new(resolver),
+        KubeBackendConfig {
+            activation_timeout: Duration::from_secs(10),
+            route_grace: Duration::from_millis(400),
+            ..Default::default()
+        },
+    );
+    let started = Instant::now();
+    let err = b
+        .invoke(&target(), request(0))
+        .await
+        .expect_err("nothing listens");
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "gave up before the grace"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "held past the grace"
+    );
+    assert!(
+        matches!(&err, BackendError::Unavailable(m) if m.contains(&addr.to_string())),
+        "{err}"
+    );
+    assert!(err.retryable());
 }
