@@ -42,6 +42,26 @@ fn ready(pod: &Pod) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
+/// How long the pod took from its creation to Ready, as the API server recorded it
+/// (whole seconds): scheduling, the sandbox, the containers, the runtime's start and
+/// warm-up, the readiness probe. What a stage scaling from zero waits for; the
+/// runtime's own start (`cold_start_seconds` it reports) is a small part of it.
+pub fn pod_start_seconds(pod: &Pod) -> Option<f64> {
+    let created = pod.metadata.creation_timestamp.as_ref()?.0;
+    let ready = pod
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready" && c.status == "True")?
+        .last_transition_time
+        .as_ref()?
+        .0;
+    let seconds = ready.duration_since(created).as_secs_f64();
+    (seconds >= 0.0).then_some(seconds)
+}
+
 /// One pod's runtime and sidecar observations, under its UID.
 type PodReport = (String, InstanceObservations, Option<ContainerObservations>);
 
@@ -107,9 +127,17 @@ impl Observer {
             let Some(base) = (self.resolve)(pod, self.runtime_port) else {
                 continue;
             };
-            let Some(current) = self.get::<InstanceObservations>(&base).await else {
+            let Some(mut current) = self.get::<InstanceObservations>(&base).await else {
                 continue;
             };
+            // A new instance's cold start is the pod's, not only its runtime process's.
+            if let Some(pod_start) = pod_start_seconds(pod) {
+                current.cold_start_seconds = Some(
+                    current
+                        .cold_start_seconds
+                        .map_or(pod_start, |runtime| runtime.max(pod_start)),
+                );
+            }
             let container = match (self.resolve)(pod, self.sidecar_port) {
                 Some(sidecar) => self.get::<ContainerObservations>(&sidecar).await,
                 None => None,
@@ -182,5 +210,49 @@ impl Observer {
                 Err(e) => tracing::warn!(error = %e, "scraping observations failed"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+
+    use super::*;
+
+    fn pod(created: &str, ready: Option<&str>) -> Pod {
+        let at = |s: &str| Time(s.parse().expect("timestamp"));
+        Pod {
+            metadata: ObjectMeta {
+                creation_timestamp: Some(at(created)),
+                ..ObjectMeta::default()
+            },
+            status: Some(PodStatus {
+                conditions: Some(vec![
+                    PodCondition {
+                        type_: "PodScheduled".into(),
+                        status: "True".into(),
+                        last_transition_time: Some(at(created)),
+                        ..PodCondition::default()
+                    },
+                    PodCondition {
+                        type_: "Ready".into(),
+                        status: if ready.is_some() { "True" } else { "False" }.into(),
+                        last_transition_time: Some(at(ready.unwrap_or(created))),
+                        ..PodCondition::default()
+                    },
+                ]),
+                ..PodStatus::default()
+            }),
+            ..Pod::default()
+        }
+    }
+
+    #[test]
+    fn a_pods_start_runs_from_its_creation_to_ready() {
+        let p = pod("2026-12-05T09:00:00Z", Some("2026-12-05T09:00:03Z"));
+        assert_eq!(pod_start_seconds(&p), Some(3.0));
+        assert_eq!(pod_start_seconds(&pod("2026-12-05T09:00:00Z", None)), None);
+        assert_eq!(pod_start_seconds(&Pod::default()), None);
     }
 }
