@@ -25,17 +25,19 @@ ensure_pyenv
 ensure_helm
 
 # 1. shellcheck (the venv's pinned one, not whatever the machine has).
-scripts=(e2e/kind/*.sh e2e/kind/node-image/*.sh e2e/observability/check.sh)
+scripts=(e2e/kind/*.sh e2e/kind/node-image/*.sh e2e/observability/check.sh bench/kind/bench.sh)
 log "shellcheck ${scripts[*]}"
 "$PYENV/bin/shellcheck" --version | sed -n 2p
 "$PYENV/bin/shellcheck" -x "${scripts[@]}"
 
-# 2. Kubernetes manifests: every document under e2e/kind that is a Kubernetes object of
-# a built-in kind; vflow's own kinds go to `vflow validate`.
+# 2. Kubernetes manifests: every document under e2e/kind (and bench/kind, which runs on
+# the same cluster) that is a Kubernetes object of a built-in kind; vflow's own kinds go
+# to `vflow validate`.
 mapfile -t manifests < <(
 	"$PYENV/bin/python" - <<'EOF'
 import glob, yaml
-for path in sorted(glob.glob("e2e/kind/*.yaml") + glob.glob("e2e/kind/node-image/*.yaml")):
+for path in sorted(glob.glob("e2e/kind/*.yaml") + glob.glob("e2e/kind/node-image/*.yaml")
+                   + glob.glob("bench/kind/*.yaml")):
     docs = [d for d in yaml.safe_load_all(open(path)) if d]
     # kind's own configuration (kind.x-k8s.io) is read by kind, not the API server.
     if docs and all("apiVersion" in d and "kind" in d and not d["apiVersion"].startswith("kind.x-k8s.io/")

@@ -1,11 +1,8 @@
 #!/usr/bin/env bash
 # make e2e-kind: vflow end to end on a real kind cluster (one control plane, one
 # worker), everything built on this machine, no registry:
-#  1. the node image (node-image/build.sh) and the images (images.sh: the operator,
-#     every function, MinIO), loaded into a new kind cluster (kind-config.yaml) that
-#     kind creates through the docker front (docker-front.sh);
-#  2. installs MinIO (e2e/kind/minio.yaml) and the chart (charts/vflow with
-#     e2e/kind/values.yaml, the project's helm), creates the bucket and uploads a clip;
+#  1-2. cluster.sh: the node image and the images loaded into a new kind cluster, MinIO
+#     and the chart installed, the bucket made; then a clip is uploaded;
 #  3. applies manifests/examples/profiles.yaml and thumbnails.yaml, creates a
 #     VideoWorkflowRun (e2e/kind/run.yaml), waits for it to succeed and checks its
 #     output (the sprite sheet) with ffprobe;
@@ -24,19 +21,8 @@ if ! command -v dockerd >/dev/null 2>&1 && ! docker info >/dev/null 2>&1; then
 	echo "e2e-kind: SKIPPED: no Docker engine can run here (no dockerd, and docker info failed)"
 	exit 0
 fi
-# shellcheck source=e2e/kind/lib.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-cd "$REPO_ROOT"
-root=$PWD
-# shellcheck source=e2e/chart/lib.sh
-source e2e/chart/lib.sh # helm, built from its Go module
-
-cluster="${E2E_KIND_CLUSTER:-vflow-e2e}"
 run_timeout="${E2E_KIND_TIMEOUT:-900}"
-minio_port="${E2E_KIND_MINIO_PORT:-19000}"
-videos="${VFLOW_TEST_VIDEOS:-$root/../shared/data/videos}"
-system_ns=vflow-system
-ns=vflow-e2e
+videos="${VFLOW_TEST_VIDEOS:-$(dirname "${BASH_SOURCE[0]}")/../../../shared/data/videos}"
 tag=0.1.0
 registry=ghcr.io/vflow
 base_image="$registry/fn-base:$tag"
@@ -44,126 +30,17 @@ run_clip=bbb_0-30s_720p_vp8.webm
 trigger_clip=intel_car-detection.mp4
 # The thumbnails example: sprite sheets of 10 columns of 160-pixel tiles.
 sprite_width=1600
-
-log() { printf '\n==> %s\n' "$*"; }
-die() {
-	printf 'e2e-kind: FAILED: %s\n' "$*" >&2
-	exit 1
-}
-
-for tool in curl ffprobe; do
-	command -v "$tool" >/dev/null || die "$tool is not installed"
-done
 for clip in "$run_clip" "$trigger_clip"; do
-	[[ -f $videos/$clip ]] || die "no $videos/$clip (set VFLOW_TEST_VIDEOS to the shared clips)"
+	[[ -f $videos/$clip ]] || {
+		echo "e2e-kind: FAILED: no $videos/$clip (set VFLOW_TEST_VIDEOS to the shared clips)" >&2
+		exit 1
+	}
 done
-ensure_docker
-ensure_helm
-ensure_pyenv
-cargo build -q -p vflow-cli --bin vflow
-vflow_cli="$root/target/debug/vflow"
-# kind must find the docker front first on PATH; kubectl is the testenv's build.
-mkdir -p "$KIND_CACHE/path"
-ln -sf "$KUBECTL" "$KIND_CACHE/path/kubectl"
-ln -sf "$HELM" "$KIND_CACHE/path/helm"
-export PATH="$SHIM_DIR:$KIND_CACHE/path:$PATH"
-
-work="$(mktemp -d "${TMPDIR:-/tmp}/vflow-e2e-kind.XXXXXX")"
-kubeconfig="$work/kubeconfig"
-export KUBECONFIG="$kubeconfig"
-created=0
-forward_pid=""
-ok=0
-
-dump() {
-	log "diagnostics"
-	kubectl get nodes -o wide || true
-	kubectl get all,videoworkflows,videoworkflowruns,functionprofiles -A -o wide || true
-	kubectl -n "$ns" get videoworkflowruns -o yaml || true
-	kubectl -n "$ns" get videoworkflows -o yaml || true
-	kubectl get events -A --sort-by=.lastTimestamp | tail -n 60 || true
-	kubectl -n "$system_ns" logs -l app.kubernetes.io/name=vflow-operator --all-containers --tail=200 || true
-	kubectl -n "$ns" logs -l app.kubernetes.io/managed-by=vflow-operator --all-containers --tail=50 --prefix || true
-}
-finish() {
-	local rc=$?
-	if [[ -n $forward_pid ]]; then
-		kill "$forward_pid" 2>/dev/null || true
-		wait "$forward_pid" 2>/dev/null || true
-	fi
-	if [[ $ok != 1 && $created == 1 ]]; then dump; fi
-	if [[ $created == 1 ]]; then
-		if [[ ${E2E_KIND_KEEP:-} == 1 ]]; then
-			log "keeping the cluster: export KUBECONFIG=$kubeconfig; kind delete cluster --name $cluster"
-		else
-			log "deleting the cluster $cluster"
-			kind delete cluster --name "$cluster" || true
-			rm -rf "$work"
-		fi
-	else
-		rm -rf "$work"
-	fi
-	exit "$rc"
-}
-trap finish EXIT
-
-start=$SECONDS
-step() {
-	log "$* (at $((SECONDS - start))s)"
-}
-
-# 1. The node image, the images, the cluster.
-step "the node image $NODE_IMAGE"
-e2e/kind/node-image/build.sh
-step "the images (stand-in bases, the project's Dockerfiles, MinIO)"
-e2e/kind/images.sh >"$work/images.txt"
-mapfile -t images <"$work/images.txt"
-((${#images[@]} > 0)) || die "images.sh built nothing"
-kind get clusters 2>/dev/null | grep -qx "$cluster" &&
-	die "a kind cluster named $cluster exists already: delete it (PATH=$SHIM_DIR:\$PATH kind delete cluster --name $cluster) or set E2E_KIND_CLUSTER"
-
-step "creating the kind cluster $cluster"
-created=1
-kind create cluster --name "$cluster" --image "$NODE_IMAGE" --config e2e/kind/kind-config.yaml \
-	--kubeconfig "$kubeconfig" --wait 180s
-kubectl -n kube-system rollout status deployment/coredns --timeout=180s
-step "loading ${#images[@]} images"
-kind load docker-image --name "$cluster" "${images[@]}"
-
-# 2. MinIO and the chart.
-random() { head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
-s3_key=vflow-e2e
-s3_secret="$(random)"
-kubectl create namespace "$system_ns"
-kubectl create namespace "$ns"
-kubectl -n "$system_ns" create secret generic minio-credentials \
-	--from-literal=MINIO_ROOT_USER="$s3_key" --from-literal=MINIO_ROOT_PASSWORD="$s3_secret"
-for n in "$system_ns" "$ns"; do
-	kubectl -n "$n" create secret generic vflow-s3 \
-		--from-literal=AWS_ACCESS_KEY_ID="$s3_key" --from-literal=AWS_SECRET_ACCESS_KEY="$s3_secret"
-done
-step "installing MinIO"
-kubectl apply -f e2e/kind/minio.yaml
-kubectl -n "$system_ns" rollout status deployment/minio --timeout=300s
-
-step "installing the chart"
-helm install vflow charts/vflow --namespace "$system_ns" -f e2e/kind/values.yaml --wait --timeout 5m
-kubectl wait --for condition=Established --timeout=60s \
-	crd/videoworkflows.vflow.io crd/videoworkflowruns.vflow.io crd/functionprofiles.vflow.io
-
-kubectl -n "$system_ns" port-forward service/minio "$minio_port:9000" >"$work/port-forward.log" 2>&1 &
-forward_pid=$!
-s3_url="http://127.0.0.1:$minio_port"
-for ((i = 0; i < 100; i++)); do
-	curl -sf -o /dev/null "$s3_url/minio/health/live" && break
-	kill -0 "$forward_pid" 2>/dev/null || die "kubectl port-forward exited: $(cat "$work/port-forward.log")"
-	sleep 0.2
-done
-s3() {
-	curl -sS --fail-with-body --aws-sigv4 "aws:amz:us-east-1:s3" --user "$s3_key:$s3_secret" \
-		-H "x-amz-content-sha256: UNSIGNED-PAYLOAD" "$@"
-}
-s3 -X PUT "$s3_url/videos" >/dev/null
+videos="$(cd "$videos" && pwd)"
+export E2E_KIND_CLUSTER="${E2E_KIND_CLUSTER:-vflow-e2e}" KIND_TEST_NAME=e2e-kind
+# shellcheck source=e2e/kind/cluster.sh
+source "$(dirname "${BASH_SOURCE[0]}")/cluster.sh"
+kind_cluster_up
 s3 -T "$videos/$run_clip" "$s3_url/videos/inputs/$run_clip" >/dev/null
 
 # 3. The examples and a run. The kind nodes have this machine's CPUs and no GPU: the
@@ -171,30 +48,7 @@ s3 -T "$videos/$run_clip" "$s3_url/videos/inputs/$run_clip" >/dev/null
 # (limits stay unset) and no GPU request (detect runs its CPU variant); thumbnails scales
 # to zero 30 s after its last invocation.
 step "applying the FunctionProfiles and the examples (CPU requests capped, no GPU)"
-"$PYENV/bin/python" - manifests/examples/{profiles,thumbnails,transcode-ladder,detect}.yaml >"$work/examples.yaml" <<'EOF'
-import sys, yaml
-from decimal import Decimal
-def cap(r, key="cpu"):
-    if not r:
-        return
-    r.pop("gpu", None)
-    cpu = str(r.get(key, ""))
-    if cpu:
-        cores = Decimal(cpu[:-1]) / 1000 if cpu.endswith("m") else Decimal(cpu)
-        if cores > Decimal("0.25"):
-            r[key] = "250m"
-docs = [d for path in sys.argv[1:] for d in yaml.safe_load_all(open(path)) if d]
-for d in docs:
-    if d["kind"] == "FunctionProfile":
-        cap(d["spec"].get("resources"))
-        cap(d["spec"].get("bounds"), "minCpu")
-    elif d["kind"] == "VideoWorkflow":
-        if d["metadata"]["name"] == "thumbnails":
-            d["spec"]["scaleToZeroAfter"] = "30s"  # the scale-to-zero check waits for it
-        for stage in d["spec"]["stages"]:
-            cap(stage.get("overrides"))
-yaml.safe_dump_all(docs, sys.stdout, sort_keys=False)
-EOF
+cap_cpu thumbnails=30s manifests/examples/{profiles,thumbnails,transcode-ladder,detect}.yaml >"$work/examples.yaml"
 "$vflow_cli" validate "$work/examples.yaml" || die "the kind variant of the examples is invalid"
 kubectl -n "$ns" apply -f "$work/examples.yaml"
 for wf in thumbnails transcode-ladder detect; do
