@@ -125,7 +125,7 @@ chart-test: testenv helm s3-server ## The chart on a private testenv (ports 3110
 
 # Observability (charts/vflow/files: alerts and Grafana dashboard) and the kind test
 # (e2e/kind): docs/observability.md, docs/getting-started.md.
-.PHONY: check-observability check-e2e-kind e2e-kind kind-node-image kind-images
+.PHONY: check-observability check-e2e-kind e2e-kind kind-node-image kind-images bench-kind
 check-observability: ## Alerts and dashboard: PromQL parsed by Prometheus' parser, vflow_* names and labels against the code and real /metrics, Grafana fields
 	e2e/observability/check.sh
 
@@ -140,5 +140,8 @@ kind-images: ## Every image e2e-kind runs, from the project's Dockerfiles on loc
 
 e2e-kind: testenv helm pyenv ## End to end on a real kind cluster (needs Docker; starts dockerd): node image, images, MinIO, the chart, runs checked with ffprobe
 	e2e/kind/run.sh
+
+bench-kind: testenv helm pyenv ## Figures on real pods (kind): pod cold start by function, warm overhead through a Service, a 4-stage chain per pre-warm policy (bench/kind)
+	bench/kind/bench.sh
 
 ci: check-crds lint test validate-examples testenv-smoke e2e-operator test-runs chart-lint chart-test check-observability check-e2e-kind e2e-kind ## What CI runs
