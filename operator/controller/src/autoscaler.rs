@@ -77,9 +77,6 @@ pub struct ScaleDecision {
     pub recheck_at: Option<Timestamp>,
 }
 
-/// Upper bound when a stage sets no maximum.
-pub const DEFAULT_MAX_REPLICAS: u32 = 1000;
-
 pub fn plus(t: Timestamp, d: Duration) -> Timestamp {
     SignedDuration::try_from(d)
         .ok()
@@ -97,7 +94,7 @@ pub fn decide(input: &ScaleInput, now: Timestamp) -> ScaleDecision {
     };
     let max = input
         .max_replicas
-        .unwrap_or(DEFAULT_MAX_REPLICAS)
+        .unwrap_or(vflow_planner::DEFAULT_MAX_INSTANCES)
         .max(min)
         .max(1);
     let mut recheck: Option<Timestamp> = None;

@@ -94,24 +94,40 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// The run controller's settings (None: it is off): its `VFLOW_RUNS_*` variables read
+/// through `var`, the namespace the operator watches, and the operator's own planner
+/// settings, so that runs and the workflow controller plan a workflow alike.
+pub fn runs_config(
+    args: &Args,
+    settings: &Settings,
+    var: impl Fn(&str) -> Option<String>,
+) -> Result<Option<vflow_runs::RunsConfig>> {
+    if !args.run_controller {
+        return Ok(None);
+    }
+    let mut cfg = vflow_runs::RunsConfig::from_vars(var).map_err(Error::Config)?;
+    if let Some(ns) = &args.watch_namespace {
+        cfg.namespace = Some(ns.clone());
+    }
+    cfg.planner = settings.planner.clone();
+    Ok(Some(cfg))
+}
+
 pub async fn run(args: Args) -> Result<()> {
     install_crypto_provider();
     init_tracing(&args);
     let settings = args.settings()?;
     let metrics = Metrics::new();
     // Read before anything starts, so a bad VFLOW_RUNS_* value stops the operator at once.
-    let runs = if args.run_controller {
-        let mut cfg = vflow_runs::RunsConfig::from_env().map_err(Error::Config)?;
-        if let Some(ns) = &args.watch_namespace {
-            cfg.namespace = Some(ns.clone());
+    let runs = match runs_config(&args, &settings, |k| std::env::var(k).ok())? {
+        Some(mut cfg) => {
+            cfg.metrics = Some(
+                vflow_runs::metrics::RunMetrics::register(&metrics.registry)
+                    .map_err(|e| Error::Config(format!("run metrics: {e}")))?,
+            );
+            Some(cfg)
         }
-        cfg.metrics = Some(
-            vflow_runs::metrics::RunMetrics::register(&metrics.registry)
-                .map_err(|e| Error::Config(format!("run metrics: {e}")))?,
-        );
-        Some(cfg)
-    } else {
-        None
+        None => None,
     };
     let config = kube::Config::infer()
         .await

@@ -637,3 +637,47 @@ fn a_workflow_without_an_endpoint_gets_the_operators_default_and_the_sidecar_its
         assert_eq!(env(d, "function").get("VFLOW_S3_ENDPOINT"), None, "AWS S3");
     }
 }
+
+// One plan: the run controller plans with the operator's own planner settings (it used
+// PlannerConfig::default(), so a cluster with another GPU sharing mode got runs sized
+// and costed for whole GPUs while its Deployments asked for slices).
+#[test]
+fn the_run_controller_plans_with_the_operators_settings() {
+    use clap::Parser;
+    let args = vflow_operator::config::Args::try_parse_from([
+        "vflow-operator",
+        "--gpu-sharing",
+        r#"{"mode":"time-slicing","slices":4}"#,
+    ])
+    .expect("args");
+    let settings = args.settings().expect("settings");
+    let runs = vflow_operator::runs_config(&args, &settings, |_| None)
+        .expect("runs config")
+        .expect("the run controller is on by default");
+    assert!(
+        matches!(
+            runs.planner.gpu_sharing,
+            GpuSharing::TimeSlicing { slices: 4, .. }
+        ),
+        "{:?}",
+        runs.planner.gpu_sharing
+    );
+    assert_eq!(
+        format!("{:?}", runs.planner),
+        format!("{:?}", settings.planner),
+        "the same planner settings on both sides"
+    );
+
+    let off = vflow_operator::config::Args::try_parse_from([
+        "vflow-operator",
+        "--run-controller",
+        "false",
+    ])
+    .expect("args");
+    let off_settings = off.settings().expect("settings");
+    assert!(
+        vflow_operator::runs_config(&off, &off_settings, |_| None)
+            .expect("config")
+            .is_none()
+    );
+}

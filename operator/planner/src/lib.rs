@@ -39,3 +39,7 @@ pub mod sizing;
 pub mod split;
 
 pub use plan::{PlanError, PlannerConfig, WorkflowPlan, plan_workflow};
+
+/// Most instances of a stage that sets no `maxScale`: the one bound the workflow
+/// controller scales to and the run engine dispatches and pre-warms up to.
+pub const DEFAULT_MAX_INSTANCES: u32 = 1000;

@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use vflow_planner::PlannerConfig;
+
 use crate::backend::{KubeBackendConfig, Resolver, ServiceResolver};
 use crate::metrics::RunMetrics;
 use crate::status::Prices;
@@ -31,6 +33,9 @@ pub struct RunsConfig {
     pub resolver: Arc<dyn Resolver>,
     /// Where finished runs are counted (the operator's registry); None: not counted.
     pub metrics: Option<RunMetrics>,
+    /// How runs are planned: the operator's own planner settings (its flags), so that a
+    /// run sizes, costs and pre-warms its stages as the workflow controller plans them.
+    pub planner: PlannerConfig,
 }
 
 impl Default for RunsConfig {
@@ -47,6 +52,7 @@ impl Default for RunsConfig {
             webhook_token: None,
             resolver: Arc::new(ServiceResolver),
             metrics: None,
+            planner: PlannerConfig::default(),
         }
     }
 }

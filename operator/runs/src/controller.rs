@@ -167,12 +167,13 @@ type Prewarm = Vec<(String, f64, u32)>;
 fn resources(
     wf: &VideoWorkflow,
     profiles: &BTreeMap<String, FunctionProfile>,
+    planner: &PlannerConfig,
     input_bytes: Option<u64>,
 ) -> (BTreeMap<String, StageResources>, Prewarm) {
     let mut out = BTreeMap::new();
     let mut prewarm = Vec::new();
     // Pre-warm times follow from how long data takes to move: plan with the real input.
-    let mut cfg = PlannerConfig::default();
+    let mut cfg = planner.clone();
     if let Some(bytes) = input_bytes {
         cfg.input_bytes = bytes as f64;
     }
@@ -316,7 +317,7 @@ async fn drive_engine(
         Ok(loc) => store.size(&loc).await.ok().flatten(),
         Err(_) => None,
     };
-    let (stage_resources, prewarm) = resources(&wf, &profiles, input_bytes);
+    let (stage_resources, prewarm) = resources(&wf, &profiles, &ctx.config.planner, input_bytes);
 
     let capacity = KubeCapacity::new(
         ctx.client.clone(),
@@ -358,7 +359,7 @@ async fn drive_engine(
         prefix: run_prefix(&wf, &name),
         params: run.spec.params.clone(),
         prewarm,
-        default_max_instances: 100,
+        default_max_instances: vflow_planner::DEFAULT_MAX_INSTANCES,
     };
     tracing::info!(run = %name, namespace = %ns, workflow = %wf_name, "running");
     let active = ActiveGuard::new(ctx.config.metrics.as_ref());
