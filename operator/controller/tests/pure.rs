@@ -681,3 +681,76 @@ fn the_run_controller_plans_with_the_operators_settings() {
             .is_none()
     );
 }
+
+/// The scale stage's Deployment when the profile has observed `cpu_p95` cores, with the
+/// children of an earlier reconcile and `in_flight` invocations of scale in flight.
+fn scale_after_observing(cpu_p95: f64, children: &Children, in_flight: u32) -> Deployment {
+    let mut profiles = common::profiles("ns");
+    let p = profiles.get_mut("scale").expect("scale");
+    p.spec.sizing = SizingMode::Auto;
+    p.status = Some(FunctionProfileStatus {
+        invocations: 50,
+        cpu_cores: Some(Distribution {
+            p50: cpu_p95 / 2.0,
+            p95: cpu_p95,
+            max: cpu_p95,
+        }),
+        memory_bytes: Some(Distribution {
+            p50: 200e6,
+            p95: 300e6,
+            max: 400e6,
+        }),
+        ..Default::default()
+    });
+    let mut wf = common::workflow("wf", "ns", "");
+    wf.metadata.annotations = Some(BTreeMap::from([(
+        "vflow.io/in-flight".to_string(),
+        format!(r#"{{"scale": {in_flight}}}"#),
+    )]));
+    let s = Settings::default();
+    let outcome = validate::check(&wf, &profiles, &s.planner);
+    workflow::desired(
+        &wf,
+        &outcome,
+        &profiles,
+        children,
+        &Default::default(),
+        &s,
+        now(),
+    )
+    .expect("d")
+    .deployments
+    .into_iter()
+    .find(|d| d.metadata.name.as_deref() == Some("wf-scale"))
+    .expect("scale")
+}
+
+// Seen in review: the observer folds new observations every 30 s, and each few
+// millicores of p95 rolled every pod of a busy stage.
+#[test]
+fn pods_are_resized_only_for_a_material_change_and_never_under_load() {
+    let first = scale_after_observing(1.5, &Children::default(), 0);
+    assert_eq!(resources(&first, "requests")["cpu"], "1800m");
+    let running = Children {
+        deployments: BTreeMap::from([("scale".to_string(), std::sync::Arc::new(first.clone()))]),
+        ..Children::default()
+    };
+    let hash = |d: &Deployment| {
+        d.metadata.annotations.as_ref().expect("a")[build::ANNOTATION_SPEC_HASH].clone()
+    };
+
+    // 1.55 cores at p95 plans 1860m: 3% more, so the running pods stay as they are.
+    let drift = scale_after_observing(1.55, &running, 0);
+    assert_eq!(resources(&drift, "requests")["cpu"], "1800m");
+    assert_eq!(hash(&drift), hash(&first), "nothing to roll");
+
+    // 1 core at p95 plans 1200m: material, but invocations are in flight.
+    let busy = scale_after_observing(1.0, &running, 2);
+    assert_eq!(resources(&busy, "requests")["cpu"], "1800m");
+    assert_eq!(hash(&busy), hash(&first));
+
+    // Idle again: applied.
+    let idle = scale_after_observing(1.0, &running, 0);
+    assert_eq!(resources(&idle, "requests")["cpu"], "1200m");
+    assert_ne!(hash(&idle), hash(&first));
+}

@@ -58,6 +58,9 @@ pub const DEFAULT_TIMEOUT_SECONDS: u64 = 600;
 /// Kubernetes waits this much longer than the runtime's drain before SIGKILL.
 pub const GRACE_EXTRA_SECONDS: u64 = 15;
 
+/// The container that runs the runtime and the function (the other is the sidecar).
+pub const FUNCTION_CONTAINER: &str = "function";
+
 /// `<workflow>-<stage>`, the name of a stage's Deployment and Service.
 pub fn child_name(workflow: &str, stage: &str) -> String {
     format!("{workflow}-{stage}")
@@ -233,7 +236,7 @@ fn function_container(input: &StageInput<'_>) -> Result<Container> {
         ..Probe::default()
     };
     Ok(Container {
-        name: "function".into(),
+        name: FUNCTION_CONTAINER.into(),
         image: Some(spec.image.clone()),
         command: Some(vec![RUNTIME.into(), "serve".into()]),
         env: Some(vars),

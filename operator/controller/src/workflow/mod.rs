@@ -6,6 +6,7 @@
 pub mod apply;
 pub mod build;
 pub mod dereference;
+pub mod resize;
 pub mod status;
 pub mod validate;
 
@@ -32,7 +33,7 @@ use kube::{
 };
 use tracing::{info, warn};
 use vflow_api::{FunctionProfile, Provisioning, StagePlan, VideoWorkflow, VideoWorkflowStatus};
-use vflow_planner::WorkflowPlan;
+use vflow_planner::{WorkflowPlan, plan::StageDecision};
 
 use crate::{
     autoscaler::{self, PrewarmWindow, ScaleInput},
@@ -269,6 +270,22 @@ pub fn desired(
                 reason: scale.reason.as_str(),
             });
         }
+        // The plan's size, unless it would roll the pods for a few percent or while
+        // invocations are in flight (resize.rs).
+        let running = existing.and_then(|d| resize::running_size(d, build::FUNCTION_CONTAINER));
+        let sized;
+        let planned_size = decision.size.clone();
+        let resize = resize::decide(&decision.size, running, in_flight);
+        let decision = match resize {
+            resize::Resize::Apply => decision,
+            _ => {
+                sized = StageDecision {
+                    size: resize::settle(&decision.size, running, in_flight),
+                    ..decision.clone()
+                };
+                &sized
+            }
+        };
         let si = StageInput {
             workflow: wf,
             stage,
@@ -328,6 +345,24 @@ pub fn desired(
         if let Some(sp) = stage_plans.iter_mut().find(|p| p.name == stage.name) {
             sp.replicas = Some(scale.replicas);
             sp.ready_replicas = Some(ready_replicas);
+            if resize != resize::Resize::Apply {
+                // What the pods run with, and why not the plan's size.
+                sp.cpu = Some(vflow_api::Quantity::from_cores(decision.size.cpu_cores));
+                sp.memory = Some(vflow_api::Quantity::from_bytes(decision.size.memory_bytes));
+                let why = match resize {
+                    resize::Resize::Defer => "kept while invocations are in flight",
+                    _ => "kept: within 10% of the running size",
+                };
+                let planned = format!(
+                    "planned {:.3} cores, {:.0} MiB ({why})",
+                    planned_size.cpu_cores,
+                    planned_size.memory_bytes / (1024.0 * 1024.0)
+                );
+                sp.reason = Some(match sp.reason.take() {
+                    Some(r) => format!("{r}. resize: {planned}"),
+                    None => format!("resize: {planned}"),
+                });
+            }
         }
         out.deployments.push(deployment);
         out.services.push(service);
