@@ -116,7 +116,15 @@ impl Observer {
         self.first_scrape_done = true;
         // (namespace, function) -> what each of its pods reported now.
         let mut by_function: BTreeMap<(String, String), Vec<PodReport>> = BTreeMap::new();
-        let mut seen = HashMap::new();
+        // A pod that misses a scrape (not Ready for a moment, its runtime slow to answer)
+        // keeps its last observations as long as it exists: were they dropped, its next
+        // answer would count everything it ever ran once more, and as a new instance.
+        let listed: std::collections::HashSet<&str> = pods
+            .items
+            .iter()
+            .filter_map(|p| p.metadata.uid.as_deref())
+            .collect();
+        self.last.retain(|uid, _| listed.contains(uid.as_str()));
         for pod in pods.items.iter().filter(|p| ready(p)) {
             let (Some(uid), Some(ns)) = (pod.metadata.uid.clone(), pod.namespace()) else {
                 continue;
@@ -142,8 +150,8 @@ impl Observer {
                 Some(sidecar) => self.get::<ContainerObservations>(&sidecar).await,
                 None => None,
             };
-            seen.insert(uid.clone(), current.clone());
             if baseline_only {
+                self.last.insert(uid, current);
                 continue;
             }
             by_function
@@ -152,50 +160,75 @@ impl Observer {
                 .push((uid, current, container));
         }
         let mut updated = 0;
+        let mut first_error = None;
         for ((ns, function), reports) in by_function {
-            let api: Api<FunctionProfile> = Api::namespaced(self.client.clone(), &ns);
-            let Some(mut profile) = api.get_opt(&function).await? else {
-                continue;
-            };
-            let scrapes: Vec<InstanceScrape<'_>> = reports
-                .iter()
-                .map(|(uid, current, container)| InstanceScrape {
-                    previous: self.last.get(uid),
-                    current,
-                    container: container.as_ref(),
-                })
-                .collect();
-            if !fold_scrapes(&mut profile, &scrapes) {
-                continue;
-            }
-            let Some(status) = &profile.status else {
-                continue;
-            };
-            let patch = serde_json::json!({
-                "apiVersion": vflow_api::API_VERSION,
-                "kind": "FunctionProfile",
-                "status": {
-                    "invocations": status.invocations,
-                    "coldStarts": status.cold_starts,
-                    "failures": status.failures,
-                    "oomKills": status.oom_kills,
-                    "execSeconds": status.exec_seconds,
-                    "coldStartSeconds": status.cold_start_seconds,
-                    "cpuCores": status.cpu_cores,
-                    "memoryBytes": status.memory_bytes,
-                    "gpuMemoryBytes": status.gpu_memory_bytes,
-                    "gpuUtilization": status.gpu_utilization,
-                    "outputInputRatio": status.output_input_ratio,
-                    "windowEnd": k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
+            match self.fold_into(&ns, &function, &reports).await {
+                Ok(changed) => updated += usize::from(changed),
+                Err(e) => {
+                    // Not folded: these pods keep their old baseline, so the next scrape
+                    // counts what they ran since then, once. The other profiles go on.
+                    first_error.get_or_insert(e);
+                    continue;
                 }
-            });
-            let params = PatchParams::apply(OBSERVER_MANAGER).force();
-            api.patch_status(&function, &params, &Patch::Apply(&patch))
-                .await?;
-            updated += 1;
+            }
+            for (uid, current, _) in reports {
+                self.last.insert(uid, current);
+            }
         }
-        self.last = seen;
-        Ok(updated)
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(updated),
+        }
+    }
+
+    /// Folds one function's new observations into its profile in `ns`; whether the
+    /// profile's status was written.
+    async fn fold_into(
+        &self,
+        ns: &str,
+        function: &str,
+        reports: &[PodReport],
+    ) -> Result<bool, kube::Error> {
+        let api: Api<FunctionProfile> = Api::namespaced(self.client.clone(), ns);
+        let Some(mut profile) = api.get_opt(function).await? else {
+            return Ok(false);
+        };
+        let scrapes: Vec<InstanceScrape<'_>> = reports
+            .iter()
+            .map(|(uid, current, container)| InstanceScrape {
+                previous: self.last.get(uid),
+                current,
+                container: container.as_ref(),
+            })
+            .collect();
+        if !fold_scrapes(&mut profile, &scrapes) {
+            return Ok(false);
+        }
+        let Some(status) = &profile.status else {
+            return Ok(false);
+        };
+        let patch = serde_json::json!({
+            "apiVersion": vflow_api::API_VERSION,
+            "kind": "FunctionProfile",
+            "status": {
+                "invocations": status.invocations,
+                "coldStarts": status.cold_starts,
+                "failures": status.failures,
+                "oomKills": status.oom_kills,
+                "execSeconds": status.exec_seconds,
+                "coldStartSeconds": status.cold_start_seconds,
+                "cpuCores": status.cpu_cores,
+                "memoryBytes": status.memory_bytes,
+                "gpuMemoryBytes": status.gpu_memory_bytes,
+                "gpuUtilization": status.gpu_utilization,
+                "outputInputRatio": status.output_input_ratio,
+                "windowEnd": k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
+            }
+        });
+        let params = PatchParams::apply(OBSERVER_MANAGER).force();
+        api.patch_status(function, &params, &Patch::Apply(&patch))
+            .await?;
+        Ok(true)
     }
 
     /// Scrapes every `interval` until the process stops.

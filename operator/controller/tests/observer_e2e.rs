@@ -227,5 +227,27 @@ async fn pod_observations_land_in_the_profile_status() {
         Some(pod_start.max(0.25))
     );
 
+    // A pod that misses a scrape (its runtime gave no answer) keeps its baseline: when it
+    // answers again only what it ran since is new, and it is no new instance.
+    if let Ok(mut a) = runtime_a.lock() {
+        *a = json!("not observations");
+    }
+    observer.scrape_once().await.expect("scrape");
+    if let Ok(mut a) = runtime_a.lock() {
+        *a = instance("a", 12);
+    }
+    observer.scrape_once().await.expect("scrape");
+    let status = profiles
+        .get("testfn")
+        .await
+        .expect("get")
+        .status
+        .expect("status");
+    assert_eq!(
+        status.invocations, 7,
+        "a's 2 new invocations, not its 12 again"
+    );
+    assert_eq!(status.cold_starts, 1, "a is not a new instance");
+
     let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
 }
