@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use vflow_api::FunctionProfile;
-use vflow_engine::learn::{InstanceScrape, fold_scrapes};
+use vflow_engine::learn::{InstanceScrape, decay_memory_peaks, fold_scrapes};
 use vflow_runtime::observations::{ContainerObservations, InstanceObservations};
 
 use crate::workflow::build::LABEL_FUNCTION;
@@ -193,6 +193,15 @@ impl Observer {
         let Some(mut profile) = api.get_opt(function).await? else {
             return Ok(false);
         };
+        // Old memory peaks fade with the time since they were written (learn.rs).
+        if let Some(status) = profile.status.as_mut()
+            && let Some(end) = status.window_end.as_ref().map(|t| t.0)
+        {
+            let elapsed = k8s_openapi::jiff::Timestamp::now().duration_since(end);
+            if let Ok(elapsed) = Duration::try_from(elapsed) {
+                decay_memory_peaks(status, elapsed);
+            }
+        }
         let scrapes: Vec<InstanceScrape<'_>> = reports
             .iter()
             .map(|(uid, current, container)| InstanceScrape {

@@ -174,6 +174,29 @@ fn merge_summary(
     }
 }
 
+/// How fast an old memory peak is forgotten: it halves every 24 hours (the half-life
+/// of the Kubernetes VPA's memory histogram), so one spike from a past input does not
+/// hold a stage's memory up for ever, while a peak that recurs keeps coming back.
+pub const MEMORY_PEAK_HALF_LIFE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Lets the memory peaks in `status` decay for `elapsed` (the time since they were last
+/// written): each `max` moves halfway to its `p95` per [`MEMORY_PEAK_HALF_LIFE`], never
+/// below it. Applied before folding new observations, whose own peak then counts in full.
+pub fn decay_memory_peaks(status: &mut FunctionProfileStatus, elapsed: std::time::Duration) {
+    let keep = 0.5f64.powf(elapsed.as_secs_f64() / MEMORY_PEAK_HALF_LIFE.as_secs_f64());
+    for d in [
+        status.memory_bytes.as_mut(),
+        status.gpu_memory_bytes.as_mut(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if d.max > d.p95 {
+            d.max = d.p95 + (d.max - d.p95) * keep;
+        }
+    }
+}
+
 /// Folds what instances observed since the previous scrape into a profile's status.
 /// Counters are cumulative per instance, so only the difference since the previous
 /// scrape is new (an instance that restarted starts again from zero). Distributions
@@ -423,5 +446,41 @@ mod scrape_tests {
         );
         let s = p.status.unwrap_or_default();
         assert_eq!((s.invocations, s.cold_starts), (12, 2));
+    }
+
+    #[test]
+    fn memory_peaks_decay_towards_p95_with_a_24_hour_half_life() {
+        let mut status = FunctionProfileStatus {
+            memory_bytes: Some(Distribution {
+                p50: 100.0,
+                p95: 200.0,
+                max: 1000.0,
+            }),
+            gpu_memory_bytes: Some(Distribution {
+                p50: 1.0,
+                p95: 2.0,
+                max: 2.0,
+            }),
+            ..Default::default()
+        };
+        decay_memory_peaks(&mut status, MEMORY_PEAK_HALF_LIFE);
+        let mem = status.memory_bytes.clone().expect("memory");
+        assert!(
+            (mem.max - 600.0).abs() < 1e-9,
+            "halfway to p95: {}",
+            mem.max
+        );
+        assert_eq!((mem.p50, mem.p95), (100.0, 200.0), "only the peak decays");
+        decay_memory_peaks(&mut status, MEMORY_PEAK_HALF_LIFE * 30);
+        let mem = status.memory_bytes.clone().expect("memory");
+        assert!(
+            mem.max >= 200.0 && mem.max < 201.0,
+            "never below p95: {}",
+            mem.max
+        );
+        assert_eq!(status.gpu_memory_bytes.map(|d| d.max), Some(2.0));
+        let mut none = FunctionProfileStatus::default();
+        decay_memory_peaks(&mut none, MEMORY_PEAK_HALF_LIFE);
+        assert_eq!(none.memory_bytes, None);
     }
 }
