@@ -21,7 +21,7 @@ use vflow_api::FunctionProfile;
 use vflow_engine::learn::{InstanceScrape, decay_memory_peaks, fold_scrapes};
 use vflow_runtime::observations::{ContainerObservations, InstanceObservations};
 
-use crate::workflow::build::LABEL_FUNCTION;
+use crate::workflow::build::{FUNCTION_CONTAINER, LABEL_FUNCTION};
 
 /// Field manager of the observation fields of FunctionProfile status.
 pub const OBSERVER_MANAGER: &str = "vflow-observer";
@@ -62,6 +62,35 @@ pub fn pod_start_seconds(pod: &Pod) -> Option<f64> {
     (seconds >= 0.0).then_some(seconds)
 }
 
+/// The function container's restart count now, and whether the restarts since `seen`
+/// (None: this pod was not looked at before, so since its start) ended in an OOM kill.
+/// The kernel may kill the whole container rather than the function's process (cgroup
+/// v2's memory.oom.group, which the kubelet sets): then the runtime that counts OOM
+/// kills dies with it, and only the container's last state tells. Several restarts
+/// between two looks show only the last one's reason: they count as one.
+pub fn container_oom(pod: &Pod, seen: Option<i32>) -> (i32, bool) {
+    let Some(status) = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.name == FUNCTION_CONTAINER))
+    else {
+        return (seen.unwrap_or(0), false);
+    };
+    let oom_killed = status
+        .last_state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .is_some_and(|t| t.reason.as_deref() == Some("OOMKilled"));
+    (
+        status.restart_count,
+        oom_killed && status.restart_count > seen.unwrap_or(0),
+    )
+}
+
+/// A function's container OOM kills since the last look, and its pods' restart counts.
+type ContainerOoms = (u64, Vec<(String, i32)>);
+
 /// One pod's runtime and sidecar observations, under its UID.
 type PodReport = (String, InstanceObservations, Option<ContainerObservations>);
 
@@ -73,6 +102,8 @@ pub struct Observer {
     sidecar_port: u16,
     /// Last scrape per pod UID.
     last: HashMap<String, InstanceObservations>,
+    /// The function container's restart count per pod UID, at the last look.
+    restarts: HashMap<String, i32>,
     /// Pods that existed at the first scrape: baseline only.
     first_scrape_done: bool,
 }
@@ -89,6 +120,7 @@ impl Observer {
             runtime_port: 8080,
             sidecar_port: 9091,
             last: HashMap::new(),
+            restarts: HashMap::new(),
             first_scrape_done: false,
         }
     }
@@ -125,6 +157,29 @@ impl Observer {
             .filter_map(|p| p.metadata.uid.as_deref())
             .collect();
         self.last.retain(|uid, _| listed.contains(uid.as_str()));
+        self.restarts.retain(|uid, _| listed.contains(uid.as_str()));
+        // Containers OOM-killed since the last look, by (namespace, function), with each
+        // pod's restart count to remember once folded. Every pod: one that was just
+        // killed is not Ready.
+        let mut ooms: BTreeMap<(String, String), ContainerOoms> = BTreeMap::new();
+        for pod in &pods.items {
+            let (Some(uid), Some(ns), Some(function)) = (
+                pod.metadata.uid.clone(),
+                pod.namespace(),
+                pod.labels().get(LABEL_FUNCTION).cloned(),
+            ) else {
+                continue;
+            };
+            let seen = self.restarts.get(&uid).copied();
+            let (restarts, killed) = container_oom(pod, seen);
+            if baseline_only {
+                self.restarts.insert(uid, restarts);
+                continue;
+            }
+            let entry = ooms.entry((ns, function)).or_default();
+            entry.0 += u64::from(killed);
+            entry.1.push((uid, restarts));
+        }
         for pod in pods.items.iter().filter(|p| ready(p)) {
             let (Some(uid), Some(ns)) = (pod.metadata.uid.clone(), pod.namespace()) else {
                 continue;
@@ -161,8 +216,17 @@ impl Observer {
         }
         let mut updated = 0;
         let mut first_error = None;
-        for ((ns, function), reports) in by_function {
-            match self.fold_into(&ns, &function, &reports).await {
+        let keys: std::collections::BTreeSet<(String, String)> =
+            by_function.keys().chain(ooms.keys()).cloned().collect();
+        for key in keys {
+            let reports = by_function.remove(&key).unwrap_or_default();
+            let (killed, restarts) = ooms.remove(&key).unwrap_or_default();
+            if reports.is_empty() && killed == 0 {
+                self.restarts.extend(restarts);
+                continue;
+            }
+            let (ns, function) = key;
+            match self.fold_into(&ns, &function, &reports, killed).await {
                 Ok(changed) => updated += usize::from(changed),
                 Err(e) => {
                     // Not folded: these pods keep their old baseline, so the next scrape
@@ -174,6 +238,7 @@ impl Observer {
             for (uid, current, _) in reports {
                 self.last.insert(uid, current);
             }
+            self.restarts.extend(restarts);
         }
         match first_error {
             Some(e) => Err(e),
@@ -188,6 +253,7 @@ impl Observer {
         ns: &str,
         function: &str,
         reports: &[PodReport],
+        container_ooms: u64,
     ) -> Result<bool, kube::Error> {
         let api: Api<FunctionProfile> = Api::namespaced(self.client.clone(), ns);
         let Some(mut profile) = api.get_opt(function).await? else {
@@ -210,7 +276,13 @@ impl Observer {
                 container: container.as_ref(),
             })
             .collect();
-        if !fold_scrapes(&mut profile, &scrapes) {
+        let mut changed = fold_scrapes(&mut profile, &scrapes);
+        if container_ooms > 0 {
+            let status = profile.status.get_or_insert_with(Default::default);
+            status.oom_kills += container_ooms;
+            changed = true;
+        }
+        if !changed {
             return Ok(false);
         }
         let Some(status) = &profile.status else {
@@ -296,5 +368,68 @@ mod tests {
         assert_eq!(pod_start_seconds(&p), Some(3.0));
         assert_eq!(pod_start_seconds(&pod("2026-12-05T09:00:00Z", None)), None);
         assert_eq!(pod_start_seconds(&Pod::default()), None);
+    }
+
+    fn restarted(restarts: i32, reason: Option<&str>) -> Pod {
+        use k8s_openapi::api::core::v1::{
+            ContainerState, ContainerStateTerminated, ContainerStatus,
+        };
+        let function = ContainerStatus {
+            name: FUNCTION_CONTAINER.into(),
+            restart_count: restarts,
+            last_state: reason.map(|r| ContainerState {
+                terminated: Some(ContainerStateTerminated {
+                    reason: Some(r.into()),
+                    exit_code: 137,
+                    ..ContainerStateTerminated::default()
+                }),
+                ..ContainerState::default()
+            }),
+            ..ContainerStatus::default()
+        };
+        let sidecar = ContainerStatus {
+            name: "metrics".into(),
+            restart_count: 9,
+            last_state: Some(ContainerState {
+                terminated: Some(ContainerStateTerminated {
+                    reason: Some("OOMKilled".into()),
+                    ..ContainerStateTerminated::default()
+                }),
+                ..ContainerState::default()
+            }),
+            ..ContainerStatus::default()
+        };
+        Pod {
+            status: Some(PodStatus {
+                container_statuses: Some(vec![sidecar, function]),
+                ..PodStatus::default()
+            }),
+            ..Pod::default()
+        }
+    }
+
+    #[test]
+    fn a_container_killed_for_memory_counts_once_per_restart() {
+        // Killed once since the pod started (first look), then seen again unchanged.
+        assert_eq!(
+            container_oom(&restarted(1, Some("OOMKilled")), None),
+            (1, true)
+        );
+        assert_eq!(
+            container_oom(&restarted(1, Some("OOMKilled")), Some(1)),
+            (1, false)
+        );
+        // Killed again.
+        assert_eq!(
+            container_oom(&restarted(2, Some("OOMKilled")), Some(1)),
+            (2, true)
+        );
+        // A restart for another reason; and the sidecar's OOMs are not the function's.
+        assert_eq!(
+            container_oom(&restarted(3, Some("Error")), Some(2)),
+            (3, false)
+        );
+        assert_eq!(container_oom(&restarted(0, None), None), (0, false));
+        assert_eq!(container_oom(&Pod::default(), Some(4)), (4, false));
     }
 }
