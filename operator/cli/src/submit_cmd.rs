@@ -60,7 +60,7 @@ pub fn build_run(args: &SubmitArgs, namespace: &str) -> Result<VideoWorkflowRun,
             generate_name,
             namespace: Some(namespace.to_string()),
             labels: Some(BTreeMap::from([(
-                "vflow.io/workflow".to_string(),
+                vflow_contract::naming::LABEL_WORKFLOW.to_string(),
                 args.workflow.clone(),
             )])),
             ..Default::default()

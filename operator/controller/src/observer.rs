@@ -18,8 +18,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use vflow_api::FunctionProfile;
+use vflow_contract::observations::{ContainerObservations, InstanceObservations};
 use vflow_engine::learn::{InstanceScrape, decay_memory_peaks, fold_scrapes};
-use vflow_runtime::observations::{ContainerObservations, InstanceObservations};
 
 use crate::workflow::build::{FUNCTION_CONTAINER, LABEL_FUNCTION};
 
@@ -117,8 +117,8 @@ impl Observer {
                 .build()
                 .unwrap_or_default(),
             resolve,
-            runtime_port: 8080,
-            sidecar_port: 9091,
+            runtime_port: vflow_contract::naming::RUNTIME_PORT,
+            sidecar_port: vflow_contract::naming::METRICS_PORT,
             last: HashMap::new(),
             restarts: HashMap::new(),
             first_scrape_done: false,

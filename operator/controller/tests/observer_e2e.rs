@@ -13,8 +13,8 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
 use serde_json::json;
 use vflow_api::FunctionProfile;
+use vflow_contract::observations::{ContainerObservations, InstanceObservations, Summary};
 use vflow_operator::observer::Observer;
-use vflow_runtime::observations::{ContainerObservations, InstanceObservations, Summary};
 
 async fn client() -> Client {
     vflow_operator::install_crypto_provider();

@@ -2,7 +2,7 @@
 
 use std::future::Future;
 
-use vflow_runtime::invocation::{InvokeFailure, InvokeRequest, InvokeResponse};
+use vflow_contract::invocation::{InvokeFailure, InvokeRequest, InvokeResponse};
 
 /// What a backend needs to know about a stage to run it.
 #[derive(Debug, Clone)]
@@ -44,8 +44,8 @@ impl BackendError {
     /// Worth another attempt: a failed function may be flaky, but a bad request, a
     /// usage error (exit 2) or a missing input will fail the same way again.
     pub fn retryable(&self) -> bool {
-        use vflow_runtime::invocation::Phase;
-        use vflow_runtime::process::Exit;
+        use vflow_contract::exit::Exit;
+        use vflow_contract::invocation::Phase;
         match self {
             BackendError::Failed(f) => match f.phase {
                 Phase::Request => false,

@@ -8,7 +8,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use vflow_api::FunctionProfile;
 use vflow_api::validate::StageShape;
-use vflow_runtime::invocation::{COMPLETION_RECORD, CompletionRecord, InvokeRequest};
+use vflow_contract::invocation::{COMPLETION_RECORD, CompletionRecord, InvokeRequest};
 use vflow_storage::{Location, Store};
 
 use crate::backend::{Backend, BackendError, StageTarget};

@@ -139,12 +139,12 @@ mod tests {
 /// What one instance reported at one scrape (`/observations` of `vflow-runtime serve`
 /// and of its sidecar), and what it had reported at the scrape before.
 pub struct InstanceScrape<'a> {
-    pub previous: Option<&'a vflow_runtime::observations::InstanceObservations>,
-    pub current: &'a vflow_runtime::observations::InstanceObservations,
-    pub container: Option<&'a vflow_runtime::observations::ContainerObservations>,
+    pub previous: Option<&'a vflow_contract::observations::InstanceObservations>,
+    pub current: &'a vflow_contract::observations::InstanceObservations,
+    pub container: Option<&'a vflow_contract::observations::ContainerObservations>,
 }
 
-fn summary_as_distribution(s: &vflow_runtime::observations::Summary) -> Distribution {
+fn summary_as_distribution(s: &vflow_contract::observations::Summary) -> Distribution {
     Distribution {
         p50: s.p50,
         p95: s.p95,
@@ -314,7 +314,7 @@ pub fn fold_scrapes(profile: &mut FunctionProfile, scrapes: &[InstanceScrape<'_>
 #[cfg(test)]
 mod scrape_tests {
     use super::*;
-    use vflow_runtime::observations::{ContainerObservations, InstanceObservations, Summary};
+    use vflow_contract::observations::{ContainerObservations, InstanceObservations, Summary};
 
     fn profile() -> FunctionProfile {
         FunctionProfile::new(

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
 use tokio::sync::{Mutex, Notify, OwnedSemaphorePermit, Semaphore};
-use vflow_runtime::invocation::{ErrorBody, InvokeRequest, InvokeResponse};
+use vflow_contract::invocation::{ErrorBody, InvokeRequest, InvokeResponse};
 
 use crate::backend::{Backend, BackendError, Invoked, StageTarget};
 

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
+use vflow_contract::invocation::{ErrorBody, InvokeRequest, InvokeResponse};
 use vflow_engine::backend::{Backend, BackendError, Invoked, StageTarget};
-use vflow_runtime::invocation::{ErrorBody, InvokeRequest, InvokeResponse};
 
 use crate::capacity::Capacity;
 
@@ -19,12 +19,13 @@ pub trait Resolver: Send + Sync + 'static {
 }
 
 /// `http://<workflow>-<stage>.<namespace>.svc:8080`: the Service the operator creates.
+/// (`vflow_contract::naming::service_url`)
 #[derive(Debug, Clone, Default)]
 pub struct ServiceResolver;
 
 impl Resolver for ServiceResolver {
     fn url(&self, namespace: &str, workflow: &str, stage: &str) -> String {
-        format!("http://{workflow}-{stage}.{namespace}.svc:8080")
+        vflow_contract::naming::service_url(namespace, workflow, stage)
     }
 }
 

@@ -60,7 +60,7 @@ impl KubeCapacity {
 
     /// `<workflow>-<stage>`, the operator's name for a stage's Deployment and Service.
     pub fn deployment_name(&self, stage: &str) -> String {
-        format!("{}-{stage}", self.workflow)
+        vflow_contract::naming::child_name(&self.workflow, stage)
     }
 }
 

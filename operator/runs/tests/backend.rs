@@ -12,11 +12,11 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::post;
+use vflow_contract::exit::Exit;
+use vflow_contract::invocation::{InvokeRequest, InvokeResponse, OutputObject};
 use vflow_engine::backend::{Backend, BackendError, StageTarget};
 use vflow_runs::backend::{KubeBackend, KubeBackendConfig, StaticResolver};
 use vflow_runs::capacity::Capacity;
-use vflow_runtime::invocation::{InvokeRequest, InvokeResponse, OutputObject};
-use vflow_runtime::process::Exit;
 
 /// Becomes ready `ready_after` after the first invocation asks (None: never).
 struct Scripted {

@@ -23,6 +23,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use vflow_api::{FunctionProfile, RunPhase, VideoWorkflow, VideoWorkflowRun};
+use vflow_contract::invocation::InvokeRequest;
 use vflow_engine::backend::{Backend, StageTarget};
 use vflow_engine::record::RunRecord;
 use vflow_runs::backend::{KubeBackend, KubeBackendConfig, StaticResolver};
@@ -30,7 +31,6 @@ use vflow_runs::capacity::KubeCapacity;
 use vflow_runs::signals::{IN_FLIGHT, Signaller};
 use vflow_runs::trigger::poller::PollerConfig;
 use vflow_runs::{RunsConfig, run_controller};
-use vflow_runtime::invocation::InvokeRequest;
 use vflow_storage::S3Store;
 use vflow_storage::test_server::{ACCESS_KEY, SECRET_KEY, TestS3};
 

@@ -86,7 +86,7 @@ pub struct ServeArgs {
     #[arg(long, env = "VFLOW_BIND", default_value = "0.0.0.0")]
     pub bind: IpAddr,
     /// 0 picks a free port; see --port-file.
-    #[arg(long, env = "VFLOW_PORT", default_value_t = 8080)]
+    #[arg(long, env = "VFLOW_PORT", default_value_t = vflow_contract::naming::RUNTIME_PORT)]
     pub port: u16,
     /// Write the port actually bound to this file (for callers that asked for port 0).
     #[arg(long, env = "VFLOW_PORT_FILE")]
@@ -145,7 +145,7 @@ impl ServeArgs {
 pub struct MetricsArgs {
     #[arg(long, env = "VFLOW_BIND", default_value = "0.0.0.0")]
     pub bind: IpAddr,
-    #[arg(long, env = "VFLOW_METRICS_PORT", default_value_t = 9091)]
+    #[arg(long, env = "VFLOW_METRICS_PORT", default_value_t = vflow_contract::naming::METRICS_PORT)]
     pub port: u16,
     /// The function's name, a label on every metric (as the runtime's).
     #[arg(long, env = "VFLOW_FUNCTION", default_value = "function")]

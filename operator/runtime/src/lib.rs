@@ -11,11 +11,13 @@ pub mod cli;
 pub mod config;
 pub mod executor;
 pub mod gpu;
-pub mod invocation;
 pub mod metrics;
-pub mod observations;
 pub mod proc_stats;
 pub mod process;
 pub mod server;
 pub mod sidecar;
 pub mod tail;
+
+// The wire types live in vflow-contract (the operator and the engine use them without
+// this crate); here under their old paths.
+pub use vflow_contract::{invocation, observations};

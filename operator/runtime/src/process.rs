@@ -15,34 +15,7 @@ use nix::unistd::Pid;
 use crate::proc_stats;
 use crate::tail::Tail;
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase", tag = "kind")]
-pub enum Exit {
-    Code { code: i32 },
-    Signal { signal: i32 },
-    TimedOut,
-    Cancelled,
-}
-
-impl Exit {
-    pub fn success(&self) -> bool {
-        *self == Exit::Code { code: 0 }
-    }
-}
-
-impl std::fmt::Display for Exit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Exit::Code { code } => write!(f, "exit status {code}"),
-            Exit::Signal { signal } => {
-                let name = Signal::try_from(*signal).map(|s| s.as_str()).unwrap_or("?");
-                write!(f, "killed by signal {signal} ({name})")
-            }
-            Exit::TimedOut => write!(f, "timed out"),
-            Exit::Cancelled => write!(f, "cancelled"),
-        }
-    }
-}
+pub use vflow_contract::exit::Exit;
 
 #[derive(Debug, Clone)]
 pub struct Measured {

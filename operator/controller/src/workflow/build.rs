@@ -38,16 +38,14 @@ use crate::error::{Error, Result};
 
 pub const FIELD_MANAGER: &str = "vflow-operator";
 pub const MANAGED_BY: &str = "vflow-operator";
-pub const LABEL_WORKFLOW: &str = "vflow.io/workflow";
-pub const LABEL_STAGE: &str = "vflow.io/stage";
-pub const LABEL_FUNCTION: &str = "vflow.io/function";
+pub use vflow_contract::naming::{LABEL_FUNCTION, LABEL_STAGE, LABEL_WORKFLOW, child_name};
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 /// Hash of everything the operator sets on a child except `spec.replicas`: a child
 /// whose hash and replicas match what would be written is not written again.
 pub const ANNOTATION_SPEC_HASH: &str = "vflow.io/spec-hash";
 
-pub const HTTP_PORT: i32 = 8080;
-pub const METRICS_PORT: i32 = 9091;
+pub const HTTP_PORT: i32 = vflow_contract::naming::RUNTIME_PORT as i32;
+pub const METRICS_PORT: i32 = vflow_contract::naming::METRICS_PORT as i32;
 pub const RUNTIME: &str = "/usr/local/bin/vflow-runtime";
 pub const SCRATCH_DIR: &str = "/scratch";
 pub const S3_CREDENTIALS_DIR: &str = "/var/run/secrets/vflow/s3";
@@ -60,11 +58,6 @@ pub const GRACE_EXTRA_SECONDS: u64 = 15;
 
 /// The container that runs the runtime and the function (the other is the sidecar).
 pub const FUNCTION_CONTAINER: &str = "function";
-
-/// `<workflow>-<stage>`, the name of a stage's Deployment and Service.
-pub fn child_name(workflow: &str, stage: &str) -> String {
-    format!("{workflow}-{stage}")
-}
 
 /// Everything the builders need for one stage.
 pub struct StageInput<'a> {

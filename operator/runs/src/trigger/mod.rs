@@ -17,7 +17,7 @@ use kube::{Api, Client, ResourceExt};
 use sha2::{Digest, Sha256};
 use vflow_api::{TriggerType, VideoWorkflow, VideoWorkflowRun, VideoWorkflowRunSpec, WorkflowRef};
 
-pub const LABEL_WORKFLOW: &str = "vflow.io/workflow";
+pub use vflow_contract::naming::LABEL_WORKFLOW;
 pub const LABEL_TRIGGER: &str = "vflow.io/trigger";
 pub const ANNOTATION_OBJECT: &str = "vflow.io/trigger-object";
 /// Where the poller keeps its cursors in each bucket; never a trigger itself.

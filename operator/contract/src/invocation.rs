@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::process::Exit;
+use crate::exit::Exit;
 
 /// One invocation of a stage's function.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
