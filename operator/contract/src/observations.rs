@@ -45,9 +45,13 @@ impl Window {
     }
 }
 
-/// The nearest-rank percentile: always a value that was observed.
-fn nearest_rank(sorted: &[f64], q: f64) -> f64 {
-    let rank = (q * sorted.len() as f64).ceil() as usize;
+/// The q-quantile (0..=1) of values sorted ascending by nearest rank: always a value
+/// that was observed; 0 when there are none. The one definition vflow uses.
+pub fn nearest_rank(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (q.clamp(0.0, 1.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 

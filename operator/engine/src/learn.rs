@@ -8,10 +8,7 @@ use vflow_api::{Distribution, FunctionProfile, FunctionProfileStatus};
 use crate::graph::RunGraph;
 use crate::record::{Attempt, RunRecord};
 
-fn nearest_rank(sorted: &[f64], q: f64) -> f64 {
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
+use vflow_contract::observations::nearest_rank;
 
 /// Combines an earlier summary of `old_n` observations with new samples. Percentiles
 /// of a merge cannot be exact from summaries; a count-weighted mean is close when the

@@ -108,11 +108,7 @@ impl LogNormal {
 
 /// The q-quantile (0..=1) of values sorted ascending, by nearest rank; 0 when empty.
 pub fn quantile_sorted(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = (q.clamp(0.0, 1.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
+    vflow_contract::observations::nearest_rank(sorted, q)
 }
 
 /// Sorts a copy and takes the q-quantile.

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use vflow_contract::observations::nearest_rank as percentile;
 use vflow_storage::test_server::TestS3;
 use vflow_storage::{Location, S3Store, Store};
 
@@ -167,11 +168,6 @@ impl Http {
         }
         Err("not ready".into())
     }
-}
-
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 fn rss_bytes(pid: u32) -> Result<u64, Error> {
