@@ -88,11 +88,9 @@ async fn shutdown_signal() {
 
 /// Runs the operator until SIGTERM/SIGINT (Ok) or until it loses the Lease or cannot
 /// serve (Err).
-/// Chooses ring as the process's TLS provider: kube is built with ring and the AWS SDK
-/// with aws-lc-rs, and with both rustls refuses to guess. Call before the first client.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
+/// Chooses ring as the process's TLS provider before the first client (defined once,
+/// in vflow-runs, which brings the AWS SDK in beside kube).
+pub use vflow_runs::install_crypto_provider;
 
 /// The run controller's settings (None: it is off): its `VFLOW_RUNS_*` variables read
 /// through `var`, the namespace the operator watches, and the operator's own planner
