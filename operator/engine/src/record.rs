@@ -11,23 +11,8 @@ pub fn unix_now() -> f64 {
         .unwrap_or(0.0)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum RunPhase {
-    Pending,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-}
-
-impl RunPhase {
-    pub fn finished(self) -> bool {
-        matches!(
-            self,
-            RunPhase::Succeeded | RunPhase::Failed | RunPhase::Cancelled
-        )
-    }
-}
+/// A run's phase: the same type as the VideoWorkflowRun's status (one definition).
+pub use vflow_api::RunPhase;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum UnitStatus {

@@ -239,17 +239,6 @@ pub fn progress(record: &RunRecord) -> String {
     format!("{settled}/{}", record.units.len())
 }
 
-pub fn phase(p: vflow_engine::RunPhase) -> RunPhase {
-    use vflow_engine::RunPhase as E;
-    match p {
-        E::Pending => RunPhase::Pending,
-        E::Running => RunPhase::Running,
-        E::Succeeded => RunPhase::Succeeded,
-        E::Failed => RunPhase::Failed,
-        E::Cancelled => RunPhase::Cancelled,
-    }
-}
-
 /// What the run's sink stages (no stage after them) wrote, with sizes where known.
 pub fn outputs(
     graph: &RunGraph,
@@ -300,7 +289,7 @@ pub struct StatusInput<'a> {
 
 pub fn status(input: &StatusInput) -> VideoWorkflowRunStatus {
     let record = input.record;
-    let phase = phase(record.phase);
+    let phase = record.phase;
     let finished = phase.is_finished();
     let mut conditions = Vec::new();
     if finished {
