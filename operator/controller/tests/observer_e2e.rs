@@ -108,6 +108,16 @@ async fn ready_pod(pods: &Api<Pod>, name: &str) -> f64 {
     }
 }
 
+/// The test profile's status as the observer last wrote it.
+async fn status_of(profiles: &Api<FunctionProfile>) -> vflow_api::FunctionProfileStatus {
+    profiles
+        .get("testfn")
+        .await
+        .expect("get")
+        .status
+        .expect("status")
+}
+
 #[tokio::test]
 #[ignore = "needs e2e/testenv: make e2e-operator"]
 async fn pod_observations_land_in_the_profile_status() {
@@ -195,12 +205,7 @@ async fn pod_observations_land_in_the_profile_status() {
         *a = instance("a", 10);
     }
     assert_eq!(observer.scrape_once().await.expect("scrape"), 1);
-    let status = profiles
-        .get("testfn")
-        .await
-        .expect("get")
-        .status
-        .expect("status");
+    let status = status_of(&profiles).await;
     assert_eq!(status.invocations, 3, "only what came after the baseline");
     assert_eq!(status.cold_starts, 0);
     assert_eq!(status.exec_seconds.map(|d| d.p50), Some(1.5));
@@ -213,12 +218,7 @@ async fn pod_observations_land_in_the_profile_status() {
     }
     let pod_start = ready_pod(&pods, "fn-b").await;
     observer.scrape_once().await.expect("scrape");
-    let status = profiles
-        .get("testfn")
-        .await
-        .expect("get")
-        .status
-        .expect("status");
+    let status = status_of(&profiles).await;
     assert_eq!(status.invocations, 5);
     assert_eq!(status.cold_starts, 1);
     // The pod's start as the API recorded it, or the runtime's own where that is longer.
@@ -237,12 +237,7 @@ async fn pod_observations_land_in_the_profile_status() {
         *a = instance("a", 12);
     }
     observer.scrape_once().await.expect("scrape");
-    let status = profiles
-        .get("testfn")
-        .await
-        .expect("get")
-        .status
-        .expect("status");
+    let status = status_of(&profiles).await;
     assert_eq!(
         status.invocations, 7,
         "a's 2 new invocations, not its 12 again"

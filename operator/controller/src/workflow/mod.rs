@@ -280,7 +280,7 @@ pub fn desired(
             resize::Resize::Apply => decision,
             _ => {
                 sized = StageDecision {
-                    size: resize::settle(&decision.size, running, in_flight),
+                    size: resize::settle(&decision.size, running, resize),
                     ..decision.clone()
                 };
                 &sized

@@ -77,9 +77,9 @@ pub fn decide(planned: &StageSize, running: Option<RunningSize>, in_flight: u32)
     Resize::Apply
 }
 
-/// The size to build the stage's pods with.
-pub fn settle(planned: &StageSize, running: Option<RunningSize>, in_flight: u32) -> StageSize {
-    match (decide(planned, running, in_flight), running) {
+/// The size to build the stage's pods with, given what [`decide`] said.
+pub fn settle(planned: &StageSize, running: Option<RunningSize>, resize: Resize) -> StageSize {
+    match (resize, running) {
         (Resize::Apply, _) | (_, None) => planned.clone(),
         (_, Some(r)) => StageSize {
             cpu_cores: r.cpu_cores,
@@ -115,14 +115,14 @@ mod tests {
     fn a_new_stage_gets_the_plan() {
         let p = size(0.5, GIB, SizeSource::Spec);
         assert_eq!(decide(&p, None, 3), Resize::Apply);
-        assert_eq!(settle(&p, None, 3), p);
+        assert_eq!(settle(&p, None, decide(&p, None, 3)), p);
     }
 
     #[test]
     fn a_few_percent_keeps_the_running_pods() {
         let p = size(1.05, 1.08 * GIB, SizeSource::Observed);
         assert_eq!(decide(&p, Some(RUNNING), 0), Resize::KeepImmaterial);
-        let kept = settle(&p, Some(RUNNING), 0);
+        let kept = settle(&p, Some(RUNNING), decide(&p, Some(RUNNING), 0));
         assert_eq!((kept.cpu_cores, kept.memory_bytes), (1.0, GIB));
     }
 
@@ -130,9 +130,15 @@ mod tests {
     fn a_material_change_waits_for_the_stage_to_be_idle() {
         let p = size(0.6, GIB, SizeSource::Observed);
         assert_eq!(decide(&p, Some(RUNNING), 2), Resize::Defer);
-        assert_eq!(settle(&p, Some(RUNNING), 2).cpu_cores, 1.0);
+        assert_eq!(
+            settle(&p, Some(RUNNING), decide(&p, Some(RUNNING), 2)).cpu_cores,
+            1.0
+        );
         assert_eq!(decide(&p, Some(RUNNING), 0), Resize::Apply);
-        assert_eq!(settle(&p, Some(RUNNING), 0).cpu_cores, 0.6);
+        assert_eq!(
+            settle(&p, Some(RUNNING), decide(&p, Some(RUNNING), 0)).cpu_cores,
+            0.6
+        );
         // Memory alone counts too.
         let m = size(1.0, 0.5 * GIB, SizeSource::Observed);
         assert_eq!(decide(&m, Some(RUNNING), 0), Resize::Apply);
