@@ -1,0 +1,395 @@
+//! The decisions of a run, without I/O: which units start, which are skipped, what
+//! each reads, when the run has failed or is done.
+//!
+//! Everything here is a function of the graph, the run's plain data and the
+//! [`RunRecord`]; no clock, store or backend. The driver ([`crate::engine`]) persists
+//! the record, runs what [`Scheduler::next`] returns and reports back with
+//! [`Scheduler::finish`], so the rules can be tested on a record alone.
+
+use std::collections::BTreeMap;
+
+use vflow_api::validate::StageShape;
+use vflow_contract::invocation::InvokeRequest;
+use vflow_storage::Location;
+
+use crate::backend::StageTarget;
+use crate::graph::{RunGraph, UnitKey};
+use crate::record::{Attempt, RunPhase, RunRecord, UnitRecord, UnitStatus};
+
+/// A unit to start: what to send, to which stage, how often to retry.
+#[derive(Debug, Clone)]
+pub struct Dispatch {
+    pub key: UnitKey,
+    pub request: InvokeRequest,
+    pub target: StageTarget,
+    pub retries: u32,
+}
+
+/// What [`Scheduler::next`] decided.
+#[derive(Debug, Default)]
+pub struct Next {
+    /// Units now marked Running; the driver must start each.
+    pub start: Vec<Dispatch>,
+    /// A condition could not be evaluated: the run fails. What `start` holds was
+    /// decided before that and still runs.
+    pub failure: Option<String>,
+}
+
+/// How a unit's invocation ended, every attempt included.
+#[derive(Debug, Clone)]
+pub enum UnitOutcome {
+    Done {
+        attempts: Vec<Attempt>,
+        outputs: Vec<String>,
+        metadata: serde_json::Map<String, serde_json::Value>,
+    },
+    Failed {
+        attempts: Vec<Attempt>,
+        message: String,
+    },
+}
+
+/// The rules of one run.
+pub struct Scheduler<'a> {
+    graph: &'a RunGraph,
+    /// Every output goes under here.
+    prefix: &'a Location,
+    /// Per-stage parameter overrides from the VideoWorkflowRun.
+    params: &'a BTreeMap<String, BTreeMap<String, serde_json::Value>>,
+    /// What invokes each stage, by stage index.
+    targets: Vec<StageTarget>,
+}
+
+impl<'a> Scheduler<'a> {
+    /// `target(i)` says what invokes stage `i`; it is asked once per stage, here.
+    pub fn new(
+        graph: &'a RunGraph,
+        prefix: &'a Location,
+        params: &'a BTreeMap<String, BTreeMap<String, serde_json::Value>>,
+        target: impl Fn(usize) -> StageTarget,
+    ) -> Self {
+        Self {
+            graph,
+            prefix,
+            params,
+            targets: (0..graph.stages.len()).map(target).collect(),
+        }
+    }
+
+    /// A new session of the run: what an interrupted process left running (or
+    /// failed) is tried again; what is Done stays done.
+    pub fn resume(record: &mut RunRecord) {
+        record.sessions += 1;
+        record.phase = RunPhase::Running;
+        record.message = None;
+        record.finished_at = None;
+        for unit in &mut record.units {
+            if matches!(unit.status, UnitStatus::Running | UnitStatus::Failed) {
+                unit.status = UnitStatus::Pending;
+                unit.message = None;
+            }
+        }
+    }
+
+    /// Marks every unit whose inputs are ready Running (or Skipped when its condition
+    /// is false) and returns the ones to start. Repeats until nothing changes, since a
+    /// skip can make more units ready.
+    pub fn next(&self, record: &mut RunRecord) -> Next {
+        let mut next = Next::default();
+        loop {
+            let mut progressed = false;
+            for key in self.all_units(record) {
+                let name = self.graph.stages[key.stage].name.clone();
+                if record.unit(&name, key.segment).is_none() {
+                    record.units.push(UnitRecord {
+                        stage: name.clone(),
+                        segment: key.segment,
+                        status: UnitStatus::Pending,
+                        outputs: Vec::new(),
+                        metadata: Default::default(),
+                        attempts: Vec::new(),
+                        message: None,
+                    });
+                }
+                let pending = record
+                    .unit(&name, key.segment)
+                    .is_some_and(|u| u.status == UnitStatus::Pending);
+                if !pending || !self.ready(record, key) {
+                    continue;
+                }
+                progressed = true;
+                let skip = match self.condition_false(record, key) {
+                    Ok(skip) => skip,
+                    Err(message) => {
+                        next.failure = Some(message);
+                        return next;
+                    }
+                };
+                if let Some(skip_reason) = skip {
+                    let passthrough = match self.graph.stages[key.stage].after.first() {
+                        Some(&first) => self.inputs_from(record, key, first),
+                        None => vec![record.input.clone()],
+                    };
+                    if let Some(unit) = record.unit_mut(&name, key.segment) {
+                        unit.status = UnitStatus::Skipped;
+                        unit.outputs = passthrough;
+                        unit.message = Some(skip_reason);
+                    }
+                    self.after_settled(record, key);
+                    continue;
+                }
+                next.start.push(self.dispatch(record, key));
+                if let Some(unit) = record.unit_mut(&name, key.segment) {
+                    unit.status = UnitStatus::Running;
+                }
+            }
+            if !progressed {
+                return next;
+            }
+        }
+    }
+
+    /// Records how a unit ended. `Some(message)` when that fails the run.
+    pub fn finish(
+        &self,
+        record: &mut RunRecord,
+        key: UnitKey,
+        outcome: UnitOutcome,
+    ) -> Option<String> {
+        let name = self.graph.stages[key.stage].name.clone();
+        let unit = record.unit_mut(&name, key.segment)?;
+        match outcome {
+            UnitOutcome::Done {
+                attempts,
+                outputs,
+                metadata,
+            } => {
+                unit.attempts.extend(attempts);
+                unit.outputs = outputs;
+                unit.metadata = metadata;
+                unit.status = UnitStatus::Done;
+                self.after_settled(record, key);
+                if self.graph.stages[key.stage].fan_out && record.segments == Some(0) {
+                    return Some(format!("stage {name} wrote no segments"));
+                }
+                None
+            }
+            UnitOutcome::Failed { attempts, message } => {
+                let tries = attempts.len();
+                unit.attempts.extend(attempts);
+                unit.status = UnitStatus::Failed;
+                unit.message = Some(message.clone());
+                let place = key
+                    .segment
+                    .map(|s| format!(" segment {s}"))
+                    .unwrap_or_default();
+                Some(format!(
+                    "stage {name}{place} failed after {tries} attempt(s): {message}"
+                ))
+            }
+        }
+    }
+
+    /// Sets the phase of a run whose units have all stopped (nothing in flight):
+    /// Failed with `failure`, Failed when a unit never became ready, else Succeeded.
+    /// A run already out of Running (cancelled) keeps its phase.
+    pub fn conclude(&self, record: &mut RunRecord, failure: Option<String>) {
+        if record.phase != RunPhase::Running {
+            return;
+        }
+        match failure {
+            Some(message) => {
+                record.phase = RunPhase::Failed;
+                record.message = Some(message);
+                // Aborted units did not finish: a resumed run starts them again.
+                for unit in &mut record.units {
+                    if unit.status == UnitStatus::Running {
+                        unit.status = UnitStatus::Pending;
+                    }
+                }
+            }
+            None => {
+                let units = self.all_units(record);
+                match units.iter().find(|&&k| !self.settled(record, k)) {
+                    Some(&k) => {
+                        record.phase = RunPhase::Failed;
+                        record.message = Some(format!(
+                            "stage {} could not start: what it reads never became available",
+                            self.graph.stages[k.stage].name
+                        ));
+                    }
+                    None => record.phase = RunPhase::Succeeded,
+                }
+            }
+        }
+    }
+
+    fn dispatch(&self, record: &RunRecord, key: UnitKey) -> Dispatch {
+        let node = &self.graph.stages[key.stage];
+        let mut params = node.params.clone();
+        if let Some(overrides) = self.params.get(&node.name) {
+            params.extend(overrides.clone());
+        }
+        let target = self.targets[key.stage].clone();
+        let request = InvokeRequest {
+            run: record.run.clone(),
+            stage: node.name.clone(),
+            segment: key.segment,
+            inputs: self.inputs_for(record, key),
+            output_prefix: self.unit_prefix(key).to_string(),
+            params,
+            timeout_seconds: Some(target.timeout_seconds),
+        };
+        Dispatch {
+            key,
+            request,
+            target,
+            retries: node.retries,
+        }
+    }
+
+    fn unit_prefix(&self, key: UnitKey) -> Location {
+        let stage = &self.graph.stages[key.stage].name;
+        match key.segment {
+            Some(s) => self.prefix.join(&format!("{stage}/{s:05}/")),
+            None => self.prefix.join(&format!("{stage}/all/")),
+        }
+    }
+
+    /// Units that exist now (per-segment ones once the segment count is known).
+    fn all_units(&self, record: &RunRecord) -> Vec<UnitKey> {
+        self.graph
+            .order
+            .iter()
+            .flat_map(|&stage| self.graph.units_of(stage, record.segments))
+            .collect()
+    }
+
+    /// The units whose outputs `key` reads from stage `upstream`.
+    fn sources(&self, record: &RunRecord, key: UnitKey, upstream: usize) -> Option<Vec<UnitKey>> {
+        let up = &self.graph.stages[upstream];
+        Some(match (up.shape, key.segment) {
+            (StageShape::Once, _) => vec![UnitKey {
+                stage: upstream,
+                segment: None,
+            }],
+            (StageShape::PerSegment(_), Some(s)) => vec![UnitKey {
+                stage: upstream,
+                segment: Some(s),
+            }],
+            (StageShape::PerSegment(_), None) => (0..record.segments?)
+                .map(|s| UnitKey {
+                    stage: upstream,
+                    segment: Some(s),
+                })
+                .collect(),
+        })
+    }
+
+    fn unit<'r>(&self, record: &'r RunRecord, key: UnitKey) -> Option<&'r UnitRecord> {
+        record.unit(&self.graph.stages[key.stage].name, key.segment)
+    }
+
+    fn settled(&self, record: &RunRecord, key: UnitKey) -> bool {
+        self.unit(record, key)
+            .is_some_and(|u| matches!(u.status, UnitStatus::Done | UnitStatus::Skipped))
+    }
+
+    /// The inputs `key` reads from one upstream stage.
+    fn inputs_from(&self, record: &RunRecord, key: UnitKey, upstream: usize) -> Vec<String> {
+        let up = &self.graph.stages[upstream];
+        let Some(sources) = self.sources(record, key, upstream) else {
+            return Vec::new();
+        };
+        let mut inputs = Vec::new();
+        for source in sources {
+            let outputs = self
+                .unit(record, source)
+                .map(|u| u.outputs.clone())
+                .unwrap_or_default();
+            // A per-segment unit reads its own segment of a fan-out stage's outputs.
+            if up.fan_out
+                && let Some(segment) = key.segment
+            {
+                inputs.extend(outputs.get(segment as usize).cloned());
+            } else {
+                inputs.extend(outputs);
+            }
+        }
+        inputs
+    }
+
+    fn inputs_for(&self, record: &RunRecord, key: UnitKey) -> Vec<String> {
+        let node = &self.graph.stages[key.stage];
+        if node.after.is_empty() {
+            return vec![record.input.clone()];
+        }
+        node.after
+            .iter()
+            .flat_map(|&up| self.inputs_from(record, key, up))
+            .collect()
+    }
+
+    fn ready(&self, record: &RunRecord, key: UnitKey) -> bool {
+        let node = &self.graph.stages[key.stage];
+        let mut needed: Vec<usize> = node.after.clone();
+        if let Some((_, source, _)) = &node.when {
+            needed.push(*source);
+        }
+        needed.iter().all(|&up| {
+            self.sources(record, key, up)
+                .is_some_and(|units| units.iter().all(|&u| self.settled(record, u)))
+        })
+    }
+
+    /// `Some(reason)` when the unit's `when` condition is false; an error when it
+    /// cannot be evaluated (the metadata lacks the key), which fails the run.
+    fn condition_false(&self, record: &RunRecord, key: UnitKey) -> Result<Option<String>, String> {
+        let node = &self.graph.stages[key.stage];
+        let Some((condition, source, text)) = &node.when else {
+            return Ok(None);
+        };
+        let source_key = match self.graph.stages[*source].shape {
+            StageShape::Once => UnitKey {
+                stage: *source,
+                segment: None,
+            },
+            StageShape::PerSegment(_) => UnitKey {
+                stage: *source,
+                segment: key.segment,
+            },
+        };
+        let source_unit = self.unit(record, source_key);
+        // A skipped stage wrote no metadata: conditions on it count as false, the same
+        // rule the planner uses for branch probabilities.
+        if source_unit.is_some_and(|u| u.status == UnitStatus::Skipped) {
+            return Ok(Some(format!(
+                "skipped: {text} reads {}, which was skipped",
+                self.graph.stages[*source].name
+            )));
+        }
+        let metadata = source_unit.map(|u| u.metadata.clone()).unwrap_or_default();
+        match condition.evaluate(&metadata) {
+            Ok(true) => Ok(None),
+            Ok(false) => Ok(Some(format!("skipped: {text} is false"))),
+            Err(e) => Err(format!(
+                "stage {}{}: cannot evaluate its condition: {e}",
+                node.name,
+                key.segment
+                    .map(|s| format!(" segment {s}"))
+                    .unwrap_or_default()
+            )),
+        }
+    }
+
+    /// A fan-out stage that finished fixes the number of segments.
+    fn after_settled(&self, record: &mut RunRecord, key: UnitKey) {
+        if self.graph.stages[key.stage].fan_out && record.segments.is_none() {
+            let count = self
+                .unit(record, key)
+                .map(|u| u.outputs.len() as u32)
+                .unwrap_or(0);
+            record.segments = Some(count);
+        }
+    }
+}

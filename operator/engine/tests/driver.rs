@@ -1,0 +1,407 @@
+//! The engine end to end on a fake backend and a store in a temporary directory.
+
+mod common;
+mod fake;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use vflow_api::{FunctionProfile, VideoWorkflow};
+use vflow_engine::engine::{RUN_RECORD, backoff};
+use vflow_engine::record::{RunRecord, UnitRecord, UnitStatus};
+use vflow_engine::{Engine, RunOptions, RunOutcome, RunPhase};
+use vflow_storage::{Location, Store};
+
+use fake::{Fake, unavailable, usage_error};
+
+const INPUT: &str = "file:///in/video.mp4";
+
+fn profiles(workflow: &VideoWorkflow) -> BTreeMap<String, FunctionProfile> {
+    workflow
+        .spec
+        .stages
+        .iter()
+        .map(|s| {
+            let spec = serde_json::from_value(json!({
+                "image": "x", "command": ["f"], "resources": {"cpu": "1", "memory": "1Gi"}
+            }))
+            .expect("profile spec");
+            (s.function.clone(), FunctionProfile::new(&s.function, spec))
+        })
+        .collect()
+}
+
+fn engine(workflow: &VideoWorkflow, backend: &Arc<Fake>) -> Engine<Fake> {
+    Engine::new(
+        workflow,
+        profiles(workflow),
+        backend.clone(),
+        Store::local_only(),
+    )
+    .expect("engine")
+}
+
+/// A run whose outputs (and record) go under `<dir>/store/r1/`.
+fn options(dir: &tempfile::TempDir) -> RunOptions {
+    RunOptions {
+        run: "r1".into(),
+        input: INPUT.into(),
+        prefix: Location::Local(dir.path().join("store/r1/")),
+        params: BTreeMap::new(),
+        prewarm: Vec::new(),
+        default_max_instances: 2,
+    }
+}
+
+async fn run(engine: &Engine<Fake>, opts: &RunOptions) -> RunRecord {
+    let (_cancel, rx) = watch::channel(false);
+    let RunOutcome { record } = engine.run(opts, rx).await;
+    record
+}
+
+fn record_path(opts: &RunOptions) -> PathBuf {
+    let Location::Local(dir) = &opts.prefix else {
+        panic!("a local prefix")
+    };
+    dir.join(RUN_RECORD)
+}
+
+fn stored_record(opts: &RunOptions) -> RunRecord {
+    let bytes = std::fs::read(record_path(opts)).expect("the run record");
+    serde_json::from_slice(&bytes).expect("a run record")
+}
+
+fn unit<'r>(record: &'r RunRecord, stage: &str, segment: Option<u32>) -> &'r UnitRecord {
+    record
+        .unit(stage, segment)
+        .unwrap_or_else(|| panic!("no unit {stage} {segment:?}"))
+}
+
+fn segments_called(backend: &Fake, stage: &str) -> Vec<Option<u32>> {
+    let mut segments: Vec<_> = backend.calls_to(stage).iter().map(|c| c.segment).collect();
+    segments.sort();
+    segments
+}
+
+/// split, scale and stitch with `scale`'s retries set.
+fn with_scale_retries(retries: u32) -> VideoWorkflow {
+    common::workflow(json!([
+        {"name": "split", "function": "segment", "fanOut": true},
+        {"name": "scale", "function": "scale", "after": ["split"],
+         "overrides": {"retries": retries}},
+        {"name": "stitch", "function": "stitch", "after": ["scale"], "join": true},
+    ]))
+}
+
+#[tokio::test]
+async fn fan_out_and_join_end_to_end() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = options(&dir);
+    let backend = Arc::new(Fake::new().outputs("split", 3));
+    let mut engine = engine(&common::split_scale_stitch(), &backend);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let phases = seen.clone();
+    engine.on_progress(move |r| phases.lock().expect("phases").push(r.phase));
+
+    let record = run(&engine, &opts).await;
+
+    assert_eq!(record.phase, RunPhase::Succeeded, "{:?}", record.message);
+    assert_eq!(record.segments, Some(3));
+    let split = backend.calls_to("split");
+    assert_eq!(split.len(), 1);
+    assert_eq!(split[0].inputs, vec![INPUT]);
+    let split_outputs = &unit(&record, "split", None).outputs;
+    assert_eq!(split_outputs.len(), 3);
+    assert_eq!(segments_called(&backend, "scale"), [0, 1, 2].map(Some));
+    for call in backend.calls_to("scale") {
+        let segment = call.segment.expect("a segment") as usize;
+        assert_eq!(call.inputs, vec![split_outputs[segment].clone()]);
+        assert!(
+            call.output_prefix
+                .ends_with(&format!("/scale/{segment:05}/")),
+            "{}",
+            call.output_prefix
+        );
+        assert_eq!(call.params.get("height"), Some(&json!(480)));
+    }
+    let stitch = backend.calls_to("stitch");
+    assert_eq!(stitch.len(), 1);
+    let scaled: Vec<String> = (0..3)
+        .flat_map(|s| unit(&record, "scale", Some(s)).outputs.clone())
+        .collect();
+    assert_eq!(stitch[0].inputs, scaled, "every segment, in segment order");
+    assert_eq!(record.executed_attempts(), 5);
+    assert!(record.finished_at.is_some());
+    assert_eq!(
+        stored_record(&opts),
+        record,
+        "the final record is persisted"
+    );
+    let phases = seen.lock().expect("phases").clone();
+    assert_eq!(phases.first(), Some(&RunPhase::Running));
+    assert_eq!(phases.last(), Some(&RunPhase::Succeeded));
+}
+
+#[tokio::test(start_paused = true)]
+async fn retryable_failures_are_retried_with_backoff_until_one_succeeds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = options(&dir);
+    // Two retries: the third attempt is the last, and it succeeds.
+    let backend = Arc::new(Fake::new().failing("scale", 2, unavailable()));
+    let engine = engine(&with_scale_retries(2), &backend);
+
+    let started = Instant::now();
+    let record = run(&engine, &opts).await;
+    let waited = started.elapsed();
+
+    assert_eq!(record.phase, RunPhase::Succeeded, "{:?}", record.message);
+    assert_eq!(backend.calls_to("scale").len(), 3);
+    let attempts = &unit(&record, "scale", Some(0)).attempts;
+    let errors: Vec<Option<&str>> = attempts.iter().map(|a| a.error.as_deref()).collect();
+    assert_eq!(
+        errors,
+        vec![Some("instance went away"), Some("instance went away"), None]
+    );
+    assert_eq!(attempts[2].instance, "fake-0");
+    let backoffs = backoff(1) + backoff(2);
+    assert!(
+        waited >= backoffs && waited < backoffs + Duration::from_secs(1),
+        "waited {waited:?}, backoff is {backoffs:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stage_that_keeps_failing_fails_the_run_when_its_retries_run_out() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = options(&dir);
+    let backend = Arc::new(Fake::new().failing("scale", u32::MAX, unavailable()));
+    let engine = engine(&with_scale_retries(1), &backend);
+
+    let record = run(&engine, &opts).await;
+
+    assert_eq!(record.phase, RunPhase::Failed);
+    assert_eq!(
+        record.message.as_deref(),
+        Some("stage scale segment 0 failed after 2 attempt(s): instance went away")
+    );
+    assert_eq!(backend.calls_to("scale").len(), 2, "one try and one retry");
+    assert_eq!(unit(&record, "scale", Some(0)).status, UnitStatus::Failed);
+    assert_eq!(unit(&record, "scale", Some(0)).attempts.len(), 2);
+    assert!(backend.calls_to("stitch").is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_non_retryable_error_is_not_retried_and_the_message_names_the_stage() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = options(&dir);
+    let backend = Arc::new(Fake::new().failing("scale", u32::MAX, usage_error()));
+    let engine = engine(&with_scale_retries(3), &backend);
+
+    let started = Instant::now();
+    let record = run(&engine, &opts).await;
+
+    assert_eq!(record.phase, RunPhase::Failed);
+    assert_eq!(
+        record.message.as_deref(),
+        Some(
+            "stage scale segment 0 failed after 1 attempt(s): \
+             function exited with code 2\nunknown option --height"
+        )
+    );
+    assert_eq!(backend.calls_to("scale").len(), 1);
+    assert!(started.elapsed() < backoff(1), "no backoff was waited");
+    assert_eq!(stored_record(&opts).phase, RunPhase::Failed);
+}
+
+#[tokio::test]
+async fn a_resumed_run_does_not_invoke_done_units_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = options(&dir);
+    let workflow = common::split_scale_stitch();
+    let broken = Arc::new(Fake::new().outputs("split", 2).failing(
+        "stitch",
+        u32::MAX,
+        usage_error(),
+    ));
+    let first = run(&engine(&workflow, &broken), &opts).await;
+    assert_eq!(first.phase, RunPhase::Failed);
+    assert_eq!(broken.calls().len(), 4, "split, two scales, stitch");
+
+    let good = Arc::new(Fake::new().outputs("split", 2));
+    let second = run(&engine(&workflow, &good), &opts).await;
+
+    assert_eq!(second.phase, RunPhase::Succeeded, "{:?}", second.message);
+    assert_eq!(second.sessions, 2);
+    let again: Vec<String> = good.calls().into_iter().map(|c| c.stage).collect();
+    assert_eq!(again, vec!["stitch"], "only what had not succeeded runs");
+    assert_eq!(unit(&second, "scale", Some(1)).attempts.len(), 1);
+    // The failed attempt stays in the history, before the one that succeeded.
+    let stitch = &unit(&second, "stitch", None).attempts;
+    assert_eq!(stitch.len(), 2);
+    assert!(stitch[0].error.is_some() && stitch[1].error.is_none());
+
+    // A run that succeeded is not run again.
+    let idle = Arc::new(Fake::new());
+    let third = run(&engine(&workflow, &idle), &opts).await;
+    assert!(idle.calls().is_empty());
+    assert_eq!(third.sessions, 2);
+}
+
+#[tokio::test]
+async fn complete_outputs_of_an_interrupted_unit_are_reused_for_the_same_request() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut opts = options(&dir);
+    let workflow = common::split_scale_stitch();
+    let first = Arc::new(Fake::new());
+    assert_eq!(
+        run(&engine(&workflow, &first), &opts).await.phase,
+        RunPhase::Succeeded
+    );
+    // As if the process had died after stitch wrote its completion record.
+    let interrupt = |opts: &RunOptions| {
+        let mut record = stored_record(opts);
+        record.phase = RunPhase::Running;
+        if let Some(u) = record.unit_mut("stitch", None) {
+            u.status = UnitStatus::Running;
+            u.attempts.clear();
+        }
+        let bytes = serde_json::to_vec(&record).expect("encode");
+        std::fs::write(record_path(opts), bytes).expect("write the record");
+    };
+
+    // Different parameters: the earlier outputs do not count.
+    interrupt(&opts);
+    opts.params
+        .insert("stitch".into(), BTreeMap::from([("crf".into(), json!(30))]));
+    let changed = Arc::new(Fake::new());
+    let record = run(&engine(&workflow, &changed), &opts).await;
+    assert_eq!(record.phase, RunPhase::Succeeded);
+    assert_eq!(changed.calls_to("stitch").len(), 1);
+
+    // The same request again: taken from the completion record, nothing runs.
+    interrupt(&opts);
+    let same = Arc::new(Fake::new());
+    let record = run(&engine(&workflow, &same), &opts).await;
+    assert_eq!(record.phase, RunPhase::Succeeded);
+    assert!(same.calls().is_empty(), "{:?}", same.calls());
+    let stitch = unit(&record, "stitch", None);
+    assert_eq!(stitch.attempts.len(), 1);
+    assert!(stitch.attempts[0].reused);
+    assert_eq!(
+        record.executed_attempts(),
+        2,
+        "split and scale, from the first run"
+    );
+}
+
+#[tokio::test]
+async fn a_false_condition_skips_the_unit_and_the_join_still_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = options(&dir);
+    let backend = Arc::new(Fake::new().outputs("split", 3).metadata(|request| {
+        let mut m = serde_json::Map::new();
+        if request.stage == "detect" {
+            // Objects only in segments 1 and 2.
+            m.insert("objects".into(), json!(request.segment.unwrap_or(0)));
+        }
+        m
+    }));
+    let engine = engine(&common::conditional_blur(), &backend);
+
+    let record = run(&engine, &opts).await;
+
+    assert_eq!(record.phase, RunPhase::Succeeded, "{:?}", record.message);
+    assert_eq!(segments_called(&backend, "detect"), [0, 1, 2].map(Some));
+    assert_eq!(segments_called(&backend, "blur"), [1, 2].map(Some));
+    let skipped = unit(&record, "blur", Some(0));
+    assert_eq!(skipped.status, UnitStatus::Skipped);
+    assert_eq!(skipped.outputs, unit(&record, "detect", Some(0)).outputs);
+    let stitch = backend.calls_to("stitch");
+    assert_eq!(stitch.len(), 1);
+    let expected: Vec<String> = [
+        &unit(&record, "detect", Some(0)).outputs,
+        &unit(&record, "blur", Some(1)).outputs,
+        &unit(&record, "blur", Some(2)).outputs,
+    ]
+    .into_iter()
+    .flatten()
+    .cloned()
+    .collect();
+    assert_eq!(stitch[0].inputs, expected);
+}
+
+#[tokio::test(start_paused = true)]
+async fn prewarm_requests_go_out_when_due() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut opts = options(&dir);
+    opts.prewarm = vec![
+        ("scale".into(), 0.0, 3),
+        ("stitch".into(), 5.0, 2),
+        ("no-such-stage".into(), 1.0, 1),
+    ];
+    let backend = Arc::new(Fake::new().slow("scale", Duration::from_secs(10)));
+    let engine = engine(&common::split_scale_stitch(), &backend);
+
+    let record = run(&engine, &opts).await;
+
+    assert_eq!(record.phase, RunPhase::Succeeded, "{:?}", record.message);
+    let sent = backend.prewarms();
+    let stages: Vec<(&str, u32)> = sent.iter().map(|(s, n, _)| (s.as_str(), *n)).collect();
+    assert_eq!(stages, vec![("scale", 3), ("stitch", 2)]);
+    assert!(sent[0].2 < Duration::from_secs(1), "{:?}", sent[0].2);
+    assert!(
+        sent[1].2 >= Duration::from_secs(5) && sent[1].2 < Duration::from_secs(10),
+        "stitch pre-warmed at {:?}, while scale still ran",
+        sent[1].2
+    );
+}
+
+#[tokio::test]
+async fn cancel_stops_the_run_and_the_backend() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = options(&dir);
+    let backend = Arc::new(Fake::new().hanging("scale"));
+    let engine = Arc::new(engine(&common::split_scale_stitch(), &backend));
+    let (cancel, rx) = watch::channel(false);
+    let running = {
+        let engine = engine.clone();
+        let opts = opts.clone();
+        tokio::spawn(async move { engine.run(&opts, rx).await })
+    };
+    backend.entered.notified().await;
+    cancel.send_replace(true);
+    let record = tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .expect("the run stops")
+        .expect("the run's task")
+        .record;
+
+    assert_eq!(record.phase, RunPhase::Cancelled);
+    assert_eq!(record.message.as_deref(), Some("cancelled"));
+    assert_eq!(backend.shutdowns.load(Ordering::SeqCst), 1);
+    assert!(backend.calls_to("stitch").is_empty());
+    assert_eq!(stored_record(&opts).phase, RunPhase::Cancelled);
+}
+
+#[tokio::test]
+async fn a_fan_out_that_writes_no_segments_fails_the_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = options(&dir);
+    let backend = Arc::new(Fake::new().outputs("split", 0));
+    let engine = engine(&common::split_scale_stitch(), &backend);
+
+    let record = run(&engine, &opts).await;
+
+    assert_eq!(record.phase, RunPhase::Failed);
+    assert_eq!(
+        record.message.as_deref(),
+        Some("stage split wrote no segments")
+    );
+    assert_eq!(backend.calls().len(), 1, "nothing after split runs");
+}

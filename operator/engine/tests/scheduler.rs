@@ -1,0 +1,406 @@
+//! The scheduler's rules on a record alone: no store, no backend, no clock.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use serde_json::json;
+use vflow_api::VideoWorkflow;
+use vflow_engine::backend::StageTarget;
+use vflow_engine::record::{Attempt, RunRecord, UnitRecord, UnitStatus};
+use vflow_engine::scheduler::{Next, Scheduler, UnitOutcome};
+use vflow_engine::{RunGraph, RunPhase, UnitKey};
+use vflow_storage::Location;
+
+const INPUT: &str = "file:///in/video.mp4";
+
+/// What a scheduler borrows: the graph and the run's plain data.
+struct Run {
+    graph: RunGraph,
+    prefix: Location,
+    params: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
+}
+
+impl Run {
+    fn new(workflow: VideoWorkflow) -> Self {
+        Self {
+            graph: RunGraph::new(&workflow.spec).unwrap_or_else(|e| panic!("graph: {e}")),
+            prefix: Location::Local("/store/r1/".into()),
+            params: BTreeMap::new(),
+        }
+    }
+
+    fn scheduler(&self) -> Scheduler<'_> {
+        Scheduler::new(&self.graph, &self.prefix, &self.params, |i| StageTarget {
+            stage: self.graph.stages[i].name.clone(),
+            function: self.graph.stages[i].function.clone(),
+            command: vec!["f".into()],
+            warmup_command: Vec::new(),
+            concurrency: 1,
+            min_instances: 0,
+            max_instances: 1,
+            timeout_seconds: 60.0,
+        })
+    }
+
+    fn key(&self, stage: &str, segment: Option<u32>) -> UnitKey {
+        let stage = self
+            .graph
+            .stage_index(stage)
+            .unwrap_or_else(|| panic!("no stage {stage}"));
+        UnitKey { stage, segment }
+    }
+}
+
+fn record() -> RunRecord {
+    RunRecord {
+        run: "r1".into(),
+        workflow: "wf".into(),
+        input: INPUT.into(),
+        prefix: "file:///store/r1/".into(),
+        phase: RunPhase::Running,
+        segments: None,
+        units: Vec::new(),
+        started_at: 0.0,
+        finished_at: None,
+        message: None,
+        sessions: 1,
+    }
+}
+
+fn done(outputs: &[&str], metadata: serde_json::Value) -> UnitOutcome {
+    UnitOutcome::Done {
+        attempts: vec![Attempt::default()],
+        outputs: outputs.iter().map(|o| o.to_string()).collect(),
+        metadata: metadata.as_object().cloned().unwrap_or_default(),
+    }
+}
+
+/// (stage, segment) of each unit `next` started, in its order.
+fn started(next: &Next) -> Vec<(String, Option<u32>)> {
+    next.start
+        .iter()
+        .map(|d| (d.request.stage.clone(), d.request.segment))
+        .collect()
+}
+
+fn unit<'r>(record: &'r RunRecord, stage: &str, segment: Option<u32>) -> &'r UnitRecord {
+    record
+        .unit(stage, segment)
+        .unwrap_or_else(|| panic!("no unit {stage} {segment:?}"))
+}
+
+fn segs(stage: &str, segments: &[u32]) -> Vec<(String, Option<u32>)> {
+    segments
+        .iter()
+        .map(|&s| (stage.to_string(), Some(s)))
+        .collect()
+}
+
+#[test]
+fn fan_out_fixes_the_segment_count_and_per_segment_stages_get_one_unit_each() {
+    let run = Run::new(common::split_scale_stitch());
+    let s = run.scheduler();
+    let mut r = record();
+
+    let first = s.next(&mut r);
+    assert_eq!(started(&first), vec![("split".to_string(), None)]);
+    assert_eq!(first.start[0].request.inputs, vec![INPUT]);
+    assert_eq!(
+        first.start[0].request.output_prefix,
+        "file:///store/r1/split/all/"
+    );
+    assert_eq!(unit(&r, "split", None).status, UnitStatus::Running);
+    assert_eq!(r.segments, None, "unknown until split is done");
+    assert!(
+        s.next(&mut r).start.is_empty(),
+        "split is not started twice"
+    );
+
+    let split = ["s0.mp4", "s1.mp4", "s2.mp4"];
+    assert_eq!(
+        s.finish(&mut r, run.key("split", None), done(&split, json!({}))),
+        None
+    );
+    assert_eq!(r.segments, Some(3));
+    let scale = s.next(&mut r);
+    assert_eq!(started(&scale), segs("scale", &[0, 1, 2]));
+    for (i, d) in scale.start.iter().enumerate() {
+        // Each segment reads its own segment of split's outputs.
+        assert_eq!(d.request.inputs, vec![split[i]]);
+        assert_eq!(
+            d.request.output_prefix,
+            format!("file:///store/r1/scale/{i:05}/")
+        );
+        assert_eq!(d.request.params.get("height"), Some(&json!(480)));
+        assert_eq!(d.target.stage, "scale");
+    }
+}
+
+#[test]
+fn join_waits_for_every_segment_and_reads_them_in_segment_order() {
+    let run = Run::new(common::split_scale_stitch());
+    let s = run.scheduler();
+    let mut r = record();
+    s.next(&mut r);
+    s.finish(
+        &mut r,
+        run.key("split", None),
+        done(&["a", "b", "c"], json!({})),
+    );
+    assert_eq!(started(&s.next(&mut r)).len(), 3);
+
+    // Out of order, and the join waits until the last one.
+    for segment in [2, 0] {
+        let out = format!("scaled-{segment}");
+        s.finish(
+            &mut r,
+            run.key("scale", Some(segment)),
+            done(&[&out], json!({})),
+        );
+        assert!(
+            s.next(&mut r).start.is_empty(),
+            "stitch waits for segment 1"
+        );
+    }
+    s.finish(
+        &mut r,
+        run.key("scale", Some(1)),
+        done(&["scaled-1"], json!({})),
+    );
+    let stitch = s.next(&mut r);
+    assert_eq!(started(&stitch), vec![("stitch".to_string(), None)]);
+    assert_eq!(
+        stitch.start[0].request.inputs,
+        vec!["scaled-0", "scaled-1", "scaled-2"]
+    );
+
+    s.finish(&mut r, run.key("stitch", None), done(&["out"], json!({})));
+    assert!(s.next(&mut r).start.is_empty());
+    s.conclude(&mut r, None);
+    assert_eq!(r.phase, RunPhase::Succeeded);
+}
+
+#[test]
+fn false_condition_skips_with_passthrough_and_downstream_still_runs() {
+    let run = Run::new(common::conditional_blur());
+    let s = run.scheduler();
+    let mut r = record();
+    s.next(&mut r);
+    s.finish(&mut r, run.key("split", None), done(&["a", "b"], json!({})));
+    assert_eq!(started(&s.next(&mut r)), segs("detect", &[0, 1]));
+    s.finish(
+        &mut r,
+        run.key("detect", Some(0)),
+        done(&["d0"], json!({"objects": 0})),
+    );
+    s.finish(
+        &mut r,
+        run.key("detect", Some(1)),
+        done(&["d1"], json!({"objects": 2})),
+    );
+
+    let blur = s.next(&mut r);
+    assert_eq!(started(&blur), segs("blur", &[1]));
+    let skipped = unit(&r, "blur", Some(0));
+    assert_eq!(skipped.status, UnitStatus::Skipped);
+    assert_eq!(
+        skipped.outputs,
+        vec!["d0"],
+        "detect's output passes through"
+    );
+    assert_eq!(
+        skipped.message.as_deref(),
+        Some("skipped: detect.objects > 0 is false")
+    );
+
+    s.finish(&mut r, run.key("blur", Some(1)), done(&["b1"], json!({})));
+    let stitch = s.next(&mut r);
+    assert_eq!(started(&stitch), vec![("stitch".to_string(), None)]);
+    assert_eq!(stitch.start[0].request.inputs, vec!["d0", "b1"]);
+}
+
+#[test]
+fn a_condition_on_a_skipped_stage_counts_as_false() {
+    let run = Run::new(common::workflow(json!([
+        {"name": "probe", "function": "probe"},
+        {"name": "blur", "function": "blur", "after": ["probe"],
+         "when": {"condition": "probe.faces > 0"}},
+        {"name": "sharpen", "function": "sharpen", "after": ["blur"],
+         "when": {"condition": "blur.blurred == true"}},
+    ])));
+    let s = run.scheduler();
+    let mut r = record();
+    s.next(&mut r);
+    s.finish(
+        &mut r,
+        run.key("probe", None),
+        done(&["probed.mp4"], json!({"faces": 0})),
+    );
+
+    let next = s.next(&mut r);
+    assert!(next.start.is_empty(), "{:?}", started(&next));
+    assert_eq!(next.failure, None, "no metadata of blur is not an error");
+    let sharpen = unit(&r, "sharpen", None);
+    assert_eq!(sharpen.status, UnitStatus::Skipped);
+    assert_eq!(
+        sharpen.message.as_deref(),
+        Some("skipped: blur.blurred == true reads blur, which was skipped")
+    );
+    assert_eq!(sharpen.outputs, vec!["probed.mp4"], "passed through twice");
+    s.conclude(&mut r, next.failure);
+    assert_eq!(r.phase, RunPhase::Succeeded);
+}
+
+#[test]
+fn a_condition_that_cannot_be_evaluated_fails_the_run() {
+    let run = Run::new(common::conditional_blur());
+    let s = run.scheduler();
+    let mut r = record();
+    s.next(&mut r);
+    s.finish(&mut r, run.key("split", None), done(&["a"], json!({})));
+    s.next(&mut r);
+    // detect wrote no `objects`.
+    s.finish(
+        &mut r,
+        run.key("detect", Some(0)),
+        done(&["d0"], json!({"faces": 1})),
+    );
+
+    let next = s.next(&mut r);
+    assert!(next.start.is_empty());
+    let failure = next
+        .failure
+        .unwrap_or_else(|| panic!("the condition cannot be evaluated"));
+    assert!(
+        failure.starts_with("stage blur segment 0: cannot evaluate its condition"),
+        "{failure}"
+    );
+    assert_eq!(unit(&r, "blur", Some(0)).status, UnitStatus::Pending);
+    s.conclude(&mut r, Some(failure.clone()));
+    assert_eq!(r.phase, RunPhase::Failed);
+    assert_eq!(r.message, Some(failure));
+}
+
+#[test]
+fn resume_makes_interrupted_units_pending_and_keeps_done_ones() {
+    let run = Run::new(common::split_scale_stitch());
+    let s = run.scheduler();
+    let mut r = record();
+    s.next(&mut r);
+    s.finish(
+        &mut r,
+        run.key("split", None),
+        done(&["a", "b", "c"], json!({})),
+    );
+    s.next(&mut r);
+    s.finish(&mut r, run.key("scale", Some(0)), done(&["x0"], json!({})));
+    s.finish(
+        &mut r,
+        run.key("scale", Some(2)),
+        UnitOutcome::Failed {
+            attempts: vec![Attempt::default()],
+            message: "boom".into(),
+        },
+    );
+    // The process stopped here: scale 1 still Running, the run still Running.
+    assert_eq!(unit(&r, "scale", Some(1)).status, UnitStatus::Running);
+
+    Scheduler::resume(&mut r);
+    assert_eq!(r.sessions, 2);
+    assert_eq!(r.phase, RunPhase::Running);
+    for segment in [1, 2] {
+        let u = unit(&r, "scale", Some(segment));
+        assert_eq!(u.status, UnitStatus::Pending, "segment {segment}");
+        assert_eq!(u.message, None);
+    }
+    assert_eq!(
+        unit(&r, "scale", Some(2)).attempts.len(),
+        1,
+        "history stays"
+    );
+    assert_eq!(unit(&r, "scale", Some(0)).status, UnitStatus::Done);
+
+    let next = s.next(&mut r);
+    assert_eq!(started(&next), segs("scale", &[1, 2]));
+    assert_eq!(next.start[0].request.inputs, vec!["b"]);
+}
+
+#[test]
+fn a_fan_out_that_wrote_no_segments_fails_the_run() {
+    let run = Run::new(common::split_scale_stitch());
+    let s = run.scheduler();
+    let mut r = record();
+    s.next(&mut r);
+    let failure = s.finish(&mut r, run.key("split", None), done(&[], json!({})));
+    assert_eq!(failure.as_deref(), Some("stage split wrote no segments"));
+    assert_eq!(r.segments, Some(0));
+    s.conclude(&mut r, failure);
+    assert_eq!(r.phase, RunPhase::Failed);
+    assert_eq!(r.message.as_deref(), Some("stage split wrote no segments"));
+}
+
+#[test]
+fn a_failed_unit_fails_the_run_and_running_ones_start_again_later() {
+    let run = Run::new(common::split_scale_stitch());
+    let s = run.scheduler();
+    let mut r = record();
+    s.next(&mut r);
+    s.finish(&mut r, run.key("split", None), done(&["a", "b"], json!({})));
+    s.next(&mut r);
+    let failure = s.finish(
+        &mut r,
+        run.key("scale", Some(1)),
+        UnitOutcome::Failed {
+            attempts: vec![Attempt::default(), Attempt::default()],
+            message: "exit 1".into(),
+        },
+    );
+    assert_eq!(
+        failure.as_deref(),
+        Some("stage scale segment 1 failed after 2 attempt(s): exit 1")
+    );
+    assert_eq!(unit(&r, "scale", Some(1)).status, UnitStatus::Failed);
+    s.conclude(&mut r, failure);
+    assert_eq!(r.phase, RunPhase::Failed);
+    // Segment 0 was aborted with the run: not done, so not left as Running.
+    assert_eq!(unit(&r, "scale", Some(0)).status, UnitStatus::Pending);
+}
+
+#[test]
+fn a_run_with_units_that_never_became_ready_did_not_succeed() {
+    let run = Run::new(common::split_scale_stitch());
+    let s = run.scheduler();
+    let mut r = record();
+    s.next(&mut r);
+    // As if split had been lost: nothing in flight, nothing settled.
+    s.conclude(&mut r, None);
+    assert_eq!(r.phase, RunPhase::Failed);
+    assert_eq!(
+        r.message.as_deref(),
+        Some("stage split could not start: what it reads never became available")
+    );
+}
+
+#[test]
+fn run_params_override_the_stage_params() {
+    let mut run = Run::new(common::split_scale_stitch());
+    run.params.insert(
+        "scale".into(),
+        BTreeMap::from([("height".to_string(), json!(720))]),
+    );
+    let s = run.scheduler();
+    let mut r = record();
+    s.next(&mut r);
+    s.finish(&mut r, run.key("split", None), done(&["a"], json!({})));
+    let next = s.next(&mut r);
+    assert_eq!(
+        next.start[0].request.params.get("height"),
+        Some(&json!(720))
+    );
+    assert_eq!(next.start[0].request.timeout_seconds, Some(60.0));
+    assert_eq!(
+        next.start[0].retries, 2,
+        "the default when a stage says none"
+    );
+}
