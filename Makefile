@@ -100,12 +100,10 @@ bench-operator: testenv ## 500 workflows x 4 stages on testenv: time to Ready, w
 
 test-runs: s3-server testenv pyenv ## vflow-runs and the cluster CLI: pure and S3 tests, then a private testenv (own ports; fails if taken) with the operator
 	$(CARGO) test -p vflow-runs
-	# One package per build, and a private copy: built together with a crate that uses
-	# the AWS SDK, the operator gets both rustls providers and panics choosing one.
-	$(CARGO) build -p vflow-operator --bin vflow-operator
-	mkdir -p target/runs-e2e && cp target/debug/vflow-operator target/runs-e2e/
 	$(CARGO) build -p vflow-runtime --bin vflow-runtime
-	VFLOW_OPERATOR_BIN=$(CURDIR)/target/runs-e2e/vflow-operator operator/runs/testenv.sh bash -c '$(CARGO) test -p vflow-runs --test cluster -- --ignored --test-threads=1 && $(CARGO) test -p vflow-cli --test cluster_cli -- --ignored --test-threads=1'
+	# The run side and the operator share a process (the demand board): the operator's
+	# crate holds these tests and runs both in the test process.
+	operator/runs/testenv.sh bash -c '$(CARGO) test -p vflow-operator --test runs_cluster -- --ignored --test-threads=1 && $(CARGO) test -p vflow-cli --test cluster_cli -- --ignored --test-threads=1'
 
 # The Helm chart (charts/vflow): e2e/chart/README.md. Helm is built from its Go module
 # into ~/.cache/vflow-helm; the Python tools go into a venv in ~/.cache/vflow-pyenv.

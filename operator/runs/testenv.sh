@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs a command against a private e2e/testenv on its own ports and state directory, so
 # it never touches a testenv someone else has up; fails at once if those ports are taken.
-#   operator/runs/testenv.sh cargo test -p vflow-runs --test cluster -- --ignored --test-threads=1
+#   operator/runs/testenv.sh cargo test -p vflow-operator --test runs_cluster -- --ignored --test-threads=1
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 base="${VFLOW_RUNS_PORT_BASE:-31000}"

@@ -3,7 +3,7 @@
 //! FunctionProfiles get a sizing recommendation in their status.
 //!
 //! Layout: [`workflow`] (the reconcile, in phase files), [`profile`], the pure
-//! [`autoscaler`] and [`signals`] (the in-flight / pre-warm annotations), [`leader`]
+//! [`autoscaler`] and [`signals`] (the runs' demand and the annotations), [`leader`]
 //! (Lease), [`metrics`] and [`http`], and [`run`], which wires them up.
 
 pub mod autoscaler;
@@ -17,7 +17,7 @@ pub mod profile;
 pub mod signals;
 pub mod workflow;
 
-use std::{sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use futures::{StreamExt, future};
 use k8s_openapi::api::{
@@ -29,12 +29,16 @@ use kube::{
     Api, Client, ResourceExt,
     client::ClientBuilder,
     runtime::{
-        Controller, WatchStreamExt, controller::Config as ControllerConfig, events::Reporter,
-        reflector, watcher,
+        Controller, WatchStreamExt,
+        controller::Config as ControllerConfig,
+        events::Reporter,
+        reflector::{self, ObjectRef},
+        watcher,
     },
 };
 use tracing::{info, warn};
 use vflow_api::{FunctionProfile, VideoWorkflow};
+use vflow_runs::demand::DemandBoard;
 
 use crate::{
     config::{Args, LogFormat, Settings},
@@ -115,21 +119,40 @@ pub async fn run(args: Args) -> Result<()> {
     install_crypto_provider();
     init_tracing(&args);
     let settings = args.settings()?;
-    let metrics = Metrics::new();
     // Read before anything starts, so a bad VFLOW_RUNS_* value stops the operator at once.
-    let runs = match runs_config(&args, &settings, |k| std::env::var(k).ok())? {
+    let runs = runs_config(&args, &settings, |k| std::env::var(k).ok())?;
+    let config = kube::Config::infer()
+        .await
+        .map_err(|e| Error::Config(format!("no Kubernetes configuration: {e}")))?;
+    let demand = Arc::new(DemandBoard::default());
+    run_with(args, config, demand, runs, shutdown_signal()).await
+}
+
+/// Runs the operator against `config` until `shutdown` completes (Ok) or until it loses
+/// the Lease or cannot serve (Err). `runs`: the run controller's settings (None: off).
+/// The workflow controller scales from the demand on `demand`, which the run
+/// controller (and anything else in this process, such as a test) posts to.
+pub async fn run_with(
+    args: Args,
+    config: kube::Config,
+    demand: Arc<DemandBoard>,
+    runs: Option<vflow_runs::RunsConfig>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    install_crypto_provider();
+    let settings = args.settings()?;
+    let metrics = Metrics::new();
+    let runs = match runs {
         Some(mut cfg) => {
             cfg.metrics = Some(
                 vflow_runs::metrics::RunMetrics::register(&metrics.registry)
                     .map_err(|e| Error::Config(format!("run metrics: {e}")))?,
             );
+            cfg.demand = demand.clone();
             Some(cfg)
         }
         None => None,
     };
-    let config = kube::Config::infer()
-        .await
-        .map_err(|e| Error::Config(format!("no Kubernetes configuration: {e}")))?;
     let client = counting_client(config, metrics.clone())?;
     let health = Health::default();
     let mut http = tokio::spawn(http::serve(args.http_addr, metrics.clone(), health.clone()));
@@ -146,7 +169,6 @@ pub async fn run(args: Args) -> Result<()> {
             args.renew_seconds.clamp(1, args.lease_seconds.max(2) - 1),
         )),
     };
-    let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     if args.leader_elect {
         tokio::select! {
@@ -163,6 +185,7 @@ pub async fn run(args: Args) -> Result<()> {
         metrics.clone(),
         health.clone(),
         identity,
+        demand,
     );
     // The leader folds what function pods measured into their FunctionProfiles.
     let observe = async {
@@ -234,6 +257,7 @@ async fn controllers(
     metrics: Metrics,
     health: Health,
     identity: String,
+    demand: Arc<DemandBoard>,
 ) -> Result<()> {
     fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
     where
@@ -283,7 +307,7 @@ async fn controllers(
         controller: "vflow-operator".into(),
         instance: Some(identity),
     };
-    let ctx = Arc::new(workflow::Context::new(
+    let mut ctx = workflow::Context::new(
         client.clone(),
         settings.clone(),
         metrics.clone(),
@@ -291,7 +315,15 @@ async fn controllers(
         deploy_store.clone(),
         svc_store.clone(),
         reporter,
-    ));
+    );
+    // A change of the runs' demand reconciles its workflow at once.
+    let pokes = futures::stream::unfold(demand.subscribe(), |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|(ns, name)| (ObjectRef::<VideoWorkflow>::new(&name).within(&ns), rx))
+    });
+    ctx.demand = demand;
+    let ctx = Arc::new(ctx);
     let wf_ctx = ctx.clone();
     let cfg = ControllerConfig::default().concurrency(args.concurrency);
     let wf_controller = Controller::new(
@@ -303,6 +335,7 @@ async fn controllers(
         .with_config(cfg.clone())
         .owns_stream(deploy_stream)
         .owns_stream(svc_stream)
+        .reconcile_on(pokes)
         .watches_stream(profile_stream, move |p| {
             workflow::workflows_using(&wf_store, &p)
         })

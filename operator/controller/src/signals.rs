@@ -1,5 +1,6 @@
-//! The scaling interface the run engine (and tests, and people) drive: two annotations
-//! on the VideoWorkflow.
+//! What the autoscaler scales for: the demand of the runs in this process (posted on
+//! the [`DemandBoard`](vflow_runs::demand::DemandBoard), in memory) plus two annotations
+//! on the VideoWorkflow through which people and other tools can ask too:
 //!
 //! - `vflow.io/in-flight: '{"scale": 3, "detect": 1}'`: invocations in flight per stage
 //!   now. Stages not named have none.
@@ -14,22 +15,13 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::jiff::Timestamp;
-use serde::Deserialize;
+pub use vflow_runs::demand::PrewarmRequest;
+use vflow_runs::demand::WorkflowDemand;
 
 pub const IN_FLIGHT: &str = "vflow.io/in-flight";
 pub const PREWARM: &str = "vflow.io/prewarm";
 
-/// One pre-warm request.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PrewarmRequest {
-    pub stage: String,
-    pub replicas: u32,
-    pub at: Timestamp,
-}
-
-/// What the annotations ask for.
+/// What the annotations and the runs in this process ask for.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Signals {
     pub in_flight: BTreeMap<String, u32>,
@@ -42,6 +34,21 @@ impl Signals {
     pub fn in_flight(&self, stage: &str) -> u32 {
         self.in_flight.get(stage).copied().unwrap_or(0)
     }
+    /// Adds the runs' demand to what the annotations ask (in flight: the sum).
+    pub fn add(&mut self, demand: &WorkflowDemand, stages: &[&str]) {
+        for (stage, n) in demand.in_flight_by_stage() {
+            if stages.contains(&stage) {
+                *self.in_flight.entry(stage.to_string()).or_default() += n;
+            }
+        }
+        self.prewarm.extend(
+            demand
+                .prewarm()
+                .filter(|p| stages.contains(&p.stage.as_str()))
+                .cloned(),
+        );
+    }
+
     pub fn prewarm_for<'a>(&'a self, stage: &'a str) -> impl Iterator<Item = &'a PrewarmRequest> {
         self.prewarm.iter().filter(move |p| p.stage == stage)
     }
@@ -116,6 +123,26 @@ mod tests {
         assert_eq!(s.prewarm_for("detect").count(), 1);
         assert_eq!(s.prewarm[0].at.to_string(), "2030-01-01T00:00:00Z");
         assert!(s.problems.is_empty());
+    }
+
+    #[test]
+    fn the_runs_demand_adds_to_the_annotations() {
+        let a = ann(&[(IN_FLIGHT, r#"{"scale": 3}"#)]);
+        let mut s = parse(Some(&a), &["scale", "detect"]);
+        let mut d = WorkflowDemand::default();
+        d.begin("scale");
+        d.begin("gone");
+        let at = "2030-01-01T00:00:00Z".parse().expect("time");
+        d.request_prewarm("detect", 2, at);
+        s.add(&d, &["scale", "detect"]);
+        assert_eq!(s.in_flight("scale"), 4);
+        assert_eq!(
+            s.in_flight("gone"),
+            0,
+            "a stage the workflow lost is ignored"
+        );
+        let p: Vec<_> = s.prewarm_for("detect").collect();
+        assert_eq!((p.len(), p[0].replicas, p[0].at), (1, 2, at));
     }
 
     #[test]

@@ -22,6 +22,7 @@ use vflow_planner::{
     gpu::{GpuSharing, MigProfile},
     sizing::SizingConfig,
 };
+use vflow_runs::demand::WorkflowDemand;
 
 fn now() -> Timestamp {
     "2030-01-01T00:00:00Z".parse().expect("time")
@@ -39,6 +40,15 @@ fn settings(sharing: GpuSharing) -> Settings {
 
 /// The desired Deployments of the test workflow under `sharing`, by stage.
 fn built(sharing: GpuSharing, annotations: &[(&str, &str)]) -> BTreeMap<String, Deployment> {
+    built_with(sharing, annotations, &WorkflowDemand::default())
+}
+
+/// The Deployments for the test workflow, with annotations and the runs' demand.
+fn built_with(
+    sharing: GpuSharing,
+    annotations: &[(&str, &str)],
+    demand: &WorkflowDemand,
+) -> BTreeMap<String, Deployment> {
     let mut wf = common::workflow("wf", "ns", "");
     wf.metadata.annotations = Some(
         annotations
@@ -56,6 +66,7 @@ fn built(sharing: GpuSharing, annotations: &[(&str, &str)]) -> BTreeMap<String, 
         &profiles,
         &Children::default(),
         &Default::default(),
+        demand,
         &s,
         now(),
     )
@@ -371,6 +382,7 @@ fn an_unsatisfiable_gpu_share_is_a_condition_with_the_field_path() {
         &profiles,
         &Children::default(),
         &Default::default(),
+        &Default::default(),
         &s,
         now(),
     )
@@ -441,6 +453,35 @@ fn in_flight_and_prewarm_annotations_drive_the_replicas() {
 }
 
 #[test]
+fn the_runs_demand_drives_the_replicas_and_adds_to_the_annotations() {
+    // The same asks as above, from the demand board instead of annotations.
+    let mut demand = WorkflowDemand::default();
+    for _ in 0..3 {
+        demand.begin("scale");
+    }
+    let at: Timestamp = "2030-01-01T00:00:10Z".parse().expect("time");
+    demand.request_prewarm("detect", 3, at);
+    let ds = built_with(
+        GpuSharing::default(),
+        &[("vflow.io/in-flight", r#"{"scale": 2}"#)],
+        &demand,
+    );
+    let conc: u32 = env(&ds["scale"], "function")["VFLOW_CONCURRENCY"]
+        .parse()
+        .expect("n");
+    assert!(conc < 5, "the test needs a concurrency below 5, got {conc}");
+    assert_eq!(
+        ds["scale"].spec.replicas,
+        Some(5u32.div_ceil(conc) as i32),
+        "2 in flight by annotation + 3 by the runs"
+    );
+    assert_eq!(ds["detect"].spec.replicas, Some(3));
+    assert_eq!(ds["split"].spec.replicas, Some(0));
+    let idle = built_with(GpuSharing::default(), &[], &WorkflowDemand::default());
+    assert_eq!(idle["scale"].spec.replicas, Some(0), "no demand, no pods");
+}
+
+#[test]
 fn durable_workflow_keeps_its_minimum_and_status_lists_the_plan() {
     let wf = common::workflow("wf", "ns", "  provisioning: Durable");
     let profiles = common::profiles("ns");
@@ -451,6 +492,7 @@ fn durable_workflow_keeps_its_minimum_and_status_lists_the_plan() {
         &outcome,
         &profiles,
         &Children::default(),
+        &Default::default(),
         &Default::default(),
         &s,
         now(),
@@ -485,6 +527,7 @@ fn the_same_inputs_give_the_same_children_and_status() {
         &profiles,
         &Children::default(),
         &Default::default(),
+        &Default::default(),
         &s,
         now(),
     )
@@ -494,6 +537,7 @@ fn the_same_inputs_give_the_same_children_and_status() {
         &outcome,
         &profiles,
         &Children::default(),
+        &Default::default(),
         &Default::default(),
         &s,
         now(),
@@ -580,6 +624,7 @@ fn sizing_from_observations_in_each_mode() {
         &profiles,
         &Children::default(),
         &Default::default(),
+        &Default::default(),
         &s,
         now(),
     )
@@ -614,6 +659,7 @@ fn a_workflow_without_an_endpoint_gets_the_operators_default_and_the_sidecar_its
             &outcome,
             &profiles,
             &Children::default(),
+            &Default::default(),
             &Default::default(),
             &s,
             now(),
@@ -714,6 +760,7 @@ fn scale_after_observing(cpu_p95: f64, children: &Children, in_flight: u32) -> D
         &outcome,
         &profiles,
         children,
+        &Default::default(),
         &Default::default(),
         &s,
         now(),

@@ -1,6 +1,6 @@
-//! Where a stage's instances come from in a cluster: the operator scales the stage's
-//! Deployment from the annotations; this side asks through them and watches the
-//! Deployment's ready replicas.
+//! Where a stage's instances come from in a cluster: the operator's autoscaler, in this
+//! process, scales the stage's Deployment from the demand board; this side posts its
+//! demand there and watches the Deployment's ready replicas.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::runtime::wait::await_condition;
 use kube::{Api, Client};
 
-use crate::signals::Signaller;
+use crate::demand::DemandBoard;
 
 /// How the backend asks for instances and learns they are there.
 pub trait Capacity: Send + Sync + 'static {
@@ -30,10 +30,10 @@ pub trait Capacity: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), String>> + Send;
 }
 
-/// The operator's contract: annotations on the VideoWorkflow, Deployment
-/// `<workflow>-<stage>` in its namespace.
+/// The operator's contract: demand on the board, Deployment `<workflow>-<stage>` in
+/// the workflow's namespace.
 pub struct KubeCapacity {
-    pub signaller: Arc<Signaller>,
+    pub demand: Arc<DemandBoard>,
     pub namespace: String,
     pub workflow: String,
     /// The workflow's scaleToZeroAfter: how long a pre-warm request is kept.
@@ -44,13 +44,13 @@ pub struct KubeCapacity {
 impl KubeCapacity {
     pub fn new(
         client: Client,
-        signaller: Arc<Signaller>,
+        demand: Arc<DemandBoard>,
         namespace: &str,
         workflow: &str,
         keep: Duration,
     ) -> Self {
         Self {
-            signaller,
+            demand,
             namespace: namespace.to_string(),
             workflow: workflow.to_string(),
             keep,
@@ -74,20 +74,20 @@ fn ready_replicas(d: &Deployment) -> u32 {
 
 impl Capacity for KubeCapacity {
     fn begin(&self, stage: &str) {
-        self.signaller
+        self.demand
             .update(&self.namespace, &self.workflow, self.keep, |s| {
                 s.begin(stage)
             });
     }
 
     fn end(&self, stage: &str) {
-        self.signaller
+        self.demand
             .update(&self.namespace, &self.workflow, self.keep, |s| s.end(stage));
     }
 
     fn prewarm(&self, stage: &str, replicas: u32) {
         let now = Timestamp::now();
-        self.signaller
+        self.demand
             .update(&self.namespace, &self.workflow, self.keep, |s| {
                 s.request_prewarm(stage, replicas, now)
             });

@@ -8,6 +8,7 @@ use std::time::Duration;
 use vflow_planner::PlannerConfig;
 
 use crate::backend::{KubeBackendConfig, Resolver, ServiceResolver};
+use crate::demand::DemandBoard;
 use crate::metrics::RunMetrics;
 use crate::status::Prices;
 use crate::trigger::poller::PollerConfig;
@@ -36,6 +37,8 @@ pub struct RunsConfig {
     /// How runs are planned: the operator's own planner settings (its flags), so that a
     /// run sizes, costs and pre-warms its stages as the workflow controller plans them.
     pub planner: PlannerConfig,
+    /// Where runs post their demand for the workflow controller in this process.
+    pub demand: Arc<DemandBoard>,
 }
 
 impl Default for RunsConfig {
@@ -53,6 +56,7 @@ impl Default for RunsConfig {
             resolver: Arc::new(ServiceResolver),
             metrics: None,
             planner: PlannerConfig::default(),
+            demand: Arc::default(),
         }
     }
 }

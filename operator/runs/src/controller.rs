@@ -27,14 +27,12 @@ use crate::backend::KubeBackend;
 use crate::capacity::KubeCapacity;
 use crate::config::RunsConfig;
 use crate::metrics::ActiveGuard;
-use crate::signals::Signaller;
 use crate::status::{StageResources, StatusInput, status};
 use crate::storage::{KubeStorage, Storage};
 
 pub struct Ctx {
     pub client: Client,
     pub config: RunsConfig,
-    pub signaller: Arc<Signaller>,
     /// Runs with an engine task in this process, by uid.
     active: Mutex<HashMap<String, ()>>,
 }
@@ -42,7 +40,6 @@ pub struct Ctx {
 impl Ctx {
     pub fn new(client: Client, config: RunsConfig) -> Arc<Self> {
         Arc::new(Self {
-            signaller: Signaller::new(client.clone()),
             client,
             config,
             active: Mutex::new(HashMap::new()),
@@ -321,7 +318,7 @@ async fn drive_engine(
 
     let capacity = KubeCapacity::new(
         ctx.client.clone(),
-        ctx.signaller.clone(),
+        ctx.config.demand.clone(),
         &ns,
         wf_name,
         wf.spec.scale_to_zero_after.as_std(),

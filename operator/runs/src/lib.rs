@@ -1,9 +1,9 @@
 //! VideoWorkflowRuns in a cluster (see docs/runs.md).
 //!
 //! - [`backend`]: the run engine's Kubernetes backend: invokes a stage through its
-//!   Service, asks the operator's autoscaler for instances through the in-flight and
-//!   pre-warm annotations ([`signals`]) and holds invocations while a stage scales
-//!   from zero ([`capacity`]);
+//!   Service, tells the operator's autoscaler (in this process) of its invocations in
+//!   flight and pre-warm requests ([`demand`]) and holds invocations while a stage
+//!   scales from zero ([`capacity`]);
 //! - [`controller`]: drives the engine for each run, writes its status ([`status`]:
 //!   progress, per-stage progress, outputs, timings, estimated cost), resumes runs after
 //!   a restart and deletes finished runs after their TTL;
@@ -15,8 +15,8 @@ pub mod backend;
 pub mod capacity;
 pub mod config;
 pub mod controller;
+pub mod demand;
 pub mod metrics;
-pub mod signals;
 pub mod status;
 pub mod storage;
 pub mod trigger;
@@ -135,6 +135,6 @@ pub async fn run_controller(
         _ = shutdown.clone() => Ok(()),
     };
     // Runs still going resume in the next operator; stop asking for their instances.
-    ctx.signaller.clear_in_flight().await;
+    ctx.config.demand.clear_in_flight();
     result
 }

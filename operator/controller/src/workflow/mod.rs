@@ -34,6 +34,7 @@ use kube::{
 use tracing::{info, warn};
 use vflow_api::{FunctionProfile, Provisioning, StagePlan, VideoWorkflow, VideoWorkflowStatus};
 use vflow_planner::{WorkflowPlan, plan::StageDecision};
+use vflow_runs::demand::{DemandBoard, WorkflowDemand};
 
 use crate::{
     autoscaler::{self, PrewarmWindow, ScaleInput},
@@ -70,6 +71,8 @@ pub struct Context {
     pub clock: fn() -> Timestamp,
     /// Set once the profile, Deployment and Service caches have their first list.
     pub caches_ready: AtomicBool,
+    /// What the runs in this process ask of the stages.
+    pub demand: Arc<DemandBoard>,
     activity: Mutex<HashMap<String, Activity>>,
     failures: Mutex<HashMap<String, u32>>,
     plans: Mutex<PlanCache>,
@@ -96,6 +99,7 @@ impl Context {
             services,
             clock: Timestamp::now,
             caches_ready: AtomicBool::new(false),
+            demand: Arc::default(),
             activity: Mutex::default(),
             failures: Mutex::default(),
             plans: Mutex::default(),
@@ -162,13 +166,16 @@ pub fn cold_start(profile: &FunctionProfile, settings: &Settings) -> Duration {
 }
 
 /// The pure middle of a reconcile: from the workflow, the outcome of validation and
-/// planning, the caches and the time, what the children and the status should be.
+/// planning, the caches, the runs' demand and the time, what the children and the
+/// status should be.
+#[allow(clippy::too_many_arguments)]
 pub fn desired(
     wf: &VideoWorkflow,
     outcome: &Result<WorkflowPlan, Invalid>,
     profiles: &BTreeMap<String, FunctionProfile>,
     children: &Children,
     activity: &Activity,
+    demand: &WorkflowDemand,
     settings: &Settings,
     now: Timestamp,
 ) -> Result<Desired> {
@@ -212,7 +219,8 @@ pub fn desired(
     };
 
     let stage_names: Vec<&str> = wf.spec.stages.iter().map(|s| s.name.as_str()).collect();
-    let signals = signals::parse(wf.metadata.annotations.as_ref(), &stage_names);
+    let mut signals = signals::parse(wf.metadata.annotations.as_ref(), &stage_names);
+    signals.add(demand, &stage_names);
     let scale_to_zero_after = wf.spec.scale_to_zero_after.as_std();
     let mut stage_plans = plan.to_status_stages();
     let mut not_ready = Vec::new();
@@ -497,12 +505,14 @@ async fn reconcile_inner(wf: &VideoWorkflow, ctx: &Context) -> Result<(Action, b
 
     // validate + build (pure)
     let outcome = plan_for(wf, &profiles, ctx);
+    let demand = ctx.demand.get(&ns, &wf.name_any(), now);
     let want = desired(
         wf,
         &outcome,
         &profiles,
         &children,
         &activity,
+        &demand,
         &ctx.settings,
         now,
     )?;

@@ -1,19 +1,24 @@
-//! Against a real control plane (e2e/testenv, through `make test-runs`, which starts a
-//! private one on its own ports) with the real vflow-operator binary scaling the stage
-//! Deployments (kwok makes their pods Ready after 2 s but runs nothing) and local
-//! `vflow-runtime serve` processes standing in for the pods, on a real S3 server.
+//! Runs against a real control plane (e2e/testenv, through `make test-runs`, which
+//! starts a private one on its own ports): the operator in this process (its workflow
+//! controller scaling the stage Deployments from the runs' demand, which never leaves
+//! the process; kwok makes the pods Ready after 2 s but runs nothing), the run
+//! controller in this process too, and local `vflow-runtime serve` processes standing
+//! in for the pods, on a real S3 server.
 //!
-//! `cargo test -p vflow-runs --test cluster -- --ignored --test-threads=1` with
-//! VFLOW_RUNS_KUBECONFIG set; the binaries come from target/debug (or VFLOW_OPERATOR_BIN,
-//! VFLOW_RUNTIME_BIN).
+//! `cargo test -p vflow-operator --test runs_cluster -- --ignored --test-threads=1` with
+//! VFLOW_RUNS_KUBECONFIG set; the runtime comes from target/debug (or VFLOW_RUNTIME_BIN).
 
+#[path = "../../runs/tests/common/mod.rs"]
 mod common;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+
+use clap::Parser;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use vflow_operator::config::Args;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
@@ -28,7 +33,7 @@ use vflow_engine::backend::{Backend, StageTarget};
 use vflow_engine::record::RunRecord;
 use vflow_runs::backend::{KubeBackend, KubeBackendConfig, StaticResolver};
 use vflow_runs::capacity::KubeCapacity;
-use vflow_runs::signals::{IN_FLIGHT, Signaller};
+use vflow_runs::demand::DemandBoard;
 use vflow_runs::trigger::poller::PollerConfig;
 use vflow_runs::{RunsConfig, run_controller};
 use vflow_storage::S3Store;
@@ -50,13 +55,50 @@ fn kubeconfig() -> PathBuf {
     ))
 }
 
-async fn client() -> Client {
+async fn kube_config() -> kube::Config {
     vflow_runs::install_crypto_provider();
     let kc = Kubeconfig::read_from(kubeconfig()).expect("kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+    kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
-        .expect("config");
-    Client::try_from(config).expect("client")
+        .expect("config")
+}
+
+async fn client() -> Client {
+    Client::try_from(kube_config().await).expect("client")
+}
+
+/// Writes a client made, by "METHOD resource" (the path's resource segment).
+type Writes = Arc<std::sync::Mutex<BTreeMap<String, u32>>>;
+
+async fn counting_client(writes: Writes) -> Client {
+    let config = kube_config().await;
+    let layer = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+        if req.method() != http::Method::GET {
+            // /apis/<group>/<version>/namespaces/<ns>/<resource>/<name>[/status]
+            let parts: Vec<&str> = req.uri().path().split('/').collect();
+            let resource = parts
+                .iter()
+                .position(|p| *p == "namespaces")
+                .and_then(|i| parts.get(i + 2))
+                .copied()
+                .unwrap_or("?");
+            let sub = if req.uri().path().ends_with("/status") {
+                "/status"
+            } else {
+                ""
+            };
+            *writes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(format!("{} {resource}{sub}", req.method()))
+                .or_default() += 1;
+        }
+        req
+    });
+    kube::client::ClientBuilder::try_from(config)
+        .expect("client")
+        .with_layer(&layer)
+        .build()
 }
 
 async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
@@ -97,6 +139,9 @@ struct Env {
     s3: TestS3,
     store: S3Store,
     script: PathBuf,
+    /// The demand board the operator in this process scales from.
+    demand: Arc<DemandBoard>,
+    operator: Option<tokio::task::JoinHandle<()>>,
     _dir: tempfile::TempDir,
     _procs: Vec<Killed>,
 }
@@ -172,6 +217,8 @@ impl Env {
             s3,
             store,
             script,
+            demand: Arc::default(),
+            operator: None,
             _dir: dir,
             _procs: Vec::new(),
         }
@@ -187,20 +234,37 @@ impl Env {
         Api::namespaced(self.client.clone(), &self.ns)
     }
 
-    /// The real operator, watching this namespace only, without its run controller.
-    fn start_operator(&mut self) {
-        let child = Command::new(binary("VFLOW_OPERATOR_BIN", "vflow-operator"))
-            .args(["--watch-namespace", &self.ns, "--leader-elect=false"])
-            // These tests run the run controller in-process, with their own resolver.
-            .arg("--run-controller=false")
-            .args(["--http-addr", &format!("127.0.0.1:{}", free_port())])
-            .args(["--pod-annotation", "pod-ready.stage.kwok.x-k8s.io/delay=2s"])
-            .env("KUBECONFIG", kubeconfig())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start vflow-operator (cargo build -p vflow-operator)");
-        self._procs.push(Killed(child));
+    /// The operator in this process, watching this namespace only, scaling from
+    /// `self.demand`; without its run controller (the tests start theirs, with a
+    /// resolver that finds the local runtimes, on the same board).
+    async fn start_operator(&mut self) {
+        let http = format!("127.0.0.1:{}", free_port());
+        let args = Args::try_parse_from([
+            "vflow-operator",
+            "--watch-namespace",
+            &self.ns,
+            "--leader-elect=false",
+            "--run-controller=false",
+            "--observe-seconds=0",
+            "--http-addr",
+            &http,
+            "--pod-annotation",
+            "pod-ready.stage.kwok.x-k8s.io/delay=2s",
+        ])
+        .expect("operator flags");
+        let config = kube_config().await;
+        let demand = self.demand.clone();
+        self.operator = Some(tokio::spawn(async move {
+            let stopped = vflow_operator::run_with(
+                args,
+                config,
+                demand,
+                None,
+                futures::future::pending::<()>(),
+            )
+            .await;
+            panic!("the operator stopped: {stopped:?}");
+        }));
     }
 
     /// A `vflow-runtime serve` per stage standing in for its pods; their URLs.
@@ -256,9 +320,25 @@ impl Env {
         self.api::<Deployment>().get_opt(name).await.ok().flatten()
     }
 
-    async fn annotation(&self, key: &str) -> Option<String> {
-        let wf = self.api::<VideoWorkflow>().get("wf").await.ok()?;
-        wf.metadata.annotations?.get(key).cloned()
+    /// The workflow's `vflow.io/` annotations: the run side must write none.
+    async fn vflow_annotations(&self) -> Vec<String> {
+        let wf = self
+            .api::<VideoWorkflow>()
+            .get("wf")
+            .await
+            .expect("workflow");
+        wf.metadata
+            .annotations
+            .unwrap_or_default()
+            .into_keys()
+            .filter(|k| k.starts_with("vflow.io/"))
+            .collect()
+    }
+
+    fn in_flight(&self, stage: &str) -> u32 {
+        self.demand
+            .get(&self.ns, "wf", k8s_openapi::jiff::Timestamp::now())
+            .in_flight(stage)
     }
 
     async fn put(&self, key: &str, body: &str) {
@@ -281,6 +361,9 @@ impl Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
+        if let Some(op) = self.operator.take() {
+            op.abort();
+        }
         let ns = self.ns.clone();
         // Best effort, with a client of its own: this one's worker lives on the test's
         // runtime, which this drop blocks.
@@ -313,7 +396,7 @@ fn target(stage: &str) -> StageTarget {
 #[ignore = "needs e2e/testenv: make test-runs"]
 async fn a_stage_at_zero_is_scaled_by_the_operator_and_the_invocation_waits_for_it() {
     let mut env = Env::new("scale", json!({})).await;
-    env.start_operator();
+    env.start_operator().await;
     let resolver = env.start_runtimes().await;
     wait_for(
         "Deployment wf-split at 0 replicas",
@@ -327,10 +410,9 @@ async fn a_stage_at_zero_is_scaled_by_the_operator_and_the_invocation_waits_for_
     .await;
     env.put("in/clip.bin", "input\n").await;
 
-    let signaller = Signaller::new(env.client.clone());
     let capacity = KubeCapacity::new(
         env.client.clone(),
-        signaller,
+        env.demand.clone(),
         &env.ns,
         "wf",
         Duration::from_secs(30),
@@ -356,10 +438,15 @@ async fn a_stage_at_zero_is_scaled_by_the_operator_and_the_invocation_waits_for_
         let backend = backend.clone();
         tokio::spawn(async move { backend.invoke(&target("split"), request).await })
     };
-    // While it is held: the annotation asks for it and the operator scales up.
-    wait_for("in-flight annotation", Duration::from_secs(10), || async {
-        env.annotation(IN_FLIGHT).await.as_deref() == Some(r#"{"split":1}"#)
-    })
+    // While it is held: the board asks for it and the operator scales up.
+    wait_for(
+        "split in flight on the board",
+        Duration::from_secs(10),
+        || {
+            let n = env.in_flight("split");
+            async move { n == 1 }
+        },
+    )
     .await;
     wait_for(
         "operator scales wf-split to 1",
@@ -389,18 +476,17 @@ async fn a_stage_at_zero_is_scaled_by_the_operator_and_the_invocation_waits_for_
     );
     assert!(cold >= 1.5, "held only {cold:.2}s");
     assert_eq!(invoked.response.outputs.len(), 3);
-    wait_for(
-        "in-flight back to none",
-        Duration::from_secs(10),
-        || async { env.annotation(IN_FLIGHT).await.as_deref() == Some("{}") },
-    )
-    .await;
+    assert_eq!(env.in_flight("split"), 0, "in flight back to none");
+    assert_eq!(
+        env.vflow_annotations().await,
+        Vec::<String>::new(),
+        "the run side does not write on the user's VideoWorkflow"
+    );
 
     // A stage with no Deployment: a clear error after the activation timeout.
-    let signaller = Signaller::new(env.client.clone());
     let capacity = KubeCapacity::new(
         env.client.clone(),
-        signaller,
+        Arc::default(),
         &env.ns,
         "nope",
         Duration::from_secs(30),
@@ -433,9 +519,12 @@ async fn a_stage_at_zero_is_scaled_by_the_operator_and_the_invocation_waits_for_
     assert!(err.to_string().contains("does not exist"), "{err}");
 }
 
-fn config(ns: &str, resolver: StaticResolver) -> RunsConfig {
+/// The run controller as the operator configures it, on the board the operator in this
+/// process scales from.
+fn config(env: &Env, resolver: StaticResolver) -> RunsConfig {
     RunsConfig {
-        namespace: Some(ns.to_string()),
+        namespace: Some(env.ns.clone()),
+        demand: env.demand.clone(),
         status_interval: Duration::from_millis(200),
         retry_interval: Duration::from_secs(2),
         poller: Some(PollerConfig {
@@ -488,12 +577,13 @@ async fn runs_from_submit_and_from_the_s3_trigger_finish_with_status_and_go_afte
         json!({"trigger": {"type": "S3", "prefix": "incoming/", "suffix": ".bin"}}),
     )
     .await;
-    env.start_operator();
+    env.start_operator().await;
     let resolver = env.start_runtimes().await;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let writes = Writes::default();
     let controller = tokio::spawn(run_controller(
-        env.client.clone(),
-        config(&env.ns, resolver),
+        counting_client(writes.clone()).await,
+        config(&env, resolver),
         async {
             let _ = stopped.await;
         },
@@ -589,6 +679,15 @@ async fn runs_from_submit_and_from_the_s3_trigger_finish_with_status_and_go_afte
     )
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let writes = writes.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    eprintln!("API writes by the run side for 2 runs: {writes:?}");
+    assert!(
+        writes
+            .keys()
+            .all(|k| !k.contains("videoworkflows ") && !k.ends_with("videoworkflows")),
+        "the run side patched the VideoWorkflow: {writes:?}"
+    );
+    assert_eq!(env.vflow_annotations().await, Vec::<String>::new());
     let all = runs.list(&Default::default()).await.expect("list").items;
     let inputs: Vec<String> = all.iter().map(|r| r.spec.input.clone()).collect();
     assert_eq!(
@@ -612,7 +711,7 @@ async fn runs_from_submit_and_from_the_s3_trigger_finish_with_status_and_go_afte
 #[ignore = "needs e2e/testenv: make test-runs"]
 async fn a_restarted_controller_resumes_the_run_without_redoing_finished_work() {
     let mut env = Env::new("resume", json!({})).await;
-    env.start_operator();
+    env.start_operator().await;
     let resolver = env.start_runtimes().await;
     env.put("in/clip.bin", "input\n").await;
     let runs: Api<VideoWorkflowRun> = env.api();
@@ -626,7 +725,7 @@ async fn a_restarted_controller_resumes_the_run_without_redoing_finished_work() 
     // The first controller in its own runtime, dropped whole (like a killed process)
     // once split is done and the copies are running.
     // Its own client too: a kube client's worker lives on the runtime that made it.
-    let cfg = config(&env.ns, resolver.clone());
+    let cfg = config(&env, resolver.clone());
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
     let first = std::thread::spawn(move || {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -658,7 +757,7 @@ async fn a_restarted_controller_resumes_the_run_without_redoing_finished_work() 
     let (stop2, stopped2) = tokio::sync::oneshot::channel::<()>();
     let second = tokio::spawn(run_controller(
         env.client.clone(),
-        config(&env.ns, resolver),
+        config(&env, resolver),
         async {
             let _ = stopped2.await;
         },
