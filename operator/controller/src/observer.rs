@@ -1,30 +1,31 @@
-//! Closes the feedback loop in a cluster: what function pods measured goes into their
-//! FunctionProfile's status.
+//! Closes the part of the feedback loop that invocation records cannot: what function
+//! pods' containers measured goes into their FunctionProfile's status.
 //!
-//! Every interval the operator scrapes each ready function pod: the runtime's
-//! `/observations` (per-invocation time, CPU, peak memory, cold start) and the
-//! sidecar's (container-level CPU, memory and GPU while busy), and folds what is new
-//! since the previous scrape into the profile (see `vflow_engine::learn::fold_scrapes`).
-//! Function pods then need no Kubernetes credentials at all. Counters are cumulative
-//! per pod, so the operator remembers the last scrape of each pod; after an operator
-//! restart the first scrape of the pods that already existed only sets that baseline
-//! (a little is lost, nothing is counted twice).
+//! The runs fold each invocation's own record (counts, times, cold start as waited,
+//! the runtime's CPU and memory) into the profiles (`vflow_runs::learn`), so nothing
+//! is lost when a pod goes before it is scraped. Every interval the operator scrapes
+//! each ready function pod for the rest: the sidecar's container-level CPU, memory and
+//! GPU while busy, weighted by the pod's new invocations (its runtime's
+//! `/observations`), and function processes killed for memory; and it reads every
+//! function pod's container state for containers OOM-killed whole (see
+//! `vflow_engine::learn::fold_scrapes`). Function pods need no Kubernetes credentials
+//! at all. Counters are cumulative per pod, so the operator remembers the last scrape
+//! of each pod; after an operator restart the first scrape of the pods that already
+//! existed only sets that baseline (a little is lost, nothing is counted twice).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 use vflow_api::FunctionProfile;
 use vflow_contract::observations::{ContainerObservations, InstanceObservations};
-use vflow_engine::learn::{InstanceScrape, decay_memory_peaks, fold_scrapes};
+use vflow_engine::learn::{InstanceScrape, fold_scrapes, stamp};
+use vflow_runs::learn::update_status;
 
 use crate::workflow::build::{FUNCTION_CONTAINER, LABEL_FUNCTION};
-
-/// Field manager of the observation fields of FunctionProfile status.
-pub const OBSERVER_MANAGER: &str = "vflow-observer";
 
 /// Where a pod's port is reachable: `http://<podIP>:<port>` in a cluster; tests map
 /// pods to local processes.
@@ -40,26 +41,6 @@ fn ready(pod: &Pod) -> bool {
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-/// How long the pod took from its creation to Ready, as the API server recorded it
-/// (whole seconds): scheduling, the sandbox, the containers, the runtime's start and
-/// warm-up, the readiness probe. What a stage scaling from zero waits for; the
-/// runtime's own start (`cold_start_seconds` it reports) is a small part of it.
-pub fn pod_start_seconds(pod: &Pod) -> Option<f64> {
-    let created = pod.metadata.creation_timestamp.as_ref()?.0;
-    let ready = pod
-        .status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == "Ready" && c.status == "True")?
-        .last_transition_time
-        .as_ref()?
-        .0;
-    let seconds = ready.duration_since(created).as_secs_f64();
-    (seconds >= 0.0).then_some(seconds)
 }
 
 /// The function container's restart count now, and whether the restarts since `seen`
@@ -190,17 +171,9 @@ impl Observer {
             let Some(base) = (self.resolve)(pod, self.runtime_port) else {
                 continue;
             };
-            let Some(mut current) = self.get::<InstanceObservations>(&base).await else {
+            let Some(current) = self.get::<InstanceObservations>(&base).await else {
                 continue;
             };
-            // A new instance's cold start is the pod's, not only its runtime process's.
-            if let Some(pod_start) = pod_start_seconds(pod) {
-                current.cold_start_seconds = Some(
-                    current
-                        .cold_start_seconds
-                        .map_or(pod_start, |runtime| runtime.max(pod_start)),
-                );
-            }
             let container = match (self.resolve)(pod, self.sidecar_port) {
                 Some(sidecar) => self.get::<ContainerObservations>(&sidecar).await,
                 None => None,
@@ -256,18 +229,6 @@ impl Observer {
         container_ooms: u64,
     ) -> Result<bool, kube::Error> {
         let api: Api<FunctionProfile> = Api::namespaced(self.client.clone(), ns);
-        let Some(mut profile) = api.get_opt(function).await? else {
-            return Ok(false);
-        };
-        // Old memory peaks fade with the time since they were written (learn.rs).
-        if let Some(status) = profile.status.as_mut()
-            && let Some(end) = status.window_end.as_ref().map(|t| t.0)
-        {
-            let elapsed = k8s_openapi::jiff::Timestamp::now().duration_since(end);
-            if let Ok(elapsed) = Duration::try_from(elapsed) {
-                decay_memory_peaks(status, elapsed);
-            }
-        }
         let scrapes: Vec<InstanceScrape<'_>> = reports
             .iter()
             .map(|(uid, current, container)| InstanceScrape {
@@ -276,40 +237,22 @@ impl Observer {
                 container: container.as_ref(),
             })
             .collect();
-        let mut changed = fold_scrapes(&mut profile, &scrapes);
-        if container_ooms > 0 {
+        // Read, fold, write with the version read: the run controller folds its records
+        // into the same status (vflow_runs::learn).
+        update_status(&api, function, |profile| {
+            let now = k8s_openapi::jiff::Timestamp::now();
+            let mut changed = fold_scrapes(profile, &scrapes);
             let status = profile.status.get_or_insert_with(Default::default);
-            status.oom_kills += container_ooms;
-            changed = true;
-        }
-        if !changed {
-            return Ok(false);
-        }
-        let Some(status) = &profile.status else {
-            return Ok(false);
-        };
-        let patch = serde_json::json!({
-            "apiVersion": vflow_api::API_VERSION,
-            "kind": "FunctionProfile",
-            "status": {
-                "invocations": status.invocations,
-                "coldStarts": status.cold_starts,
-                "failures": status.failures,
-                "oomKills": status.oom_kills,
-                "execSeconds": status.exec_seconds,
-                "coldStartSeconds": status.cold_start_seconds,
-                "cpuCores": status.cpu_cores,
-                "memoryBytes": status.memory_bytes,
-                "gpuMemoryBytes": status.gpu_memory_bytes,
-                "gpuUtilization": status.gpu_utilization,
-                "outputInputRatio": status.output_input_ratio,
-                "windowEnd": k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
+            if container_ooms > 0 {
+                status.oom_kills += container_ooms;
+                changed = true;
             }
-        });
-        let params = PatchParams::apply(OBSERVER_MANAGER).force();
-        api.patch_status(function, &params, &Patch::Apply(&patch))
-            .await?;
-        Ok(true)
+            if changed {
+                stamp(status, now);
+            }
+            changed
+        })
+        .await
     }
 
     /// Scrapes every `interval` until the process stops.
@@ -329,46 +272,9 @@ impl Observer {
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+    use k8s_openapi::api::core::v1::PodStatus;
 
     use super::*;
-
-    fn pod(created: &str, ready: Option<&str>) -> Pod {
-        let at = |s: &str| Time(s.parse().expect("timestamp"));
-        Pod {
-            metadata: ObjectMeta {
-                creation_timestamp: Some(at(created)),
-                ..ObjectMeta::default()
-            },
-            status: Some(PodStatus {
-                conditions: Some(vec![
-                    PodCondition {
-                        type_: "PodScheduled".into(),
-                        status: "True".into(),
-                        last_transition_time: Some(at(created)),
-                        ..PodCondition::default()
-                    },
-                    PodCondition {
-                        type_: "Ready".into(),
-                        status: if ready.is_some() { "True" } else { "False" }.into(),
-                        last_transition_time: Some(at(ready.unwrap_or(created))),
-                        ..PodCondition::default()
-                    },
-                ]),
-                ..PodStatus::default()
-            }),
-            ..Pod::default()
-        }
-    }
-
-    #[test]
-    fn a_pods_start_runs_from_its_creation_to_ready() {
-        let p = pod("2026-12-05T09:00:00Z", Some("2026-12-05T09:00:03Z"));
-        assert_eq!(pod_start_seconds(&p), Some(3.0));
-        assert_eq!(pod_start_seconds(&pod("2026-12-05T09:00:00Z", None)), None);
-        assert_eq!(pod_start_seconds(&Pod::default()), None);
-    }
 
     fn restarted(restarts: i32, reason: Option<&str>) -> Pod {
         use k8s_openapi::api::core::v1::{

@@ -51,7 +51,13 @@ async fn serve_json(body: Arc<Mutex<serde_json::Value>>) -> String {
     url
 }
 
-fn instance(name: &str, invocations: u64) -> serde_json::Value {
+fn set(runtime: &Arc<Mutex<serde_json::Value>>, to: serde_json::Value) {
+    if let Ok(mut r) = runtime.lock() {
+        *r = to;
+    }
+}
+
+fn instance(name: &str, invocations: u64, oom_kills: u64) -> serde_json::Value {
     let s = |v: f64| Summary {
         count: invocations,
         p50: v,
@@ -63,7 +69,7 @@ fn instance(name: &str, invocations: u64) -> serde_json::Value {
         instance: name.into(),
         invocations,
         failures: 0,
-        oom_kills: 0,
+        oom_kills,
         cold_start_seconds: Some(0.25),
         exec_seconds: Some(s(1.5)),
         cpu_cores: Some(s(0.5)),
@@ -165,8 +171,8 @@ async fn pod_observations_land_in_the_profile_status() {
     }
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let runtime_a = Arc::new(Mutex::new(instance("a", 0)));
-    let runtime_b = Arc::new(Mutex::new(instance("b", 0)));
+    let runtime_a = Arc::new(Mutex::new(instance("a", 0, 0)));
+    let runtime_b = Arc::new(Mutex::new(instance("b", 0, 0)));
     let sidecar = Arc::new(Mutex::new(
         serde_json::to_value(ContainerObservations {
             samples: 10,
@@ -197,52 +203,71 @@ async fn pod_observations_land_in_the_profile_status() {
     });
     let mut observer = Observer::new(client.clone(), resolve);
     // The first pass only sets the baseline of pods that already run.
-    if let Ok(mut a) = runtime_a.lock() {
-        *a = instance("a", 7);
-    }
+    set(&runtime_a, instance("a", 7, 0));
     assert_eq!(observer.scrape_once().await.expect("scrape"), 0);
-    if let Ok(mut a) = runtime_a.lock() {
-        *a = instance("a", 10);
-    }
+    set(&runtime_a, instance("a", 10, 0));
     assert_eq!(observer.scrape_once().await.expect("scrape"), 1);
     let status = status_of(&profiles).await;
-    assert_eq!(status.invocations, 3, "only what came after the baseline");
-    assert_eq!(status.cold_starts, 0);
-    assert_eq!(status.exec_seconds.map(|d| d.p50), Some(1.5));
-    // Memory from the sidecar's container-level samples.
-    assert_eq!(status.memory_bytes.map(|d| d.max), Some(5e8));
-
-    // A pod that appears later is counted from zero, with its cold start.
-    if let Ok(mut b) = runtime_b.lock() {
-        *b = instance("b", 2);
-    }
-    let pod_start = ready_pod(&pods, "fn-b").await;
-    observer.scrape_once().await.expect("scrape");
-    let status = status_of(&profiles).await;
-    assert_eq!(status.invocations, 5);
-    assert_eq!(status.cold_starts, 1);
-    // The pod's start as the API recorded it, or the runtime's own where that is longer.
     assert_eq!(
-        status.cold_start_seconds.map(|d| d.p50),
-        Some(pod_start.max(0.25))
+        (status.invocations, status.cold_starts),
+        (0, 0),
+        "invocations are counted from the runs' records, never from scrapes"
     );
+    assert_eq!(status.exec_seconds, None);
+    // Memory from the sidecar's container-level samples; the window is stamped.
+    assert_eq!(status.memory_bytes.map(|d| d.max), Some(5e8));
+    assert!(status.window_start.is_some() && status.window_end.is_some());
+
+    // The records have folded 10 invocations at 1e8 bytes (p95) since.
+    let mut with_records = profiles.get_status("testfn").await.expect("get");
+    if let Some(s) = with_records.status.as_mut() {
+        s.invocations = 10;
+        s.memory_bytes = Some(vflow_api::Distribution {
+            p50: 1e8,
+            p95: 1e8,
+            max: 5e8,
+        });
+    }
+    with_records.metadata.managed_fields = None;
+    profiles
+        .replace_status("testfn", &PostParams::default(), &with_records)
+        .await
+        .expect("write the records' fold");
 
     // A pod that misses a scrape (its runtime gave no answer) keeps its baseline: when it
-    // answers again only what it ran since is new, and it is no new instance.
-    if let Ok(mut a) = runtime_a.lock() {
-        *a = json!("not observations");
-    }
-    observer.scrape_once().await.expect("scrape");
-    if let Ok(mut a) = runtime_a.lock() {
-        *a = instance("a", 12);
-    }
-    observer.scrape_once().await.expect("scrape");
+    // answers again only what it ran since weighs, not all it ever ran.
+    set(&runtime_a, json!("not observations"));
+    assert_eq!(observer.scrape_once().await.expect("scrape"), 0);
+    set(&runtime_a, instance("a", 12, 0));
+    assert_eq!(observer.scrape_once().await.expect("scrape"), 1);
     let status = status_of(&profiles).await;
     assert_eq!(
-        status.invocations, 7,
-        "a's 2 new invocations, not its 12 again"
+        status.invocations, 10,
+        "the records' count stays as written"
     );
-    assert_eq!(status.cold_starts, 1, "a is not a new instance");
+    let p95 = status.memory_bytes.map(|d| d.p95).unwrap_or_default();
+    let once = (10.0 * 1e8 + 2.0 * 4e8) / 12.0;
+    assert!(
+        (p95 - once).abs() < 1.0,
+        "a's 2 new invocations weigh against the 10 folded ({once}), not its 12 again: {p95}"
+    );
+
+    // A function process killed for memory counts once, however often it is scraped;
+    // a pod that appears later is counted from zero.
+    set(&runtime_a, instance("a", 12, 1));
+    set(&runtime_b, instance("b", 2, 0));
+    ready_pod(&pods, "fn-b").await;
+    observer.scrape_once().await.expect("scrape");
+    observer.scrape_once().await.expect("scrape");
+    let status = status_of(&profiles).await;
+    assert_eq!(status.oom_kills, 1);
+    assert_eq!(status.invocations, 10);
+    let p95 = status.memory_bytes.map(|d| d.p95).unwrap_or_default();
+    let with_b = (10.0 * once + 2.0 * 4e8) / 12.0;
+    assert!(
+        (p95 - with_b).abs() < 1.0,
+        "b weighs its 2 invocations, once ({with_b}): {p95}"
+    );
 
     let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
 }

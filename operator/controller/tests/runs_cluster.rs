@@ -765,6 +765,25 @@ async fn a_restarted_controller_resumes_the_run_without_redoing_finished_work() 
     wait_phase(&env, "slow", RunPhase::Succeeded, Duration::from_secs(90)).await;
     let record = env.record("slow").await;
     assert_eq!(record.sessions, 2, "picked up twice");
+    // What both sessions ran is in the profiles once: the first session was killed
+    // before it could fold, the second folded everything not yet learned.
+    let profiles: Api<FunctionProfile> = env.api();
+    for (stage, function) in [("split", "tsplit"), ("copy", "tcopy"), ("join", "tjoin")] {
+        let ran = record
+            .units
+            .iter()
+            .filter(|u| u.stage == stage)
+            .flat_map(|u| &u.attempts)
+            .filter(|a| !a.reused)
+            .count() as u64;
+        let status = profiles
+            .get(function)
+            .await
+            .expect("profile")
+            .status
+            .unwrap_or_default();
+        assert_eq!(status.invocations, ran, "{function}");
+    }
     let split = record.unit("split", None).expect("split");
     assert_eq!(
         split.attempts.iter().filter(|a| !a.reused).count(),
@@ -774,4 +793,87 @@ async fn a_restarted_controller_resumes_the_run_without_redoing_finished_work() 
     );
     let _ = stop2.send(());
     let _ = tokio::time::timeout(Duration::from_secs(10), second).await;
+}
+
+#[tokio::test]
+#[ignore = "needs e2e/testenv: make test-runs"]
+async fn a_fan_out_burst_is_counted_whole_in_the_profiles_from_the_runs_records() {
+    let mut env = Env::new("burst", json!({})).await;
+    env.start_operator().await;
+    let resolver = env.start_runtimes().await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let controller = tokio::spawn(run_controller(
+        env.client.clone(),
+        config(&env, resolver),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    env.put("in/clip.bin", "input\n").await;
+    let runs: Api<VideoWorkflowRun> = env.api();
+    runs.create(
+        &PostParams::default(),
+        &run("burst", "in/clip.bin", 600, json!({"split": {"count": 20}})),
+    )
+    .await
+    .expect("create run");
+    wait_phase(&env, "burst", RunPhase::Succeeded, Duration::from_secs(120)).await;
+    // The copy pods scale down right after; no scrape ever saw them (the observer is
+    // off here), and still every invocation is in the profiles, from the record.
+    let record = env.record("burst").await;
+    let profiles: Api<FunctionProfile> = env.api();
+    for (stage, function, units) in [
+        ("split", "tsplit", 1),
+        ("copy", "tcopy", 20),
+        ("join", "tjoin", 1),
+    ] {
+        let attempts: usize = record
+            .units
+            .iter()
+            .filter(|u| u.stage == stage)
+            .map(|u| u.attempts.len())
+            .sum();
+        assert_eq!(attempts, units, "{stage}: one attempt per unit");
+        let status = profiles
+            .get(function)
+            .await
+            .expect("profile")
+            .status
+            .unwrap_or_default();
+        assert_eq!(
+            status.invocations, units as u64,
+            "{function}: every invocation counted once"
+        );
+        assert!(
+            status.exec_seconds.is_some() && status.window_end.is_some(),
+            "{function}: {status:?}"
+        );
+        assert!(
+            record
+                .units
+                .iter()
+                .filter(|u| u.stage == stage)
+                .flat_map(|u| &u.attempts)
+                .all(|a| a.learned),
+            "{stage}: attempts marked learned in the saved record"
+        );
+    }
+    // Scaled from zero: the cold start learned is what the first copy waited (kwok
+    // makes pods Ready after 2 s), not a runtime process's own start.
+    let copy = profiles
+        .get("tcopy")
+        .await
+        .expect("profile")
+        .status
+        .unwrap_or_default();
+    assert!(copy.cold_starts >= 1, "{copy:?}");
+    assert!(
+        copy.cold_start_seconds
+            .as_ref()
+            .is_some_and(|d| d.max >= 1.5),
+        "{copy:?}"
+    );
+
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), controller).await;
 }

@@ -72,6 +72,7 @@ async fn reuse(store: &Store, d: &Dispatch) -> Option<UnitOutcome> {
         submitted_at: now,
         finished_at: now,
         reused: true,
+        learned: false,
         instance: previous.response.instance.clone(),
         ..Default::default()
     };
@@ -103,5 +104,6 @@ fn attempt_from(invoked: &Invoked, submitted_at: f64) -> Attempt {
         instance: r.instance.clone(),
         error: None,
         reused: false,
+        learned: false,
     }
 }

@@ -194,12 +194,31 @@ pub fn decay_memory_peaks(status: &mut FunctionProfileStatus, elapsed: std::time
     }
 }
 
-/// Folds what instances observed since the previous scrape into a profile's status.
-/// Counters are cumulative per instance, so only the difference since the previous
-/// scrape is new (an instance that restarted starts again from zero). Distributions
-/// come from each instance's recent window, weighted by its new invocations. CPU and
-/// memory prefer the sidecar's container-level busy samples, which include everything
-/// the function's process tree used.
+/// Marks a status as written at `now`, after new observations were folded in: the
+/// memory peaks decay for the time since the last write (before the new peaks count in
+/// full, they were already folded at full height), and the observation window, which
+/// the invocation rate is read from, ends now (and starts at the first write).
+pub fn stamp(status: &mut FunctionProfileStatus, now: k8s_openapi::jiff::Timestamp) {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    if let Some(end) = status.window_end.as_ref().map(|t| t.0)
+        && let Ok(elapsed) = std::time::Duration::try_from(now.duration_since(end))
+    {
+        decay_memory_peaks(status, elapsed);
+    }
+    status.window_start.get_or_insert(Time(now));
+    status.window_end = Some(Time(now));
+}
+
+/// Folds what the instances' containers observed since the previous scrape into a
+/// profile's status: what no invocation record can see. The counts, execution times,
+/// cold starts and the runtime's per-invocation CPU and memory come from the runs'
+/// records ([`fold`]), which lose nothing when a pod goes before it is scraped; counting
+/// them here as well would count every invocation twice. What is folded here:
+/// the sidecar's container-level busy CPU and memory (everything the function's
+/// process tree used, page cache included) and GPU memory and utilisation, weighted by
+/// the instance's invocations since the previous scrape, and the runtime's count of
+/// function processes killed for memory. Counters are cumulative per instance, so only
+/// the difference counts (an instance that restarted starts again from zero).
 pub fn fold_scrapes(profile: &mut FunctionProfile, scrapes: &[InstanceScrape<'_>]) -> bool {
     let status = profile
         .status
@@ -217,93 +236,33 @@ pub fn fold_scrapes(profile: &mut FunctionProfile, scrapes: &[InstanceScrape<'_>
         let new_ooms = cur
             .oom_kills
             .saturating_sub(prev.map(|p| p.oom_kills).unwrap_or(0));
-        let is_new_instance = prev.is_none();
-        if new_invocations == 0 && !is_new_instance {
-            continue;
+        if new_ooms > 0 {
+            status.oom_kills += new_ooms;
+            changed = true;
         }
-        changed = true;
-        let old_ok = status.invocations.saturating_sub(status.failures);
         let new_ok = new_invocations.saturating_sub(new_failures);
-        if new_ok > 0 {
-            if let Some(s) = &cur.exec_seconds {
-                status.exec_seconds = Some(merge_summary(
-                    status.exec_seconds.as_ref(),
+        let Some(container) = scrape.container.filter(|_| new_ok > 0) else {
+            continue;
+        };
+        // The weight of what the profile holds: the successful invocations so far.
+        let old_ok = status.invocations.saturating_sub(status.failures);
+        let fields = [
+            (&container.busy_cpu_cores, &mut status.cpu_cores),
+            (&container.busy_memory_bytes, &mut status.memory_bytes),
+            (&container.gpu_memory_bytes, &mut status.gpu_memory_bytes),
+            (&container.gpu_utilization, &mut status.gpu_utilization),
+        ];
+        for (seen, into) in fields {
+            if let Some(seen) = seen {
+                *into = Some(merge_summary(
+                    into.as_ref(),
                     old_ok,
-                    &summary_as_distribution(s),
+                    &summary_as_distribution(seen),
                     new_ok,
                 ));
-            }
-            let cpu = scrape
-                .container
-                .and_then(|c| c.busy_cpu_cores.as_ref())
-                .or(cur.cpu_cores.as_ref());
-            if let Some(s) = cpu {
-                status.cpu_cores = Some(merge_summary(
-                    status.cpu_cores.as_ref(),
-                    old_ok,
-                    &summary_as_distribution(s),
-                    new_ok,
-                ));
-            }
-            let memory = scrape
-                .container
-                .and_then(|c| c.busy_memory_bytes.as_ref())
-                .or(cur.memory_bytes.as_ref());
-            if let Some(s) = memory {
-                status.memory_bytes = Some(merge_summary(
-                    status.memory_bytes.as_ref(),
-                    old_ok,
-                    &summary_as_distribution(s),
-                    new_ok,
-                ));
-            }
-            if let Some(container) = scrape.container {
-                if let Some(s) = &container.gpu_memory_bytes {
-                    status.gpu_memory_bytes = Some(merge_summary(
-                        status.gpu_memory_bytes.as_ref(),
-                        old_ok,
-                        &summary_as_distribution(s),
-                        new_ok,
-                    ));
-                }
-                if let Some(s) = &container.gpu_utilization {
-                    status.gpu_utilization = Some(merge_summary(
-                        status.gpu_utilization.as_ref(),
-                        old_ok,
-                        &summary_as_distribution(s),
-                        new_ok,
-                    ));
-                }
+                changed = true;
             }
         }
-        if is_new_instance && let Some(cold) = cur.cold_start_seconds {
-            let d = Distribution {
-                p50: cold,
-                p95: cold,
-                max: cold,
-            };
-            status.cold_start_seconds = Some(merge_summary(
-                status.cold_start_seconds.as_ref(),
-                status.cold_starts,
-                &d,
-                1,
-            ));
-            status.cold_starts += 1;
-        }
-        let bytes_in = cur.bytes_in - prev.map(|p| p.bytes_in).unwrap_or(0).min(cur.bytes_in);
-        let bytes_out = cur.bytes_out - prev.map(|p| p.bytes_out).unwrap_or(0).min(cur.bytes_out);
-        if bytes_in > 0 {
-            let ratio = bytes_out as f64 / bytes_in as f64;
-            status.output_input_ratio = Some(match status.output_input_ratio {
-                Some(old) if old_ok > 0 => {
-                    (old * old_ok as f64 + ratio * new_ok as f64) / (old_ok + new_ok).max(1) as f64
-                }
-                _ => ratio,
-            });
-        }
-        status.invocations += new_invocations;
-        status.failures += new_failures;
-        status.oom_kills += new_ooms;
     }
     changed
 }
@@ -354,76 +313,104 @@ mod scrape_tests {
         }
     }
 
+    fn busy(memory_max: f64) -> ContainerObservations {
+        ContainerObservations {
+            busy_memory_bytes: Some(Summary {
+                count: 10,
+                p50: memory_max / 4.0,
+                p95: memory_max / 2.0,
+                max: memory_max,
+            }),
+            ..Default::default()
+        }
+    }
+
     #[test]
-    fn only_what_is_new_since_the_last_scrape_counts() {
+    fn scrapes_add_the_container_view_and_never_count_invocations() {
         let mut p = profile();
         let first = seen(4, 0, 1.0);
+        let container = busy(4000.0);
         assert!(fold_scrapes(
             &mut p,
             &[InstanceScrape {
                 previous: None,
                 current: &first,
-                container: None
+                container: Some(&container),
             }]
         ));
         let s = p.status.clone().unwrap_or_default();
-        assert_eq!((s.invocations, s.cold_starts), (4, 1));
         assert_eq!(
-            s.exec_seconds,
-            Some(Distribution {
-                p50: 1.0,
-                p95: 2.0,
-                max: 3.0
-            })
+            (s.invocations, s.failures, s.cold_starts),
+            (0, 0, 0),
+            "the records count invocations, not the scrapes"
         );
-        // The same counters again: nothing new.
+        assert_eq!(
+            s.exec_seconds, None,
+            "execution times come from the records"
+        );
+        assert_eq!(s.memory_bytes.map(|m| m.max), Some(4000.0));
+        // The same counters again (or a scrape that repeats an earlier one): nothing new.
         assert!(!fold_scrapes(
             &mut p,
             &[InstanceScrape {
                 previous: Some(&first),
                 current: &first,
-                container: None
+                container: Some(&busy(9000.0)),
             }]
         ));
-        // Four more, slower, one failed: weighted 4 old ok against 3 new ok.
-        let second = seen(8, 1, 2.0);
-        let container = ContainerObservations {
-            busy_memory_bytes: Some(Summary {
-                count: 10,
-                p50: 1000.0,
-                p95: 2000.0,
-                max: 4000.0,
-            }),
-            ..Default::default()
-        };
-        fold_scrapes(
+        assert_eq!(
+            p.status
+                .clone()
+                .unwrap_or_default()
+                .memory_bytes
+                .map(|m| m.max),
+            Some(4000.0)
+        );
+        // Without a sidecar there is nothing the records lack.
+        assert!(!fold_scrapes(
             &mut p,
             &[InstanceScrape {
                 previous: Some(&first),
-                current: &second,
-                container: Some(&container),
-            }],
-        );
-        let s = p.status.unwrap_or_default();
-        assert_eq!((s.invocations, s.failures, s.cold_starts), (8, 1, 1));
-        let exec = s.exec_seconds.unwrap_or(Distribution {
-            p50: 0.0,
-            p95: 0.0,
-            max: 0.0,
-        });
-        assert!(
-            (exec.p50 - (4.0 * 1.0 + 3.0 * 2.0) / 7.0).abs() < 1e-9,
-            "{exec:?}"
-        );
-        assert_eq!(exec.max, 6.0);
-        // Memory came from the sidecar's container-level samples.
-        assert_eq!(s.memory_bytes.map(|m| m.max), Some(4000.0));
+                current: &seen(8, 0, 1.0),
+                container: None,
+            }]
+        ));
     }
 
     #[test]
-    fn a_restarted_instance_starts_from_zero() {
+    fn the_container_view_is_weighted_by_new_invocations_against_the_records() {
         let mut p = profile();
-        let before = seen(10, 0, 1.0);
+        // The records have folded 6 successful invocations with 1 kB of memory at p95.
+        let status = p.status.get_or_insert_with(Default::default);
+        status.invocations = 6;
+        status.memory_bytes = Some(Distribution {
+            p50: 500.0,
+            p95: 1000.0,
+            max: 1000.0,
+        });
+        let before = seen(1, 0, 1.0);
+        let now = seen(3, 0, 1.0);
+        fold_scrapes(
+            &mut p,
+            &[InstanceScrape {
+                previous: Some(&before),
+                current: &now,
+                container: Some(&busy(4000.0)),
+            }],
+        );
+        let m = p.status.unwrap_or_default().memory_bytes.expect("memory");
+        assert!(
+            (m.p95 - (6.0 * 1000.0 + 2.0 * 2000.0) / 8.0).abs() < 1e-9,
+            "{m:?}"
+        );
+        assert_eq!(m.max, 4000.0);
+    }
+
+    #[test]
+    fn a_restarted_instance_starts_from_zero_and_its_ooms_count_once() {
+        let mut p = profile();
+        let mut before = seen(10, 0, 1.0);
+        before.oom_kills = 2;
         fold_scrapes(
             &mut p,
             &[InstanceScrape {
@@ -432,7 +419,18 @@ mod scrape_tests {
                 container: None,
             }],
         );
-        let restarted = seen(2, 0, 1.0);
+        assert_eq!(p.status.clone().unwrap_or_default().oom_kills, 2);
+        // Scraped again unchanged: counted once.
+        fold_scrapes(
+            &mut p,
+            &[InstanceScrape {
+                previous: Some(&before),
+                current: &before,
+                container: None,
+            }],
+        );
+        let mut restarted = seen(2, 0, 1.0);
+        restarted.oom_kills = 1;
         fold_scrapes(
             &mut p,
             &[InstanceScrape {
@@ -441,8 +439,7 @@ mod scrape_tests {
                 container: None,
             }],
         );
-        let s = p.status.unwrap_or_default();
-        assert_eq!((s.invocations, s.cold_starts), (12, 2));
+        assert_eq!(p.status.unwrap_or_default().oom_kills, 3);
     }
 
     #[test]

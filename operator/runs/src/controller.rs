@@ -363,7 +363,18 @@ async fn drive_engine(
     let outcome = engine.run(&opts, cancel_rx).await;
     drop(active);
     writer.abort();
-    let record = outcome.record;
+    let mut record = outcome.record;
+    // What the invocations measured goes into the profiles, each attempt once: marked
+    // in the record, which is saved again (a later session skips what is marked).
+    let (learned, error) =
+        crate::learn::learn_from_run(&ctx.client, &ns, &graph, &mut record).await;
+    if learned > 0 {
+        save_record(&store, &opts, &record).await;
+        tracing::debug!(run = %name, attempts = learned, "folded into the profiles");
+    }
+    if let Some(e) = error {
+        tracing::warn!(run = %name, error = %e, "some invocations are not in the profiles yet");
+    }
 
     let mut sizes = BTreeMap::new();
     for o in crate::status::outputs(&graph, &record, &BTreeMap::new()) {
@@ -398,6 +409,19 @@ async fn drive_engine(
     }
     tracing::info!(run = %name, phase = ?status.phase, "run ended");
     Ok(())
+}
+
+async fn save_record(store: &Store, opts: &RunOptions, record: &RunRecord) {
+    let saved = match serde_json::to_vec_pretty(record) {
+        Ok(bytes) => store
+            .put_bytes(&opts.prefix.join(vflow_engine::engine::RUN_RECORD), bytes)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = saved {
+        tracing::warn!(run = %opts.run, error = %e, "could not save the record marked learned: its attempts may be folded again");
+    }
 }
 
 /// Writes the status after each change of the record, at most every `status_interval`;

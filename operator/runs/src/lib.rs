@@ -16,6 +16,7 @@ pub mod capacity;
 pub mod config;
 pub mod controller;
 pub mod demand;
+pub mod learn;
 pub mod metrics;
 pub mod status;
 pub mod storage;
