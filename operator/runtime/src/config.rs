@@ -32,6 +32,33 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
+/// Bytes: a plain count or a Kubernetes quantity with a binary suffix ("536870912",
+/// "512Mi", "2Gi"). Decimal suffixes (M, G) are refused rather than guessed at.
+pub fn parse_memory(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let expected = "expected bytes or a quantity such as 512Mi or 2Gi";
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(split);
+    let multiplier: u64 = match suffix {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        _ => return Err(format!("{text:?}: {expected} (suffixes: Ki, Mi, Gi)")),
+    };
+    let bytes = number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(multiplier))
+        .ok_or_else(|| format!("{text:?}: {expected}"))?;
+    if bytes == 0 {
+        return Err(format!("{text:?}: a memory limit must be above 0"));
+    }
+    Ok(bytes)
+}
+
 /// A command line as argv; one flag value (clap would read a bare Vec as many values).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Argv(pub Vec<String>);
@@ -101,6 +128,11 @@ pub struct ServeArgs {
     /// The longest one invocation may run.
     #[arg(long, env = "VFLOW_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// Kill the function's process tree with SIGKILL (counted as an OOM kill) when its
+    /// summed resident memory, sampled, goes over this: bytes or e.g. 512Mi, 2Gi. For
+    /// the local mode; in a pod the container's cgroup limit does it.
+    #[arg(long, env = "VFLOW_MEMORY_LIMIT", value_parser = parse_memory)]
+    pub memory_limit: Option<u64>,
     /// After SIGTERM, how long in-flight invocations may take to finish.
     #[arg(long, env = "VFLOW_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
@@ -191,5 +223,59 @@ mod tests {
         );
         assert!(parse_command("vflow-fn scale").is_err());
         assert!(parse_command("[]").is_err());
+    }
+
+    #[test]
+    fn memory_limits() {
+        assert_eq!(parse_memory("536870912"), Ok(536_870_912));
+        assert_eq!(parse_memory("512Mi"), Ok(512 << 20));
+        assert_eq!(parse_memory("2Gi"), Ok(2 << 30));
+        assert_eq!(parse_memory("64Ki"), Ok(64 << 10));
+        assert_eq!(parse_memory(" 1Gi "), Ok(1 << 30));
+        for bad in [
+            "",
+            "0",
+            "0Mi",
+            "512M",
+            "2G",
+            "512mi",
+            "1.5Gi",
+            "-1",
+            "+5",
+            "Mi",
+            "12 Mi",
+            "lots",
+            "99999999999999999999",
+            "17179869184Gi",
+        ] {
+            assert!(parse_memory(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert!(
+            parse_memory("512M").is_err_and(|e| e.contains("512M") && e.contains("Mi")),
+            "the error names the value and the suffixes"
+        );
+    }
+
+    /// clap's error names the flag and the value.
+    #[test]
+    fn a_bad_memory_limit_is_refused_naming_the_flag() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Serve {
+            #[command(flatten)]
+            args: ServeArgs,
+        }
+        let ok = Serve::try_parse_from(["serve", "--memory-limit", "512Mi"]);
+        assert_eq!(ok.ok().and_then(|s| s.args.memory_limit), Some(512 << 20));
+        let none = Serve::try_parse_from(["serve"]);
+        assert_eq!(none.ok().map(|s| s.args.memory_limit), Some(None));
+        let err = match Serve::try_parse_from(["serve", "--memory-limit", "512MB"]) {
+            Ok(_) => panic!("512MB was accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains("--memory-limit") && err.contains("512MB"),
+            "{err}"
+        );
     }
 }

@@ -26,6 +26,7 @@ pub struct Executor {
     command: Vec<String>,
     scratch: PathBuf,
     timeout: Duration,
+    memory_limit: Option<u64>,
     store: Store,
     pub instance: String,
     pub metrics: RuntimeMetrics,
@@ -53,6 +54,8 @@ pub struct ExecutorConfig {
     pub command: Vec<String>,
     pub scratch: PathBuf,
     pub timeout: Duration,
+    /// Enforced by the runtime (the local mode has no cgroup); see `process::run`.
+    pub memory_limit: Option<u64>,
     pub instance: String,
 }
 
@@ -117,6 +120,7 @@ impl Executor {
             command: config.command,
             scratch: config.scratch,
             timeout: config.timeout,
+            memory_limit: config.memory_limit,
             store,
             instance: config.instance,
             metrics,
@@ -309,6 +313,7 @@ impl Executor {
         }
         let cancel = self.cancel.clone();
         let cwd = dir.to_path_buf();
+        let memory_limit = self.memory_limit;
         let measured = tokio::task::spawn_blocking(move || {
             process::run(process::Spec {
                 argv: &argv,
@@ -316,6 +321,7 @@ impl Executor {
                 env: &env,
                 timeout,
                 cancel,
+                memory_limit,
             })
         })
         .await

@@ -81,7 +81,7 @@ impl RuntimeMetrics {
         )?;
         let oom_kills = IntCounter::new(
             "runtime_oom_kills_total",
-            "Function processes killed by SIGKILL that the runtime did not send: the OOM killer",
+            "Functions killed by SIGKILL for memory: by the OOM killer, or by the runtime over --memory-limit",
         )?;
         let cold_start = Gauge::new("runtime_cold_start_seconds", "Process start to ready")?;
         let ready = IntGauge::new("runtime_ready", "1 once warm-up has finished")?;

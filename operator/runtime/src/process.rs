@@ -35,6 +35,8 @@ pub struct Spec<'a> {
     pub env: &'a [(String, String)],
     pub timeout: Duration,
     pub cancel: Arc<AtomicBool>,
+    /// Bytes of resident memory the whole tree may use; see `run`.
+    pub memory_limit: Option<u64>,
 }
 
 /// How often the tree's memory is sampled: often at first (short functions), then
@@ -47,7 +49,25 @@ fn sample_interval(elapsed: Duration) -> Duration {
     }
 }
 
+/// A size for people: whole MiB when exact, else one decimal; bytes below 1 MiB.
+fn mib(bytes: u64) -> String {
+    const MIB: u64 = 1 << 20;
+    if bytes < MIB {
+        format!("{bytes} bytes")
+    } else if bytes.is_multiple_of(MIB) {
+        format!("{} MiB", bytes / MIB)
+    } else {
+        format!("{:.1} MiB", bytes as f64 / MIB as f64)
+    }
+}
+
 /// Blocks until the process exits; run it on a blocking thread.
+///
+/// With `memory_limit`, the tree is SIGKILLed as soon as a sample's summed RSS is over
+/// it and the exit is `Signal { signal: 9 }`, as the OOM killer of a pod's cgroup
+/// would do: the local stand-in for that limit. It is a sampling guard, so a spike
+/// shorter than the sample interval can escape it; summed RSS counts shared pages
+/// once per process, so it errs toward killing.
 pub fn run(spec: Spec<'_>) -> std::io::Result<Measured> {
     let (program, args) = spec
         .argv
@@ -92,6 +112,8 @@ pub fn run(spec: Spec<'_>) -> std::io::Result<Measured> {
     let mut peak_sum = 0u64;
     let mut peak_single = 0u64;
     let mut forced: Option<Exit> = None;
+    // The summed RSS that broke the memory limit, for the stderr tail.
+    let mut over_limit: Option<(u64, u64)> = None;
     let (exited_at, final_stat) = loop {
         let interval = sample_interval(started.elapsed());
         match exited_rx.recv_timeout(interval) {
@@ -114,6 +136,9 @@ pub fn run(spec: Spec<'_>) -> std::io::Result<Measured> {
                 forced = Some(Exit::Cancelled);
             } else if started.elapsed() > spec.timeout {
                 forced = Some(Exit::TimedOut);
+            } else if let Some(limit) = spec.memory_limit.filter(|limit| sum > *limit) {
+                over_limit = Some((sum, limit));
+                forced = Some(Exit::Signal { signal: 9 });
             }
             if forced.is_some() {
                 let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
@@ -140,6 +165,16 @@ pub fn run(spec: Spec<'_>) -> std::io::Result<Measured> {
     if stderr_tail.is_empty() {
         stderr_tail = stdout.text();
     }
+    if let Some((used, limit)) = over_limit {
+        if !stderr_tail.is_empty() {
+            stderr_tail.push('\n');
+        }
+        stderr_tail.push_str(&format!(
+            "vflow-runtime: killed: the function's processes used {}, over the memory limit of {}",
+            mib(used),
+            mib(limit)
+        ));
+    }
     Ok(Measured {
         exit,
         wall: exited_at.duration_since(started),
@@ -154,6 +189,10 @@ mod tests {
     use super::*;
 
     fn sh(script: &str, timeout: Duration) -> Measured {
+        sh_limited(script, timeout, None)
+    }
+
+    fn sh_limited(script: &str, timeout: Duration, memory_limit: Option<u64>) -> Measured {
         let argv = vec!["/bin/sh".to_string(), "-c".to_string(), script.to_string()];
         let dir = std::env::temp_dir();
         let result = run(Spec {
@@ -162,6 +201,7 @@ mod tests {
             env: &[],
             timeout,
             cancel: Arc::new(AtomicBool::new(false)),
+            memory_limit,
         });
         match result {
             Ok(m) => m,
@@ -213,5 +253,72 @@ mod tests {
         let m = sh("sleep 30 & sleep 30; wait", Duration::from_millis(300));
         assert_eq!(m.exit, Exit::TimedOut);
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    /// python holding `mib` MiB (written, so resident) for `seconds`.
+    fn hog(mib: u64, seconds: f64) -> String {
+        format!(
+            "python3 -c 'import time; b = bytearray({mib} * 1024 * 1024); time.sleep({seconds})'"
+        )
+    }
+
+    /// 300 MiB held for 3 s: far over the 64 MiB limit of the tests below.
+    fn big_hog() -> String {
+        hog(300, 3.0)
+    }
+
+    #[test]
+    fn the_memory_limit_kills_the_tree_like_the_oom_killer() {
+        let started = Instant::now();
+        let m = sh_limited(&big_hog(), Duration::from_secs(30), Some(64 << 20));
+        assert_eq!(m.exit, Exit::Signal { signal: 9 }, "{}", m.stderr_tail);
+        // Killed while allocating, long before its 3 s of holding end.
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", m.wall);
+        assert!(
+            m.stderr_tail.contains("over the memory limit of 64 MiB"),
+            "{}",
+            m.stderr_tail
+        );
+        // The peak is what was seen, over the limit, not clipped to it.
+        assert!(m.peak_rss_bytes > 64 << 20, "peak {}", m.peak_rss_bytes);
+        assert!(m.peak_rss_bytes < 400 << 20, "peak {}", m.peak_rss_bytes);
+    }
+
+    #[test]
+    fn without_a_memory_limit_the_same_function_runs_to_its_end() {
+        let m = sh(&big_hog(), Duration::from_secs(30));
+        assert!(m.exit.success(), "{:?}: {}", m.exit, m.stderr_tail);
+        assert!(m.wall >= Duration::from_secs(3), "{:?}", m.wall);
+        assert!(m.peak_rss_bytes > 300 << 20, "peak {}", m.peak_rss_bytes);
+    }
+
+    #[test]
+    fn under_a_large_memory_limit_the_same_function_runs_to_its_end() {
+        let m = sh_limited(&big_hog(), Duration::from_secs(30), Some(1 << 30));
+        assert!(m.exit.success(), "{:?}: {}", m.exit, m.stderr_tail);
+        assert!(m.wall >= Duration::from_secs(3), "{:?}", m.wall);
+        assert!(!m.stderr_tail.contains("memory limit"), "{}", m.stderr_tail);
+    }
+
+    #[test]
+    fn the_memory_limit_counts_the_whole_tree() {
+        // Two children of 40 MiB each (about 50 MiB with the interpreter): neither is
+        // over 64 MiB alone, together they are.
+        let started = Instant::now();
+        let script = format!("{} & {}; wait", hog(40, 3.0), hog(40, 3.0));
+        let m = sh_limited(&script, Duration::from_secs(30), Some(64 << 20));
+        assert_eq!(m.exit, Exit::Signal { signal: 9 }, "{}", m.stderr_tail);
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", m.wall);
+        assert!(m.stderr_tail.contains("memory limit"), "{}", m.stderr_tail);
+        // One of them alone is within the limit.
+        let m = sh_limited(&hog(40, 0.5), Duration::from_secs(30), Some(64 << 20));
+        assert!(m.exit.success(), "{:?}: {}", m.exit, m.stderr_tail);
+    }
+
+    #[test]
+    fn sizes_read_well() {
+        assert_eq!(mib(64 << 20), "64 MiB");
+        assert_eq!(mib((612 << 20) + (300 << 10)), "612.3 MiB");
+        assert_eq!(mib(1000), "1000 bytes");
     }
 }

@@ -186,6 +186,8 @@ async fn warm_up(
     state: Arc<AppState>,
     warmup: Option<Vec<String>>,
     timeout: Duration,
+    // The same limit as the invocations': in a pod the container's applies to both.
+    memory_limit: Option<u64>,
 ) -> Result<(), String> {
     if let Some(argv) = warmup {
         let started = Instant::now();
@@ -198,6 +200,7 @@ async fn warm_up(
                 env: &[],
                 timeout,
                 cancel,
+                memory_limit,
             })
         })
         .await
@@ -237,6 +240,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
             command,
             scratch: args.scratch_dir.clone(),
             timeout: args.timeout,
+            memory_limit: args.memory_limit,
             instance: args.instance_name(),
         },
         store,
@@ -252,15 +256,17 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
 
     let (listener, address) =
         crate::config::listen(args.bind, args.port, args.port_file.as_deref()).await?;
-    tracing::info!(%address, function = %args.function, concurrency = args.concurrency, "listening");
+    tracing::info!(%address, function = %args.function, concurrency = args.concurrency,
+                   memory_limit = args.memory_limit, "listening");
 
     let (warm_failed_tx, warm_failed_rx) = tokio::sync::oneshot::channel::<String>();
     tokio::spawn({
         let state = state.clone();
         let warmup = args.warmup.clone().map(|a| a.0);
         let timeout = args.timeout;
+        let memory_limit = args.memory_limit;
         async move {
-            if let Err(e) = warm_up(state, warmup, timeout).await {
+            if let Err(e) = warm_up(state, warmup, timeout, memory_limit).await {
                 let _ = warm_failed_tx.send(e);
             }
         }

@@ -589,3 +589,113 @@ async fn a_function_killed_by_someone_else_counts_as_an_oom_kill() {
         .expect("json");
     assert_eq!(observations["oomKills"], 1, "{observations}");
 }
+
+#[tokio::test]
+async fn over_its_memory_limit_a_function_is_killed_and_counted_as_an_oom_kill() {
+    let s = setup();
+    let rt = s.runtime(&["--memory-limit", "64Mi"]);
+    rt.wait_ready(&s.client).await;
+    let started = Instant::now();
+    let (status, _, body) = invoke(
+        &s.client,
+        &rt.url,
+        json!({"run": "r", "stage": "s", "outputPrefix": "s3://videos/hog/",
+               "params": {"mode": "memory", "mib": 300, "seconds": 5}}),
+    )
+    .await;
+    // As a pod's OOM kill: retryable, SIGKILL, and well before its 5 s of holding end.
+    assert_eq!(status, 503, "{body}");
+    assert!(started.elapsed() < Duration::from_secs(4), "{body}");
+    let error = &body["error"];
+    assert_eq!(error["phase"], "function");
+    assert_eq!(error["retryable"], true, "{body}");
+    assert_eq!(error["exit"], json!({"kind": "signal", "signal": 9}));
+    let message = error["message"].as_str().unwrap_or("");
+    assert!(message.contains("SIGKILL"), "{message}");
+    assert!(
+        message.contains("over the memory limit of 64 MiB"),
+        "{message}"
+    );
+    assert!(s.keys("hog/").await.is_empty());
+    let observations: serde_json::Value = s
+        .client
+        .get(format!("{}/observations", rt.url))
+        .send()
+        .await
+        .expect("observations")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(observations["oomKills"], 1, "{observations}");
+    assert_eq!(observations["failures"], 1, "{observations}");
+
+    // Within the limit the same instance serves normally.
+    let (status, _, body) = invoke(
+        &s.client,
+        &rt.url,
+        json!({"run": "r", "stage": "s", "outputPrefix": "s3://videos/small/",
+               "params": {"mode": "memory", "mib": 8, "seconds": 0.1}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn the_memory_limit_applies_to_the_warm_up_too() {
+    let s = setup();
+    let scratch = s.dir.path().join("scratch").to_string_lossy().into_owned();
+    let env = vec![
+        ("VFLOW_COMMAND".to_string(), command(&[])),
+        ("VFLOW_WARMUP_COMMAND".to_string(), command(&["--warmup"])),
+        ("VFLOW_MEMORY_LIMIT".to_string(), "64Mi".to_string()),
+        ("TESTFN_WARMUP_MIB".to_string(), "300".to_string()),
+        ("TESTFN_WARMUP_SECONDS".to_string(), "5".to_string()),
+    ];
+    let mut rt = Runtime::start(s.dir.path(), &["--scratch-dir", &scratch], &env);
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let exit = loop {
+        if let Some(status) = rt.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a warm-up over the memory limit was not stopped: {}",
+            rt.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(!exit.success());
+    assert!(
+        rt.logs().contains("over the memory limit of 64 MiB"),
+        "{}",
+        rt.logs()
+    );
+}
+
+#[test]
+fn a_bad_memory_limit_stops_the_runtime_naming_the_flag() {
+    // By flag and by env var: the error names the flag and the value.
+    for (args, env) in [
+        (vec!["--memory-limit", "512M"], None),
+        (vec![], Some("512M")),
+        (vec!["--memory-limit", "0"], None),
+    ] {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_vflow-runtime"));
+        command
+            .arg("serve")
+            .args(&args)
+            .args(["--", "true"])
+            .env_remove("VFLOW_MEMORY_LIMIT");
+        if let Some(value) = env {
+            command.env("VFLOW_MEMORY_LIMIT", value);
+        }
+        let output = command.output().expect("run vflow-runtime");
+        assert!(!output.status.success(), "{args:?} {env:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let value = args.get(1).copied().or(env).unwrap_or("");
+        assert!(
+            stderr.contains("--memory-limit") && stderr.contains(&format!("{value:?}")),
+            "{args:?} {env:?}: {stderr}"
+        );
+    }
+}
