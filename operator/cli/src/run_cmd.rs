@@ -312,11 +312,7 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
     }
     let plan =
         plan_workflow(&workflow, &profiles, &cfg).map_err(|e| bad(format!("planning: {e}")))?;
-    let prewarm = plan
-        .prewarm
-        .iter()
-        .map(|a| (a.stage.clone(), a.at_seconds, a.replicas))
-        .collect();
+    let prewarm = vflow_engine::engine::prewarm_schedule(&plan);
 
     let default_max = args.max_instances.unwrap_or_else(|| {
         std::thread::available_parallelism()
@@ -374,6 +370,7 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
         params: BTreeMap::new(),
         prewarm,
         default_max_instances: default_max,
+        plan: Some(plan),
     };
     let outcome = engine.run(&opts, cancel_rx).await;
     backend.shutdown().await;

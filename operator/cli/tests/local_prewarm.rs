@@ -1,6 +1,7 @@
-//! The local backend's pre-warming with real `vflow runtime serve` processes: an
-//! invocation that arrives while a pre-warm start is under way waits for that instance
-//! instead of starting one of its own, and counts only the wait it was left with.
+//! The local backend with real `vflow runtime serve` processes: an invocation that
+//! arrives while a pre-warm start is under way waits for that instance instead of
+//! starting one of its own, and counts only the wait it was left with; a stage keeps
+//! its planned minimum warm; an instance is held to its planned memory.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -31,16 +32,21 @@ fn target(dir: &std::path::Path) -> StageTarget {
         min_instances: 0,
         max_instances: 4,
         timeout_seconds: 30.0,
+        memory_limit_bytes: None,
     }
 }
 
 fn backend(dir: &std::path::Path) -> std::sync::Arc<LocalBackend> {
+    backend_keeping(dir, Duration::from_secs(60))
+}
+
+fn backend_keeping(dir: &std::path::Path, keep_alive: Duration) -> std::sync::Arc<LocalBackend> {
     LocalBackend::new(LocalConfig {
         runtime_program: PathBuf::from(env!("CARGO_BIN_EXE_vflow")),
         runtime_args: vec!["runtime".into()],
         work_dir: dir.join("instances"),
         env: Vec::new(),
-        keep_alive: Duration::from_secs(60),
+        keep_alive,
         start_timeout: Duration::from_secs(30),
     })
 }
@@ -101,4 +107,90 @@ async fn without_a_prewarm_an_invocation_starts_its_own_instance() {
     let waited = invoked.cold_start_seconds.expect("a cold start");
     assert!(waited >= 0.9, "a whole warm-up: {waited}");
     backend.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_stage_keeps_its_minimum_warm_while_the_others_scale_to_zero() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = backend_keeping(dir.path(), Duration::from_millis(300));
+    let mut kept = target(dir.path());
+    kept.warmup_command = Vec::new();
+    kept.min_instances = 1;
+    let mut other = kept.clone();
+    other.stage = "t".into();
+    other.min_instances = 0;
+    backend.prewarm(&kept, 2).await;
+    backend.prewarm(&other, 1).await;
+    assert_eq!(backend.instances().await.get("s"), Some(&2));
+    // Well past the keep-alive (the reaper looks every 0.5 s).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let live = backend.instances().await;
+    assert_eq!(live.get("s"), Some(&1), "the minimum stays: {live:?}");
+    assert_eq!(
+        live.get("t"),
+        Some(&0),
+        "no minimum: scaled to zero: {live:?}"
+    );
+    backend.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_instance_is_held_to_its_planned_memory_and_going_over_is_an_oom_kill() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = backend(dir.path());
+    let script = dir.path().join("hog.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nexec python3 -c 'import time; b = bytearray(300 << 20); time.sleep(5)'\n",
+    )
+    .expect("script");
+    let mut perms = std::fs::metadata(&script).expect("meta").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&script, perms).expect("chmod");
+    let mut hog = target(dir.path());
+    hog.warmup_command = Vec::new();
+    hog.command = vec![script.to_string_lossy().into_owned()];
+    hog.memory_limit_bytes = Some(64 << 20);
+    let started = std::time::Instant::now();
+    let err = backend
+        .invoke(&hog, request(dir.path(), "hog"))
+        .await
+        .expect_err("over its memory");
+    let vflow_engine::backend::BackendError::Failed(failure) = &err else {
+        panic!("a function failure, not {err:?}")
+    };
+    assert_eq!(
+        failure.exit,
+        Some(vflow_runtime::process::Exit::Signal { signal: 9 }),
+        "{failure:?}"
+    );
+    assert!(
+        failure.message.contains("memory limit"),
+        "{}",
+        failure.message
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "killed, not run to its end"
+    );
+    // The same function with room enough runs to its end.
+    hog.memory_limit_bytes = Some(1 << 30);
+    hog.stage = "roomy".into();
+    let script_ok = dir.path().join("ok.sh");
+    std::fs::write(
+        &script_ok,
+        "#!/bin/sh\nwhile [ $# -gt 0 ]; do case $1 in --output-dir) out=$2; shift 2;; *) shift;; esac; done\npython3 -c 'b = bytearray(100 << 20)'\necho ok > \"$out/done.txt\"\n",
+    )
+    .expect("script");
+    std::fs::set_permissions(&script_ok, perms_exec()).expect("chmod");
+    hog.command = vec![script_ok.to_string_lossy().into_owned()];
+    backend
+        .invoke(&hog, request(dir.path(), "roomy"))
+        .await
+        .expect("within its memory");
+    backend.shutdown().await;
+}
+
+fn perms_exec() -> std::fs::Permissions {
+    std::os::unix::fs::PermissionsExt::from_mode(0o755)
 }

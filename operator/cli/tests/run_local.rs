@@ -680,6 +680,7 @@ async fn a_second_run_finds_warm_instances() {
             params: BTreeMap::new(),
             prewarm: Vec::new(),
             default_max_instances: 2,
+            plan: None,
         };
         let started = Instant::now();
         let before = backend.cold_starts();

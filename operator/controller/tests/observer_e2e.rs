@@ -252,15 +252,15 @@ async fn pod_observations_land_in_the_profile_status() {
         "a's 2 new invocations weigh against the 10 folded ({once}), not its 12 again: {p95}"
     );
 
-    // A function process killed for memory counts once, however often it is scraped;
-    // a pod that appears later is counted from zero.
+    // A function process killed for memory is in its invocation's record, not counted
+    // again from the runtime's counter; a pod that appears later is counted from zero.
     set(&runtime_a, instance("a", 12, 1));
     set(&runtime_b, instance("b", 2, 0));
     ready_pod(&pods, "fn-b").await;
     observer.scrape_once().await.expect("scrape");
     observer.scrape_once().await.expect("scrape");
     let status = status_of(&profiles).await;
-    assert_eq!(status.oom_kills, 1);
+    assert_eq!(status.oom_kills, 0);
     assert_eq!(status.invocations, 10);
     let p95 = status.memory_bytes.map(|d| d.p95).unwrap_or_default();
     let with_b = (10.0 * once + 2.0 * 4e8) / 12.0;

@@ -238,8 +238,13 @@ impl Env {
     /// `self.demand`; without its run controller (the tests start theirs, with a
     /// resolver that finds the local runtimes, on the same board).
     async fn start_operator(&mut self) {
+        self.start_operator_with(&[]).await;
+    }
+
+    /// The operator's flags for this namespace, and `extra`.
+    fn operator_args(&self, extra: &[&str]) -> Args {
         let http = format!("127.0.0.1:{}", free_port());
-        let args = Args::try_parse_from([
+        let mut flags = vec![
             "vflow-operator",
             "--watch-namespace",
             &self.ns,
@@ -250,8 +255,13 @@ impl Env {
             &http,
             "--pod-annotation",
             "pod-ready.stage.kwok.x-k8s.io/delay=2s",
-        ])
-        .expect("operator flags");
+        ];
+        flags.extend_from_slice(extra);
+        Args::try_parse_from(flags).expect("operator flags")
+    }
+
+    async fn start_operator_with(&mut self, extra: &[&str]) {
+        let args = self.operator_args(extra);
         let config = kube_config().await;
         let demand = self.demand.clone();
         self.operator = Some(tokio::spawn(async move {
@@ -389,6 +399,7 @@ fn target(stage: &str) -> StageTarget {
         min_instances: 0,
         max_instances: 2,
         timeout_seconds: 60.0,
+        memory_limit_bytes: None,
     }
 }
 
@@ -876,4 +887,88 @@ async fn a_fan_out_burst_is_counted_whole_in_the_profiles_from_the_runs_records(
 
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(10), controller).await;
+}
+
+#[tokio::test]
+#[ignore = "needs e2e/testenv: make test-runs"]
+async fn the_run_controller_plans_a_workflow_as_the_workflow_controller_does() {
+    let mut env = Env::new("plan", json!({})).await;
+    // A GPU stage, and a sharing mode that is not the default: a run side planning with
+    // the defaults would ask for a whole GPU where the operator shares one.
+    let sharing = r#"{"mode":"time-slicing","slices":4}"#;
+    let profiles: Api<FunctionProfile> = env.api();
+    let gpu: FunctionProfile = serde_json::from_value(json!({
+        "apiVersion": "vflow.io/v1alpha1", "kind": "FunctionProfile",
+        "metadata": {"name": "tgpu"},
+        "spec": {"image": "example.com/testfn:1", "command": ["f"],
+                 "resources": {"cpu": "1", "memory": "1Gi", "gpu": 0.25}}
+    }))
+    .expect("profile");
+    profiles
+        .create(&PostParams::default(), &gpu)
+        .await
+        .expect("gpu profile");
+    let mut wf = common::workflow("gpuwf", &env.ns, &env.s3.endpoint, json!({}));
+    wf.spec.stages[1].function = "tgpu".into();
+    let wfs: Api<VideoWorkflow> = env.api();
+    wfs.create(&PostParams::default(), &wf)
+        .await
+        .expect("workflow");
+    env.start_operator_with(&["--gpu-sharing", sharing]).await;
+
+    let mut theirs = Vec::new();
+    wait_for(
+        "the workflow controller's plan in the status",
+        Duration::from_secs(60),
+        || {
+            let wfs = wfs.clone();
+            async move {
+                wfs.get("gpuwf")
+                    .await
+                    .ok()
+                    .and_then(|w| w.status)
+                    .is_some_and(|s| s.stages.len() == 3)
+            }
+        },
+    )
+    .await;
+    let wf = wfs.get("gpuwf").await.expect("workflow");
+    for mut stage in wf.status.clone().expect("status").stages {
+        // Instances wanted and ready now are the autoscaler's, not the plan's.
+        stage.replicas = None;
+        stage.ready_replicas = None;
+        theirs.push(stage);
+    }
+
+    // The run controller as the operator starts it with the same flag (here it is
+    // off in the operator: these tests run their own).
+    let args = Args::try_parse_from(["vflow-operator", "--gpu-sharing", sharing]).expect("flags");
+    let settings = args.settings().expect("settings");
+    let runs = vflow_operator::runs_config(&args, &settings, |_| None)
+        .expect("runs config")
+        .expect("the run controller");
+    let all: BTreeMap<String, FunctionProfile> = profiles
+        .list(&Default::default())
+        .await
+        .expect("profiles")
+        .items
+        .into_iter()
+        .map(|p| (p.name_any(), p))
+        .collect();
+    let ours = vflow_runs::controller::plan_run(&wf, &all, &runs.planner, None)
+        .expect("the run side plans")
+        .to_status_stages();
+    assert_eq!(ours, theirs, "one plan on both sides");
+    let copy = ours.iter().find(|s| s.name == "copy").expect("copy");
+    assert_eq!(copy.gpu, Some(0.25), "{copy:?}");
+    assert!(!copy.gpu_resources.is_empty(), "{copy:?}");
+
+    let defaults =
+        vflow_runs::controller::plan_run(&wf, &all, &vflow_planner::PlannerConfig::default(), None)
+            .expect("plans")
+            .to_status_stages();
+    assert_ne!(
+        defaults, theirs,
+        "the test would not see a run side planning with the defaults"
+    );
 }

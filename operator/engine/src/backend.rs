@@ -16,6 +16,9 @@ pub struct StageTarget {
     pub min_instances: u32,
     pub max_instances: u32,
     pub timeout_seconds: f64,
+    /// The planned memory of one instance: the local backend enforces it (a pod's
+    /// container limit does in a cluster).
+    pub memory_limit_bytes: Option<u64>,
 }
 
 /// A successful invocation and what it waited for.

@@ -15,6 +15,8 @@ use tokio::time::Instant;
 use vflow_api::FunctionProfile;
 use vflow_storage::{Location, Store};
 
+use vflow_planner::WorkflowPlan;
+
 use crate::backend::{Backend, StageTarget};
 use crate::graph::{RunGraph, UnitKey};
 use crate::invoke::invoke_unit;
@@ -31,10 +33,23 @@ pub struct RunOptions {
     pub prefix: Location,
     /// Per-stage parameter overrides from the VideoWorkflowRun.
     pub params: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
-    /// Stages to pre-warm and when, in seconds after the run starts.
+    /// Stages to pre-warm and when, in seconds after the run starts
+    /// ([`prewarm_schedule`] of the plan).
     pub prewarm: Vec<(String, f64, u32)>,
-    /// Instances per stage when the workflow does not say (maxScale).
+    /// Instances per stage when neither the plan nor the workflow says (maxScale).
     pub default_max_instances: u32,
+    /// The planner's decisions for this run (the same plan the operator acts on):
+    /// each stage's concurrency, minimum and maximum instances and memory. None: from
+    /// the workflow and the profiles alone.
+    pub plan: Option<WorkflowPlan>,
+}
+
+/// The plan's pre-warm schedule as [`RunOptions::prewarm`] takes it.
+pub fn prewarm_schedule(plan: &WorkflowPlan) -> Vec<(String, f64, u32)> {
+    plan.prewarm
+        .iter()
+        .map(|a| (a.stage.clone(), a.at_seconds, a.replicas))
+        .collect()
 }
 
 #[derive(Debug, Clone)]
@@ -100,9 +115,32 @@ impl<B: Backend> Engine<B> {
         self.progress = Some(Arc::new(f));
     }
 
-    pub fn target(&self, stage: usize, default_max: u32) -> StageTarget {
+    /// How stage `stage` is invoked: as planned when the run has a plan, else from the
+    /// workflow's overrides and the profile.
+    pub fn target(&self, stage: usize, opts: &RunOptions) -> StageTarget {
         let node = &self.graph.stages[stage];
         let profile = self.profiles.get(&node.function);
+        let default_max = opts.default_max_instances;
+        let planned = opts
+            .plan
+            .as_ref()
+            .and_then(|p| p.stages.iter().find(|d| d.name == node.name));
+        if let Some(d) = planned {
+            return StageTarget {
+                stage: node.name.clone(),
+                function: node.function.clone(),
+                command: profile.map(|p| p.spec.command.clone()).unwrap_or_default(),
+                warmup_command: profile
+                    .map(|p| p.spec.warmup_command.clone())
+                    .unwrap_or_default(),
+                concurrency: d.concurrency.max(1),
+                min_instances: d.min_replicas,
+                max_instances: d.max_replicas.unwrap_or(default_max).max(1),
+                timeout_seconds: self.graph.timeout_seconds(stage, profile).unwrap_or(600.0),
+                memory_limit_bytes: (d.size.memory_bytes.is_finite() && d.size.memory_bytes >= 1.0)
+                    .then_some(d.size.memory_bytes as u64),
+            };
+        }
         StageTarget {
             stage: node.name.clone(),
             function: node.function.clone(),
@@ -118,6 +156,7 @@ impl<B: Backend> Engine<B> {
             min_instances: node.min_scale.unwrap_or(0),
             max_instances: node.max_scale.unwrap_or(default_max).max(1),
             timeout_seconds: self.graph.timeout_seconds(stage, profile).unwrap_or(600.0),
+            memory_limit_bytes: None,
         }
     }
 
@@ -170,13 +209,20 @@ impl<B: Backend> Engine<B> {
             return RunOutcome { record };
         }
         let scheduler = Scheduler::new(&self.graph, &opts.prefix, &opts.params, |i| {
-            self.target(i, opts.default_max_instances)
+            self.target(i, opts)
         });
         Scheduler::resume(&mut record);
         self.persist(opts, &record).await;
 
         let session_start = Instant::now();
         let mut prewarms: Vec<(String, f64, u32)> = opts.prewarm.clone();
+        // The warm pool: stages with a minimum have it from the start.
+        for (i, node) in self.graph.stages.iter().enumerate() {
+            let min = self.target(i, opts).min_instances;
+            if min > 0 {
+                prewarms.push((node.name.clone(), 0.0, min));
+            }
+        }
         let mut tasks: JoinSet<(UnitKey, UnitOutcome)> = JoinSet::new();
         let mut failure: Option<String> = None;
         loop {
@@ -238,7 +284,7 @@ impl<B: Backend> Engine<B> {
             prewarms.into_iter().partition(|(_, at, _)| *at <= elapsed);
         for (stage, _, replicas) in due {
             if let Some(index) = self.graph.stage_index(&stage) {
-                let target = self.target(index, opts.default_max_instances);
+                let target = self.target(index, opts);
                 let backend = self.backend.clone();
                 tokio::spawn(async move { backend.prewarm(&target, replicas).await });
             }

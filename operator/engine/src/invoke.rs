@@ -39,10 +39,13 @@ pub async fn invoke_unit<B: Backend>(
                     }
                     other => other.to_string(),
                 };
+                let oom_killed = matches!(&err, BackendError::Failed(f)
+                    if f.exit == Some(vflow_contract::exit::Exit::Signal { signal: 9 }));
                 attempts.push(Attempt {
                     submitted_at,
                     finished_at: unix_now(),
                     error: Some(message.clone()),
+                    oom_killed,
                     ..Default::default()
                 });
                 if !err.retryable() || tries > d.retries {
@@ -72,6 +75,7 @@ async fn reuse(store: &Store, d: &Dispatch) -> Option<UnitOutcome> {
         submitted_at: now,
         finished_at: now,
         reused: true,
+        oom_killed: false,
         learned: false,
         instance: previous.response.instance.clone(),
         ..Default::default()
@@ -104,6 +108,7 @@ fn attempt_from(invoked: &Invoked, submitted_at: f64) -> Attempt {
         instance: r.instance.clone(),
         error: None,
         reused: false,
+        oom_killed: false,
         learned: false,
     }
 }

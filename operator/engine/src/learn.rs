@@ -97,6 +97,7 @@ pub fn fold(profile: &mut FunctionProfile, attempts: &[&Attempt]) {
     }
     status.invocations += attempts.len() as u64;
     status.failures += (attempts.len() - ok.len()) as u64;
+    status.oom_kills += attempts.iter().filter(|a| a.oom_killed).count() as u64;
     status.cold_starts += cold.len() as u64;
 }
 
@@ -216,9 +217,10 @@ pub fn stamp(status: &mut FunctionProfileStatus, now: k8s_openapi::jiff::Timesta
 /// them here as well would count every invocation twice. What is folded here:
 /// the sidecar's container-level busy CPU and memory (everything the function's
 /// process tree used, page cache included) and GPU memory and utilisation, weighted by
-/// the instance's invocations since the previous scrape, and the runtime's count of
-/// function processes killed for memory. Counters are cumulative per instance, so only
-/// the difference counts (an instance that restarted starts again from zero).
+/// the instance's invocations since the previous scrape. (A function process killed
+/// for memory is in its invocation's record; a container killed whole is read from the
+/// pod, by the observer.) Counters are cumulative per instance, so only the difference
+/// counts (an instance that restarted starts again from zero).
 pub fn fold_scrapes(profile: &mut FunctionProfile, scrapes: &[InstanceScrape<'_>]) -> bool {
     let status = profile
         .status
@@ -233,13 +235,6 @@ pub fn fold_scrapes(profile: &mut FunctionProfile, scrapes: &[InstanceScrape<'_>
         let new_failures = cur
             .failures
             .saturating_sub(prev.map(|p| p.failures).unwrap_or(0));
-        let new_ooms = cur
-            .oom_kills
-            .saturating_sub(prev.map(|p| p.oom_kills).unwrap_or(0));
-        if new_ooms > 0 {
-            status.oom_kills += new_ooms;
-            changed = true;
-        }
         let new_ok = new_invocations.saturating_sub(new_failures);
         let Some(container) = scrape.container.filter(|_| new_ok > 0) else {
             continue;
@@ -407,39 +402,46 @@ mod scrape_tests {
     }
 
     #[test]
-    fn a_restarted_instance_starts_from_zero_and_its_ooms_count_once() {
+    fn a_restarted_instance_starts_from_zero() {
         let mut p = profile();
-        let mut before = seen(10, 0, 1.0);
-        before.oom_kills = 2;
-        fold_scrapes(
-            &mut p,
-            &[InstanceScrape {
-                previous: None,
-                current: &before,
-                container: None,
-            }],
-        );
-        assert_eq!(p.status.clone().unwrap_or_default().oom_kills, 2);
-        // Scraped again unchanged: counted once.
-        fold_scrapes(
-            &mut p,
-            &[InstanceScrape {
-                previous: Some(&before),
-                current: &before,
-                container: None,
-            }],
-        );
-        let mut restarted = seen(2, 0, 1.0);
-        restarted.oom_kills = 1;
+        p.status.get_or_insert_with(Default::default).invocations = 10;
+        let before = seen(10, 0, 1.0);
+        let restarted = seen(2, 0, 1.0);
         fold_scrapes(
             &mut p,
             &[InstanceScrape {
                 previous: Some(&before),
                 current: &restarted,
+                container: Some(&busy(8000.0)),
+            }],
+        );
+        // Its 2 invocations since the restart weigh, not 2 - 10.
+        let m = p.status.unwrap_or_default().memory_bytes.expect("memory");
+        assert_eq!(m.p95, 4000.0, "no earlier memory: the new samples alone");
+    }
+
+    #[test]
+    fn the_oom_kills_of_function_processes_are_counted_from_the_records() {
+        let mut p = profile();
+        let mut scraped = seen(3, 1, 1.0);
+        scraped.oom_kills = 1;
+        fold_scrapes(
+            &mut p,
+            &[InstanceScrape {
+                previous: None,
+                current: &scraped,
                 container: None,
             }],
         );
-        assert_eq!(p.status.unwrap_or_default().oom_kills, 3);
+        assert_eq!(p.status.clone().unwrap_or_default().oom_kills, 0);
+        let killed = Attempt {
+            error: Some("killed by signal 9 (SIGKILL)".into()),
+            oom_killed: true,
+            ..Default::default()
+        };
+        fold(&mut p, &[&killed, &Attempt::default()]);
+        let s = p.status.unwrap_or_default();
+        assert_eq!((s.invocations, s.failures, s.oom_kills), (2, 1, 1));
     }
 
     #[test]

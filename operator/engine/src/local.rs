@@ -1,8 +1,11 @@
 //! The local backend: stage instances are `vflow-runtime serve` processes on loopback.
 //!
 //! A stage at zero gets a process on its first invocation, which waits for /readyz (a
-//! cold start); instances idle longer than the keep-alive stop; pre-warm requests start
-//! them early. Processes get `VFLOW_EXIT_WITH_PARENT=1`, so none outlives `vflow run`.
+//! cold start); instances idle longer than the keep-alive stop, down to the stage's
+//! minimum (its warm pool); pre-warm requests start them early. Each instance takes
+//! the planned concurrency and is held to the planned memory (the runtime's
+//! `--memory-limit`, which kills the function as a pod's OOM killer would).
+//! Processes get `VFLOW_EXIT_WITH_PARENT=1`, so none outlives `vflow run`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -59,6 +62,8 @@ struct Pool {
     /// Pre-warm starts in progress that no invocation has claimed yet: an invocation
     /// that finds one waits for it instead of starting an instance of its own.
     unclaimed_prewarms: AtomicU32,
+    /// Instances kept however long they idle (the stage's minimum).
+    min_instances: AtomicU32,
     freed: Notify,
 }
 
@@ -123,6 +128,14 @@ impl LocalBackend {
         pools.entry(stage.to_string()).or_default().clone()
     }
 
+    /// The stage's pool, with the target's minimum remembered for the reaper.
+    fn pool_for(&self, target: &StageTarget) -> Arc<Pool> {
+        let pool = self.pool(&target.stage);
+        pool.min_instances
+            .store(target.min_instances, Ordering::SeqCst);
+        pool
+    }
+
     async fn reap_idle(&self) {
         let pools: Vec<Arc<Pool>> = self
             .pools
@@ -131,9 +144,12 @@ impl LocalBackend {
             .unwrap_or_default();
         for pool in pools {
             let mut instances = pool.instances.lock().await;
+            // The most recently used are the ones kept for the minimum.
+            instances.sort_by_key(|i| i.idle_for());
+            let min = pool.min_instances.load(Ordering::SeqCst) as usize;
             let mut kept = Vec::new();
             for instance in instances.drain(..) {
-                if instance.idle_for() > self.config.keep_alive {
+                if kept.len() >= min && instance.idle_for() > self.config.keep_alive {
                     tracing::debug!(instance = instance.id, "stopping an idle instance");
                     stop(&instance).await;
                 } else {
@@ -185,6 +201,9 @@ impl LocalBackend {
             .stdout(Stdio::null())
             .stderr(log_file)
             .kill_on_drop(true);
+        if let Some(limit) = target.memory_limit_bytes {
+            cmd.arg("--memory-limit").arg(limit.to_string());
+        }
         if !target.warmup_command.is_empty() {
             cmd.env(
                 "VFLOW_WARMUP_COMMAND",
@@ -249,7 +268,7 @@ impl LocalBackend {
         &self,
         target: &StageTarget,
     ) -> Result<(Arc<Instance>, OwnedSemaphorePermit, Option<f64>), BackendError> {
-        let pool = self.pool(&target.stage);
+        let pool = self.pool_for(target);
         // Set once this invocation chose to wait for a pre-warm start: the wait is the
         // part of a cold start the pre-warm did not hide.
         let mut claimed: Option<Instant> = None;
@@ -373,7 +392,7 @@ impl Backend for LocalBackend {
     }
 
     async fn prewarm(&self, target: &StageTarget, replicas: u32) {
-        let pool = self.pool(&target.stage);
+        let pool = self.pool_for(target);
         let have = pool.instances.lock().await.len() as u32 + pool.starting.load(Ordering::SeqCst);
         let want = replicas.min(target.max_instances.max(1));
         for _ in have..want {

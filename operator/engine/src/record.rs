@@ -48,6 +48,10 @@ pub struct Attempt {
     /// The outputs were already complete (a resumed run): nothing ran.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub reused: bool,
+    /// The function was killed for using more memory than its instance has (SIGKILL:
+    /// a pod's OOM killer, the local runtime's guard).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub oom_killed: bool,
     /// Already folded into the function's profile (cluster runs fold each attempt
     /// once, whichever session ran it).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

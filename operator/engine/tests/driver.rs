@@ -18,7 +18,7 @@ use vflow_engine::record::{RunRecord, UnitRecord, UnitStatus};
 use vflow_engine::{Engine, RunOptions, RunOutcome, RunPhase};
 use vflow_storage::{Location, Store};
 
-use fake::{Fake, unavailable, usage_error};
+use fake::{Fake, oom_killed, unavailable, usage_error};
 
 const INPUT: &str = "file:///in/video.mp4";
 
@@ -56,6 +56,7 @@ fn options(dir: &tempfile::TempDir) -> RunOptions {
         params: BTreeMap::new(),
         prewarm: Vec::new(),
         default_max_instances: 2,
+        plan: None,
     }
 }
 
@@ -404,4 +405,86 @@ async fn a_fan_out_that_writes_no_segments_fails_the_run() {
         Some("stage split wrote no segments")
     );
     assert_eq!(backend.calls().len(), 1, "nothing after split runs");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_attempt_killed_for_memory_is_recorded_and_counted_as_an_oom() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = options(&dir);
+    let workflow = with_scale_retries(2);
+    let backend = Arc::new(
+        Fake::new()
+            .outputs("split", 1)
+            .failing("scale", 1, oom_killed()),
+    );
+    let engine = engine(&workflow, &backend);
+    let record = run(&engine, &opts).await;
+    assert_eq!(record.phase, RunPhase::Succeeded, "{:?}", record.message);
+    let flags: Vec<bool> = unit(&record, "scale", Some(0))
+        .attempts
+        .iter()
+        .map(|a| a.oom_killed)
+        .collect();
+    assert_eq!(flags, [true, false]);
+    let mut profiles = profiles(&workflow);
+    vflow_engine::learn::fold_run(&engine.graph, &record, &mut profiles);
+    let scale = profiles["scale"].status.clone().unwrap_or_default();
+    assert_eq!(
+        (scale.invocations, scale.failures, scale.oom_kills),
+        (2, 1, 1)
+    );
+}
+
+#[tokio::test]
+async fn the_plan_sets_each_stages_instances_and_memory_and_the_minimum_is_warm_from_the_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let workflow = common::split_scale_stitch();
+    let mut plan = vflow_planner::plan_workflow(
+        &workflow,
+        &profiles(&workflow),
+        &vflow_planner::PlannerConfig::default(),
+    )
+    .expect("plan");
+    for d in &mut plan.stages {
+        if d.name == "scale" {
+            d.concurrency = 3;
+            d.min_replicas = 2;
+            d.max_replicas = Some(5);
+            d.size.memory_bytes = 300.0 * 1024.0 * 1024.0;
+        }
+    }
+    let mut opts = options(&dir);
+    opts.prewarm = Vec::new();
+    opts.plan = Some(plan);
+    let backend = Arc::new(Fake::new().outputs("split", 2));
+    let engine = engine(&workflow, &backend);
+    let scale = engine.target(1, &opts);
+    assert_eq!(
+        (scale.concurrency, scale.min_instances, scale.max_instances),
+        (3, 2, 5)
+    );
+    assert_eq!(scale.memory_limit_bytes, Some(300 << 20));
+    // Without a plan: the profile's concurrency, no minimum, the default maximum.
+    let unplanned = engine.target(1, &options(&dir));
+    assert_eq!(
+        (
+            unplanned.min_instances,
+            unplanned.max_instances,
+            unplanned.memory_limit_bytes
+        ),
+        (0, 2, None)
+    );
+
+    let record = run(&engine, &opts).await;
+    assert_eq!(record.phase, RunPhase::Succeeded, "{:?}", record.message);
+    let warmed: Vec<(String, u32)> = backend
+        .prewarms()
+        .into_iter()
+        .filter(|(_, _, at)| *at < Duration::from_millis(500))
+        .map(|(stage, n, _)| (stage, n))
+        .collect();
+    assert!(
+        warmed.contains(&("scale".to_string(), 2)),
+        "the minimum is asked for at the start: {warmed:?}"
+    );
 }

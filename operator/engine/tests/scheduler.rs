@@ -40,6 +40,7 @@ impl Run {
             min_instances: 0,
             max_instances: 1,
             timeout_seconds: 60.0,
+            memory_limit_bytes: None,
         })
     }
 

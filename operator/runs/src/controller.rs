@@ -20,7 +20,7 @@ use vflow_api::{
 };
 use vflow_engine::record::{RunRecord, unix_now};
 use vflow_engine::{Engine, RunGraph, RunOptions};
-use vflow_planner::{PlannerConfig, plan_workflow};
+use vflow_planner::{PlannerConfig, WorkflowPlan, plan_workflow};
 use vflow_storage::{Location, Store};
 
 use crate::backend::KubeBackend;
@@ -157,8 +157,21 @@ enum Problem {
     Fatal(String),
 }
 
-/// (stage, seconds after the start, replicas), as the engine takes it.
-type Prewarm = Vec<(String, f64, u32)>;
+/// A run's plan: the operator's planner settings (`planner`, the same the workflow
+/// controller plans with), the input's real size when known, so that pre-warm times
+/// follow from how long this input takes to move.
+pub fn plan_run(
+    wf: &VideoWorkflow,
+    profiles: &BTreeMap<String, FunctionProfile>,
+    planner: &PlannerConfig,
+    input_bytes: Option<u64>,
+) -> Result<WorkflowPlan, vflow_planner::PlanError> {
+    let mut cfg = planner.clone();
+    if let Some(bytes) = input_bytes {
+        cfg.input_bytes = bytes as f64;
+    }
+    plan_workflow(wf, profiles, &cfg)
+}
 
 /// Resources per stage as the operator sizes them (the planner on the same inputs).
 fn resources(
@@ -166,15 +179,10 @@ fn resources(
     profiles: &BTreeMap<String, FunctionProfile>,
     planner: &PlannerConfig,
     input_bytes: Option<u64>,
-) -> (BTreeMap<String, StageResources>, Prewarm) {
+) -> (BTreeMap<String, StageResources>, Option<WorkflowPlan>) {
     let mut out = BTreeMap::new();
-    let mut prewarm = Vec::new();
-    // Pre-warm times follow from how long data takes to move: plan with the real input.
-    let mut cfg = planner.clone();
-    if let Some(bytes) = input_bytes {
-        cfg.input_bytes = bytes as f64;
-    }
-    match plan_workflow(wf, profiles, &cfg) {
+    let mut planned = None;
+    match plan_run(wf, profiles, planner, input_bytes) {
         Ok(plan) => {
             for d in &plan.stages {
                 out.insert(
@@ -187,11 +195,7 @@ fn resources(
                     },
                 );
             }
-            prewarm = plan
-                .prewarm
-                .iter()
-                .map(|a| (a.stage.clone(), a.at_seconds, a.replicas))
-                .collect();
+            planned = Some(plan);
         }
         Err(e) => {
             tracing::warn!(error = %e, "planning failed; costing from the profiles' requests")
@@ -214,7 +218,7 @@ fn resources(
             );
         }
     }
-    (out, prewarm)
+    (out, planned)
 }
 
 /// The run's input as a URI: as given, or a key in the workflow's bucket.
@@ -314,7 +318,11 @@ async fn drive_engine(
         Ok(loc) => store.size(&loc).await.ok().flatten(),
         Err(_) => None,
     };
-    let (stage_resources, prewarm) = resources(&wf, &profiles, &ctx.config.planner, input_bytes);
+    let (stage_resources, plan) = resources(&wf, &profiles, &ctx.config.planner, input_bytes);
+    let prewarm = plan
+        .as_ref()
+        .map(vflow_engine::engine::prewarm_schedule)
+        .unwrap_or_default();
 
     let capacity = KubeCapacity::new(
         ctx.client.clone(),
@@ -357,6 +365,7 @@ async fn drive_engine(
         params: run.spec.params.clone(),
         prewarm,
         default_max_instances: vflow_planner::DEFAULT_MAX_INSTANCES,
+        plan,
     };
     tracing::info!(run = %name, namespace = %ns, workflow = %wf_name, "running");
     let active = ActiveGuard::new(ctx.config.metrics.as_ref());

@@ -152,6 +152,7 @@ mod tests {
             instance: String::new(),
             error: None,
             reused,
+            oom_killed: false,
             learned,
         }
     }

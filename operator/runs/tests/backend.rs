@@ -151,6 +151,7 @@ fn target() -> StageTarget {
         min_instances: 0,
         max_instances: 3,
         timeout_seconds: 30.0,
+        memory_limit_bytes: None,
     }
 }
 

@@ -201,3 +201,16 @@ pub fn usage_error() -> BackendError {
         retryable: false,
     })
 }
+
+/// The function was killed for memory (SIGKILL), as a pod's OOM killer or the local
+/// runtime's guard does it.
+pub fn oom_killed() -> BackendError {
+    BackendError::Failed(InvokeFailure {
+        phase: Phase::Function,
+        message: "the function was killed by signal 9 (SIGKILL)".into(),
+        input: None,
+        exit: Some(Exit::Signal { signal: 9 }),
+        stderr_tail: String::new(),
+        retryable: true,
+    })
+}
