@@ -246,8 +246,10 @@ spec: {workflowRef: {name: broken-ladder}, input: inputs/bbb_0-30s_720p_vp8.webm
 EOF
 until_ok "run ladder-bbb Running (status written)" 45 \
 	bash -c "[[ \$('$KUBECTL' -n '$APPS' get vwr ladder-bbb -o jsonpath='{.status.phase}') == Running ]]"
-until_ok "its stages asked for capacity (the workflow's in-flight annotation)" 45 \
-	bash -c "[[ -n \$('$KUBECTL' -n '$APPS' get vwf transcode-ladder -o jsonpath='{.metadata.annotations.vflow\\.io/in-flight}') ]]"
+until_ok "its first stage asked for capacity: the operator scaled transcode-ladder-split up" 45 \
+	bash -c "(( \$('$KUBECTL' -n '$APPS' get deploy transcode-ladder-split -o jsonpath='{.spec.replicas}') >= 1 ))"
+check "the run side left the user's workflow unannotated" \
+	bash -c "[[ -z \$('$KUBECTL' -n '$APPS' get vwf transcode-ladder -o jsonpath='{.metadata.annotations.vflow\\.io/in-flight}') ]]"
 until_ok "a run created by the S3 poller for incoming/thumbnails/clip.mp4" 30 \
 	bash -c "'$KUBECTL' -n '$APPS' get vwr -l vflow.io/trigger=s3-poll,vflow.io/workflow=thumbnails -o name | grep -q ."
 until_ok "the run of the invalid workflow failed and was deleted at once (TTL 0)" 45 \
@@ -287,6 +289,7 @@ cannot create pods/exec -n "$APPS"
 cannot get pods/log -n "$APPS"
 cannot update deployments -n "$APPS"
 cannot delete videoworkflows -n "$APPS"
+cannot patch videoworkflows -n "$APPS"
 cannot create videoworkflows -n "$APPS"
 cannot update functionprofiles -n "$APPS"
 cannot get leases -n "$APPS"

@@ -168,8 +168,7 @@ where
             return 2;
         }
     };
-    // kube uses ring, the AWS SDK aws-lc-rs: rustls needs to be told.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    vflow_storage::install_crypto_provider();
     let result = runtime.block_on(async {
         let client = Client::try_default()
             .await

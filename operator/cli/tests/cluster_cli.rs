@@ -101,7 +101,7 @@ fn kubeconfig() -> PathBuf {
 }
 
 async fn client() -> Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    vflow_storage::install_crypto_provider();
     let kc = Kubeconfig::read_from(kubeconfig()).expect("kubeconfig");
     let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await

@@ -93,7 +93,7 @@ async fn shutdown_signal() {
 /// Runs the operator until SIGTERM/SIGINT (Ok) or until it loses the Lease or cannot
 /// serve (Err).
 /// Chooses ring as the process's TLS provider before the first client (defined once,
-/// in vflow-runs, which brings the AWS SDK in beside kube).
+/// in vflow-storage, which brings the AWS SDK in beside kube).
 pub use vflow_runs::install_crypto_provider;
 
 /// The run controller's settings (None: it is off): its `VFLOW_RUNS_*` variables read
@@ -112,6 +112,8 @@ pub fn runs_config(
         cfg.namespace = Some(ns.clone());
     }
     cfg.planner = settings.planner.clone();
+    // One price list: the run controller's (VFLOW_RUNS_PRICE_*) is the planner's too.
+    cfg.planner.prices = cfg.prices.clone();
     Ok(Some(cfg))
 }
 
@@ -140,7 +142,11 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     install_crypto_provider();
-    let settings = args.settings()?;
+    let mut settings = args.settings()?;
+    if let Some(cfg) = &runs {
+        // The workflow controller plans with the run controller's prices too.
+        settings.planner.prices = cfg.prices.clone();
+    }
     let metrics = Metrics::new();
     let runs = match runs {
         Some(mut cfg) => {

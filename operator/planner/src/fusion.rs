@@ -18,8 +18,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::rng::{LogNormal, Rng, quantile};
 
-const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
-
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FusionStage {
@@ -60,32 +58,7 @@ impl Default for TransferModel {
     }
 }
 
-/// Prices per second of one core, one GiB of memory, one whole GPU.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct Prices {
-    pub core_second: f64,
-    pub gib_second: f64,
-    pub gpu_second: f64,
-}
-
-impl Default for Prices {
-    fn default() -> Self {
-        // Roughly on-demand cloud prices: $0.04 per core-hour, $0.005 per GiB-hour,
-        // $2.5 per GPU-hour, per second.
-        Prices {
-            core_second: 0.04 / 3600.0,
-            gib_second: 0.005 / 3600.0,
-            gpu_second: 2.5 / 3600.0,
-        }
-    }
-}
-
-impl Prices {
-    pub fn per_second(&self, cores: f64, memory_bytes: f64, gpu: f64) -> f64 {
-        cores * self.core_second + memory_bytes / GIB * self.gib_second + gpu * self.gpu_second
-    }
-}
+pub use crate::prices::Prices;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct FusionInput {
@@ -328,7 +301,7 @@ mod tests {
             name: name.into(),
             exec: LogNormal::constant(exec),
             cores,
-            memory_bytes: mem_gib * GIB,
+            memory_bytes: mem_gib * (1u64 << 30) as f64,
             gpu: 0.0,
             output_bytes: out_mb * 1e6,
             per_segment: false,
@@ -354,9 +327,10 @@ mod tests {
                 dispatch_seconds: 0.0,
             },
             prices: Prices {
-                core_second: 1.0,
-                gib_second: 0.0,
+                cpu_core_second: 1.0,
+                memory_gib_second: 0.0,
                 gpu_second: 0.0,
+                currency: "USD".into(),
             },
             samples: 10,
             seed: 1,

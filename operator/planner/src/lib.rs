@@ -32,6 +32,7 @@ pub mod packing;
 pub mod path;
 pub mod plan;
 pub mod prewarm;
+pub mod prices;
 pub mod provisioning;
 pub mod rng;
 pub mod sim;
@@ -39,6 +40,7 @@ pub mod sizing;
 pub mod split;
 
 pub use plan::{PlanError, PlannerConfig, WorkflowPlan, plan_workflow};
+pub use prices::Prices;
 
 /// Most instances of a stage that sets no `maxScale`: the one bound the workflow
 /// controller scales to and the run engine dispatches and pre-warms up to.

@@ -575,7 +575,7 @@ fn fusion_input(
         segments: cfg.expected_segments.max(1),
         objective_seconds: spec.latency_objective.map(|d| d.as_secs_f64()),
         transfer: cfg.transfer,
-        prices: cfg.prices,
+        prices: cfg.prices.clone(),
         samples: cfg.fusion_samples.max(1),
         seed: cfg.seed,
     }

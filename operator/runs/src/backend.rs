@@ -1,6 +1,6 @@
 //! The run engine's backend in a cluster: invocations go to the stage's Service; while a
 //! stage has no ready instance they are held here (the job of Knative's activator)
-//! until the operator, asked through the in-flight annotation, has scaled it up.
+//! until the operator, asked through the demand board (in this process), has scaled it up.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

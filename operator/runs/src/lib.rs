@@ -46,11 +46,7 @@ where
     }
 }
 
-/// Chooses ring as the process's TLS provider: kube is built with ring and the AWS SDK
-/// with aws-lc-rs, and with both rustls refuses to guess. Call before the first client.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
+pub use vflow_storage::install_crypto_provider;
 
 /// Runs the VideoWorkflowRun controller, the S3 poller and the webhook (as configured)
 /// until `shutdown` completes. Call it on the leader only: two of these would run

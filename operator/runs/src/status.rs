@@ -13,34 +13,13 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use serde::{Deserialize, Serialize};
 use vflow_api::validate::StageShape;
 use vflow_api::{Cost, RunOutput, RunPhase, RunTimings, StageProgress, VideoWorkflowRunStatus};
 use vflow_engine::graph::{RunGraph, UnitKey};
 use vflow_engine::record::{Attempt, RunRecord, UnitRecord, UnitStatus};
 
-/// Prices per resource-second; configurable in the operator.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Prices {
-    pub cpu_core_second: f64,
-    pub memory_gib_second: f64,
-    pub gpu_second: f64,
-    pub currency: String,
-}
-
-impl Default for Prices {
-    /// Roughly on-demand cloud prices: $0.0405 per vCPU-hour, $0.00445 per GiB-hour
-    /// (Fargate), $2.50 per GPU-hour.
-    fn default() -> Self {
-        Self {
-            cpu_core_second: 0.04048 / 3600.0,
-            memory_gib_second: 0.004445 / 3600.0,
-            gpu_second: 2.5 / 3600.0,
-            currency: "USD".into(),
-        }
-    }
-}
+/// Prices per resource-second, the planner's; configurable in the operator.
+pub use vflow_planner::Prices;
 
 /// What one instance of a stage requests, and how many invocations share it.
 #[derive(Debug, Clone, Copy, PartialEq)]

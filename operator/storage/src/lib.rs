@@ -19,6 +19,13 @@ pub use location::Location;
 pub use s3::S3Store;
 pub use settings::S3Settings;
 
+/// Chooses ring as the process's TLS provider. kube is built with ring and the AWS SDK
+/// (this crate) with aws-lc-rs; with both, rustls refuses to guess. Every binary that
+/// has both calls this before its first client.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 use std::path::Path;
 
 /// What a transfer moved, for the invocation's measurements.
