@@ -286,6 +286,12 @@ pub struct FunctionProfileStatus {
     /// End of the observation window (the newest observation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window_end: Option<Time>,
+    /// Invocations per 10-second bucket (by when they were submitted) over the last
+    /// 15 minutes: the invocation rate that `provisioning: Auto` decides from. Buckets
+    /// without invocations are left out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 90))]
+    pub recent_invocations: Vec<InvocationBucket>,
 
     /// Execution time of one invocation, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -318,6 +324,20 @@ pub struct FunctionProfileStatus {
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 }
+
+/// Invocations submitted in one bucket of [`INVOCATION_BUCKET_SECONDS`].
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InvocationBucket {
+    /// Start of the bucket.
+    pub start: Time,
+    pub invocations: u64,
+}
+
+/// Width of an [`InvocationBucket`].
+pub const INVOCATION_BUCKET_SECONDS: i64 = 10;
+/// How far back [`FunctionProfileStatus::recent_invocations`] reaches.
+pub const INVOCATION_HISTORY_SECONDS: i64 = 15 * 60;
 
 /// Percentiles of an observed quantity.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]

@@ -305,6 +305,10 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
     {
         cfg.input_bytes = bytes as f64;
     }
+    cfg.now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs() as i64);
     if matches!(store_root, Location::Local(_)) {
         cfg.transfer.put_bytes_per_second = 1e9;
         cfg.transfer.get_bytes_per_second = 1e9;

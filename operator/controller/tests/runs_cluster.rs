@@ -972,3 +972,99 @@ async fn the_run_controller_plans_a_workflow_as_the_workflow_controller_does() {
         "the test would not see a run side planning with the defaults"
     );
 }
+
+/// The copy stage's plan in the workflow's status: (provisioning, minReplicas).
+async fn copy_plan(env: &Env) -> (Option<vflow_api::Provisioning>, Option<u32>) {
+    let wf = env
+        .api::<VideoWorkflow>()
+        .get("wf")
+        .await
+        .expect("workflow");
+    wf.status
+        .and_then(|s| s.stages.into_iter().find(|p| p.name == "copy"))
+        .map(|p| (p.provisioning, p.min_replicas))
+        .unwrap_or((None, None))
+}
+
+#[tokio::test]
+#[ignore = "needs e2e/testenv: make test-runs"]
+async fn a_steady_stream_makes_a_stage_durable_and_it_turns_ephemeral_when_the_stream_stops() {
+    use vflow_api::Provisioning;
+    // Arrivals further apart than the 2 s keep-alive: each would start cold.
+    let mut env = Env::new(
+        "durable",
+        json!({"provisioning": "Auto", "scaleToZeroAfter": "2s"}),
+    )
+    .await;
+    env.start_operator().await;
+    let resolver = env.start_runtimes().await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let controller = tokio::spawn(run_controller(
+        env.client.clone(),
+        config(&env, resolver),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    env.put("in/clip.bin", "input\n").await;
+    wait_for("the first plan", Duration::from_secs(30), || async {
+        copy_plan(&env).await.0.is_some()
+    })
+    .await;
+    assert_eq!(
+        copy_plan(&env).await.0,
+        Some(Provisioning::Ephemeral),
+        "no rate observed yet"
+    );
+
+    // A run every 4 s until the planner keeps copy warm.
+    let runs: Api<VideoWorkflowRun> = env.api();
+    let started = Instant::now();
+    let mut n = 0;
+    let became_durable = loop {
+        if let (Some(Provisioning::Durable), Some(min)) = copy_plan(&env).await
+            && min >= 1
+        {
+            break started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "copy not durable after {n} runs: {:?}",
+            copy_plan(&env).await
+        );
+        runs.create(
+            &PostParams::default(),
+            &run(&format!("s{n}"), "in/clip.bin", 600, json!({})),
+        )
+        .await
+        .expect("create run");
+        n += 1;
+        tokio::time::sleep(Duration::from_secs(4)).await;
+    };
+    eprintln!("durable after {n} runs, {became_durable:?}");
+    wait_for(
+        "wf-copy kept at its minimum",
+        Duration::from_secs(20),
+        || async {
+            env.deployment("wf-copy")
+                .await
+                .and_then(|d| d.spec.replicas)
+                .is_some_and(|r| r >= 1)
+        },
+    )
+    .await;
+
+    // The stream stops: once the rate has fallen (a 60 s window), back to ephemeral.
+    let stopped_at = Instant::now();
+    wait_for("copy ephemeral again", Duration::from_secs(150), || async {
+        copy_plan(&env).await.0 == Some(Provisioning::Ephemeral)
+    })
+    .await;
+    eprintln!("ephemeral {:?} after the last run", stopped_at.elapsed());
+    assert!(
+        stopped_at.elapsed() > Duration::from_secs(20),
+        "it should hold while the window still has the stream"
+    );
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), controller).await;
+}

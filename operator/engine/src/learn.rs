@@ -98,6 +98,7 @@ pub fn fold(profile: &mut FunctionProfile, attempts: &[&Attempt]) {
     status.invocations += attempts.len() as u64;
     status.failures += (attempts.len() - ok.len()) as u64;
     status.oom_kills += attempts.iter().filter(|a| a.oom_killed).count() as u64;
+    count_invocations(status, attempts.iter().map(|a| a.submitted_at));
     status.cold_starts += cold.len() as u64;
 }
 
@@ -170,6 +171,38 @@ fn merge_summary(
         }
         _ => new.clone(),
     }
+}
+
+/// Adds invocations submitted at `times` (unix seconds) to the status's per-bucket
+/// counts, the rate that durable instances are decided from, and drops the buckets
+/// older than the history counted back from the newest.
+pub fn count_invocations(status: &mut FunctionProfileStatus, times: impl IntoIterator<Item = f64>) {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use vflow_api::{
+        INVOCATION_BUCKET_SECONDS as WIDTH, INVOCATION_HISTORY_SECONDS, InvocationBucket,
+    };
+    let mut buckets: BTreeMap<i64, u64> = status
+        .recent_invocations
+        .iter()
+        .map(|b| (b.start.0.as_second(), b.invocations))
+        .collect();
+    for t in times.into_iter().filter(|t| t.is_finite() && *t > 0.0) {
+        *buckets
+            .entry((t as i64).div_euclid(WIDTH) * WIDTH)
+            .or_default() += 1;
+    }
+    if let Some(&newest) = buckets.keys().next_back() {
+        buckets.retain(|start, _| *start > newest - INVOCATION_HISTORY_SECONDS);
+    }
+    status.recent_invocations = buckets
+        .into_iter()
+        .filter_map(|(start, invocations)| {
+            Some(InvocationBucket {
+                start: Time(k8s_openapi::jiff::Timestamp::from_second(start).ok()?),
+                invocations,
+            })
+        })
+        .collect();
 }
 
 /// How fast an old memory peak is forgotten: it halves every 24 hours (the half-life
@@ -442,6 +475,31 @@ mod scrape_tests {
         fold(&mut p, &[&killed, &Attempt::default()]);
         let s = p.status.unwrap_or_default();
         assert_eq!((s.invocations, s.failures, s.oom_kills), (2, 1, 1));
+    }
+
+    #[test]
+    fn invocations_are_counted_per_bucket_and_old_buckets_go() {
+        let mut status = FunctionProfileStatus::default();
+        let t0 = 1_800_000_000.0;
+        count_invocations(&mut status, [t0 + 1.0, t0 + 9.9, t0 + 10.0, 0.0, f64::NAN]);
+        let seen: Vec<(i64, u64)> = status
+            .recent_invocations
+            .iter()
+            .map(|b| (b.start.0.as_second() - t0 as i64, b.invocations))
+            .collect();
+        assert_eq!(
+            seen,
+            [(0, 2), (10, 1)],
+            "times without a clock are not counted"
+        );
+        // 15 minutes and more later: the old buckets are history.
+        count_invocations(&mut status, [t0 + 905.0]);
+        let seen: Vec<i64> = status
+            .recent_invocations
+            .iter()
+            .map(|b| b.start.0.as_second() - t0 as i64)
+            .collect();
+        assert_eq!(seen, [10, 900]);
     }
 
     #[test]

@@ -47,8 +47,12 @@ pub struct PlannerConfig {
     pub cpu_interference: f64,
     pub provisioning: ProvisioningConfig,
     /// Invocations per second per stage, when the caller counts them; else the
-    /// profile's window rate shared among the stages that run the function.
+    /// profile's rate over the provisioning window, shared among the stages that run
+    /// the function.
     pub stage_rates: BTreeMap<String, f64>,
+    /// When the plan is made (unix seconds): rates count the invocations of the window
+    /// before it. None: as of each profile's newest count (tests, the simulator).
+    pub now: Option<i64>,
     pub fusion_samples: u32,
     /// Fuse chain stages into one pod where it pays. Off by default: no backend builds
     /// fused pods yet (the operator and the local mode run every stage in its own
@@ -80,6 +84,7 @@ impl Default for PlannerConfig {
             cpu_interference: 0.05,
             provisioning: ProvisioningConfig::default(),
             stage_rates: BTreeMap::new(),
+            now: None,
             fusion_samples: 1000,
             fuse: false,
             seed: 1,
@@ -599,6 +604,17 @@ fn effective_parents(dag: &Dag, runs: &[bool], i: usize) -> Vec<usize> {
     out
 }
 
+/// Durable instances the previous plan (the workflow's status) gave the stage.
+fn durable_now(workflow: &VideoWorkflow, stage: &str) -> u32 {
+    workflow
+        .status
+        .as_ref()
+        .and_then(|s| s.stages.iter().find(|p| p.name == stage))
+        .filter(|p| p.provisioning == Some(Provisioning::Durable))
+        .and_then(|p| p.min_replicas)
+        .unwrap_or(0)
+}
+
 fn provisioning_counts(
     workflow: &VideoWorkflow,
     profiles: &BTreeMap<String, FunctionProfile>,
@@ -618,7 +634,9 @@ fn provisioning_counts(
         .map(|i| {
             let stage = &spec.stages[i];
             let rate = cfg.stage_rates.get(&stage.name).copied().or_else(|| {
-                let r = profiles.get(&stage.function).and_then(invocation_rate)?;
+                let r = profiles
+                    .get(&stage.function)
+                    .and_then(|p| invocation_rate(p, cfg.now, cfg.provisioning.window_seconds))?;
                 Some(
                     r / f64::from(
                         users
@@ -636,6 +654,7 @@ fn provisioning_counts(
                 cold_start_seconds: facts[i].timing.cold_start.median,
                 memory_bytes: facts[i].size.memory_bytes,
                 concurrency: concurrency[i],
+                durable_now: durable_now(workflow, &stage.name),
             }
         })
         .collect();

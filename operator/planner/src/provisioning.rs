@@ -29,7 +29,15 @@ pub struct FunctionLoad {
     pub memory_bytes: f64,
     /// Invocations one instance runs at once.
     pub concurrency: u32,
+    /// Durable instances the function has now (the previous plan's): these stay while
+    /// they avoid at least [`KEEP_SHARE`] of the reuses that pay for a new one, so a
+    /// rate near the threshold does not flip the stage at every plan.
+    #[serde(default)]
+    pub durable_now: u32,
 }
+
+/// Share of `min_reuses` below which an instance that is already durable goes.
+pub const KEEP_SHARE: f64 = 0.5;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
@@ -126,16 +134,26 @@ pub fn plan(loads: &[FunctionLoad], cfg: &ProvisioningConfig) -> Vec<Provisionin
         let l = &loads[f];
         let n = durable[f] + 1;
         let avoided = avoided_by(l, n, cfg);
+        let needed = if n <= l.durable_now {
+            cfg.min_reuses * KEEP_SHARE
+        } else {
+            cfg.min_reuses
+        };
         if n > cfg.max_per_function {
             stop[f] = Some(format!(
                 "at the limit of {} durable instances",
                 cfg.max_per_function
             ));
-        } else if avoided < cfg.min_reuses {
-            stop[f] = Some(format!(
-                "instance {n} would avoid {avoided:.1} cold starts per {w:.0}s window, below the {} reuses that pay for keeping it",
-                cfg.min_reuses
-            ));
+        } else if avoided < needed {
+            stop[f] = Some(if n <= l.durable_now {
+                format!(
+                    "instance {n}, durable now, would avoid {avoided:.1} cold starts per {w:.0}s window, below the {needed} reuses that keep it"
+                )
+            } else {
+                format!(
+                    "instance {n} would avoid {avoided:.1} cold starts per {w:.0}s window, below the {needed} reuses that pay for keeping it"
+                )
+            });
         } else if free - l.memory_bytes < cfg.reserve_bytes {
             stop[f] = Some(format!(
                 "instance {n} ({:.2} GiB) would leave less than the {:.1} GiB reserve for ephemeral instances",
@@ -189,6 +207,7 @@ mod tests {
             cold_start_seconds: 3.0,
             memory_bytes: mem_gib * GIB,
             concurrency: 1,
+            durable_now: 0,
         }
     }
 
@@ -257,5 +276,32 @@ mod tests {
         // One arrival every 2 s never waits 60 s: keep-alive keeps it warm anyway.
         let d = plan(&[load("busy", 0.5, 0.5)], &cfg(8.0, 60.0));
         assert_eq!(d[0].durable, 0, "{}", d[0].reason);
+    }
+
+    #[test]
+    fn a_durable_instance_stays_until_the_rate_falls_well_below_the_threshold() {
+        let c = cfg(16.0, 2.0);
+        let at = |rate: f64, durable_now: u32| {
+            let l = FunctionLoad {
+                durable_now,
+                ..load("f", rate, 0.5)
+            };
+            plan(&[l], &c)[0].durable
+        };
+        // 0.06/s: instance 1 avoids 3.2 cold starts per minute, over the 3 that pay.
+        assert_eq!(at(0.06, 0), 1);
+        // 0.05/s: 2.7. Not enough to start keeping one, enough to keep one kept.
+        assert_eq!(at(0.05, 0), 0);
+        assert_eq!(at(0.05, 1), 1);
+        // 0.02/s: 1.15, below half the threshold: it goes.
+        assert_eq!(at(0.02, 1), 0);
+        let kept = plan(
+            &[FunctionLoad {
+                durable_now: 1,
+                ..load("f", 0.02, 0.5)
+            }],
+            &c,
+        );
+        assert!(kept[0].reason.contains("durable now"), "{}", kept[0].reason);
     }
 }

@@ -170,6 +170,7 @@ pub fn plan_run(
     if let Some(bytes) = input_bytes {
         cfg.input_bytes = bytes as f64;
     }
+    cfg.now = Some(Timestamp::now().as_second());
     plan_workflow(wf, profiles, &cfg)
 }
 

@@ -270,6 +270,21 @@ pub fn desired(
         if let Some(at) = scale.recheck_at {
             out.requeue_at = Some(out.requeue_at.map_or(at, |r| r.min(at)));
         }
+        // Durable by choice of the planner: its rate falls with no event to say so, so
+        // plan again within half a provisioning window.
+        let auto = stage
+            .overrides
+            .as_ref()
+            .and_then(|o| o.provisioning)
+            .unwrap_or(wf.spec.provisioning)
+            == Provisioning::Auto;
+        if auto && decision.provisioning == Provisioning::Durable {
+            let half = settings.planner.provisioning.window_seconds.max(2.0) / 2.0;
+            let at = now
+                .checked_add(SignedDuration::from_secs_f64(half))
+                .unwrap_or(now);
+            out.requeue_at = Some(out.requeue_at.map_or(at, |r| r.min(at)));
+        }
         if current != Some(scale.replicas) {
             out.scale_changes.push(ScaleChange {
                 stage: stage.name.clone(),
@@ -427,18 +442,32 @@ pub fn desired(
 
 /// The plan for the workflow, recomputed only when the workflow's spec or one of the
 /// profiles it uses changed (planning runs a Monte Carlo estimate).
+/// The plan, made again when the workflow, a profile, the durable instances the status
+/// gives (the planner keeps them with hysteresis) or the rate bucket of `now` changed.
 fn plan_for(
     wf: &VideoWorkflow,
     profiles: &BTreeMap<String, FunctionProfile>,
     ctx: &Context,
+    now: Timestamp,
 ) -> Arc<Result<WorkflowPlan, Invalid>> {
-    let mut cache_key = format!("{:?}", wf.metadata.generation);
+    let now = now.as_second();
+    let mut cache_key = format!(
+        "{:?}@{}",
+        wf.metadata.generation,
+        now.div_euclid(vflow_api::INVOCATION_BUCKET_SECONDS)
+    );
     for s in &wf.spec.stages {
         let rv = profiles
             .get(&s.function)
             .and_then(|p| p.metadata.resource_version.clone())
             .unwrap_or_else(|| "absent".into());
         cache_key.push_str(&format!("|{}={rv}", s.function));
+    }
+    for s in wf.status.iter().flat_map(|s| &s.stages) {
+        cache_key.push_str(&format!(
+            "|{}:{:?}/{:?}",
+            s.name, s.provisioning, s.min_replicas
+        ));
     }
     let uid = wf.uid().unwrap_or_default();
     if let Ok(plans) = ctx.plans.lock()
@@ -447,7 +476,9 @@ fn plan_for(
     {
         return plan.clone();
     }
-    let plan = Arc::new(validate::check(wf, profiles, &ctx.settings.planner));
+    let mut planner = ctx.settings.planner.clone();
+    planner.now = Some(now);
+    let plan = Arc::new(validate::check(wf, profiles, &planner));
     if let Ok(mut plans) = ctx.plans.lock() {
         plans.insert(uid, (cache_key, plan.clone()));
     }
@@ -504,7 +535,7 @@ async fn reconcile_inner(wf: &VideoWorkflow, ctx: &Context) -> Result<(Action, b
         .unwrap_or_default();
 
     // validate + build (pure)
-    let outcome = plan_for(wf, &profiles, ctx);
+    let outcome = plan_for(wf, &profiles, ctx, now);
     let demand = ctx.demand.get(&ns, &wf.name_any(), now);
     let want = desired(
         wf,

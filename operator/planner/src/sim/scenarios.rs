@@ -499,6 +499,7 @@ pub fn smse(p: &SmseParams, seed: u64) -> SmseReport {
             cold_start_seconds: f.cold_start.median,
             memory_bytes: f.memory_bytes,
             concurrency: 1,
+            durable_now: 0,
         })
         .collect();
     let memory: f64 = p.nodes.iter().map(|n| n.memory_bytes).sum();

@@ -147,6 +147,7 @@ pub fn run_file(w: &WorkloadFile, seed: u64) -> Result<SmseReport, WorkloadError
             cold_start_seconds: f.cold_start.median,
             memory_bytes: f.memory_bytes,
             concurrency: f.concurrency,
+            durable_now: 0,
         })
         .collect();
     let memory: f64 = nodes.iter().map(|n| n.memory_bytes).sum();
