@@ -194,3 +194,24 @@ async fn an_instance_is_held_to_its_planned_memory_and_going_over_is_an_oom_kill
 fn perms_exec() -> std::fs::Permissions {
     std::os::unix::fs::PermissionsExt::from_mode(0o755)
 }
+
+#[tokio::test]
+async fn a_stage_released_lets_its_idle_instances_go_down_to_its_minimum() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = backend(dir.path());
+    let mut t = target(dir.path());
+    t.warmup_command = Vec::new();
+    backend.prewarm(&t, 3).await;
+    assert_eq!(backend.instances().await.get("s"), Some(&3));
+    t.min_instances = 1;
+    backend.release(&t).await;
+    assert_eq!(
+        backend.instances().await.get("s"),
+        Some(&1),
+        "the minimum stays"
+    );
+    t.min_instances = 0;
+    backend.release(&t).await;
+    assert_eq!(backend.instances().await.get("s"), Some(&0));
+    backend.shutdown().await;
+}

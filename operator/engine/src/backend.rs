@@ -71,6 +71,10 @@ pub trait Backend: Send + Sync + 'static {
     /// Have `replicas` instances of the stage ready (or starting) now.
     fn prewarm(&self, target: &StageTarget, replicas: u32) -> impl Future<Output = ()> + Send;
 
+    /// Instances asked for ahead of `target`'s stage are not needed in this run (its
+    /// condition turned out false): let them go, down to the stage's minimum.
+    fn release(&self, target: &StageTarget) -> impl Future<Output = ()> + Send;
+
     /// Stop every instance; in-flight invocations end with an error.
     fn shutdown(&self) -> impl Future<Output = ()> + Send;
 }

@@ -20,6 +20,7 @@ use vflow_planner::WorkflowPlan;
 use crate::backend::{Backend, StageTarget};
 use crate::graph::{RunGraph, UnitKey};
 use crate::invoke::invoke_unit;
+use crate::prewarming::Prewarmer;
 use crate::record::{RunPhase, RunRecord, unix_now};
 use crate::scheduler::{Scheduler, UnitOutcome};
 
@@ -215,12 +216,12 @@ impl<B: Backend> Engine<B> {
         self.persist(opts, &record).await;
 
         let session_start = Instant::now();
-        let mut prewarms: Vec<(String, f64, u32)> = opts.prewarm.clone();
+        let mut prewarms = Prewarmer::new(&opts.prewarm, opts.plan.as_ref());
         // The warm pool: stages with a minimum have it from the start.
         for (i, node) in self.graph.stages.iter().enumerate() {
             let min = self.target(i, opts).min_instances;
             if min > 0 {
-                prewarms.push((node.name.clone(), 0.0, min));
+                prewarms.add(&node.name, 0.0, min);
             }
         }
         let mut tasks: JoinSet<(UnitKey, UnitOutcome)> = JoinSet::new();
@@ -233,10 +234,26 @@ impl<B: Backend> Engine<B> {
                 record.message = Some("cancelled".into());
                 break;
             }
-            prewarms = self.send_due_prewarms(opts, prewarms, session_start);
+            self.send_due_prewarms(opts, &mut prewarms, session_start);
 
             if failure.is_none() {
                 let next = scheduler.next(&mut record);
+                let now = session_start.elapsed().as_secs_f64();
+                // What the run just learned re-decides the pre-warm schedule: inputs
+                // that arrived, and stages whose condition turned out false.
+                for dispatch in &next.start {
+                    prewarms.reached(&dispatch.request.stage, now);
+                }
+                for key in &next.skipped {
+                    let stage = key.stage;
+                    if scheduler.never_runs(&record, stage)
+                        && prewarms.abandon(&self.graph.stages[stage].name)
+                    {
+                        let target = self.target(stage, opts);
+                        let backend = self.backend.clone();
+                        tokio::spawn(async move { backend.release(&target).await });
+                    }
+                }
                 for dispatch in next.start {
                     tasks.spawn(invoke_unit(
                         self.backend.clone(),
@@ -250,7 +267,7 @@ impl<B: Backend> Engine<B> {
             if tasks.is_empty() {
                 break;
             }
-            let wait = until_next_prewarm(&prewarms, session_start);
+            let wait = until_next_prewarm(prewarms.next_at(), session_start);
             tokio::select! {
                 joined = tasks.join_next() => {
                     let Some(joined) = joined else { continue };
@@ -272,37 +289,29 @@ impl<B: Backend> Engine<B> {
         RunOutcome { record }
     }
 
-    /// Sends the pre-warm requests that are due; returns those still to come.
+    /// Sends the pre-warm requests that are due.
     fn send_due_prewarms(
         &self,
         opts: &RunOptions,
-        prewarms: Vec<(String, f64, u32)>,
+        prewarms: &mut Prewarmer,
         session_start: Instant,
-    ) -> Vec<(String, f64, u32)> {
-        let elapsed = session_start.elapsed().as_secs_f64();
-        let (due, later): (Vec<_>, Vec<_>) =
-            prewarms.into_iter().partition(|(_, at, _)| *at <= elapsed);
-        for (stage, _, replicas) in due {
+    ) {
+        for (stage, replicas) in prewarms.due(session_start.elapsed().as_secs_f64()) {
             if let Some(index) = self.graph.stage_index(&stage) {
                 let target = self.target(index, opts);
                 let backend = self.backend.clone();
                 tokio::spawn(async move { backend.prewarm(&target, replicas).await });
             }
         }
-        later
     }
 }
 
 /// How long the driver may wait for a unit before a pre-warm request is due.
-fn until_next_prewarm(prewarms: &[(String, f64, u32)], session_start: Instant) -> Duration {
+fn until_next_prewarm(next: Option<f64>, session_start: Instant) -> Duration {
     let idle = Duration::from_secs(3600);
-    let next = prewarms
-        .iter()
-        .map(|(_, at, _)| *at)
-        .fold(f64::INFINITY, f64::min);
-    if !next.is_finite() {
+    let Some(next) = next.filter(|n| n.is_finite()) else {
         return idle;
-    }
+    };
     // `try_`: an absurd time in a plan must not panic the run.
     Duration::try_from_secs_f64((next - session_start.elapsed().as_secs_f64()).max(0.0))
         .unwrap_or(idle)

@@ -16,6 +16,7 @@ pub mod graph;
 mod invoke;
 pub mod learn;
 pub mod local;
+pub mod prewarming;
 pub mod record;
 pub mod report;
 pub mod scheduler;

@@ -419,6 +419,24 @@ impl Backend for LocalBackend {
         }
     }
 
+    async fn release(&self, target: &StageTarget) {
+        let pool = self.pool_for(target);
+        let min = target.min_instances as usize;
+        let mut instances = pool.instances.lock().await;
+        instances.sort_by_key(|i| i.idle_for());
+        let mut kept = Vec::new();
+        for instance in instances.drain(..) {
+            let idle = instance.slots.available_permits() == instance.concurrency as usize;
+            if kept.len() >= min && idle {
+                tracing::debug!(instance = instance.id, stage = %target.stage, "releasing an instance warmed for a branch not taken");
+                stop(&instance).await;
+            } else {
+                kept.push(instance);
+            }
+        }
+        *instances = kept;
+    }
+
     async fn shutdown(&self) {
         let pools: Vec<Arc<Pool>> = self
             .pools

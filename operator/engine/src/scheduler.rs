@@ -33,6 +33,8 @@ pub struct Next {
     /// A condition could not be evaluated: the run fails. What `start` holds was
     /// decided before that and still runs.
     pub failure: Option<String>,
+    /// Units now marked Skipped (their condition is false).
+    pub skipped: Vec<UnitKey>,
 }
 
 /// How a unit's invocation ended, every attempt included.
@@ -74,6 +76,22 @@ impl<'a> Scheduler<'a> {
             params,
             targets: (0..graph.stages.len()).map(target).collect(),
         }
+    }
+
+    /// Every unit of stage `stage` is settled as Skipped, and no more will come: the
+    /// stage does not run in this run.
+    pub fn never_runs(&self, record: &RunRecord, stage: usize) -> bool {
+        let units = self.all_units(record);
+        let of_stage: Vec<&UnitKey> = units.iter().filter(|k| k.stage == stage).collect();
+        // A per-segment stage's units are known once the fan-out fixed the count.
+        let known = !matches!(self.graph.stages[stage].shape, StageShape::PerSegment(_))
+            || record.segments.is_some();
+        known
+            && !of_stage.is_empty()
+            && of_stage.iter().all(|&&k| {
+                self.unit(record, k)
+                    .is_some_and(|u| u.status == UnitStatus::Skipped)
+            })
     }
 
     /// A new session of the run: what an interrupted process left running (or
@@ -136,6 +154,7 @@ impl<'a> Scheduler<'a> {
                         unit.message = Some(skip_reason);
                     }
                     self.after_settled(record, key);
+                    next.skipped.push(key);
                     continue;
                 }
                 next.start.push(self.dispatch(record, key));

@@ -488,3 +488,121 @@ async fn the_plan_sets_each_stages_instances_and_memory_and_the_minimum_is_warm_
         "the minimum is asked for at the start: {warmed:?}"
     );
 }
+
+fn planned(workflow: &VideoWorkflow) -> vflow_planner::WorkflowPlan {
+    vflow_planner::plan_workflow(
+        workflow,
+        &profiles(workflow),
+        &vflow_planner::PlannerConfig::default(),
+    )
+    .expect("plan")
+}
+
+#[tokio::test]
+async fn a_branch_not_taken_releases_what_was_warmed_for_it_and_only_then() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let workflow = common::conditional_blur();
+    let mut opts = options(&dir);
+    opts.plan = Some(planned(&workflow));
+    // blur is warmed at the start, as a speculative schedule would.
+    opts.prewarm = vec![("blur".into(), 0.0, 1)];
+
+    // No objects anywhere: blur never runs, and its instance goes.
+    let nothing = Arc::new(Fake::new().outputs("split", 2).metadata(|request| {
+        let mut m = serde_json::Map::new();
+        if request.stage == "detect" {
+            m.insert("objects".into(), json!(0));
+        }
+        m
+    }));
+    let record = run(&engine(&workflow, &nothing), &opts).await;
+    assert_eq!(record.phase, RunPhase::Succeeded, "{:?}", record.message);
+    assert!(nothing.calls_to("blur").is_empty());
+    let released: Vec<String> = nothing.releases().into_iter().map(|(s, _)| s).collect();
+    assert_eq!(released, ["blur"]);
+
+    // Objects in segment 1: blur runs there; nothing is released.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut opts = options(&dir);
+    opts.plan = Some(planned(&workflow));
+    opts.prewarm = vec![("blur".into(), 0.0, 1)];
+    let some = Arc::new(Fake::new().outputs("split", 2).metadata(|request| {
+        let mut m = serde_json::Map::new();
+        if request.stage == "detect" {
+            m.insert("objects".into(), json!(request.segment.unwrap_or(0)));
+        }
+        m
+    }));
+    let record = run(&engine(&workflow, &some), &opts).await;
+    assert_eq!(record.phase, RunPhase::Succeeded, "{:?}", record.message);
+    assert_eq!(segments_called(&some, "blur"), [Some(1)]);
+    assert!(some.releases().is_empty(), "{:?}", some.releases());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_early_input_moves_the_warm_up_of_the_stages_after_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let workflow = common::split_scale_stitch();
+    let plan = planned(&workflow);
+    assert_eq!(plan.prewarm_policy, vflow_api::PrewarmPolicy::JustInTime);
+    let at = |stage: &str| {
+        plan.prewarm
+            .iter()
+            .find(|a| a.stage == stage)
+            .map(|a| a.at_seconds)
+    };
+    let expected = at("stitch").expect("stitch is on the schedule");
+    let scale_at = at("scale").expect("scale is on the schedule");
+    // split takes 0.5 s where the plan expected its 5 s prior: scale's input arrives
+    // before anyone asked for scale, so scale starts a cold start later.
+    let early = 0.5;
+    assert!(early < scale_at);
+    let k = plan
+        .path_stages
+        .iter()
+        .position(|s| s.stage == "scale")
+        .expect("scale on the path");
+    let cold = plan.path_stages[k].cold_start_seconds;
+    let replanned = vflow_planner::prewarm::reschedule(
+        &plan.path_stages,
+        k,
+        early,
+        early + cold,
+        plan.prewarm_margin,
+    )
+    .into_iter()
+    .find(|a| a.stage == "stitch")
+    .map(|a| a.at_seconds)
+    .expect("stitch re-planned");
+    assert!(replanned < expected - 1.0, "{replanned} vs {expected}");
+
+    let mut opts = options(&dir);
+    opts.prewarm = vflow_engine::engine::prewarm_schedule(&plan);
+    opts.plan = Some(plan);
+    let backend = Arc::new(
+        Fake::new()
+            .outputs("split", 1)
+            .slow("split", Duration::from_secs_f64(early))
+            .slow("scale", Duration::from_secs(30)),
+    );
+    let record = run(&engine(&workflow, &backend), &opts).await;
+    assert_eq!(record.phase, RunPhase::Succeeded, "{:?}", record.message);
+    let stitch: Vec<f64> = backend
+        .prewarms()
+        .into_iter()
+        .filter(|(s, _, _)| s == "stitch")
+        .map(|(_, _, at)| at.as_secs_f64())
+        .collect();
+    assert_eq!(stitch.len(), 1, "{stitch:?}");
+    assert!(
+        (stitch[0] - replanned).abs() < 0.05,
+        "warmed at {:.2} s, from the real arrival ({replanned:.2} s), not the expected one ({expected:.2} s)",
+        stitch[0]
+    );
+    let scale: Vec<_> = backend
+        .prewarms()
+        .into_iter()
+        .filter(|(s, _, _)| s == "scale")
+        .collect();
+    assert!(scale.is_empty(), "scale's input came first: {scale:?}");
+}

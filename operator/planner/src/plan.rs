@@ -158,6 +158,8 @@ pub struct WorkflowPlan {
     /// The schedule for a run starting at 0.
     pub prewarm: Vec<PrewarmAction>,
     pub prewarm_policy: PrewarmPolicy,
+    /// The margin the schedule was made with, for re-planning it while a run goes.
+    pub prewarm_margin: Margin,
     /// Monte Carlo estimate of a run's latency and cost under this plan.
     pub p95_seconds: f64,
     pub p50_seconds: f64,
@@ -442,6 +444,7 @@ pub fn plan_workflow(
         path_stages,
         prewarm,
         prewarm_policy: spec.prewarm,
+        prewarm_margin: cfg.margin,
         p95_seconds: fusion_plan.estimate.p95_seconds,
         p50_seconds: fusion_plan.estimate.p50_seconds,
         cost_per_run: fusion_plan.estimate.mean_cost,

@@ -294,6 +294,11 @@ impl<C: Capacity> Backend for KubeBackend<C> {
             .prewarm(&target.stage, replicas.min(target.max_instances.max(1)));
     }
 
+    /// The operator scales the stage down once no request holds it.
+    async fn release(&self, target: &StageTarget) {
+        self.capacity.release(&target.stage);
+    }
+
     /// The operator owns the instances; a cancelled run only lets go of what it holds.
     async fn shutdown(&self) {
         self.cancelled.store(true, Ordering::SeqCst);

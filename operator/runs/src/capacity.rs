@@ -20,6 +20,8 @@ pub trait Capacity: Send + Sync + 'static {
     fn end(&self, stage: &str);
     /// Have `replicas` instances of `stage` ready as soon as possible.
     fn prewarm(&self, stage: &str, replicas: u32);
+    /// The pre-warm request for `stage` is withdrawn (a branch not taken).
+    fn release(&self, stage: &str);
     /// Ready instances of `stage` now.
     fn ready(&self, stage: &str) -> impl Future<Output = Result<u32, String>> + Send;
     /// Returns once `stage` has a ready instance, or errs after `timeout`.
@@ -90,6 +92,13 @@ impl Capacity for KubeCapacity {
         self.demand
             .update(&self.namespace, &self.workflow, self.keep, |s| {
                 s.request_prewarm(stage, replicas, now)
+            });
+    }
+
+    fn release(&self, stage: &str) {
+        self.demand
+            .update(&self.namespace, &self.workflow, self.keep, |s| {
+                s.withdraw_prewarm(stage)
             });
     }
 

@@ -70,6 +70,13 @@ impl WorkflowDemand {
         entry.at = entry.at.max(at);
     }
 
+    /// Drops the pre-warm request for `stage` (a branch not taken). It is one request
+    /// for every run of the workflow in this process, so another run that still wants
+    /// the stage asks again when its schedule says so.
+    pub fn withdraw_prewarm(&mut self, stage: &str) {
+        self.prewarm.remove(stage);
+    }
+
     pub fn prewarm(&self) -> impl Iterator<Item = &PrewarmRequest> {
         self.prewarm.values()
     }

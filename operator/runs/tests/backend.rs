@@ -64,6 +64,12 @@ impl Capacity for Scripted {
             .expect("lock")
             .push((stage.into(), replicas));
     }
+    fn release(&self, stage: &str) {
+        self.prewarmed
+            .lock()
+            .expect("lock")
+            .retain(|(s, _)| s != stage);
+    }
     async fn ready(&self, _stage: &str) -> Result<u32, String> {
         Ok(u32::from(self.is_ready()))
     }

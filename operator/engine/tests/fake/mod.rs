@@ -34,6 +34,8 @@ pub struct Fake {
     calls: Mutex<Vec<InvokeRequest>>,
     /// Stage, replicas and when, after the fake was made.
     prewarms: Mutex<Vec<(String, u32, Duration)>>,
+    /// Stages released and when.
+    releases: Mutex<Vec<(String, Duration)>>,
     pub shutdowns: AtomicU32,
     made: Instant,
 }
@@ -50,6 +52,7 @@ impl Fake {
             entered: Notify::new(),
             calls: Mutex::new(Vec::new()),
             prewarms: Mutex::new(Vec::new()),
+            releases: Mutex::new(Vec::new()),
             shutdowns: AtomicU32::new(0),
             made: Instant::now(),
         }
@@ -94,6 +97,10 @@ impl Fake {
 
     pub fn prewarms(&self) -> Vec<(String, u32, Duration)> {
         self.prewarms.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    pub fn releases(&self) -> Vec<(String, Duration)> {
+        self.releases.lock().map(|r| r.clone()).unwrap_or_default()
     }
 
     fn attempts_so_far(&self, request: &InvokeRequest) -> u32 {
@@ -177,6 +184,12 @@ impl Backend for Fake {
     async fn prewarm(&self, target: &StageTarget, replicas: u32) {
         if let Ok(mut p) = self.prewarms.lock() {
             p.push((target.stage.clone(), replicas, self.made.elapsed()));
+        }
+    }
+
+    async fn release(&self, target: &StageTarget) {
+        if let Ok(mut r) = self.releases.lock() {
+            r.push((target.stage.clone(), self.made.elapsed()));
         }
     }
 
