@@ -406,6 +406,9 @@ pub struct BranchProbability {
     pub stage: String,
     /// Share of runs (or segments) in which it ran.
     pub probability: f64,
-    /// Outcomes observed.
+    /// Outcomes observed (evaluations of its condition).
     pub observations: u64,
+    /// Of those, how many ran: the evidence the next plan starts from.
+    #[serde(default)]
+    pub taken: u64,
 }

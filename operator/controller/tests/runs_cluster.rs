@@ -1068,3 +1068,101 @@ async fn a_steady_stream_makes_a_stage_durable_and_it_turns_ephemeral_when_the_s
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(10), controller).await;
 }
+
+#[tokio::test]
+#[ignore = "needs e2e/testenv: make test-runs"]
+async fn a_runs_branch_outcomes_reach_the_workflows_status_and_its_next_plan() {
+    // copy runs only when split wrote more than 5 segments; the manifest expects it
+    // 90% of the time.
+    let mut env = Env::new("branch", json!({})).await;
+    let profiles: Api<FunctionProfile> = env.api();
+    let mut split = profiles.get("tsplit").await.expect("tsplit");
+    split.spec.produces = Some(
+        serde_json::from_value(json!({
+            "segments": true,
+            "metadata": [{"name": "segments", "type": "Integer"}]
+        }))
+        .expect("produces"),
+    );
+    profiles
+        .replace("tsplit", &PostParams::default(), &split)
+        .await
+        .expect("declare split's metadata");
+    let wfs: Api<VideoWorkflow> = env.api();
+    let mut wf = wfs.get("wf").await.expect("workflow");
+    wf.spec.stages[1].when = Some(
+        serde_json::from_value(json!({"condition": "split.segments > 5", "probability": 0.9}))
+            .expect("when"),
+    );
+    wfs.replace("wf", &PostParams::default(), &wf)
+        .await
+        .expect("replace workflow");
+    env.start_operator().await;
+    let resolver = env.start_runtimes().await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let controller = tokio::spawn(run_controller(
+        env.client.clone(),
+        config(&env, resolver),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    env.put("in/clip.bin", "input\n").await;
+    let runs: Api<VideoWorkflowRun> = env.api();
+    // Three segments: copy is skipped in each.
+    runs.create(
+        &PostParams::default(),
+        &run("few", "in/clip.bin", 600, json!({"split": {"count": 3}})),
+    )
+    .await
+    .expect("create run");
+    wait_phase(&env, "few", RunPhase::Succeeded, Duration::from_secs(90)).await;
+    let branch = |wf: &VideoWorkflow| {
+        wf.status
+            .as_ref()
+            .and_then(|s| s.branch_probabilities.iter().find(|b| b.stage == "copy"))
+            .map(|b| (b.observations, b.taken, b.probability))
+    };
+    wait_for(
+        "copy's outcomes in the workflow's status",
+        Duration::from_secs(20),
+        || {
+            let wfs = wfs.clone();
+            async move {
+                wfs.get("wf")
+                    .await
+                    .ok()
+                    .and_then(|w| branch(&w))
+                    .is_some_and(|(seen, _, _)| seen == 3)
+            }
+        },
+    )
+    .await;
+    let (seen, taken, p) = branch(&wfs.get("wf").await.expect("workflow")).expect("copy");
+    assert_eq!((seen, taken), (3, 0));
+    assert!(p < 0.9, "the evidence pulls the manifest's 0.9 down: {p}");
+    // Nothing left pending once in the status; a second run adds to it.
+    assert!(env.demand.pending_branches(&env.ns, "wf").is_empty());
+    runs.create(
+        &PostParams::default(),
+        &run("many", "in/clip.bin", 600, json!({"split": {"count": 7}})),
+    )
+    .await
+    .expect("create run");
+    wait_phase(&env, "many", RunPhase::Succeeded, Duration::from_secs(90)).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = branch(&wfs.get("wf").await.expect("workflow"));
+        if now.is_some_and(|(seen, taken, _)| (seen, taken) == (10, 7)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "copy's outcomes after a run of 7 segments: {now:?}, pending {:?}",
+            env.demand.pending_branches(&env.ns, "wf")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), controller).await;
+}

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use vflow_api::{Distribution, FunctionProfile, FunctionProfileStatus};
 
 use crate::graph::RunGraph;
-use crate::record::{Attempt, RunRecord};
+use crate::record::{Attempt, RunRecord, UnitStatus};
+use vflow_planner::branch::BranchObservation;
 
 use vflow_contract::observations::nearest_rank;
 
@@ -36,6 +37,56 @@ fn merge(old: Option<&Distribution>, old_n: u64, samples: &[f64]) -> Option<Dist
         }
         _ => new,
     })
+}
+
+/// What a run says about its conditional stages: of the units whose condition was
+/// evaluated, how many ran. A unit whose condition reads a stage that was skipped is
+/// not counted: the planner's probability is that of the condition holding when it can
+/// be evaluated.
+pub fn branch_outcomes(graph: &RunGraph, record: &RunRecord) -> Vec<BranchObservation> {
+    let mut out = Vec::new();
+    for node in &graph.stages {
+        let Some((_, source, _)) = &node.when else {
+            continue;
+        };
+        let source = &graph.stages[*source].name;
+        let (mut taken, mut seen) = (0, 0);
+        for unit in record.units.iter().filter(|u| u.stage == node.name) {
+            let source_unit = record
+                .unit(source, unit.segment)
+                .or_else(|| record.unit(source, None));
+            let evaluated = match unit.status {
+                UnitStatus::Skipped => source_unit.is_some_and(|s| s.status != UnitStatus::Skipped),
+                UnitStatus::Done | UnitStatus::Failed | UnitStatus::Running => true,
+                UnitStatus::Pending => false,
+            };
+            if evaluated {
+                seen += 1;
+                taken += u64::from(unit.status != UnitStatus::Skipped);
+            }
+        }
+        if seen > 0 {
+            out.push(BranchObservation {
+                stage: node.name.clone(),
+                taken,
+                seen,
+            });
+        }
+    }
+    out
+}
+
+/// Adds `more` to `into`, stage by stage.
+pub fn add_branch_outcomes(into: &mut Vec<BranchObservation>, more: &[BranchObservation]) {
+    for m in more {
+        match into.iter_mut().find(|o| o.stage == m.stage) {
+            Some(o) => {
+                o.taken += m.taken;
+                o.seen += m.seen;
+            }
+            None => into.push(m.clone()),
+        }
+    }
 }
 
 /// Updates every profile the run used with the run's successful executions.

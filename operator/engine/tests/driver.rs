@@ -606,3 +606,36 @@ async fn an_early_input_moves_the_warm_up_of_the_stages_after_it() {
         .collect();
     assert!(scale.is_empty(), "scale's input came first: {scale:?}");
 }
+
+#[tokio::test]
+async fn a_runs_branch_outcomes_count_what_ran_of_what_was_evaluated() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = options(&dir);
+    let workflow = common::workflow(json!([
+        {"name": "split", "function": "segment", "fanOut": true},
+        {"name": "detect", "function": "detect", "after": ["split"]},
+        {"name": "blur", "function": "blur", "after": ["detect"],
+         "when": {"condition": "detect.objects > 0"}},
+        {"name": "mark", "function": "mark", "after": ["blur"],
+         "when": {"condition": "blur.blurred > 0"}},
+        {"name": "stitch", "function": "stitch", "after": ["mark"], "join": true},
+    ]));
+    let backend = Arc::new(Fake::new().outputs("split", 3).metadata(|request| {
+        let mut m = serde_json::Map::new();
+        // Objects in segments 1 and 2; blur says it blurred.
+        m.insert("objects".into(), json!(request.segment.unwrap_or(0)));
+        m.insert("blurred".into(), json!(1));
+        m
+    }));
+    let engine = engine(&workflow, &backend);
+    let record = run(&engine, &opts).await;
+    assert_eq!(record.phase, RunPhase::Succeeded, "{:?}", record.message);
+    let outcomes = vflow_engine::learn::branch_outcomes(&engine.graph, &record);
+    let seen: Vec<(String, u64, u64)> = outcomes
+        .into_iter()
+        .map(|o| (o.stage, o.taken, o.seen))
+        .collect();
+    // blur: evaluated in 3 segments, ran in 2. mark: its condition reads blur, which
+    // was skipped in segment 0: evaluated in 2 only, ran in both.
+    assert_eq!(seen, [("blur".into(), 2, 3), ("mark".into(), 2, 2)]);
+}

@@ -52,6 +52,8 @@ pub struct Gate {
     /// The learned probability that the condition holds, given it can be evaluated.
     pub probability: f64,
     pub observations: u64,
+    /// Of the observations, how many ran.
+    pub taken: u64,
     /// The stage whose metadata the condition reads.
     pub reads: Option<usize>,
 }
@@ -77,6 +79,7 @@ pub struct BranchEstimate {
     pub prior: f64,
     pub probability: f64,
     pub observations: u64,
+    pub taken: u64,
 }
 
 /// Every stage's gate (None: it always runs) and the decisions they form.
@@ -139,6 +142,7 @@ impl BranchModel {
                 prior: when.probability,
                 probability: posterior_mean(when.probability, prior_strength, taken, seen),
                 observations: seen,
+                taken: taken.min(seen),
                 reads: cond.as_ref().and_then(|c| dag.index(&c.stage)),
             });
             conditions[i] = cond;
@@ -165,6 +169,7 @@ impl BranchModel {
                     prior: g.prior,
                     probability: p,
                     observations: g.observations,
+                    taken: g.taken,
                 })
             })
             .collect()

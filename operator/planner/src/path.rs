@@ -180,6 +180,7 @@ mod tests {
             prior: p,
             probability: p,
             observations: 0,
+            taken: 0,
             reads: Some(reads),
         })
     }

@@ -205,6 +205,7 @@ impl WorkflowPlan {
                 stage: b.stage.clone(),
                 probability: b.probability,
                 observations: b.observations,
+                taken: b.taken,
             })
             .collect()
     }

@@ -52,6 +52,7 @@ fn model_strategy() -> impl Strategy<Value = (Dag, BranchModel)> {
                             prior: g[i].1,
                             probability: g[i].1,
                             observations: 0,
+                            taken: 0,
                             reads: Some(anc[g[i].2.index(anc.len())]),
                         })
                     })

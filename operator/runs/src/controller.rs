@@ -385,6 +385,12 @@ async fn drive_engine(
     if let Some(e) = error {
         tracing::warn!(run = %name, error = %e, "some invocations are not in the profiles yet");
     }
+    // What the run says about its conditional stages, for the workflow's next plan.
+    ctx.config.demand.record_branches(
+        &ns,
+        wf_name,
+        &vflow_engine::learn::branch_outcomes(&graph, &record),
+    );
 
     let mut sizes = BTreeMap::new();
     for o in crate::status::outputs(&graph, &record, &BTreeMap::new()) {

@@ -6,6 +6,10 @@
 //! user's VideoWorkflow is never patched. Every run of a workflow adds to one count per
 //! stage, so concurrent runs do not overwrite each other's demand. The demand dies with
 //! the process, as it should: the runs resume in the next leader and ask again.
+//!
+//! The board also carries what finished runs say about their conditional stages
+//! (branch outcomes) until the workflow controller has them in the workflow's status,
+//! where they persist and the next plan's branch probabilities come from.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -14,6 +18,7 @@ use std::time::Duration;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
+use vflow_planner::branch::BranchObservation;
 
 /// Have `replicas` instances of `stage` ready by `at`. Also the format of the
 /// `vflow.io/prewarm` annotation, through which people and other tools can ask.
@@ -107,6 +112,8 @@ struct Entry {
 #[derive(Default)]
 pub struct DemandBoard {
     entries: Mutex<HashMap<WorkflowKey, Entry>>,
+    /// Branch outcomes not yet in the workflow's status.
+    branches: Mutex<HashMap<WorkflowKey, Vec<BranchObservation>>>,
     subscribers: Mutex<Vec<mpsc::UnboundedSender<WorkflowKey>>>,
 }
 
@@ -166,6 +173,53 @@ impl DemandBoard {
         let mut subscribers = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
         for key in keys {
             subscribers.retain(|s| s.send(key.clone()).is_ok());
+        }
+    }
+
+    /// A finished run's branch outcomes, for the workflow controller to fold into the
+    /// workflow's status; pokes like a change of demand.
+    pub fn record_branches(&self, namespace: &str, workflow: &str, outcomes: &[BranchObservation]) {
+        if outcomes.is_empty() {
+            return;
+        }
+        let key = (namespace.to_string(), workflow.to_string());
+        {
+            let mut branches = self.branches.lock().unwrap_or_else(|p| p.into_inner());
+            vflow_engine::learn::add_branch_outcomes(
+                branches.entry(key.clone()).or_default(),
+                outcomes,
+            );
+        }
+        let mut subscribers = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+        subscribers.retain(|s| s.send(key.clone()).is_ok());
+    }
+
+    /// The outcomes recorded and not yet settled.
+    pub fn pending_branches(&self, namespace: &str, workflow: &str) -> Vec<BranchObservation> {
+        let branches = self.branches.lock().unwrap_or_else(|p| p.into_inner());
+        branches
+            .get(&(namespace.to_string(), workflow.to_string()))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// `written` (a snapshot from [`pending_branches`](Self::pending_branches)) is in
+    /// the workflow's status now: it is no longer pending. What arrived since stays.
+    pub fn settle_branches(&self, namespace: &str, workflow: &str, written: &[BranchObservation]) {
+        let key = (namespace.to_string(), workflow.to_string());
+        let mut branches = self.branches.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(pending) = branches.get_mut(&key) else {
+            return;
+        };
+        for w in written {
+            if let Some(p) = pending.iter_mut().find(|p| p.stage == w.stage) {
+                p.taken = p.taken.saturating_sub(w.taken);
+                p.seen = p.seen.saturating_sub(w.seen);
+            }
+        }
+        pending.retain(|p| p.seen > 0);
+        if pending.is_empty() {
+            branches.remove(&key);
         }
     }
 
@@ -250,5 +304,27 @@ mod tests {
             "an empty demand is not kept"
         );
         assert_eq!(board.subscribers.lock().map(|s| s.len()).unwrap_or(0), 1);
+    }
+
+    #[test]
+    fn branch_outcomes_wait_on_the_board_until_settled() {
+        let board = DemandBoard::default();
+        let mut pokes = board.subscribe();
+        let o = |taken, seen| BranchObservation {
+            stage: "blur".into(),
+            taken,
+            seen,
+        };
+        board.record_branches("ns", "wf", &[o(1, 4)]);
+        board.record_branches("ns", "wf", &[o(2, 2)]);
+        assert!(pokes.try_recv().is_ok());
+        let snapshot = board.pending_branches("ns", "wf");
+        assert_eq!(snapshot, [o(3, 6)]);
+        // A run finishing between the snapshot and the status write is kept.
+        board.record_branches("ns", "wf", &[o(0, 1)]);
+        board.settle_branches("ns", "wf", &snapshot);
+        assert_eq!(board.pending_branches("ns", "wf"), [o(0, 1)]);
+        board.settle_branches("ns", "wf", &[o(0, 1)]);
+        assert!(board.pending_branches("ns", "wf").is_empty());
     }
 }

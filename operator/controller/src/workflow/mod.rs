@@ -33,6 +33,7 @@ use kube::{
 };
 use tracing::{info, warn};
 use vflow_api::{FunctionProfile, Provisioning, StagePlan, VideoWorkflow, VideoWorkflowStatus};
+use vflow_planner::branch::BranchObservation;
 use vflow_planner::{WorkflowPlan, plan::StageDecision};
 use vflow_runs::demand::{DemandBoard, WorkflowDemand};
 
@@ -76,6 +77,8 @@ pub struct Context {
     activity: Mutex<HashMap<String, Activity>>,
     failures: Mutex<HashMap<String, u32>>,
     plans: Mutex<PlanCache>,
+    /// Branch outcomes as this process last wrote them to each workflow's status.
+    branches: Mutex<HashMap<String, Vec<BranchObservation>>>,
     stage_counts: Mutex<HashMap<String, (StageCounts, FunctionRequests)>>,
 }
 
@@ -103,6 +106,7 @@ impl Context {
             activity: Mutex::default(),
             failures: Mutex::default(),
             plans: Mutex::default(),
+            branches: Mutex::default(),
             stage_counts: Mutex::default(),
         }
     }
@@ -442,6 +446,39 @@ pub fn desired(
 
 /// The plan for the workflow, recomputed only when the workflow's spec or one of the
 /// profiles it uses changed (planning runs a Monte Carlo estimate).
+/// The branch outcomes the next plan starts from: the status's, or what this process
+/// wrote last where the watch has not caught up with that write yet (more
+/// observations), plus what runs reported since.
+fn branch_evidence(
+    wf: &VideoWorkflow,
+    ctx: &Context,
+    pending: &[BranchObservation],
+) -> Vec<BranchObservation> {
+    let mut out: Vec<BranchObservation> = wf
+        .status
+        .iter()
+        .flat_map(|s| &s.branch_probabilities)
+        .map(|b| BranchObservation {
+            stage: b.stage.clone(),
+            taken: b.taken.min(b.observations),
+            seen: b.observations,
+        })
+        .collect();
+    if let Ok(written) = ctx.branches.lock()
+        && let Some(written) = written.get(&key(wf))
+    {
+        for w in written {
+            match out.iter_mut().find(|o| o.stage == w.stage) {
+                Some(o) if o.seen >= w.seen => {}
+                Some(o) => *o = w.clone(),
+                None => out.push(w.clone()),
+            }
+        }
+    }
+    vflow_engine::learn::add_branch_outcomes(&mut out, pending);
+    out
+}
+
 /// The plan, made again when the workflow, a profile, the durable instances the status
 /// gives (the planner keeps them with hysteresis) or the rate bucket of `now` changed.
 fn plan_for(
@@ -449,6 +486,7 @@ fn plan_for(
     profiles: &BTreeMap<String, FunctionProfile>,
     ctx: &Context,
     now: Timestamp,
+    branches: &[BranchObservation],
 ) -> Arc<Result<WorkflowPlan, Invalid>> {
     let now = now.as_second();
     let mut cache_key = format!(
@@ -469,6 +507,9 @@ fn plan_for(
             s.name, s.provisioning, s.min_replicas
         ));
     }
+    for b in branches {
+        cache_key.push_str(&format!("|{}:{}/{}", b.stage, b.taken, b.seen));
+    }
     let uid = wf.uid().unwrap_or_default();
     if let Ok(plans) = ctx.plans.lock()
         && let Some((k, plan)) = plans.get(&uid)
@@ -478,6 +519,7 @@ fn plan_for(
     }
     let mut planner = ctx.settings.planner.clone();
     planner.now = Some(now);
+    planner.branch_observations = branches.to_vec();
     let plan = Arc::new(validate::check(wf, profiles, &planner));
     if let Ok(mut plans) = ctx.plans.lock() {
         plans.insert(uid, (cache_key, plan.clone()));
@@ -535,7 +577,9 @@ async fn reconcile_inner(wf: &VideoWorkflow, ctx: &Context) -> Result<(Action, b
         .unwrap_or_default();
 
     // validate + build (pure)
-    let outcome = plan_for(wf, &profiles, ctx, now);
+    let pending_branches = ctx.demand.pending_branches(&ns, &wf.name_any());
+    let branches = branch_evidence(wf, ctx, &pending_branches);
+    let outcome = plan_for(wf, &profiles, ctx, now, &branches);
     let demand = ctx.demand.get(&ns, &wf.name_any(), now);
     let want = desired(
         wf,
@@ -617,6 +661,15 @@ async fn reconcile_inner(wf: &VideoWorkflow, ctx: &Context) -> Result<(Action, b
         }
     }
     status::write(&api, wf, &want.status).await?;
+    if !want.invalid {
+        // The runs' branch outcomes are in the status now, which the next plan reads
+        // (or, until the watch shows that write, what is remembered here).
+        ctx.demand
+            .settle_branches(&ns, &wf.name_any(), &pending_branches);
+        if let Ok(mut written) = ctx.branches.lock() {
+            written.insert(wf_key.clone(), branches);
+        }
+    }
     update_stage_gauge(ctx, &wf_key, want.counts, want.requests.clone());
 
     let action = if want.invalid {
@@ -640,6 +693,9 @@ fn forget(ctx: &Context, wf: &VideoWorkflow) {
     }
     if let Ok(mut p) = ctx.plans.lock() {
         p.remove(&wf.uid().unwrap_or_default());
+    }
+    if let Ok(mut b) = ctx.branches.lock() {
+        b.remove(&k);
     }
     update_stage_gauge(ctx, &k, StageCounts::default(), FunctionRequests::new());
 }
