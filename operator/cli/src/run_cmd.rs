@@ -59,6 +59,24 @@ fn learned_dir(args: &RunArgs, state_dir: &Path) -> PathBuf {
     }
 }
 
+/// What earlier local runs of `workflow` said about its conditional stages.
+fn branches_path(learned: &Path, workflow: &str) -> PathBuf {
+    learned.join(format!("{workflow}.branches.json"))
+}
+
+fn read_branches(path: &Path) -> Vec<vflow_planner::branch::BranchObservation> {
+    let Ok(bytes) = std::fs::read(path) else {
+        return Vec::new();
+    };
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+        eprintln!(
+            "warning: {}: {e}; starting the branch counts over",
+            path.display()
+        );
+        Vec::new()
+    })
+}
+
 struct Loaded {
     workflow: VideoWorkflow,
     profiles: BTreeMap<String, FunctionProfile>,
@@ -300,6 +318,8 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
     // Plan from what this run really moves: the input's size, and a local store's
     // disk speed instead of an object store's.
     let mut cfg = PlannerConfig::default();
+    let branches_file = branches_path(&learned, &wf_name);
+    cfg.branch_observations = read_branches(&branches_file);
     if let Ok(loc) = Location::parse(&input)
         && let Ok(Some(bytes)) = store.size(&loc).await
     {
@@ -409,7 +429,24 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
     println!("report: {}", report_dir.join("report.json").display());
     println!("timeline: {}", report_dir.join("timeline.svg").display());
 
-    // Learned profiles, for the next plan.
+    // Learned profiles and branch outcomes, for the next plan. Outcomes only from a
+    // finished run, so a run resumed after a failure counts each unit once.
+    if record.phase == RunPhase::Succeeded {
+        let mut branches = read_branches(&branches_file);
+        vflow_engine::learn::add_branch_outcomes(
+            &mut branches,
+            &vflow_engine::learn::branch_outcomes(&graph, &record),
+        );
+        let written = serde_json::to_vec_pretty(&branches)
+            .map_err(|e| e.to_string())
+            .and_then(|json| {
+                std::fs::create_dir_all(&learned).map_err(|e| e.to_string())?;
+                std::fs::write(&branches_file, json).map_err(|e| e.to_string())
+            });
+        if let Err(e) = written {
+            eprintln!("warning: could not write {}: {e}", branches_file.display());
+        }
+    }
     vflow_engine::learn::fold_run(&graph, &record, &mut profiles);
     if let Err(e) = write_learned(&learned, &profiles, &graph) {
         eprintln!("warning: could not write the learned profiles: {e}");

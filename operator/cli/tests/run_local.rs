@@ -351,6 +351,17 @@ fn a_conditional_stage_runs_when_true_and_passes_through_when_false() {
         assert_eq!(out.frames, facts(&input).frames, "{seconds} s input");
         assert_eq!(out.height, 120);
     }
+    // Both runs' outcomes are kept for the next plan: 4 segments marked, then 2 not.
+    let learned = dir
+        .path()
+        .join(".vflow/learned-profiles/conditional.branches.json");
+    let branches: Value =
+        serde_json::from_slice(&std::fs::read(&learned).expect("branch outcomes")).expect("json");
+    assert_eq!(
+        branches,
+        serde_json::json!([{"stage": "mark", "taken": 4, "seen": 6}]),
+        "{branches}"
+    );
 }
 
 /// A wrapper that logs every execution ("stage segment") and can misbehave.
