@@ -76,6 +76,19 @@ fn plan_json_carries_the_path_and_branch_probabilities() {
         .find(|s| s["name"] == "detect")
         .expect("detect");
     assert_eq!(detect["gpu"]["resources"]["nvidia.com/gpu"], "1");
+    // Four invocations at once in a pod sized for one at 2 GiB: the pod grows.
+    assert_eq!(detect["concurrency"], 4, "{detect}");
+    let memory = detect["size"]["memoryBytes"].as_f64().expect("memory");
+    let gib = 1024.0 * 1024.0 * 1024.0;
+    assert!(memory > 7.5 * gib && memory < 8.0 * gib, "{memory}");
+    assert!(
+        detect["reasons"]
+            .as_array()
+            .expect("reasons")
+            .iter()
+            .any(|r| r["topic"] == "memory"),
+        "{detect}"
+    );
 }
 
 #[test]

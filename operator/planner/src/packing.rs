@@ -166,6 +166,19 @@ pub struct PackingChoice {
     pub reason: String,
 }
 
+/// What `vflow-runtime serve` and its metrics sidecar hold themselves, with room to
+/// spare (bench/runtime: 7.6 and 7.3 MiB idle).
+pub const RUNTIME_BASE_BYTES: f64 = 32.0 * 1024.0 * 1024.0;
+
+/// The memory of an instance that runs `degree` invocations at once, from the memory
+/// of one sized for `sized_for` at once: the runtime's base, plus each invocation's
+/// share. Packing more into a pod makes the pod bigger; it does not make each
+/// invocation need less.
+pub fn instance_memory(memory_bytes: f64, sized_for: u32, degree: u32) -> f64 {
+    let per_invocation = (memory_bytes - RUNTIME_BASE_BYTES).max(0.0) / f64::from(sized_for.max(1));
+    RUNTIME_BASE_BYTES + per_invocation * f64::from(degree.max(1))
+}
+
 /// T(P) and K(P) for one degree.
 pub fn evaluate(input: &PackingInput, degree: u32) -> PackingOption {
     let p = degree.max(1);
@@ -327,5 +340,17 @@ mod tests {
         assert!((o.time_seconds - 10.46).abs() < 1e-9);
         i.warm_instances = 10;
         assert!((evaluate(&i, 1).time_seconds - 10.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn an_instance_grows_with_what_it_runs_at_once() {
+        let gib = 1024.0 * 1024.0 * 1024.0;
+        // Sized for one at 2 GiB: four at once need the base and four shares.
+        let four = instance_memory(2.0 * gib, 1, 4);
+        assert!((four - (RUNTIME_BASE_BYTES + 4.0 * (2.0 * gib - RUNTIME_BASE_BYTES))).abs() < 1.0);
+        assert_eq!(instance_memory(2.0 * gib, 1, 1), 2.0 * gib);
+        // Sized for two: one at once needs about half.
+        let one = instance_memory(2.0 * gib, 2, 1);
+        assert!(one > gib * 0.99 && one < gib * 1.02, "{one}");
     }
 }

@@ -338,6 +338,23 @@ pub fn plan_workflow(
     for i in 0..dag.len() {
         let stage = &spec.stages[i];
         let f = &facts[i];
+        // The instance runs concurrency[i] invocations at once: its memory grows with
+        // them, unless the stage's overrides pin it.
+        let pinned = stage.overrides.as_ref().is_some_and(|o| o.memory.is_some());
+        let mut size = f.size.clone();
+        let mut memory_text = None;
+        if !pinned && concurrency[i] != f.size.concurrency {
+            size.memory_bytes =
+                packing::instance_memory(f.size.memory_bytes, f.size.concurrency, concurrency[i]);
+            memory_text = Some(format!(
+                "{} sized for {} at once, {} for {}: the runtime's {} MiB plus each invocation's share",
+                f.size.memory(),
+                f.size.concurrency,
+                size.memory(),
+                concurrency[i],
+                packing::RUNTIME_BASE_BYTES / (1024.0 * 1024.0)
+            ));
+        }
         let mut reasons = vec![Reason {
             topic: "size",
             text: format!(
@@ -352,6 +369,12 @@ pub fn plan_workflow(
             topic: "concurrency",
             text: packing_reason[i].clone(),
         });
+        if let Some(text) = memory_text {
+            reasons.push(Reason {
+                topic: "memory",
+                text,
+            });
+        }
         let (prov, min_replicas, prov_text) = durable[i].clone();
         reasons.push(Reason {
             topic: "provisioning",
@@ -412,7 +435,7 @@ pub fn plan_workflow(
         stages.push(StageDecision {
             name: stage.name.clone(),
             function: stage.function.clone(),
-            size: f.size.clone(),
+            size,
             concurrency: concurrency[i],
             provisioning: prov,
             min_replicas,
