@@ -213,12 +213,21 @@ pub async fn run_with(
     };
     // Runs are driven by the leader only: two engines on one run would run it twice.
     // A new leader resumes every unfinished run from its record.
+    // The run controller stops when told to (on SIGTERM): it first drains, letting the
+    // invocations in flight finish and be recorded.
+    let (stop_runs, runs_stopped) = tokio::sync::oneshot::channel::<()>();
+    // The drain's own limit (VFLOW_RUNS_DRAIN_SECONDS) and a little more; None: no runs.
+    let drain_limit = runs
+        .as_ref()
+        .map(|cfg| cfg.drain_timeout + Duration::from_secs(5));
     let runs = async {
         match runs {
             Some(cfg) => {
                 info!("run controller on");
-                // Without a shutdown signal it only returns when something broke.
-                let r = vflow_runs::run_controller(client.clone(), cfg, future::pending::<()>());
+                let stopped = async {
+                    let _ = runs_stopped.await;
+                };
+                let r = vflow_runs::run_controller(client.clone(), cfg, stopped);
                 Err(Error::Watch(match r.await {
                     Ok(()) => "the run controller stopped".into(),
                     Err(e) => format!("the run controller stopped: {e}"),
@@ -227,12 +236,26 @@ pub async fn run_with(
             None => future::pending::<Result<()>>().await,
         }
     };
+    tokio::pin!(runs, keep);
     let result = tokio::select! {
         r = controllers => r,
-        r = runs => r,
+        r = &mut runs => r,
         _ = observe => Ok(()),
-        e = keep => Err(e),
-        _ = &mut shutdown => { info!("shutting down"); Ok(()) }
+        e = &mut keep => Err(e),
+        _ = &mut shutdown => {
+            info!("shutting down: letting the runs' invocations in flight finish");
+            let _ = stop_runs.send(());
+            if let Some(limit) = drain_limit {
+                // The Lease is kept while they drain: no other leader resumes them
+                // meanwhile.
+                tokio::select! {
+                    _ = &mut runs => {}
+                    e = &mut keep => warn!(error = %e, "lost the Lease while draining"),
+                    _ = tokio::time::sleep(limit) => warn!("the runs did not drain in time"),
+                }
+            }
+            Ok(())
+        }
     };
     metrics.leader.set(0);
     if args.leader_elect {

@@ -1166,3 +1166,88 @@ async fn a_runs_branch_outcomes_reach_the_workflows_status_and_its_next_plan() {
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(10), controller).await;
 }
+
+#[tokio::test]
+#[ignore = "needs e2e/testenv: make test-runs"]
+async fn a_controller_told_to_stop_lets_its_invocations_finish_and_the_next_runs_none_twice() {
+    let mut env = Env::new("drain", json!({})).await;
+    env.start_operator().await;
+    let resolver = env.start_runtimes().await;
+    let copy_url = resolver.0.get("copy").cloned().expect("copy runtime");
+    env.put("in/clip.bin", "input\n").await;
+    let runs: Api<VideoWorkflowRun> = env.api();
+    runs.create(
+        &PostParams::default(),
+        &run("slow", "in/clip.bin", 600, json!({"copy": {"sleep": 3}})),
+    )
+    .await
+    .expect("create run");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let first = tokio::spawn(run_controller(
+        env.client.clone(),
+        config(&env, resolver.clone()),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    wait_for(
+        "split done, copies running",
+        Duration::from_secs(60),
+        || async {
+            let r = runs.get_opt("slow").await.ok().flatten();
+            r.and_then(|r| r.status).is_some_and(|s| {
+                s.stages.iter().any(|st| st.name == "split" && st.done == 1)
+                    && s.stages
+                        .iter()
+                        .any(|st| st.name == "copy" && st.total == 3 && st.done < 3)
+            })
+        },
+    )
+    .await;
+    // Told to stop (SIGTERM in the operator) while the copies run: it returns once they
+    // have finished and are recorded, and starts nothing more.
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(30), first)
+        .await
+        .expect("the controller drained within its limit")
+        .expect("join")
+        .expect("a clean stop");
+    let record = env.record("slow").await;
+    assert_eq!(record.phase, RunPhase::Running, "left for the next session");
+    let copies_done = record
+        .units
+        .iter()
+        .filter(|u| u.stage == "copy" && u.status == vflow_engine::record::UnitStatus::Done)
+        .count();
+    assert!(
+        copies_done >= 1,
+        "the copies in flight finished: {copies_done}"
+    );
+    assert!(
+        record
+            .unit("join", None)
+            .is_none_or(|u| u.attempts.is_empty())
+    );
+
+    let (stop2, stopped2) = tokio::sync::oneshot::channel::<()>();
+    let second = tokio::spawn(run_controller(
+        env.client.clone(),
+        config(&env, resolver),
+        async {
+            let _ = stopped2.await;
+        },
+    ));
+    wait_phase(&env, "slow", RunPhase::Succeeded, Duration::from_secs(90)).await;
+    let record = env.record("slow").await;
+    assert_eq!(record.sessions, 2);
+    // The copy runtime ran each copy exactly once.
+    let seen: serde_json::Value = reqwest::get(format!("{copy_url}/observations"))
+        .await
+        .expect("observations")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(seen["invocations"], 3, "{seen}");
+    let _ = stop2.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), second).await;
+}

@@ -75,6 +75,9 @@ pub struct Engine<B: Backend> {
     backend: Arc<B>,
     store: Store,
     progress: Option<ProgressFn>,
+    /// Turns true when this process is going away: start nothing more, let what runs
+    /// finish and be recorded, and leave the run to be resumed.
+    drain: Option<watch::Receiver<bool>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +111,15 @@ impl<B: Backend> Engine<B> {
             backend,
             store,
             progress: None,
+            drain: None,
         })
+    }
+
+    /// When `drain` turns true the run stops starting units, waits for those running to
+    /// finish (their attempts recorded) and returns still Running, for a later session
+    /// to resume: an invocation in flight when a process goes is then not run twice.
+    pub fn drain_on(&mut self, drain: watch::Receiver<bool>) {
+        self.drain = Some(drain);
     }
 
     /// Called after every change of the record (progress bars, logs).
@@ -226,6 +237,8 @@ impl<B: Backend> Engine<B> {
         }
         let mut tasks: JoinSet<(UnitKey, UnitOutcome)> = JoinSet::new();
         let mut failure: Option<String> = None;
+        let mut drain = self.drain.clone();
+        let draining = |d: &Option<watch::Receiver<bool>>| d.as_ref().is_some_and(|d| *d.borrow());
         loop {
             if *cancel.borrow() {
                 tasks.abort_all();
@@ -236,7 +249,12 @@ impl<B: Backend> Engine<B> {
             }
             self.send_due_prewarms(opts, &mut prewarms, session_start);
 
-            if failure.is_none() {
+            if draining(&drain) && tasks.is_empty() {
+                // Nothing runs any more: the next session goes on from here.
+                self.persist(opts, &record).await;
+                return RunOutcome { record };
+            }
+            if failure.is_none() && !draining(&drain) {
                 let next = scheduler.next(&mut record);
                 let now = session_start.elapsed().as_secs_f64();
                 // What the run just learned re-decides the pre-warm schedule: inputs
@@ -280,6 +298,17 @@ impl<B: Backend> Engine<B> {
                     self.persist(opts, &record).await;
                 }
                 _ = cancel.changed() => {}
+                _ = async {
+                    match drain.as_mut() {
+                        // A sender gone never drains.
+                        Some(d) => {
+                            if d.changed().await.is_err() {
+                                std::future::pending::<()>().await;
+                            }
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
+                } => {}
                 _ = tokio::time::sleep(wait) => {}
             }
         }

@@ -639,3 +639,37 @@ async fn a_runs_branch_outcomes_count_what_ran_of_what_was_evaluated() {
     // was skipped in segment 0: evaluated in 2 only, ran in both.
     assert_eq!(seen, [("blur".into(), 2, 3), ("mark".into(), 2, 2)]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_draining_engine_lets_running_units_finish_and_leaves_the_rest_to_resume() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = options(&dir);
+    let workflow = common::split_scale_stitch();
+    let backend = Arc::new(
+        Fake::new()
+            .outputs("split", 2)
+            .slow("split", Duration::from_secs(10)),
+    );
+    let mut first = engine(&workflow, &backend);
+    let (drain, drained) = watch::channel(false);
+    first.drain_on(drained);
+    let in_task = opts.clone();
+    let going = tokio::spawn(async move {
+        let (_cancel, rx) = watch::channel(false);
+        first.run(&in_task, rx).await.record
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _ = drain.send(true);
+    let record = going.await.expect("first session");
+    // split, in flight when the drain began, finished and is recorded; nothing else
+    // started; the run is left Running for the next session.
+    assert_eq!(record.phase, RunPhase::Running);
+    assert_eq!(unit(&record, "split", None).status, UnitStatus::Done);
+    assert!(backend.calls_to("scale").is_empty());
+    assert_eq!(stored_record(&opts).phase, RunPhase::Running);
+
+    let record = run(&engine(&workflow, &backend), &opts).await;
+    assert_eq!(record.phase, RunPhase::Succeeded, "{:?}", record.message);
+    assert_eq!(backend.calls_to("split").len(), 1, "split ran once");
+    assert_eq!(record.sessions, 2);
+}

@@ -39,6 +39,9 @@ pub struct RunsConfig {
     pub planner: PlannerConfig,
     /// Where runs post their demand for the workflow controller in this process.
     pub demand: Arc<DemandBoard>,
+    /// On shutdown, how long invocations in flight may take to finish (and be recorded)
+    /// before the process goes; keep it under the pod's termination grace period.
+    pub drain_timeout: Duration,
 }
 
 impl Default for RunsConfig {
@@ -57,6 +60,7 @@ impl Default for RunsConfig {
             metrics: None,
             planner: PlannerConfig::default(),
             demand: Arc::default(),
+            drain_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -127,6 +131,9 @@ impl RunsConfig {
             );
         }
         c.webhook_token = var("VFLOW_RUNS_WEBHOOK_TOKEN");
+        if let Some(v) = var("VFLOW_RUNS_DRAIN_SECONDS") {
+            c.drain_timeout = seconds("VFLOW_RUNS_DRAIN_SECONDS", &v)?;
+        }
         Ok(c)
     }
 

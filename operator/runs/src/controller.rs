@@ -35,6 +35,8 @@ pub struct Ctx {
     pub config: RunsConfig,
     /// Runs with an engine task in this process, by uid.
     active: Mutex<HashMap<String, ()>>,
+    /// True once this process is going away: engines start nothing more.
+    drain: watch::Sender<bool>,
 }
 
 impl Ctx {
@@ -43,7 +45,30 @@ impl Ctx {
             client,
             config,
             active: Mutex::new(HashMap::new()),
+            drain: watch::channel(false).0,
         })
+    }
+
+    /// Engines start nothing more; returns once those running have let their last
+    /// invocations finish (and be recorded), or after `timeout`. The runs stay Running,
+    /// for the next leader to resume without running anything twice.
+    pub async fn drain(&self, timeout: Duration) -> bool {
+        self.drain.send_replace(true);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = self.active.lock().map(|a| a.len()).unwrap_or(0);
+            if left == 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    runs = left,
+                    "runs still had invocations in flight when the drain time ran out"
+                );
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 
@@ -95,6 +120,10 @@ pub async fn reconcile(run: Arc<VideoWorkflowRun>, ctx: Arc<Ctx>) -> Result<Acti
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(e.into()),
         }
+        return Ok(Action::await_change());
+    }
+    if *ctx.drain.borrow() {
+        // This process is going away: the next leader runs it.
         return Ok(Action::await_change());
     }
     let key = run.uid().unwrap_or_else(|| format!("{ns}/{name}"));
@@ -341,6 +370,7 @@ async fn drive_engine(
     );
     let mut engine = Engine::new(&wf, profiles, backend.clone(), store.clone())
         .map_err(|e| Problem::Fatal(format!("VideoWorkflow {ns}/{wf_name}: {e}")))?;
+    engine.drain_on(ctx.drain.subscribe());
     let graph = engine.graph.clone();
     let (record_tx, record_rx) = watch::channel(None::<RunRecord>);
     engine.on_progress(move |r| {
@@ -385,12 +415,15 @@ async fn drive_engine(
     if let Some(e) = error {
         tracing::warn!(run = %name, error = %e, "some invocations are not in the profiles yet");
     }
-    // What the run says about its conditional stages, for the workflow's next plan.
-    ctx.config.demand.record_branches(
-        &ns,
-        wf_name,
-        &vflow_engine::learn::branch_outcomes(&graph, &record),
-    );
+    // What the run says about its conditional stages, for the workflow's next plan
+    // (once it is over: a drained run is resumed and counted then).
+    if record.phase.is_finished() {
+        ctx.config.demand.record_branches(
+            &ns,
+            wf_name,
+            &vflow_engine::learn::branch_outcomes(&graph, &record),
+        );
+    }
 
     let mut sizes = BTreeMap::new();
     for o in crate::status::outputs(&graph, &record, &BTreeMap::new()) {
@@ -414,7 +447,9 @@ async fn drive_engine(
         Err(kube::Error::Api(e)) if e.code == 404 => {}
         Err(e) => tracing::warn!(run = %name, error = %e, "could not write the final status"),
     }
-    if let Some(m) = &ctx.config.metrics {
+    if let Some(m) = &ctx.config.metrics
+        && status.phase.is_finished()
+    {
         m.finished(
             &graph,
             &record,

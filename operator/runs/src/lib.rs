@@ -131,7 +131,9 @@ pub async fn run_controller(
         _ = poller => Ok(()),
         _ = shutdown.clone() => Ok(()),
     };
-    // Runs still going resume in the next operator; stop asking for their instances.
+    // What is in flight finishes and is recorded before this process goes, so the
+    // next leader resumes without running it twice; then stop asking for instances.
+    ctx.drain(config.drain_timeout).await;
     ctx.config.demand.clear_in_flight();
     result
 }
