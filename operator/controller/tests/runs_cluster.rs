@@ -547,6 +547,29 @@ fn config(env: &Env, resolver: StaticResolver) -> RunsConfig {
     }
 }
 
+/// A run controller in this test process (as the operator starts it, on the env's
+/// demand board), until `stop`.
+struct RunController {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), String>>,
+}
+
+impl RunController {
+    fn start(env: &Env, client: Client, resolver: StaticResolver) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(run_controller(client, config(env, resolver), async {
+            let _ = stopped.await;
+        }));
+        RunController { stop, task }
+    }
+
+    /// Tells it to stop (it drains) and waits up to `within`; None when it did not end.
+    async fn stop(self, within: Duration) -> Option<Result<(), String>> {
+        let _ = self.stop.send(());
+        tokio::time::timeout(within, self.task).await.ok()?.ok()
+    }
+}
+
 async fn wait_phase(env: &Env, name: &str, phase: RunPhase, timeout: Duration) -> VideoWorkflowRun {
     let runs: Api<VideoWorkflowRun> = env.api();
     let deadline = Instant::now() + timeout;
@@ -590,15 +613,8 @@ async fn runs_from_submit_and_from_the_s3_trigger_finish_with_status_and_go_afte
     .await;
     env.start_operator().await;
     let resolver = env.start_runtimes().await;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let writes = Writes::default();
-    let controller = tokio::spawn(run_controller(
-        counting_client(writes.clone()).await,
-        config(&env, resolver),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let controller = RunController::start(&env, counting_client(writes.clone()).await, resolver);
     env.put("in/clip.bin", "input\n").await;
     let runs: Api<VideoWorkflowRun> = env.api();
     runs.create(
@@ -714,8 +730,7 @@ async fn runs_from_submit_and_from_the_s3_trigger_finish_with_status_and_go_afte
         || async { runs.get_opt("manual").await.ok().flatten().is_none() },
     )
     .await;
-    let _ = stop.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(10), controller).await;
+    let _ = controller.stop(Duration::from_secs(10)).await;
 }
 
 #[tokio::test]
@@ -741,10 +756,15 @@ async fn a_restarted_controller_resumes_the_run_without_redoing_finished_work() 
     let first = std::thread::spawn(move || {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         rt.block_on(async move {
-            let shutdown = async move {
+            // Not a shutdown (which would drain): the runtime goes with whatever runs on
+            // it, as a killed process's would.
+            let killed = async move {
                 let _ = tokio::task::spawn_blocking(move || stopped.recv()).await;
             };
-            let _ = run_controller(client().await, cfg, shutdown).await;
+            tokio::select! {
+                _ = run_controller(client().await, cfg, std::future::pending::<()>()) => {}
+                _ = killed => {}
+            }
         });
         drop(rt);
     });
@@ -765,14 +785,7 @@ async fn a_restarted_controller_resumes_the_run_without_redoing_finished_work() 
     let _ = stop.send(());
     let _ = tokio::task::spawn_blocking(move || first.join()).await;
 
-    let (stop2, stopped2) = tokio::sync::oneshot::channel::<()>();
-    let second = tokio::spawn(run_controller(
-        env.client.clone(),
-        config(&env, resolver),
-        async {
-            let _ = stopped2.await;
-        },
-    ));
+    let second = RunController::start(&env, env.client.clone(), resolver);
     wait_phase(&env, "slow", RunPhase::Succeeded, Duration::from_secs(90)).await;
     let record = env.record("slow").await;
     assert_eq!(record.sessions, 2, "picked up twice");
@@ -802,8 +815,7 @@ async fn a_restarted_controller_resumes_the_run_without_redoing_finished_work() 
         "split ran once: {:?}",
         split.attempts
     );
-    let _ = stop2.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(10), second).await;
+    let _ = second.stop(Duration::from_secs(10)).await;
 }
 
 #[tokio::test]
@@ -812,14 +824,7 @@ async fn a_fan_out_burst_is_counted_whole_in_the_profiles_from_the_runs_records(
     let mut env = Env::new("burst", json!({})).await;
     env.start_operator().await;
     let resolver = env.start_runtimes().await;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let controller = tokio::spawn(run_controller(
-        env.client.clone(),
-        config(&env, resolver),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let controller = RunController::start(&env, env.client.clone(), resolver);
     env.put("in/clip.bin", "input\n").await;
     let runs: Api<VideoWorkflowRun> = env.api();
     runs.create(
@@ -885,8 +890,7 @@ async fn a_fan_out_burst_is_counted_whole_in_the_profiles_from_the_runs_records(
         "{copy:?}"
     );
 
-    let _ = stop.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(10), controller).await;
+    let _ = controller.stop(Duration::from_secs(10)).await;
 }
 
 #[tokio::test]
@@ -998,14 +1002,7 @@ async fn a_steady_stream_makes_a_stage_durable_and_it_turns_ephemeral_when_the_s
     .await;
     env.start_operator().await;
     let resolver = env.start_runtimes().await;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let controller = tokio::spawn(run_controller(
-        env.client.clone(),
-        config(&env, resolver),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let controller = RunController::start(&env, env.client.clone(), resolver);
     env.put("in/clip.bin", "input\n").await;
     wait_for("the first plan", Duration::from_secs(30), || async {
         copy_plan(&env).await.0.is_some()
@@ -1065,8 +1062,7 @@ async fn a_steady_stream_makes_a_stage_durable_and_it_turns_ephemeral_when_the_s
         stopped_at.elapsed() > Duration::from_secs(20),
         "it should hold while the window still has the stream"
     );
-    let _ = stop.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(10), controller).await;
+    let _ = controller.stop(Duration::from_secs(10)).await;
 }
 
 #[tokio::test]
@@ -1099,14 +1095,7 @@ async fn a_runs_branch_outcomes_reach_the_workflows_status_and_its_next_plan() {
         .expect("replace workflow");
     env.start_operator().await;
     let resolver = env.start_runtimes().await;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let controller = tokio::spawn(run_controller(
-        env.client.clone(),
-        config(&env, resolver),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let controller = RunController::start(&env, env.client.clone(), resolver);
     env.put("in/clip.bin", "input\n").await;
     let runs: Api<VideoWorkflowRun> = env.api();
     // Three segments: copy is skipped in each.
@@ -1163,8 +1152,7 @@ async fn a_runs_branch_outcomes_reach_the_workflows_status_and_its_next_plan() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let _ = stop.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(10), controller).await;
+    let _ = controller.stop(Duration::from_secs(10)).await;
 }
 
 #[tokio::test]
@@ -1182,14 +1170,7 @@ async fn a_controller_told_to_stop_lets_its_invocations_finish_and_the_next_runs
     )
     .await
     .expect("create run");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let first = tokio::spawn(run_controller(
-        env.client.clone(),
-        config(&env, resolver.clone()),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let first = RunController::start(&env, env.client.clone(), resolver.clone());
     wait_for(
         "split done, copies running",
         Duration::from_secs(60),
@@ -1206,11 +1187,10 @@ async fn a_controller_told_to_stop_lets_its_invocations_finish_and_the_next_runs
     .await;
     // Told to stop (SIGTERM in the operator) while the copies run: it returns once they
     // have finished and are recorded, and starts nothing more.
-    let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(30), first)
+    first
+        .stop(Duration::from_secs(30))
         .await
         .expect("the controller drained within its limit")
-        .expect("join")
         .expect("a clean stop");
     let record = env.record("slow").await;
     assert_eq!(record.phase, RunPhase::Running, "left for the next session");
@@ -1229,14 +1209,7 @@ async fn a_controller_told_to_stop_lets_its_invocations_finish_and_the_next_runs
             .is_none_or(|u| u.attempts.is_empty())
     );
 
-    let (stop2, stopped2) = tokio::sync::oneshot::channel::<()>();
-    let second = tokio::spawn(run_controller(
-        env.client.clone(),
-        config(&env, resolver),
-        async {
-            let _ = stopped2.await;
-        },
-    ));
+    let second = RunController::start(&env, env.client.clone(), resolver);
     wait_phase(&env, "slow", RunPhase::Succeeded, Duration::from_secs(90)).await;
     let record = env.record("slow").await;
     assert_eq!(record.sessions, 2);
@@ -1248,6 +1221,5 @@ async fn a_controller_told_to_stop_lets_its_invocations_finish_and_the_next_runs
         .await
         .expect("json");
     assert_eq!(seen["invocations"], 3, "{seen}");
-    let _ = stop2.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(10), second).await;
+    let _ = second.stop(Duration::from_secs(10)).await;
 }

@@ -133,27 +133,7 @@ impl<B: Backend> Engine<B> {
         let node = &self.graph.stages[stage];
         let profile = self.profiles.get(&node.function);
         let default_max = opts.default_max_instances;
-        let planned = opts
-            .plan
-            .as_ref()
-            .and_then(|p| p.stages.iter().find(|d| d.name == node.name));
-        if let Some(d) = planned {
-            return StageTarget {
-                stage: node.name.clone(),
-                function: node.function.clone(),
-                command: profile.map(|p| p.spec.command.clone()).unwrap_or_default(),
-                warmup_command: profile
-                    .map(|p| p.spec.warmup_command.clone())
-                    .unwrap_or_default(),
-                concurrency: d.concurrency.max(1),
-                min_instances: d.min_replicas,
-                max_instances: d.max_replicas.unwrap_or(default_max).max(1),
-                timeout_seconds: self.graph.timeout_seconds(stage, profile).unwrap_or(600.0),
-                memory_limit_bytes: (d.size.memory_bytes.is_finite() && d.size.memory_bytes >= 1.0)
-                    .then_some(d.size.memory_bytes as u64),
-            };
-        }
-        StageTarget {
+        let mut target = StageTarget {
             stage: node.name.clone(),
             function: node.function.clone(),
             command: profile.map(|p| p.spec.command.clone()).unwrap_or_default(),
@@ -169,7 +149,20 @@ impl<B: Backend> Engine<B> {
             max_instances: node.max_scale.unwrap_or(default_max).max(1),
             timeout_seconds: self.graph.timeout_seconds(stage, profile).unwrap_or(600.0),
             memory_limit_bytes: None,
+        };
+        let planned = opts
+            .plan
+            .as_ref()
+            .and_then(|p| p.stages.iter().find(|d| d.name == node.name));
+        if let Some(d) = planned {
+            target.concurrency = d.concurrency.max(1);
+            target.min_instances = d.min_replicas;
+            target.max_instances = d.max_replicas.unwrap_or(default_max).max(1);
+            target.memory_limit_bytes = (d.size.memory_bytes.is_finite()
+                && d.size.memory_bytes >= 1.0)
+                .then_some(d.size.memory_bytes as u64);
         }
+        target
     }
 
     async fn load(&self, opts: &RunOptions) -> RunRecord {
