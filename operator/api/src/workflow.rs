@@ -78,6 +78,12 @@ pub struct VideoWorkflowSpec {
     #[serde(default)]
     pub prewarm: PrewarmPolicy,
 
+    /// Whether chained stages may share one pod: Auto (the planner fuses a chain where
+    /// its model shows a gain; the stages then run one after another in one pod and
+    /// pass data on its local volume) or Off (every stage in pods of its own).
+    #[serde(default)]
+    pub fusion: FusionPolicy,
+
     /// Whether stages keep warm instances: Auto (decided per stage from the benefit of
     /// avoiding cold starts against the memory it holds), Durable (always keep the
     /// minimum warm) or Ephemeral (scale to zero when idle).
@@ -310,6 +316,16 @@ pub enum PrewarmPolicy {
     Speculative,
     /// Start stages on demand.
     None,
+}
+
+/// Whether chained stages may share one pod.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum FusionPolicy {
+    /// Fuse where the planner's model shows a gain.
+    #[default]
+    Auto,
+    /// Never fuse.
+    Off,
 }
 
 /// Whether stages keep warm instances.

@@ -33,6 +33,7 @@ fn target(dir: &std::path::Path) -> StageTarget {
         max_instances: 4,
         timeout_seconds: 30.0,
         memory_limit_bytes: None,
+        fused: Vec::new(),
     }
 }
 
@@ -62,6 +63,7 @@ fn request(dir: &std::path::Path, name: &str) -> InvokeRequest {
         output_prefix: format!("{}/", dir.join("out").join(name).to_string_lossy()),
         params: BTreeMap::new(),
         timeout_seconds: None,
+        then: Vec::new(),
     }
 }
 

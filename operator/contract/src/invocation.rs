@@ -27,6 +27,41 @@ pub struct InvokeRequest {
     /// Overrides the function's configured timeout for this invocation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<f64>,
+    /// Stages fused after this one, in order: this instance hands its outputs to the
+    /// next runtime of the same pod (`--next`) through the local scratch volume
+    /// instead of uploading them, and the last step uploads.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub then: Vec<FusedStep>,
+}
+
+/// One stage of a fused chain after the first: it reads the previous step's outputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FusedStep {
+    pub stage: String,
+    pub output_prefix: String,
+    #[serde(default)]
+    pub params: BTreeMap<String, serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<f64>,
+}
+
+impl InvokeRequest {
+    /// The request the next runtime of a fused chain gets: the first of `then`, reading
+    /// `inputs` (this step's outputs on the shared scratch volume).
+    pub fn next_step(&self, inputs: Vec<String>) -> Option<InvokeRequest> {
+        let (first, rest) = self.then.split_first()?;
+        Some(InvokeRequest {
+            run: self.run.clone(),
+            stage: first.stage.clone(),
+            segment: self.segment,
+            inputs,
+            output_prefix: first.output_prefix.clone(),
+            params: first.params.clone(),
+            timeout_seconds: first.timeout_seconds,
+            then: rest.to_vec(),
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,6 +96,10 @@ pub struct InvokeResponse {
     pub cold_start_seconds: Option<f64>,
     pub exit: Exit,
     pub instance: String,
+    /// The fused steps after this one (`InvokeRequest::then`), in order; this
+    /// response's own fields are the first step's, which uploaded nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chained: Vec<InvokeResponse>,
 }
 
 /// Which step an invocation failed in.

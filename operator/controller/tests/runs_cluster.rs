@@ -400,6 +400,7 @@ fn target(stage: &str) -> StageTarget {
         max_instances: 2,
         timeout_seconds: 60.0,
         memory_limit_bytes: None,
+        fused: Vec::new(),
     }
 }
 
@@ -443,6 +444,7 @@ async fn a_stage_at_zero_is_scaled_by_the_operator_and_the_invocation_waits_for_
         output_prefix: "s3://videos/outputs/r1/split/all/".into(),
         params: BTreeMap::from([("count".to_string(), json!(3))]),
         timeout_seconds: Some(60.0),
+        then: Vec::new(),
     };
     let started = Instant::now();
     let call = {
@@ -523,6 +525,7 @@ async fn a_stage_at_zero_is_scaled_by_the_operator_and_the_invocation_waits_for_
                 output_prefix: "s3://videos/x/".into(),
                 params: BTreeMap::new(),
                 timeout_seconds: None,
+                then: Vec::new(),
             },
         )
         .await

@@ -19,6 +19,28 @@ pub struct StageTarget {
     /// The planned memory of one instance: the local backend enforces it (a pod's
     /// container limit does in a cluster).
     pub memory_limit_bytes: Option<u64>,
+    /// Stages the plan fused after this one, in chain order: an instance of this
+    /// stage runs each of them in a runtime of its own (a container of the pod, a
+    /// process of the local instance), and invocations go through the whole chain.
+    pub fused: Vec<FusedMember>,
+}
+
+/// A stage run inside another stage's instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FusedMember {
+    pub stage: String,
+    pub function: String,
+    pub command: Vec<String>,
+    pub warmup_command: Vec<String>,
+    pub timeout_seconds: f64,
+    pub memory_limit_bytes: Option<u64>,
+}
+
+impl StageTarget {
+    /// The longest one invocation may take: this stage's timeout and its fused ones'.
+    pub fn chain_timeout_seconds(&self) -> f64 {
+        self.timeout_seconds + self.fused.iter().map(|m| m.timeout_seconds).sum::<f64>()
+    }
 }
 
 /// A successful invocation and what it waited for.

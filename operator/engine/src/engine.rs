@@ -17,7 +17,7 @@ use vflow_storage::{Location, Store};
 
 use vflow_planner::WorkflowPlan;
 
-use crate::backend::{Backend, StageTarget};
+use crate::backend::{Backend, FusedMember, StageTarget};
 use crate::graph::{RunGraph, UnitKey};
 use crate::invoke::invoke_unit;
 use crate::prewarming::Prewarmer;
@@ -130,6 +130,49 @@ impl<B: Backend> Engine<B> {
     /// How stage `stage` is invoked: as planned when the run has a plan, else from the
     /// workflow's overrides and the profile.
     pub fn target(&self, stage: usize, opts: &RunOptions) -> StageTarget {
+        let mut target = self.target_alone(stage, opts);
+        target.fused = self
+            .fused_chain(stage, opts)
+            .into_iter()
+            .map(|m| {
+                let t = self.target_alone(m, opts);
+                FusedMember {
+                    stage: t.stage,
+                    function: t.function,
+                    command: t.command,
+                    warmup_command: t.warmup_command,
+                    timeout_seconds: t.timeout_seconds,
+                    memory_limit_bytes: t.memory_limit_bytes,
+                }
+            })
+            .collect();
+        target
+    }
+
+    /// The stages the plan fused after `head`, in chain order (each reads only the one
+    /// before it). Empty when `head` heads no fused group.
+    pub fn fused_chain(&self, head: usize, opts: &RunOptions) -> Vec<usize> {
+        let Some(plan) = &opts.plan else {
+            return Vec::new();
+        };
+        let head_name = &self.graph.stages[head].name;
+        let member = |i: usize| {
+            plan.stages.iter().any(|d| {
+                d.name == self.graph.stages[i].name && d.fused_with.as_ref() == Some(head_name)
+            })
+        };
+        let mut chain = Vec::new();
+        let mut last = head;
+        while let Some(next) = (0..self.graph.stages.len())
+            .find(|&j| member(j) && self.graph.stages[j].after == [last] && !chain.contains(&j))
+        {
+            chain.push(next);
+            last = next;
+        }
+        chain
+    }
+
+    fn target_alone(&self, stage: usize, opts: &RunOptions) -> StageTarget {
         let node = &self.graph.stages[stage];
         let profile = self.profiles.get(&node.function);
         let default_max = opts.default_max_instances;
@@ -149,6 +192,7 @@ impl<B: Backend> Engine<B> {
             max_instances: node.max_scale.unwrap_or(default_max).max(1),
             timeout_seconds: self.graph.timeout_seconds(stage, profile).unwrap_or(600.0),
             memory_limit_bytes: None,
+            fused: Vec::new(),
         };
         let planned = opts
             .plan
@@ -221,10 +265,14 @@ impl<B: Backend> Engine<B> {
 
         let session_start = Instant::now();
         let mut prewarms = Prewarmer::new(&opts.prewarm, opts.plan.as_ref());
+        // A fused stage has no instances of its own: its chain's head has them.
+        let carried: Vec<bool> = (0..self.graph.stages.len())
+            .map(|i| scheduler.carried_by(i).is_some())
+            .collect();
         // The warm pool: stages with a minimum have it from the start.
         for (i, node) in self.graph.stages.iter().enumerate() {
             let min = self.target(i, opts).min_instances;
-            if min > 0 {
+            if min > 0 && !carried[i] {
                 prewarms.add(&node.name, 0.0, min);
             }
         }
@@ -240,7 +288,7 @@ impl<B: Backend> Engine<B> {
                 record.message = Some("cancelled".into());
                 break;
             }
-            self.send_due_prewarms(opts, &mut prewarms, session_start);
+            self.send_due_prewarms(opts, &mut prewarms, session_start, &carried);
 
             if draining(&drain) && tasks.is_empty() {
                 // Nothing runs any more: the next session goes on from here.
@@ -317,9 +365,12 @@ impl<B: Backend> Engine<B> {
         opts: &RunOptions,
         prewarms: &mut Prewarmer,
         session_start: Instant,
+        carried: &[bool],
     ) {
         for (stage, replicas) in prewarms.due(session_start.elapsed().as_secs_f64()) {
-            if let Some(index) = self.graph.stage_index(&stage) {
+            if let Some(index) = self.graph.stage_index(&stage)
+                && !carried[index]
+            {
                 let target = self.target(index, opts);
                 let backend = self.backend.clone();
                 tokio::spawn(async move { backend.prewarm(&target, replicas).await });

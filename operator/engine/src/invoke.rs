@@ -5,11 +5,11 @@ use std::sync::Arc;
 use vflow_contract::invocation::{COMPLETION_RECORD, CompletionRecord, InvokeResponse};
 use vflow_storage::{Location, Store};
 
-use crate::backend::{Backend, BackendError, Invoked};
+use crate::backend::{Backend, BackendError};
 use crate::engine::backoff;
 use crate::graph::UnitKey;
 use crate::record::{Attempt, unix_now};
-use crate::scheduler::{Dispatch, UnitOutcome};
+use crate::scheduler::{Dispatch, StepOutcome, UnitOutcome};
 
 /// Runs one unit to its end: done, or failed after its retries.
 pub async fn invoke_unit<B: Backend>(
@@ -27,8 +27,16 @@ pub async fn invoke_unit<B: Backend>(
         let submitted_at = unix_now();
         match backend.invoke(&d.target, d.request.clone()).await {
             Ok(invoked) => {
-                attempts.push(attempt_from(&invoked, submitted_at));
-                return (d.key, done(attempts, &invoked.response));
+                attempts.push(Attempt {
+                    submitted_at,
+                    ..attempt_from(
+                        &invoked.response,
+                        invoked.queued_seconds,
+                        0.0,
+                        invoked.cold_start_seconds,
+                    )
+                });
+                return (d.key, done(attempts, &invoked.response, None));
             }
             Err(err) => {
                 let message = match &err {
@@ -67,7 +75,16 @@ async fn reuse(store: &Store, d: &Dispatch) -> Option<UnitOutcome> {
         .await
         .ok()??;
     let previous = serde_json::from_slice::<CompletionRecord>(&bytes).ok()?;
-    if previous.request.inputs != d.request.inputs || previous.request.params != d.request.params {
+    let steps = |r: &vflow_contract::invocation::InvokeRequest| -> Vec<_> {
+        r.then
+            .iter()
+            .map(|t| (t.stage.clone(), t.params.clone()))
+            .collect()
+    };
+    if previous.request.inputs != d.request.inputs
+        || previous.request.params != d.request.params
+        || steps(&previous.request) != steps(&d.request)
+    {
         return None;
     }
     let now = unix_now();
@@ -80,24 +97,52 @@ async fn reuse(store: &Store, d: &Dispatch) -> Option<UnitOutcome> {
         instance: previous.response.instance.clone(),
         ..Default::default()
     };
-    Some(done(vec![attempt], &previous.response))
+    Some(done(vec![attempt], &previous.response, Some(now)))
 }
 
-fn done(attempts: Vec<Attempt>, response: &InvokeResponse) -> UnitOutcome {
+/// `reused_at`: the outcome comes from a completion record, not from this session.
+fn done(attempts: Vec<Attempt>, response: &InvokeResponse, reused_at: Option<f64>) -> UnitOutcome {
+    let submitted_at = attempts.last().map(|a| a.submitted_at).unwrap_or_default();
     UnitOutcome::Done {
         attempts,
         outputs: response.outputs.iter().map(|o| o.uri.clone()).collect(),
         metadata: response.metadata.clone(),
+        chained: response
+            .chained
+            .iter()
+            .map(|step| StepOutcome {
+                attempt: match reused_at {
+                    Some(now) => Attempt {
+                        submitted_at: now,
+                        finished_at: now,
+                        reused: true,
+                        instance: step.instance.clone(),
+                        ..Default::default()
+                    },
+                    None => Attempt {
+                        submitted_at,
+                        ..attempt_from(step, 0.0, 0.0, None)
+                    },
+                },
+                outputs: step.outputs.iter().map(|o| o.uri.clone()).collect(),
+                metadata: step.metadata.clone(),
+            })
+            .collect(),
     }
 }
 
-fn attempt_from(invoked: &Invoked, submitted_at: f64) -> Attempt {
-    let r = &invoked.response;
+/// The attempt a response describes (one step's, for a fused chain).
+fn attempt_from(
+    r: &InvokeResponse,
+    queued_seconds: f64,
+    submitted_at: f64,
+    cold_start_seconds: Option<f64>,
+) -> Attempt {
     Attempt {
         submitted_at,
         finished_at: unix_now(),
-        queued_seconds: invoked.queued_seconds,
-        cold_start_seconds: invoked.cold_start_seconds,
+        queued_seconds,
+        cold_start_seconds,
         download_seconds: r.download_seconds,
         function_seconds: r.function_seconds,
         upload_seconds: r.upload_seconds,

@@ -34,9 +34,20 @@ pub struct LocalConfig {
     pub start_timeout: Duration,
 }
 
+/// What starts one runtime of an instance.
+struct RuntimeSpec<'a> {
+    stage: &'a str,
+    function: &'a str,
+    command: &'a [String],
+    warmup_command: &'a [String],
+    timeout_seconds: f64,
+    memory_limit_bytes: Option<u64>,
+}
+
 struct Instance {
     id: u64,
-    child: Mutex<Option<Child>>,
+    /// The stage's runtime, and those of the stages fused after it.
+    children: Mutex<Vec<Child>>,
     url: String,
     slots: Arc<Semaphore>,
     concurrency: u32,
@@ -160,17 +171,81 @@ impl LocalBackend {
         }
     }
 
+    /// One instance: a runtime for the stage, and for a fused chain one more per fused
+    /// stage, started last to first so each knows the next one's address (`--next`);
+    /// they share the instance's scratch directory, as a pod's containers share theirs.
     async fn start_instance(&self, target: &StageTarget) -> Result<Arc<Instance>, BackendError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let dir = self.config.work_dir.join(format!("{}-{id}", target.stage));
         tokio::fs::create_dir_all(&dir)
             .await
             .map_err(|e| BackendError::Unavailable(format!("{}: {e}", dir.display())))?;
-        let port_file = dir.join("port");
-        let log = dir.join("runtime.log");
+        let head = RuntimeSpec {
+            stage: &target.stage,
+            function: &target.function,
+            command: &target.command,
+            warmup_command: &target.warmup_command,
+            timeout_seconds: target.timeout_seconds,
+            memory_limit_bytes: target.memory_limit_bytes,
+        };
+        let members = target.fused.iter().map(|m| RuntimeSpec {
+            stage: &m.stage,
+            function: &m.function,
+            command: &m.command,
+            warmup_command: &m.warmup_command,
+            timeout_seconds: m.timeout_seconds,
+            memory_limit_bytes: m.memory_limit_bytes,
+        });
+        let chain: Vec<RuntimeSpec<'_>> = std::iter::once(head).chain(members).collect();
+        self.cold_starts.fetch_add(1, Ordering::Relaxed);
+        let mut children = Vec::new();
+        let mut next: Option<String> = None;
+        for (k, spec) in chain.iter().enumerate().rev() {
+            let name = if k == 0 {
+                format!("{}-{id}", target.stage)
+            } else {
+                format!("{}-{id}-fused-{k}", target.stage)
+            };
+            match self
+                .spawn_runtime(&dir, &name, spec, target.concurrency, next.as_deref())
+                .await
+            {
+                Ok((child, url)) => {
+                    children.push(child);
+                    next = Some(url);
+                }
+                Err(e) => {
+                    for mut c in children {
+                        let _ = c.kill().await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Arc::new(Instance {
+            id,
+            children: Mutex::new(children),
+            url: next.unwrap_or_default(),
+            slots: Arc::new(Semaphore::new(target.concurrency.max(1) as usize)),
+            concurrency: target.concurrency.max(1),
+            last_used: std::sync::Mutex::new(Instant::now()),
+        }))
+    }
+
+    /// Starts one `vflow-runtime serve` and waits until it is ready; its URL.
+    async fn spawn_runtime(
+        &self,
+        dir: &std::path::Path,
+        name: &str,
+        spec: &RuntimeSpec<'_>,
+        concurrency: u32,
+        next: Option<&str>,
+    ) -> Result<(Child, String), BackendError> {
+        let port_file = dir.join(format!("{name}.port"));
+        let log = dir.join(format!("{name}.log"));
         let log_file = std::fs::File::create(&log)
             .map_err(|e| BackendError::Unavailable(format!("{}: {e}", log.display())))?;
-        let command = serde_json::to_string(&target.command).unwrap_or_default();
+        let command = serde_json::to_string(spec.command).unwrap_or_default();
         let mut cmd = Command::new(&self.config.runtime_program);
         cmd.args(&self.config.runtime_args)
             .arg("serve")
@@ -185,13 +260,13 @@ impl LocalBackend {
             .arg("--port-file")
             .arg(&port_file)
             .arg("--function")
-            .arg(&target.function)
+            .arg(spec.function)
             .arg("--instance")
-            .arg(format!("{}-{id}", target.stage))
+            .arg(name)
             .arg("--concurrency")
-            .arg(target.concurrency.max(1).to_string())
+            .arg(concurrency.max(1).to_string())
             .arg("--timeout")
-            .arg(format!("{}s", target.timeout_seconds.max(1.0)))
+            .arg(format!("{}s", spec.timeout_seconds.max(1.0)))
             .arg("--scratch-dir")
             .arg(dir.join("scratch"))
             .env("VFLOW_COMMAND", command)
@@ -201,13 +276,16 @@ impl LocalBackend {
             .stdout(Stdio::null())
             .stderr(log_file)
             .kill_on_drop(true);
-        if let Some(limit) = target.memory_limit_bytes {
+        if let Some(limit) = spec.memory_limit_bytes {
             cmd.arg("--memory-limit").arg(limit.to_string());
         }
-        if !target.warmup_command.is_empty() {
+        if let Some(next) = next {
+            cmd.arg("--next").arg(next);
+        }
+        if !spec.warmup_command.is_empty() {
             cmd.env(
                 "VFLOW_WARMUP_COMMAND",
-                serde_json::to_string(&target.warmup_command).unwrap_or_default(),
+                serde_json::to_string(spec.warmup_command).unwrap_or_default(),
             );
         }
         for (k, v) in &self.config.env {
@@ -219,14 +297,13 @@ impl LocalBackend {
                 self.config.runtime_program.display()
             ))
         })?;
-        self.cold_starts.fetch_add(1, Ordering::Relaxed);
         let deadline = Instant::now() + self.config.start_timeout;
         let mut url = None;
         loop {
             if let Ok(Some(status)) = child.try_wait() {
                 return Err(BackendError::Unavailable(format!(
                     "the {} instance exited ({status}) before it was ready: {}",
-                    target.stage,
+                    spec.stage,
                     log_tail(&log)
                 )));
             }
@@ -246,21 +323,14 @@ impl LocalBackend {
                 let _ = child.kill().await;
                 return Err(BackendError::Unavailable(format!(
                     "the {} instance was not ready within {:?}: {}",
-                    target.stage,
+                    spec.stage,
                     self.config.start_timeout,
                     log_tail(&log)
                 )));
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        Ok(Arc::new(Instance {
-            id,
-            child: Mutex::new(Some(child)),
-            url: url.unwrap_or_default(),
-            slots: Arc::new(Semaphore::new(target.concurrency.max(1) as usize)),
-            concurrency: target.concurrency.max(1),
-            last_used: std::sync::Mutex::new(Instant::now()),
-        }))
+        Ok((child, url.unwrap_or_default()))
     }
 
     /// A free slot on a ready instance, starting one when the stage may grow.
@@ -320,8 +390,8 @@ impl LocalBackend {
 }
 
 async fn stop(instance: &Instance) {
-    let mut child = instance.child.lock().await;
-    if let Some(mut c) = child.take() {
+    let children: Vec<Child> = instance.children.lock().await.drain(..).collect();
+    for mut c in children {
         if let Some(pid) = c.id() {
             // SIGINT: the runtime kills its running functions at once and exits.
             let _ = nix::sys::signal::kill(

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use vflow_api::validate::StageShape;
-use vflow_contract::invocation::InvokeRequest;
+use vflow_contract::invocation::{FusedStep, InvokeRequest};
 use vflow_storage::Location;
 
 use crate::backend::StageTarget;
@@ -44,11 +44,21 @@ pub enum UnitOutcome {
         attempts: Vec<Attempt>,
         outputs: Vec<String>,
         metadata: serde_json::Map<String, serde_json::Value>,
+        /// The stages fused after this one, in chain order (their units settle with it).
+        chained: Vec<StepOutcome>,
     },
     Failed {
         attempts: Vec<Attempt>,
         message: String,
     },
+}
+
+/// How one fused stage of a chain went (the chain succeeded).
+#[derive(Debug, Clone)]
+pub struct StepOutcome {
+    pub attempt: Attempt,
+    pub outputs: Vec<String>,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
 }
 
 /// The rules of one run.
@@ -60,6 +70,9 @@ pub struct Scheduler<'a> {
     params: &'a BTreeMap<String, BTreeMap<String, serde_json::Value>>,
     /// What invokes each stage, by stage index.
     targets: Vec<StageTarget>,
+    /// For a stage fused after another: the stage heading its chain, whose units
+    /// carry its units (they never start on their own).
+    carried_by: Vec<Option<usize>>,
 }
 
 impl<'a> Scheduler<'a> {
@@ -70,12 +83,40 @@ impl<'a> Scheduler<'a> {
         params: &'a BTreeMap<String, BTreeMap<String, serde_json::Value>>,
         target: impl Fn(usize) -> StageTarget,
     ) -> Self {
+        let mut targets: Vec<StageTarget> = (0..graph.stages.len()).map(target).collect();
+        let mut carried_by = vec![None; graph.stages.len()];
+        for head in 0..targets.len() {
+            let members: Option<Vec<usize>> = targets[head]
+                .fused
+                .iter()
+                .map(|m| graph.stage_index(&m.stage))
+                .collect();
+            match members {
+                Some(members) if sound_chain(graph, head, &members) => {
+                    for m in members {
+                        carried_by[m] = Some(head);
+                    }
+                }
+                _ => {
+                    if !targets[head].fused.is_empty() {
+                        tracing::warn!(stage = %graph.stages[head].name, "the plan's fused chain does not fit the workflow; its stages run on their own");
+                    }
+                    targets[head].fused.clear();
+                }
+            }
+        }
         Self {
             graph,
             prefix,
             params,
-            targets: (0..graph.stages.len()).map(target).collect(),
+            targets,
+            carried_by,
         }
+    }
+
+    /// The stage whose units carry `stage`'s (it is fused after that one), if any.
+    pub fn carried_by(&self, stage: usize) -> Option<usize> {
+        self.carried_by[stage]
     }
 
     /// Every unit of stage `stage` is settled as Skipped, and no more will come: the
@@ -116,9 +157,10 @@ impl<'a> Scheduler<'a> {
         let mut next = Next::default();
         loop {
             let mut progressed = false;
-            for key in self.all_units(record) {
-                let name = self.graph.stages[key.stage].name.clone();
-                if record.unit(&name, key.segment).is_none() {
+            let units = self.all_units(record);
+            for &key in &units {
+                let name = &self.graph.stages[key.stage].name;
+                if record.unit(name, key.segment).is_none() {
                     record.units.push(UnitRecord {
                         stage: name.clone(),
                         segment: key.segment,
@@ -128,6 +170,12 @@ impl<'a> Scheduler<'a> {
                         attempts: Vec::new(),
                         message: None,
                     });
+                }
+            }
+            for key in units {
+                let name = self.graph.stages[key.stage].name.clone();
+                if self.carried_by[key.stage].is_some() {
+                    continue;
                 }
                 let pending = record
                     .unit(&name, key.segment)
@@ -158,8 +206,11 @@ impl<'a> Scheduler<'a> {
                     continue;
                 }
                 next.start.push(self.dispatch(record, key));
-                if let Some(unit) = record.unit_mut(&name, key.segment) {
-                    unit.status = UnitStatus::Running;
+                for stage in std::iter::once(key.stage).chain(self.members(key.stage)) {
+                    let name = &self.graph.stages[stage].name;
+                    if let Some(unit) = record.unit_mut(name, key.segment) {
+                        unit.status = UnitStatus::Running;
+                    }
                 }
             }
             if !progressed {
@@ -182,13 +233,46 @@ impl<'a> Scheduler<'a> {
                 attempts,
                 outputs,
                 metadata,
+                chained,
             } => {
+                let members = self.members(key.stage);
+                if chained.len() != members.len() {
+                    unit.attempts.extend(attempts);
+                    unit.status = UnitStatus::Failed;
+                    let message = format!(
+                        "the fused chain from {name} answered for {} of its {} stages after it",
+                        chained.len(),
+                        members.len()
+                    );
+                    unit.message = Some(message.clone());
+                    return Some(message);
+                }
                 unit.attempts.extend(attempts);
                 unit.outputs = outputs;
                 unit.metadata = metadata;
                 unit.status = UnitStatus::Done;
+                if !members.is_empty() {
+                    unit.message = Some("fused: its outputs went to the next stage locally".into());
+                }
                 self.after_settled(record, key);
-                if self.graph.stages[key.stage].fan_out && record.segments == Some(0) {
+                let mut last = key;
+                for (stage, step) in members.into_iter().zip(chained) {
+                    let member = UnitKey {
+                        stage,
+                        segment: key.segment,
+                    };
+                    let name = &self.graph.stages[stage].name;
+                    if let Some(unit) = record.unit_mut(name, key.segment) {
+                        unit.attempts.push(step.attempt);
+                        unit.outputs = step.outputs;
+                        unit.metadata = step.metadata;
+                        unit.status = UnitStatus::Done;
+                    }
+                    self.after_settled(record, member);
+                    last = member;
+                }
+                if self.graph.stages[last.stage].fan_out && record.segments == Some(0) {
+                    let name = &self.graph.stages[last.stage].name;
                     return Some(format!("stage {name} wrote no segments"));
                 }
                 None
@@ -245,11 +329,24 @@ impl<'a> Scheduler<'a> {
 
     fn dispatch(&self, record: &RunRecord, key: UnitKey) -> Dispatch {
         let node = &self.graph.stages[key.stage];
-        let mut params = node.params.clone();
-        if let Some(overrides) = self.params.get(&node.name) {
-            params.extend(overrides.clone());
-        }
+        let params = self.params_of(key.stage);
         let target = self.targets[key.stage].clone();
+        let then = self
+            .members(key.stage)
+            .into_iter()
+            .zip(&target.fused)
+            .map(|(stage, member)| FusedStep {
+                stage: member.stage.clone(),
+                output_prefix: self
+                    .unit_prefix(UnitKey {
+                        stage,
+                        segment: key.segment,
+                    })
+                    .to_string(),
+                params: self.params_of(stage),
+                timeout_seconds: Some(member.timeout_seconds),
+            })
+            .collect();
         let request = InvokeRequest {
             run: record.run.clone(),
             stage: node.name.clone(),
@@ -258,6 +355,7 @@ impl<'a> Scheduler<'a> {
             output_prefix: self.unit_prefix(key).to_string(),
             params,
             timeout_seconds: Some(target.timeout_seconds),
+            then,
         };
         Dispatch {
             key,
@@ -265,6 +363,25 @@ impl<'a> Scheduler<'a> {
             target,
             retries: node.retries,
         }
+    }
+
+    /// The stage's params with the run's overrides.
+    fn params_of(&self, stage: usize) -> BTreeMap<String, serde_json::Value> {
+        let node = &self.graph.stages[stage];
+        let mut params = node.params.clone();
+        if let Some(overrides) = self.params.get(&node.name) {
+            params.extend(overrides.clone());
+        }
+        params
+    }
+
+    /// The stages fused after `head`, in chain order.
+    fn members(&self, head: usize) -> Vec<usize> {
+        self.targets[head]
+            .fused
+            .iter()
+            .filter_map(|m| self.graph.stage_index(&m.stage))
+            .collect()
     }
 
     fn unit_prefix(&self, key: UnitKey) -> Location {
@@ -411,4 +528,32 @@ impl<'a> Scheduler<'a> {
             record.segments = Some(count);
         }
     }
+}
+
+/// A chain the runtime can carry out as one invocation: each member reads only the stage
+/// before it, which feeds nothing else and fans out no segments; all have the same
+/// shape and no condition (a skipped step would leave the chain half run).
+fn sound_chain(graph: &RunGraph, head: usize, members: &[usize]) -> bool {
+    let mut previous = head;
+    for &m in members {
+        let node = &graph.stages[m];
+        let before = &graph.stages[previous];
+        let only_child = graph
+            .stages
+            .iter()
+            .enumerate()
+            .all(|(j, s)| j == m || !s.after.contains(&previous));
+        if node.after != [previous]
+            || node.when.is_some()
+            || before.when.is_some()
+            || before.fan_out
+            || node.shape != before.shape
+            || !only_child
+            || m == head
+        {
+            return false;
+        }
+        previous = m;
+    }
+    true
 }

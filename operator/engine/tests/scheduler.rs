@@ -41,6 +41,7 @@ impl Run {
             max_instances: 1,
             timeout_seconds: 60.0,
             memory_limit_bytes: None,
+            fused: Vec::new(),
         })
     }
 
@@ -74,6 +75,7 @@ fn done(outputs: &[&str], metadata: serde_json::Value) -> UnitOutcome {
         attempts: vec![Attempt::default()],
         outputs: outputs.iter().map(|o| o.to_string()).collect(),
         metadata: metadata.as_object().cloned().unwrap_or_default(),
+        chained: Vec::new(),
     }
 }
 

@@ -54,10 +54,9 @@ pub struct PlannerConfig {
     /// before it. None: as of each profile's newest count (tests, the simulator).
     pub now: Option<i64>,
     pub fusion_samples: u32,
-    /// Fuse chain stages into one pod where it pays. Off by default: no backend builds
-    /// fused pods yet (the operator and the local mode run every stage in its own
-    /// instance), and a plan that fused would not pre-warm the stages after the head,
-    /// which then start cold. `vflow plan --config` can turn it on to see the choice.
+    /// Fuse chain stages into one pod where the model shows a gain (the operator
+    /// builds one pod for a fused chain, the local mode one instance; see
+    /// docs/planner.md). Off: every stage in its own instances.
     pub fuse: bool,
     pub seed: u64,
 }
@@ -86,7 +85,7 @@ impl Default for PlannerConfig {
             stage_rates: BTreeMap::new(),
             now: None,
             fusion_samples: 1000,
-            fuse: false,
+            fuse: true,
             seed: 1,
         }
     }
@@ -595,8 +594,8 @@ fn fusion_input(
     let candidates = dag
         .chain_edges()
         .into_iter()
-        .filter(|_| cfg.fuse)
-        .filter(|&(u, v)| dag.shape(u) == dag.shape(v) && !spec.stages[u].fan_out)
+        .filter(|_| cfg.fuse && spec.fusion == vflow_api::FusionPolicy::Auto)
+        .filter(|&(u, v)| fusable(spec, facts, concurrency, dag, u, v))
         .filter_map(|(u, v)| Some((pos(u)?, pos(v)?)))
         .collect();
     FusionInput {
@@ -611,6 +610,29 @@ fn fusion_input(
         samples: cfg.fusion_samples.max(1),
         seed: cfg.seed,
     }
+}
+
+/// A chain edge u -> v that one instance can run as one invocation (the run engine
+/// checks the same before it sends a chain): same shape, u fans out no segments,
+/// neither has a condition (a skipped step would leave the chain half run), no GPU
+/// (one container of the pod holds it) and the same packing degree (one instance
+/// takes one concurrency).
+fn fusable(
+    spec: &vflow_api::VideoWorkflowSpec,
+    facts: &[StageFacts],
+    concurrency: &[u32],
+    dag: &Dag,
+    u: usize,
+    v: usize,
+) -> bool {
+    let gpu = |i: usize| facts[i].size.gpu.is_some_and(|g| g > 0.0);
+    dag.shape(u) == dag.shape(v)
+        && !spec.stages[u].fan_out
+        && spec.stages[u].when.is_none()
+        && spec.stages[v].when.is_none()
+        && !gpu(u)
+        && !gpu(v)
+        && concurrency[u] == concurrency[v]
 }
 
 /// The running stages whose output reaches `i`: a skipped stage passes its input

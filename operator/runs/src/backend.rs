@@ -213,7 +213,7 @@ impl<C: Capacity> Backend for KubeBackend<C> {
             self.resolver.url(&self.namespace, &self.workflow, stage)
         );
         // The runtime enforces the function's timeout; this only catches a lost instance.
-        let timeout = Duration::from_secs_f64(target.timeout_seconds.max(1.0) + 60.0);
+        let timeout = Duration::from_secs_f64(target.chain_timeout_seconds().max(1.0) + 60.0);
         let queued = Instant::now();
         let deadline = queued + self.config.activation_timeout;
         let route_deadline = queued + self.config.route_grace;

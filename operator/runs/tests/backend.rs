@@ -107,6 +107,7 @@ fn response() -> String {
         cold_start_seconds: None,
         exit: Exit::Code { code: 0 },
         instance: "stand-in".into(),
+        chained: Vec::new(),
     };
     serde_json::to_string(&r).expect("json")
 }
@@ -158,6 +159,7 @@ fn target() -> StageTarget {
         max_instances: 3,
         timeout_seconds: 30.0,
         memory_limit_bytes: None,
+        fused: Vec::new(),
     }
 }
 
@@ -170,6 +172,7 @@ fn request(segment: u32) -> InvokeRequest {
         output_prefix: format!("s3://videos/o/{segment}/"),
         params: Default::default(),
         timeout_seconds: Some(30.0),
+        then: Vec::new(),
     }
 }
 

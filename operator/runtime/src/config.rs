@@ -133,6 +133,10 @@ pub struct ServeArgs {
     /// the local mode; in a pod the container's cgroup limit does it.
     #[arg(long, env = "VFLOW_MEMORY_LIMIT", value_parser = parse_memory)]
     pub memory_limit: Option<u64>,
+    /// The runtime of the next stage fused into this pod (e.g. http://127.0.0.1:8081):
+    /// a request with `then` hands its outputs to it through the scratch volume.
+    #[arg(long, env = "VFLOW_NEXT")]
+    pub next: Option<String>,
     /// After SIGTERM, how long in-flight invocations may take to finish.
     #[arg(long, env = "VFLOW_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,

@@ -9,7 +9,7 @@ use futures_util::{StreamExt, TryStreamExt, stream};
 use vflow_storage::{Location, StorageError, Store};
 
 use crate::invocation::{
-    COMPLETION_RECORD, CompletionRecord, InvokeFailure, InvokeRequest, InvokeResponse,
+    COMPLETION_RECORD, CompletionRecord, ErrorBody, InvokeFailure, InvokeRequest, InvokeResponse,
     OutputObject, Phase, render_param,
 };
 use crate::metrics::RuntimeMetrics;
@@ -27,6 +27,8 @@ pub struct Executor {
     scratch: PathBuf,
     timeout: Duration,
     memory_limit: Option<u64>,
+    next: Option<String>,
+    client: reqwest::Client,
     store: Store,
     pub instance: String,
     pub metrics: RuntimeMetrics,
@@ -57,6 +59,8 @@ pub struct ExecutorConfig {
     /// Enforced by the runtime (the local mode has no cgroup); see `process::run`.
     pub memory_limit: Option<u64>,
     pub instance: String,
+    /// The next fused stage's runtime in this pod (see `InvokeRequest::then`).
+    pub next: Option<String>,
 }
 
 fn failure(phase: Phase, message: impl Into<String>, retryable: bool) -> InvokeFailure {
@@ -121,6 +125,8 @@ impl Executor {
             scratch: config.scratch,
             timeout: config.timeout,
             memory_limit: config.memory_limit,
+            next: config.next,
+            client: reqwest::Client::new(),
             store,
             instance: config.instance,
             metrics,
@@ -236,6 +242,16 @@ impl Executor {
             }
             None => self.timeout,
         };
+        if !request.then.is_empty() && self.next.is_none() {
+            return Err(failure(
+                Phase::Request,
+                format!(
+                    "the request fuses {} after {}, but this instance runs no stage after it (no --next)",
+                    request.then[0].stage, request.stage
+                ),
+                false,
+            ));
+        }
 
         let in_dir = dir.join("in");
         let out_dir = dir.join("out");
@@ -402,6 +418,18 @@ impl Executor {
             });
         }
 
+        if !request.then.is_empty() {
+            let handed = HandedOff {
+                bytes_in,
+                download_seconds,
+                function_seconds,
+                measured: &measured,
+            };
+            return self
+                .hand_off(request, &prefix, &out_dir, &metadata_path, handed, started)
+                .await;
+        }
+
         // Outputs, then the completion record last: a reader who sees the record sees
         // every output.
         let upload_started = Instant::now();
@@ -482,6 +510,7 @@ impl Executor {
             },
             exit: measured.exit,
             instance: self.instance.clone(),
+            chained: Vec::new(),
         };
         let record = CompletionRecord {
             request: request.clone(),
@@ -520,6 +549,156 @@ impl Executor {
         })
     }
 
+    /// A fused chain's first steps: the outputs stay on the scratch volume, which the
+    /// next runtime of the pod shares, and it gets them as local inputs. Only the last
+    /// step uploads; this one writes the completion record of the whole chain (under
+    /// its own prefix) once the rest succeeded, so a resumed run reuses the chain.
+    async fn hand_off(
+        &self,
+        request: &InvokeRequest,
+        prefix: &Location,
+        out_dir: &Path,
+        metadata_path: &Path,
+        handed: HandedOff<'_>,
+        started: Instant,
+    ) -> Result<InvokeResponse, InvokeFailure> {
+        let next_url = self.next.clone().unwrap_or_default();
+        let (metadata, files) = {
+            let (out_dir, metadata_path) = (out_dir.to_path_buf(), metadata_path.to_path_buf());
+            tokio::task::spawn_blocking(move || {
+                let metadata = read_metadata(&metadata_path)?;
+                let files = list_outputs(&out_dir).map_err(|e| {
+                    failure(
+                        Phase::Upload,
+                        format!("reading the output directory: {e}"),
+                        true,
+                    )
+                })?;
+                Ok::<_, InvokeFailure>((metadata, files))
+            })
+            .await
+            .map_err(|e| failure(Phase::Upload, e.to_string(), true))??
+        };
+        let bytes_out: u64 = files
+            .iter()
+            .filter_map(|(_, path)| std::fs::metadata(path).ok())
+            .map(|m| m.len())
+            .sum();
+        let inputs = files
+            .iter()
+            .map(|(_, path)| path.to_string_lossy().into_owned())
+            .collect();
+        let Some(next_request) = request.next_step(inputs) else {
+            return Err(failure(Phase::Request, "nothing to hand off to", false));
+        };
+        let next_stage = next_request.stage.clone();
+        let handoff_started = Instant::now();
+        let sent = self
+            .client
+            .post(format!("{next_url}/invoke"))
+            .json(&next_request)
+            .send()
+            .await
+            .map_err(|e| {
+                failure(
+                    Phase::Upload,
+                    format!(
+                        "fused stage {next_stage}: its runtime at {next_url} did not answer: {e}"
+                    ),
+                    true,
+                )
+            })?;
+        let status = sent.status();
+        let body = sent.bytes().await.map_err(|e| {
+            failure(
+                Phase::Upload,
+                format!("fused stage {next_stage}: reading its answer: {e}"),
+                true,
+            )
+        })?;
+        if !status.is_success() {
+            return Err(match serde_json::from_slice::<ErrorBody>(&body) {
+                Ok(ErrorBody { error }) => InvokeFailure {
+                    message: format!("fused stage {next_stage}: {}", error.message),
+                    ..error
+                },
+                Err(_) => failure(
+                    Phase::Upload,
+                    format!(
+                        "fused stage {next_stage}: its runtime answered {status}: {}",
+                        String::from_utf8_lossy(&body)
+                    ),
+                    true,
+                ),
+            });
+        }
+        let mut next: InvokeResponse = serde_json::from_slice(&body).map_err(|e| {
+            failure(
+                Phase::Upload,
+                format!(
+                    "fused stage {next_stage}: an answer that is not an invocation result: {e}"
+                ),
+                true,
+            )
+        })?;
+        let mut chained = vec![];
+        let rest = std::mem::take(&mut next.chained);
+        chained.push(next);
+        chained.extend(rest);
+        let cold = !self.served.swap(true, Ordering::SeqCst);
+        let measured = handed.measured;
+        let response = InvokeResponse {
+            outputs: Vec::new(),
+            metadata,
+            bytes_in: handed.bytes_in,
+            bytes_out,
+            wall_seconds: started.elapsed().as_secs_f64(),
+            download_seconds: handed.download_seconds,
+            function_seconds: handed.function_seconds,
+            upload_seconds: 0.0,
+            cpu_seconds: measured.cpu_user_sys_seconds,
+            peak_rss_bytes: measured.peak_rss_bytes,
+            cold,
+            cold_start_seconds: if cold {
+                self.cold_start.get().copied()
+            } else {
+                None
+            },
+            exit: measured.exit.clone(),
+            instance: self.instance.clone(),
+            chained,
+        };
+        let uploaded: Vec<OutputObject> = response
+            .chained
+            .iter()
+            .flat_map(|r| r.outputs.clone())
+            .collect();
+        let record = CompletionRecord {
+            request: request.clone(),
+            response: response.clone(),
+        };
+        let record_bytes = serde_json::to_vec_pretty(&record).map_err(|e| {
+            failure(
+                Phase::Upload,
+                format!("encoding the completion record: {e}"),
+                false,
+            )
+        })?;
+        if let Err(e) = self
+            .store
+            .put_bytes(&prefix.join(COMPLETION_RECORD), record_bytes)
+            .await
+        {
+            self.remove_outputs(&uploaded).await;
+            return Err(storage_failure(Phase::Upload, &e));
+        }
+        tracing::debug!(stage = %request.stage, next = %next_stage, seconds = handoff_started.elapsed().as_secs_f64(), "fused chain done");
+        if let Ok(mut observed) = self.observed.lock() {
+            observed.bytes_in += handed.bytes_in;
+        }
+        Ok(response)
+    }
+
     /// Best effort: an invocation that fails leaves nothing under its prefix.
     async fn remove_outputs(&self, outputs: &[OutputObject]) {
         for output in outputs {
@@ -530,6 +709,14 @@ impl Executor {
             }
         }
     }
+}
+
+/// What the first step of a fused chain measured before it hands off.
+struct HandedOff<'a> {
+    bytes_in: u64,
+    download_seconds: f64,
+    function_seconds: f64,
+    measured: &'a process::Measured,
 }
 
 fn storage_failure(phase: Phase, err: &StorageError) -> InvokeFailure {

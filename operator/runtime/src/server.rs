@@ -242,6 +242,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
             timeout: args.timeout,
             memory_limit: args.memory_limit,
             instance: args.instance_name(),
+            next: args.next.clone(),
         },
         store,
         metrics,

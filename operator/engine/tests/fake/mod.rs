@@ -141,6 +141,7 @@ impl Fake {
             cold_start_seconds: None,
             exit: Exit::Code { code: 0 },
             instance: "fake-0".into(),
+            chained: Vec::new(),
         };
         let record = CompletionRecord {
             request,
