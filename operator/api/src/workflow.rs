@@ -80,7 +80,7 @@ pub struct VideoWorkflowSpec {
 
     /// Whether chained stages may share one pod: Auto (the planner fuses a chain where
     /// its model shows a gain; the stages then run one after another in one pod and
-    /// pass data on its local volume) or Off (every stage in pods of its own).
+    /// pass data on its local volume) or Disabled (every stage in pods of its own).
     #[serde(default)]
     pub fusion: FusionPolicy,
 
@@ -324,8 +324,9 @@ pub enum FusionPolicy {
     /// Fuse where the planner's model shows a gain.
     #[default]
     Auto,
-    /// Never fuse.
-    Off,
+    /// Never fuse. (Not "Off": YAML 1.1 parsers, kubectl's among them, read that as
+    /// false.)
+    Disabled,
 }
 
 /// Whether stages keep warm instances.

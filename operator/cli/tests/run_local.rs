@@ -71,6 +71,7 @@ fn pattern(dir: &Path, seconds: u32) -> PathBuf {
 
 struct VideoFacts {
     frames: u64,
+    width: u64,
     height: u64,
     duration: f64,
 }
@@ -85,7 +86,7 @@ fn facts(path: &Path) -> VideoFacts {
             "v:0",
             "-count_frames",
             "-show_entries",
-            "stream=height,nb_read_frames,duration",
+            "stream=width,height,nb_read_frames,duration",
             "-of",
             "json",
             &path.to_string_lossy(),
@@ -98,6 +99,7 @@ fn facts(path: &Path) -> VideoFacts {
             .as_str()
             .and_then(|x| x.parse().ok())
             .unwrap_or(0),
+        width: s["width"].as_u64().unwrap_or(0),
         height: s["height"].as_u64().unwrap_or(0),
         duration: s["duration"]
             .as_str()
@@ -731,4 +733,109 @@ async fn a_second_run_finds_warm_instances() {
         "the first run waited for cold starts: {waited:?}"
     );
     assert_eq!(waited[1], 0.0, "the second run waited for no instance");
+}
+
+/// The vertical example's crop -> scale chain is fused: one instance runs both stages
+/// per segment (two runtime processes, one invocation), the cropped segments never
+/// reach the store, and the output is the same as with `fusion: Disabled`.
+#[test]
+fn vertical_example_runs_crop_and_scale_fused_in_one_instance() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = videos().join("bbb_0-30s_720p_vp8.webm");
+    let source = facts(&input);
+    let mut runs = Vec::new();
+    for fusion in ["Auto", "Disabled"] {
+        let text = std::fs::read_to_string(example("vertical.yaml")).expect("example");
+        let workflow = dir.path().join(format!("vertical-{fusion}.yaml"));
+        std::fs::write(
+            &workflow,
+            text.replace("fusion: Auto", &format!("fusion: {fusion}")),
+        )
+        .expect("write workflow");
+        let (_, report) = run_ok(
+            dir.path(),
+            &[
+                "run",
+                &workflow.to_string_lossy(),
+                "--input",
+                &input.to_string_lossy(),
+                "--profiles",
+                &example("profiles.yaml"),
+                "--store",
+                &dir.path().join(format!("store-{fusion}")).to_string_lossy(),
+                "--quiet",
+            ],
+        );
+        assert_eq!(report["phase"], "Succeeded", "{report}");
+        let output = output_path(&report, 0);
+        let f = facts(&output);
+        assert_eq!((f.width, f.height), (360, 640), "{}", output.display());
+        assert_eq!(f.frames, source.frames, "every frame kept");
+        let run_dir = output
+            .ancestors()
+            .nth(3)
+            .expect("<run>/stitch/all/output.mp4")
+            .to_path_buf();
+        let record: Value = serde_json::from_str(
+            &std::fs::read_to_string(run_dir.join("_vflow-run.json")).expect("run record"),
+        )
+        .expect("json");
+        runs.push((run_dir, record));
+    }
+    let units = |record: &Value, stage: &str| -> Vec<Value> {
+        record["units"]
+            .as_array()
+            .expect("units")
+            .iter()
+            .filter(|u| u["stage"] == stage)
+            .cloned()
+            .collect()
+    };
+    let media_under = |dir: &Path| -> usize {
+        std::fs::read_dir(dir)
+            .map(|segments| {
+                segments
+                    .flatten()
+                    .flat_map(|s| std::fs::read_dir(s.path()).into_iter().flatten().flatten())
+                    .filter(|f| f.file_name() != "_vflow-complete.json")
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+
+    let (fused_dir, fused) = &runs[0];
+    let crops = units(fused, "crop");
+    let scales = units(fused, "scale");
+    assert!(crops.len() >= 6, "30 s in 5 s segments: {fused}");
+    assert_eq!(crops.len(), scales.len());
+    for (crop, scale) in crops.iter().zip(&scales) {
+        assert_eq!(crop["status"], "Done");
+        assert_eq!(scale["status"], "Done");
+        assert_eq!(
+            crop["outputs"],
+            serde_json::json!([]),
+            "handed on, not stored"
+        );
+        let head = crop["attempts"][0]["instance"].as_str().unwrap_or("");
+        let member = scale["attempts"][0]["instance"].as_str().unwrap_or("");
+        assert!(head.starts_with("crop-"), "{crop}");
+        assert_eq!(
+            member,
+            format!("{head}-fused-1"),
+            "scale ran in crop's instance"
+        );
+    }
+    assert_eq!(
+        media_under(&fused_dir.join("crop")),
+        0,
+        "no cropped segment stored"
+    );
+    assert_eq!(media_under(&fused_dir.join("scale")), crops.len());
+
+    let (unfused_dir, unfused) = &runs[1];
+    for scale in units(unfused, "scale") {
+        let instance = scale["attempts"][0]["instance"].as_str().unwrap_or("");
+        assert!(instance.starts_with("scale-"), "{scale}");
+    }
+    assert_eq!(media_under(&unfused_dir.join("crop")), crops.len());
 }

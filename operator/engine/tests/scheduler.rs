@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 use vflow_api::VideoWorkflow;
-use vflow_engine::backend::StageTarget;
+use vflow_engine::backend::{FusedMember, StageTarget};
 use vflow_engine::record::{Attempt, RunRecord, UnitRecord, UnitStatus};
-use vflow_engine::scheduler::{Next, Scheduler, UnitOutcome};
+use vflow_engine::scheduler::{Next, Scheduler, StepOutcome, UnitOutcome};
 use vflow_engine::{RunGraph, RunPhase, UnitKey};
 use vflow_storage::Location;
 
@@ -31,7 +31,27 @@ impl Run {
     }
 
     fn scheduler(&self) -> Scheduler<'_> {
+        self.scheduler_fusing("", &[])
+    }
+
+    /// A scheduler whose plan fused `members` after `head`.
+    fn scheduler_fusing(&self, head: &str, members: &[&str]) -> Scheduler<'_> {
         Scheduler::new(&self.graph, &self.prefix, &self.params, |i| StageTarget {
+            fused: if self.graph.stages[i].name == head {
+                members
+                    .iter()
+                    .map(|m| FusedMember {
+                        stage: m.to_string(),
+                        function: m.to_string(),
+                        command: vec!["f".into()],
+                        warmup_command: Vec::new(),
+                        timeout_seconds: 30.0,
+                        memory_limit_bytes: None,
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
             stage: self.graph.stages[i].name.clone(),
             function: self.graph.stages[i].function.clone(),
             command: vec!["f".into()],
@@ -41,7 +61,6 @@ impl Run {
             max_instances: 1,
             timeout_seconds: 60.0,
             memory_limit_bytes: None,
-            fused: Vec::new(),
         })
     }
 
@@ -406,4 +425,129 @@ fn run_params_override_the_stage_params() {
         next.start[0].retries, 2,
         "the default when a stage says none"
     );
+}
+
+fn split_crop_scale_stitch() -> VideoWorkflow {
+    common::workflow(json!([
+        {"name": "split", "function": "segment", "fanOut": true},
+        {"name": "crop", "function": "crop", "after": ["split"], "params": {"w": 320, "h": 240}},
+        {"name": "scale", "function": "scale", "after": ["crop"], "params": {"height": 120}},
+        {"name": "stitch", "function": "stitch", "after": ["scale"], "join": true},
+    ]))
+}
+
+#[test]
+fn a_fused_chain_starts_as_one_unit_and_settles_every_stage_of_it() {
+    let run = Run::new(split_crop_scale_stitch());
+    let s = run.scheduler_fusing("crop", &["scale"]);
+    let mut r = record();
+    s.next(&mut r);
+    s.finish(
+        &mut r,
+        run.key("split", None),
+        done(&["s0.mp4", "s1.mp4"], json!({})),
+    );
+
+    let next = s.next(&mut r);
+    assert_eq!(
+        started(&next),
+        segs("crop", &[0, 1]),
+        "scale never starts alone"
+    );
+    for (i, d) in next.start.iter().enumerate() {
+        assert_eq!(d.request.inputs, vec![format!("s{i}.mp4")]);
+        assert_eq!(d.request.then.len(), 1);
+        let step = &d.request.then[0];
+        assert_eq!(step.stage, "scale");
+        assert_eq!(
+            step.output_prefix,
+            format!("file:///store/r1/scale/{i:05}/")
+        );
+        assert_eq!(step.params.get("height"), Some(&json!(120)));
+        assert_eq!(step.timeout_seconds, Some(30.0));
+        assert_eq!(d.target.fused.len(), 1);
+    }
+    for seg in [0, 1] {
+        assert_eq!(unit(&r, "scale", Some(seg)).status, UnitStatus::Running);
+    }
+    assert!(s.next(&mut r).start.is_empty());
+
+    for seg in 0..2u32 {
+        let outcome = UnitOutcome::Done {
+            attempts: vec![Attempt::default()],
+            outputs: Vec::new(),
+            metadata: Default::default(),
+            chained: vec![StepOutcome {
+                attempt: Attempt {
+                    instance: "pod-a".into(),
+                    ..Attempt::default()
+                },
+                outputs: vec![format!("scaled-{seg}.mp4")],
+                metadata: json!({"frames": 10})
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+            }],
+        };
+        assert_eq!(s.finish(&mut r, run.key("crop", Some(seg)), outcome), None);
+        let scale = unit(&r, "scale", Some(seg));
+        assert_eq!(scale.status, UnitStatus::Done);
+        assert_eq!(scale.outputs, vec![format!("scaled-{seg}.mp4")]);
+        assert_eq!(scale.attempts.len(), 1);
+        assert_eq!(scale.attempts[0].instance, "pod-a");
+        assert_eq!(scale.metadata.get("frames"), Some(&json!(10)));
+    }
+    let stitch = s.next(&mut r);
+    assert_eq!(started(&stitch), vec![("stitch".to_string(), None)]);
+    assert_eq!(
+        stitch.start[0].request.inputs,
+        ["scaled-0.mp4", "scaled-1.mp4"]
+    );
+    assert!(stitch.start[0].request.then.is_empty());
+}
+
+#[test]
+fn a_chain_answer_missing_a_step_fails_the_unit() {
+    let run = Run::new(split_crop_scale_stitch());
+    let s = run.scheduler_fusing("crop", &["scale"]);
+    let mut r = record();
+    s.next(&mut r);
+    s.finish(&mut r, run.key("split", None), done(&["s0.mp4"], json!({})));
+    s.next(&mut r);
+    let failure = s.finish(&mut r, run.key("crop", Some(0)), done(&[], json!({})));
+    assert!(
+        failure
+            .as_deref()
+            .is_some_and(|m| m.contains("answered for 0 of its 1")),
+        "{failure:?}"
+    );
+    assert_eq!(unit(&r, "crop", Some(0)).status, UnitStatus::Failed);
+}
+
+#[test]
+fn a_plan_that_fuses_what_one_invocation_cannot_run_is_not_followed() {
+    let run = Run::new(split_crop_scale_stitch());
+    // split fans out: its segments cannot flow into one invocation of crop.
+    let s = run.scheduler_fusing("split", &["crop"]);
+    let mut r = record();
+    let first = s.next(&mut r);
+    assert!(first.start[0].request.then.is_empty());
+    s.finish(&mut r, run.key("split", None), done(&["s0.mp4"], json!({})));
+    assert_eq!(started(&s.next(&mut r)), segs("crop", &[0]));
+    // Fusing past a stage that is not the next one in the chain is refused too.
+    let s = run.scheduler_fusing("crop", &["stitch"]);
+    let mut r = record();
+    s.next(&mut r);
+    s.finish(&mut r, run.key("split", None), done(&["s0.mp4"], json!({})));
+    let next = s.next(&mut r);
+    assert!(next.start.iter().all(|d| d.request.then.is_empty()));
+    // A conditional stage is never fused.
+    let run = Run::new(common::conditional_blur());
+    let s = run.scheduler_fusing("detect", &["blur"]);
+    let mut r = record();
+    s.next(&mut r);
+    s.finish(&mut r, run.key("split", None), done(&["s0.mp4"], json!({})));
+    let next = s.next(&mut r);
+    assert_eq!(started(&next), segs("detect", &[0]));
+    assert!(next.start[0].request.then.is_empty());
 }

@@ -400,9 +400,13 @@ pub fn plan_workflow(
             (Some(_), None) if spec.prewarm == PrewarmPolicy::None => {
                 "prewarm None: scaled up when its input arrives".into()
             }
-            (Some(_), None) => {
-                "already warm (durable or fused into a warm pod): nothing to pre-warm".into()
-            }
+            (Some(_), None) => match fused_with[i] {
+                Some(head) => format!(
+                    "runs in {}'s instances (fused): warmed with them",
+                    dag.name(head)
+                ),
+                None => "already warm (durable): nothing to pre-warm".into(),
+            },
             (None, _) => format!(
                 "not on the most likely path (runs in {:.0}% of runs): scaled up on demand",
                 run_p[i] * 100.0

@@ -699,3 +699,113 @@ fn a_bad_memory_limit_stops_the_runtime_naming_the_flag() {
         );
     }
 }
+
+/// A fused chain: the first runtime runs its function, hands the outputs to the next
+/// runtime (`--next`) on the shared scratch volume, and only the last step uploads.
+#[tokio::test]
+async fn a_fused_chain_hands_outputs_on_locally_and_only_the_last_step_uploads() {
+    let s = setup();
+    s.put("in/a.bin", b"first input").await;
+    s.put("in/b.bin", b"second").await;
+    let tail = s.runtime(&["--instance", "tail"]);
+    let head = s.runtime(&["--instance", "head", "--next", tail.url.as_str()]);
+    head.wait_ready(&s.client).await;
+    tail.wait_ready(&s.client).await;
+
+    let body = json!({
+        "run": "r1", "stage": "first", "segment": 4,
+        "inputs": ["s3://videos/in/a.bin", "s3://videos/in/b.bin"],
+        "outputPrefix": "s3://videos/out/r1/first/00004/",
+        "params": {"mode": "copy"},
+        "then": [{"stage": "second", "outputPrefix": "s3://videos/out/r1/second/00004/",
+                  "params": {"mode": "copy", "text": "two"}, "timeoutSeconds": 30}]
+    });
+    let (status, _, answer) = invoke(&s.client, &head.url, body).await;
+    assert_eq!(status, 200, "{answer}\n{}\n{}", head.logs(), tail.logs());
+    assert_eq!(
+        answer["outputs"],
+        json!([]),
+        "the first step uploads nothing"
+    );
+    assert_eq!(answer["instance"], "head");
+    assert_eq!(answer["bytesOut"], 17, "what it handed on");
+    let chained = answer["chained"].as_array().expect("chained");
+    assert_eq!(chained.len(), 1);
+    assert_eq!(chained[0]["instance"], "tail");
+    assert_eq!(chained[0]["metadata"]["text"], "two");
+    assert_eq!(chained[0]["bytesIn"], 17);
+    let uris: Vec<&str> = chained[0]["outputs"]
+        .as_array()
+        .expect("outputs")
+        .iter()
+        .filter_map(|o| o["uri"].as_str())
+        .collect();
+    assert_eq!(
+        uris,
+        [
+            "s3://videos/out/r1/second/00004/000-000-a.bin",
+            "s3://videos/out/r1/second/00004/001-001-b.bin"
+        ]
+    );
+    // The store holds the last step's outputs and two completion records; the first
+    // step's record is the whole chain's.
+    assert_eq!(
+        s.keys("out/r1/first/").await,
+        ["s3://videos/out/r1/first/00004/_vflow-complete.json"]
+    );
+    assert_eq!(s.keys("out/r1/second/").await.len(), 3);
+    let record = s
+        .store
+        .get_bytes(&loc("s3://videos/out/r1/first/00004/_vflow-complete.json"))
+        .await
+        .expect("get")
+        .expect("the chain's completion record");
+    let record: serde_json::Value = serde_json::from_slice(&record).expect("json");
+    assert_eq!(record["request"]["then"][0]["stage"], "second");
+    assert_eq!(
+        record["response"]["chained"][0]["outputs"],
+        chained[0]["outputs"]
+    );
+    // Nothing is left on the scratch volume.
+    let left: Vec<_> = std::fs::read_dir(s.dir.path().join("scratch"))
+        .expect("scratch")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "scratch keeps {left:?}");
+
+    // A failing later step fails the chain, names the step and leaves no outputs.
+    let failing = json!({
+        "run": "r2", "stage": "first", "inputs": ["s3://videos/in/a.bin"],
+        "outputPrefix": "s3://videos/out/r2/first/all/", "params": {"mode": "copy"},
+        "then": [{"stage": "second", "outputPrefix": "s3://videos/out/r2/second/all/",
+                  "params": {"mode": "fail"}}]
+    });
+    let (status, _, answer) = invoke(&s.client, &head.url, failing).await;
+    assert_eq!(status, 422, "a failed function: {answer}");
+    let message = answer["error"]["message"].as_str().unwrap_or("");
+    assert!(message.starts_with("fused stage second: "), "{answer}");
+    assert_eq!(answer["error"]["phase"], "function");
+    assert!(s.keys("out/r2/").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_chain_sent_to_a_runtime_without_a_next_stage_is_refused() {
+    let s = setup();
+    s.put("in/a.bin", b"x").await;
+    let rt = s.runtime(&[]);
+    rt.wait_ready(&s.client).await;
+    let body = json!({
+        "run": "r1", "stage": "first", "inputs": ["s3://videos/in/a.bin"],
+        "outputPrefix": "s3://videos/out/r1/first/all/",
+        "then": [{"stage": "second", "outputPrefix": "s3://videos/out/r1/second/all/"}]
+    });
+    let (status, _, answer) = invoke(&s.client, &rt.url, body).await;
+    assert_eq!(status, 400, "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("no --next") && message.contains("second"),
+        "{message}"
+    );
+    assert!(s.keys("out/").await.is_empty());
+}
