@@ -73,11 +73,12 @@ fn built_with(
     .expect("builds");
     want.deployments
         .into_iter()
-        .map(|d| {
-            (
-                d.metadata.labels.as_ref().expect("labels")[build::LABEL_STAGE].clone(),
-                d,
-            )
+        .map(|(stage, d)| {
+            assert_eq!(
+                d.metadata.labels.as_ref().expect("labels")[build::LABEL_STAGE],
+                stage
+            );
+            (stage, d)
         })
         .collect()
 }
@@ -498,7 +499,7 @@ fn durable_workflow_keeps_its_minimum_and_status_lists_the_plan() {
         now(),
     )
     .expect("desired");
-    for d in &want.deployments {
+    for (_, d) in &want.deployments {
         assert_eq!(d.spec.replicas, Some(1), "{:?}", d.metadata.name);
     }
     assert_eq!(want.status.stages.len(), 4);
@@ -545,7 +546,7 @@ fn the_same_inputs_give_the_same_children_and_status() {
     .expect("b");
     assert_eq!(a.deployments, b.deployments);
     assert_eq!(a.services, b.services);
-    for d in &a.deployments {
+    for (_, d) in &a.deployments {
         assert!(workflow::apply::deployment_is_current(
             Some(d),
             d,
@@ -632,7 +633,8 @@ fn sizing_from_observations_in_each_mode() {
     let scale = want
         .deployments
         .iter()
-        .find(|d| d.metadata.name.as_deref() == Some("wf-scale"))
+        .find(|(_, d)| d.metadata.name.as_deref() == Some("wf-scale"))
+        .map(|(_, d)| d)
         .expect("scale");
     assert_eq!(resources(scale, "requests")["cpu"], "1800m");
 
@@ -666,6 +668,9 @@ fn a_workflow_without_an_endpoint_gets_the_operators_default_and_the_sidecar_its
         )
         .expect("builds")
         .deployments
+        .into_iter()
+        .map(|(_, d)| d)
+        .collect::<Vec<_>>()
     };
     let with_default = build(Some("http://minio.vflow-system.svc:9000"));
     assert!(!with_default.is_empty());
@@ -768,6 +773,7 @@ fn scale_after_observing(cpu_p95: f64, children: &Children, in_flight: u32) -> D
     .expect("d")
     .deployments
     .into_iter()
+    .map(|(_, d)| d)
     .find(|d| d.metadata.name.as_deref() == Some("wf-scale"))
     .expect("scale")
 }
@@ -800,4 +806,164 @@ fn pods_are_resized_only_for_a_material_change_and_never_under_load() {
     let idle = scale_after_observing(1.0, &running, 0);
     assert_eq!(resources(&idle, "requests")["cpu"], "1200m");
     assert_ne!(hash(&idle), hash(&first));
+}
+
+/// The vertical example: the plan fuses crop -> scale, and the operator builds one
+/// Deployment whose pod runs both, chained over loopback; scale has no children.
+#[test]
+fn a_fused_chain_is_one_deployment_with_a_runtime_per_stage() {
+    let mut wf: vflow_api::VideoWorkflow =
+        serde_saphyr::from_str(include_str!("../../../manifests/examples/vertical.yaml"))
+            .expect("example parses");
+    wf.metadata.namespace = Some("ns".into());
+    wf.metadata.uid = Some("00000000-0000-0000-0000-000000000002".into());
+    wf.metadata.generation = Some(1);
+    let profiles = common::profiles("ns");
+    let s = Settings::default();
+    let outcome = validate::check(&wf, &profiles, &s.planner);
+    let plan = outcome.as_ref().expect("plans");
+    let fused_with = |stage: &str| {
+        plan.stages
+            .iter()
+            .find(|d| d.name == stage)
+            .and_then(|d| d.fused_with.clone())
+    };
+    assert_eq!(
+        fused_with("scale").as_deref(),
+        Some("crop"),
+        "the example fuses"
+    );
+    // An old Deployment of scale (from before the fusion) is to go.
+    let mut children = Children::default();
+    let old = workflow::desired(
+        &{
+            let mut off = wf.clone();
+            off.spec.fusion = vflow_api::FusionPolicy::Disabled;
+            off
+        },
+        &validate::check(
+            &{
+                let mut off = wf.clone();
+                off.spec.fusion = vflow_api::FusionPolicy::Disabled;
+                off
+            },
+            &profiles,
+            &s.planner,
+        ),
+        &profiles,
+        &children,
+        &Default::default(),
+        &Default::default(),
+        &s,
+        now(),
+    )
+    .expect("unfused");
+    let stages: Vec<&str> = old.deployments.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(stages, ["split", "crop", "scale", "stitch"]);
+    for (stage, d) in old.deployments {
+        children.deployments.insert(stage, std::sync::Arc::new(d));
+    }
+
+    let want = workflow::desired(
+        &wf,
+        &outcome,
+        &profiles,
+        &children,
+        &Default::default(),
+        &Default::default(),
+        &s,
+        now(),
+    )
+    .expect("desired");
+    let stages: Vec<&str> = want.deployments.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(
+        stages,
+        ["split", "crop", "stitch"],
+        "scale runs in crop's pods"
+    );
+    let services: Vec<&str> = want.services.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(services, ["split", "crop", "stitch"]);
+    assert_eq!(want.fused_away_deployments, ["scale"]);
+
+    let crop = &want.deployments[1].1;
+    let pod = crop.spec.template.spec.as_ref().expect("pod");
+    let names: Vec<&str> = pod.containers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["function", "fused-1", "metrics"]);
+    let head = env(crop, "function");
+    let member = env(crop, "fused-1");
+    assert_eq!(head["VFLOW_FUNCTION"], "crop");
+    assert_eq!(head["VFLOW_NEXT"], "http://127.0.0.1:8081");
+    assert!(!head.contains_key("VFLOW_AFTER"));
+    assert_eq!(member["VFLOW_FUNCTION"], "scale");
+    assert_eq!(member["VFLOW_PORT"], "8081");
+    assert_eq!(member["VFLOW_AFTER"], "http://127.0.0.1:8080");
+    assert!(!member.contains_key("VFLOW_NEXT"));
+    assert_eq!(
+        member["VFLOW_COMMAND"],
+        r#"["/usr/local/bin/vflow-fn","scale"]"#
+    );
+    // A chain in flight at the head needs both steps' time to drain.
+    let head_timeout: u64 = head["VFLOW_TIMEOUT"]
+        .trim_end_matches('s')
+        .parse()
+        .expect("s");
+    let member_timeout: u64 = member["VFLOW_TIMEOUT"]
+        .trim_end_matches('s')
+        .parse()
+        .expect("s");
+    assert_eq!(
+        head["VFLOW_DRAIN_TIMEOUT"],
+        format!("{}s", head_timeout + member_timeout)
+    );
+    assert_eq!(
+        pod.termination_grace_period_seconds,
+        Some((head_timeout + member_timeout + build::GRACE_EXTRA_SECONDS) as i64)
+    );
+    let images: Vec<&str> = pod
+        .containers
+        .iter()
+        .filter_map(|c| c.image.as_deref())
+        .collect();
+    assert_eq!(
+        images,
+        [
+            "ghcr.io/vflow/fn-crop:0.1.0",
+            "ghcr.io/vflow/fn-scale:0.1.0",
+            "ghcr.io/vflow/fn-crop:0.1.0"
+        ]
+    );
+    // The pod asks for the larger step; scale's runtime only for what it holds idle,
+    // with its own stage's memory as its limit.
+    let member_resources = pod.containers[1].resources.as_ref().expect("resources");
+    let requests = member_resources.requests.as_ref().expect("requests");
+    assert_eq!(requests["cpu"].0, "10m");
+    assert_eq!(requests["memory"].0, "32Mi");
+    let scale_plan = plan
+        .stages
+        .iter()
+        .find(|d| d.name == "scale")
+        .expect("scale");
+    assert_eq!(
+        member_resources.limits.as_ref().expect("limits")["memory"].0,
+        scale_plan.size.memory().as_str()
+    );
+    let crop_plan = plan.stages.iter().find(|d| d.name == "crop").expect("crop");
+    let larger = crop_plan
+        .size
+        .memory_bytes
+        .max(scale_plan.size.memory_bytes);
+    assert_eq!(
+        resources(crop, "requests")["memory"],
+        vflow_api::Quantity::from_bytes(larger).as_str()
+    );
+    // Probes reach each runtime on its own port.
+    let probe_port = pod.containers[1]
+        .readiness_probe
+        .as_ref()
+        .and_then(|p| p.http_get.as_ref())
+        .map(|g| g.port.clone());
+    assert_eq!(
+        probe_port,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("fused-1".into()))
+    );
 }

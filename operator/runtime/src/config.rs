@@ -137,6 +137,12 @@ pub struct ServeArgs {
     /// a request with `then` hands its outputs to it through the scratch volume.
     #[arg(long, env = "VFLOW_NEXT")]
     pub next: Option<String>,
+    /// This runtime is fused after the one at this URL (in the same pod), which hands
+    /// it work: on SIGTERM it keeps serving until that one has stopped and says so
+    /// (POST /release) or the drain timeout passes, so the chains in flight there can
+    /// finish here.
+    #[arg(long, env = "VFLOW_AFTER")]
+    pub after: Option<String>,
     /// After SIGTERM, how long in-flight invocations may take to finish.
     #[arg(long, env = "VFLOW_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,

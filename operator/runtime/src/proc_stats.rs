@@ -120,6 +120,19 @@ pub fn cmdline(pid: i32) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Names of the variables in a process's environment (empty when unreadable).
+pub fn environ_names(pid: i32) -> Vec<String> {
+    fs::read(format!("/proc/{pid}/environ"))
+        .map(|raw| {
+            raw.split(|b| *b == 0)
+                .filter_map(|part| part.split(|b| *b == b'=').next())
+                .filter(|name| !name.is_empty())
+                .map(|name| String::from_utf8_lossy(name).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Seconds since this process was started by the kernel (so the cold start includes
 /// exec and dynamic loading, not only `main`).
 pub fn own_age_seconds() -> Option<f64> {

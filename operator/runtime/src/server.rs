@@ -26,6 +26,8 @@ pub struct AppState {
     concurrency: u32,
     ready: AtomicBool,
     draining: AtomicBool,
+    /// The runtime this one is fused after has stopped (it said so on /release).
+    released: tokio::sync::Notify,
 }
 
 fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response {
@@ -123,6 +125,37 @@ async fn invoke(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     }
 }
 
+/// Keeps a fused runtime serving until the runtime before it in the chain has stopped
+/// (it posts /release then; it may hand on the chains it is finishing until that
+/// moment), at most `limit` (it may have been killed).
+async fn wait_for_release(state: &AppState, limit: Duration) {
+    tracing::info!("serving until the runtime this one is fused after has stopped");
+    if tokio::time::timeout(limit, state.released.notified())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the runtime before this one did not say it stopped; draining now");
+    }
+}
+
+/// The runtime before this one in a fused chain has stopped.
+async fn release(State(state): State<Arc<AppState>>) -> &'static str {
+    // notify_one keeps the permit when nobody waits yet (SIGTERM still to come).
+    state.released.notify_one();
+    "ok\n"
+}
+
+/// Tells the next runtime of a fused chain that this one will hand it nothing more.
+async fn release_next(next: &str) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap_or_default();
+    if let Err(e) = client.post(format!("{next}/release")).send().await {
+        tracing::warn!(%next, error = %e, "could not tell the next fused runtime that this one stopped");
+    }
+}
+
 async fn healthz() -> &'static str {
     "ok\n"
 }
@@ -156,6 +189,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/observations", get(observations))
+        .route("/release", post(release))
         .with_state(state)
 }
 
@@ -253,6 +287,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         concurrency: args.concurrency,
         ready: AtomicBool::new(false),
         draining: AtomicBool::new(false),
+        released: tokio::sync::Notify::new(),
     });
 
     let (listener, address) =
@@ -275,12 +310,16 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
 
     let drain_state = state.clone();
     let drain_timeout = args.drain_timeout;
+    let after = args.after.is_some();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
     tokio::spawn(async move {
         let (outcome, cancel_now) = tokio::select! {
             cancel = terminate_signal() => (Ok(()), cancel),
             Ok(e) = warm_failed_rx => (Err(e), true),
         };
+        if let (true, false, Ok(())) = (after, cancel_now, &outcome) {
+            wait_for_release(&drain_state, drain_timeout).await;
+        }
         drain_state.draining.store(true, Ordering::SeqCst);
         if cancel_now {
             drain_state.executor.cancel.store(true, Ordering::SeqCst);
@@ -309,6 +348,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         .is_err()
     {
         tracing::error!("invocations still running after the drain deadline; exiting anyway");
+    }
+    if let Some(next) = &args.next {
+        release_next(next).await;
     }
     tracing::info!("stopped");
     outcome

@@ -21,17 +21,31 @@ use crate::gpu::GpuProbe;
 use crate::observations::{ContainerObservations, Window};
 use crate::proc_stats;
 
-/// Finds `vflow-runtime serve` among the visible processes (not this sidecar).
+/// Finds `vflow-runtime serve` among the visible processes (not this sidecar). In a
+/// fused pod several run; the stage's own is the one not fused after another
+/// (without `VFLOW_AFTER`): the others' functions are theirs, learned from the run
+/// records.
 pub fn find_serve_process() -> Option<i32> {
     let me = std::process::id() as i32;
-    proc_stats::all_pids()
+    let serving: Vec<i32> = proc_stats::all_pids()
         .into_iter()
         .filter(|pid| *pid != me)
-        .find(|pid| {
+        .filter(|pid| {
             let argv = proc_stats::cmdline(*pid);
             argv.first().is_some_and(|a| a.ends_with("vflow-runtime"))
                 && argv.iter().any(|a| a == "serve")
         })
+        .collect();
+    serving
+        .iter()
+        .copied()
+        .find(|pid| {
+            !proc_stats::environ_names(*pid)
+                .iter()
+                .any(|n| n == "VFLOW_AFTER")
+                && !proc_stats::cmdline(*pid).iter().any(|a| a == "--after")
+        })
+        .or(serving.first().copied())
 }
 
 /// CPU seconds of a tree, counting children already reaped (their time moved into

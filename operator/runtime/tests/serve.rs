@@ -809,3 +809,68 @@ async fn a_chain_sent_to_a_runtime_without_a_next_stage_is_refused() {
     );
     assert!(s.keys("out/").await.is_empty());
 }
+
+/// A pod's containers get SIGTERM together: a runtime fused after another keeps taking
+/// the chains that one is finishing, and stops once that one has.
+#[tokio::test]
+async fn a_fused_runtime_keeps_serving_until_the_one_before_it_has_stopped() {
+    let s = setup();
+    s.put("in/a.bin", b"payload").await;
+    // Each needs the other's address: the head gets a port chosen here.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let head_url = format!("http://127.0.0.1:{port}");
+    let mut tail = s.runtime(&["--drain-timeout", "20s", "--after", head_url.as_str()]);
+    tail.wait_ready(&s.client).await;
+    let port = port.to_string();
+    let mut head = s.runtime(&[
+        "--drain-timeout",
+        "20s",
+        "--port",
+        port.as_str(),
+        "--next",
+        tail.url.as_str(),
+    ]);
+    head.wait_ready(&s.client).await;
+    assert_eq!(head.url, head_url);
+
+    // The head is busy for 1.5 s in its own step when both get SIGTERM.
+    let client = s.client.clone();
+    let url = head.url.clone();
+    let chain = tokio::spawn(async move {
+        invoke(
+            &client,
+            &url,
+            json!({"run": "r", "stage": "first", "inputs": ["s3://videos/in/a.bin"],
+                   "outputPrefix": "s3://videos/fused-drain/first/",
+                   "params": {"mode": "sleep", "seconds": 1.5},
+                   "then": [{"stage": "second", "outputPrefix": "s3://videos/fused-drain/second/",
+                             "params": {"mode": "copy"}}]}),
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    head.terminate();
+    tail.terminate();
+    let (status, _, body) = chain.await.expect("join");
+    assert_eq!(
+        status,
+        200,
+        "the chain in flight was cut off: {body}\n{}",
+        tail.logs()
+    );
+    assert_eq!(s.keys("fused-drain/second/").await.len(), 2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for rt in [&mut head, &mut tail] {
+        let exit = loop {
+            if let Some(status) = rt.child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "still running: {}", rt.logs());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(exit.success(), "exit {exit}: {}", rt.logs());
+    }
+}

@@ -5,6 +5,10 @@
 //!   on port 8080 (`http`), configured by `VFLOW_*` variables; readiness `/readyz`,
 //!   liveness `/healthz`; requests from the sizing decision, memory limit = request,
 //!   no CPU limit; GPU resources and env from the sharing mode's translation;
+//! - containers `fused-1`, `fused-2` ... when the plan fused later stages into this
+//!   one: each stage's image running its own runtime on the next port (8081 ...), fed
+//!   by the one before over loopback (`VFLOW_NEXT`/`VFLOW_AFTER`) through the shared
+//!   /scratch; the pod asks for the largest step's size (`chain_resources`);
 //! - container `metrics`: the same image running `vflow-runtime metrics` on 9091
 //!   (`metrics`), observing the function through the shared process namespace;
 //! - restricted security: non-root (uid 10001, the images' `vflow` user), read-only
@@ -136,14 +140,50 @@ pub fn timeout_seconds(input: &StageInput<'_>) -> u64 {
         .unwrap_or(DEFAULT_TIMEOUT_SECONDS)
 }
 
-fn function_container(input: &StageInput<'_>) -> Result<Container> {
+/// Where a runtime container sits in its pod: 0 is the stage's own; a fused chain's
+/// later stages follow, each on the next port, handing work on over loopback.
+#[derive(Debug, Clone, Copy)]
+struct Position {
+    index: usize,
+    /// Runtimes in the pod.
+    of: usize,
+    /// The chain's concurrency (the head's plan): each invocation passes every step.
+    concurrency: u32,
+    /// This step's timeout and those after it: how long a chain in flight here may take.
+    drain_seconds: u64,
+}
+
+/// The invocation port of the pod's `index`-th runtime.
+pub fn runtime_port(index: usize) -> i32 {
+    HTTP_PORT + i32::try_from(index).unwrap_or(0)
+}
+
+/// The name of the pod's `index`-th runtime container and of its port.
+pub fn runtime_container(index: usize) -> String {
+    if index == 0 {
+        FUNCTION_CONTAINER.into()
+    } else {
+        format!("fused-{index}")
+    }
+}
+
+fn function_container(
+    input: &StageInput<'_>,
+    at: Position,
+    resources: ResourceRequirements,
+) -> Result<Container> {
     let spec = &input.profile.spec;
     let storage = &input.workflow.spec.storage;
-    let d = input.decision;
     let json = |what: &'static str, v: &Vec<String>| {
         serde_json::to_string(v).map_err(|source| Error::Serialize { what, source })
     };
     let timeout = timeout_seconds(input);
+    let port = runtime_port(at.index);
+    let port_name = if at.index == 0 {
+        "http".to_string()
+    } else {
+        runtime_container(at.index)
+    };
     let mut vars = vec![
         env("VFLOW_FUNCTION", input.stage.function.clone()),
         env("VFLOW_COMMAND", json("command", &spec.command)?),
@@ -154,12 +194,24 @@ fn function_container(input: &StageInput<'_>) -> Result<Container> {
             json("warmup command", &spec.warmup_command)?,
         ));
     }
+    if at.index + 1 < at.of {
+        vars.push(env(
+            "VFLOW_NEXT",
+            format!("http://127.0.0.1:{}", runtime_port(at.index + 1)),
+        ));
+    }
+    if at.index > 0 {
+        vars.push(env(
+            "VFLOW_AFTER",
+            format!("http://127.0.0.1:{}", runtime_port(at.index - 1)),
+        ));
+    }
     vars.extend([
-        env("VFLOW_PORT", HTTP_PORT.to_string()),
-        env("VFLOW_CONCURRENCY", d.concurrency.max(1).to_string()),
+        env("VFLOW_PORT", port.to_string()),
+        env("VFLOW_CONCURRENCY", at.concurrency.max(1).to_string()),
         env("VFLOW_SCRATCH_DIR", SCRATCH_DIR),
         env("VFLOW_TIMEOUT", format!("{timeout}s")),
-        env("VFLOW_DRAIN_TIMEOUT", format!("{timeout}s")),
+        env("VFLOW_DRAIN_TIMEOUT", format!("{}s", at.drain_seconds)),
         EnvVar {
             name: "VFLOW_INSTANCE".into(),
             value_from: Some(EnvVarSource {
@@ -201,26 +253,13 @@ fn function_container(input: &StageInput<'_>) -> Result<Container> {
             ..VolumeMount::default()
         });
     }
-    let gpu = d.gpu.as_ref();
-    if let Some(g) = gpu {
+    if let Some(g) = input.decision.gpu.as_ref() {
         vars.extend(g.env.iter().map(|(k, v)| env(k, v.clone())));
-    }
-
-    let mut requests = BTreeMap::from([
-        ("cpu".to_string(), quantity(d.size.cpu().as_str())),
-        ("memory".to_string(), quantity(d.size.memory().as_str())),
-    ]);
-    let mut limits = BTreeMap::from([("memory".to_string(), quantity(d.size.memory().as_str()))]);
-    if let Some(g) = gpu {
-        for (k, v) in &g.resources {
-            requests.insert(k.clone(), quantity(v.clone()));
-            limits.insert(k.clone(), quantity(v.clone()));
-        }
     }
     let probe = |path: &str, period: i32, failures: i32| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
-            port: IntOrString::String("http".into()),
+            port: IntOrString::String(port_name.clone()),
             ..HTTPGetAction::default()
         }),
         period_seconds: Some(period),
@@ -229,27 +268,93 @@ fn function_container(input: &StageInput<'_>) -> Result<Container> {
         ..Probe::default()
     };
     Ok(Container {
-        name: FUNCTION_CONTAINER.into(),
+        name: runtime_container(at.index),
         image: Some(spec.image.clone()),
         command: Some(vec![RUNTIME.into(), "serve".into()]),
         env: Some(vars),
         ports: Some(vec![ContainerPort {
-            name: Some("http".into()),
-            container_port: HTTP_PORT,
+            name: Some(port_name.clone()),
+            container_port: port,
             protocol: Some("TCP".into()),
             ..ContainerPort::default()
         }]),
         readiness_probe: Some(probe("/readyz", 1, 3)),
         liveness_probe: Some(probe("/healthz", 10, 3)),
-        resources: Some(ResourceRequirements {
-            requests: Some(requests),
-            limits: Some(limits),
-            ..ResourceRequirements::default()
-        }),
+        resources: Some(resources),
         security_context: Some(container_security()),
         volume_mounts: Some(mounts),
         ..Container::default()
     })
+}
+
+/// A stage's own resources: requests from its size, memory limit = request, no CPU
+/// limit; the GPU from the sharing mode's translation.
+fn own_resources(d: &StageDecision) -> ResourceRequirements {
+    let mut requests = BTreeMap::from([
+        ("cpu".to_string(), quantity(d.size.cpu().as_str())),
+        ("memory".to_string(), quantity(d.size.memory().as_str())),
+    ]);
+    let mut limits = BTreeMap::from([("memory".to_string(), quantity(d.size.memory().as_str()))]);
+    if let Some(g) = d.gpu.as_ref() {
+        for (k, v) in &g.resources {
+            requests.insert(k.clone(), quantity(v.clone()));
+            limits.insert(k.clone(), quantity(v.clone()));
+        }
+    }
+    ResourceRequirements {
+        requests: Some(requests),
+        limits: Some(limits),
+        ..ResourceRequirements::default()
+    }
+}
+
+/// What an idle runtime holds (the planner's per-instance base).
+const RUNTIME_CPU: &str = "10m";
+const RUNTIME_MEMORY: &str = "32Mi";
+
+/// Resources of a fused pod's runtimes. The steps of one invocation run one after
+/// another, so the pod asks for the largest step's size (on the stage's own
+/// container, whose memory limit grows to match) and the later runtimes only for what
+/// they hold idle; each later runtime's memory limit stays its own stage's size, so a
+/// function that grows past its plan is still killed as one would be on its own pod.
+fn chain_resources(decisions: &[&StageDecision]) -> Vec<ResourceRequirements> {
+    if decisions.len() < 2 {
+        return decisions.iter().map(|d| own_resources(d)).collect();
+    }
+    let cpu = decisions
+        .iter()
+        .map(|d| d.size.cpu_cores)
+        .fold(0.0, f64::max);
+    let memory = decisions
+        .iter()
+        .map(|d| d.size.memory_bytes)
+        .fold(0.0, f64::max);
+    let largest = vflow_api::Quantity::from_bytes(memory).to_string();
+    let mut out = vec![ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            (
+                "cpu".to_string(),
+                quantity(vflow_api::Quantity::from_cores(cpu).to_string()),
+            ),
+            ("memory".to_string(), quantity(largest.clone())),
+        ])),
+        limits: Some(BTreeMap::from([("memory".to_string(), quantity(largest))])),
+        ..ResourceRequirements::default()
+    }];
+    for d in &decisions[1..] {
+        out.push(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_string(), quantity(RUNTIME_CPU)),
+                ("memory".to_string(), quantity(RUNTIME_MEMORY)),
+            ])),
+            limits: Some(BTreeMap::from([(
+                "memory".to_string(),
+                quantity(d.size.memory().as_str()),
+            )])),
+            ..ResourceRequirements::default()
+        });
+    }
+    out
 }
 
 fn sidecar_container(input: &StageInput<'_>) -> Container {
@@ -315,8 +420,13 @@ fn volumes(input: &StageInput<'_>) -> Vec<Volume> {
     v
 }
 
-/// The stage's Deployment with `replicas` instances.
-pub fn deployment(input: &StageInput<'_>, replicas: u32) -> Result<Deployment> {
+/// The stage's Deployment with `replicas` instances. `fused`: the stages the plan
+/// fused after it, in chain order; each gets a runtime container of the pod.
+pub fn deployment(
+    input: &StageInput<'_>,
+    fused: &[StageInput<'_>],
+    replicas: u32,
+) -> Result<Deployment> {
     let wf_name = input.workflow.metadata.name.clone().unwrap_or_default();
     let pod_labels = labels(&wf_name, &input.stage.name, &input.stage.function);
     let mut pod_annotations = input.pod_annotations.clone();
@@ -335,7 +445,21 @@ pub fn deployment(input: &StageInput<'_>, replicas: u32) -> Result<Deployment> {
             })
             .collect()
     });
-    let grace = timeout_seconds(input) + GRACE_EXTRA_SECONDS;
+    let chain: Vec<&StageInput<'_>> = std::iter::once(input).chain(fused).collect();
+    let timeouts: Vec<u64> = chain.iter().map(|s| timeout_seconds(s)).collect();
+    let resources = chain_resources(&chain.iter().map(|s| s.decision).collect::<Vec<_>>());
+    let mut containers = Vec::with_capacity(chain.len() + 1);
+    for (index, (stage, resources)) in chain.iter().zip(resources).enumerate() {
+        let at = Position {
+            index,
+            of: chain.len(),
+            concurrency: input.decision.concurrency,
+            drain_seconds: timeouts[index..].iter().sum(),
+        };
+        containers.push(function_container(stage, at, resources)?);
+    }
+    containers.push(sidecar_container(input));
+    let grace = timeouts.iter().sum::<u64>() + GRACE_EXTRA_SECONDS;
     let mut d = Deployment {
         metadata: child_meta(input)?,
         spec: DeploymentSpec {
@@ -359,7 +483,7 @@ pub fn deployment(input: &StageInput<'_>, replicas: u32) -> Result<Deployment> {
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
-                    containers: vec![function_container(input)?, sidecar_container(input)],
+                    containers,
                     share_process_namespace: Some(true),
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),

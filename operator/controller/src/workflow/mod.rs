@@ -140,8 +140,12 @@ pub struct ScaleChange {
 /// Everything a reconcile would make true.
 #[derive(Debug, Clone, Default)]
 pub struct Desired {
-    pub deployments: Vec<Deployment>,
-    pub services: Vec<Service>,
+    /// By stage: every stage that runs in pods of its own (not fused into another's).
+    pub deployments: Vec<(String, Deployment)>,
+    pub services: Vec<(String, Service)>,
+    /// Stages now fused into another's pods whose own children are still there.
+    pub fused_away_deployments: Vec<String>,
+    pub fused_away_services: Vec<String>,
     pub status: VideoWorkflowStatus,
     pub requeue_at: Option<Timestamp>,
     pub scale_changes: Vec<ScaleChange>,
@@ -235,6 +239,16 @@ pub fn desired(
         ) else {
             continue; // validate() refused this already
         };
+        if decision.fused_with.is_some() {
+            // Runs in its chain head's pods: no children of its own (old ones go).
+            if children.deployments.contains_key(&stage.name) {
+                out.fused_away_deployments.push(stage.name.clone());
+            }
+            if children.services.contains_key(&stage.name) {
+                out.fused_away_services.push(stage.name.clone());
+            }
+            continue;
+        }
         let existing = children.deployments.get(&stage.name);
         let current = existing
             .and_then(|d| d.spec.replicas)
@@ -321,7 +335,20 @@ pub fn desired(
             pod_annotations: &settings.pod_annotations,
             default_endpoint: settings.default_s3_endpoint.as_deref(),
         };
-        let deployment = build::deployment(&si, scale.replicas)?;
+        let fused: Vec<StageInput<'_>> = fused_chain(wf, plan, &stage.name)
+            .into_iter()
+            .filter_map(|(member, d)| {
+                Some(StageInput {
+                    workflow: wf,
+                    stage: member,
+                    decision: d,
+                    profile: profiles.get(&member.function)?,
+                    pod_annotations: &settings.pod_annotations,
+                    default_endpoint: settings.default_s3_endpoint.as_deref(),
+                })
+            })
+            .collect();
+        let deployment = build::deployment(&si, &fused, scale.replicas)?;
         let service = build::service(&si)?;
         let uid = wf.uid().unwrap_or_default();
         let dep_current =
@@ -391,8 +418,8 @@ pub fn desired(
                 });
             }
         }
-        out.deployments.push(deployment);
-        out.services.push(service);
+        out.deployments.push((stage.name.clone(), deployment));
+        out.services.push((stage.name.clone(), service));
     }
 
     let (ready_reason, ready_message) = if not_ready.is_empty() {
@@ -442,6 +469,34 @@ pub fn desired(
         ],
     };
     Ok(out)
+}
+
+/// The stages the plan fused after `head`, in chain order, with their decisions.
+fn fused_chain<'w>(
+    wf: &'w VideoWorkflow,
+    plan: &'w WorkflowPlan,
+    head: &str,
+) -> Vec<(&'w vflow_api::Stage, &'w StageDecision)> {
+    let mut chain = Vec::new();
+    let mut last = head;
+    while let Some(next) = wf.spec.stages.iter().find(|s| {
+        s.after.len() == 1
+            && s.after[0] == last
+            && plan
+                .stages
+                .iter()
+                .any(|d| d.name == s.name && d.fused_with.as_deref() == Some(head))
+    }) {
+        let Some(d) = plan.stages.iter().find(|d| d.name == next.name) else {
+            break;
+        };
+        chain.push((next, d));
+        last = &next.name;
+        if chain.len() > wf.spec.stages.len() {
+            break;
+        }
+    }
+    chain
 }
 
 /// The plan for the workflow, recomputed only when the workflow's spec or one of the
@@ -598,16 +653,16 @@ async fn reconcile_inner(wf: &VideoWorkflow, ctx: &Context) -> Result<(Action, b
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
     // Children that differ from the cache, applied concurrently (one round trip, not 2N).
     let mut writes = Vec::new();
-    for (stage, d) in wf.spec.stages.iter().zip(&want.deployments) {
-        let existing = children.deployments.get(&stage.name).map(|d| d.as_ref());
+    for (stage, d) in &want.deployments {
+        let existing = children.deployments.get(stage).map(|d| d.as_ref());
         if !apply::deployment_is_current(existing, d, &uid) {
             writes.push(futures::future::Either::Left(async {
                 apply::apply(&deployments, d).await.map(drop)
             }));
         }
     }
-    for (stage, s) in wf.spec.stages.iter().zip(&want.services) {
-        let existing = children.services.get(&stage.name).map(|s| s.as_ref());
+    for (stage, s) in &want.services {
+        let existing = children.services.get(stage).map(|s| s.as_ref());
         if !apply::service_is_current(existing, s, &uid) {
             writes.push(futures::future::Either::Right(async {
                 apply::apply(&services, s).await.map(drop)
@@ -621,6 +676,13 @@ async fn reconcile_inner(wf: &VideoWorkflow, ctx: &Context) -> Result<(Action, b
         }
         for name in &children.stale_services {
             apply::delete(&services, name).await?;
+        }
+        let wf_name = wf.name_any();
+        for stage in &want.fused_away_deployments {
+            apply::delete(&deployments, &build::child_name(&wf_name, stage)).await?;
+        }
+        for stage in &want.fused_away_services {
+            apply::delete(&services, &build::child_name(&wf_name, stage)).await?;
         }
     }
     for c in &want.scale_changes {

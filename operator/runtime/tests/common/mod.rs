@@ -26,12 +26,12 @@ impl Runtime {
         let log = dir.join(format!("runtime-{}.log", rand_suffix()));
         let log_file = std::fs::File::create(&log).expect("log file");
         let mut command = Command::new(env!("CARGO_BIN_EXE_vflow-runtime"));
+        command.arg("serve").arg("--bind").arg("127.0.0.1");
+        // A free port unless the test chose one.
+        if !args.contains(&"--port") {
+            command.arg("--port").arg("0");
+        }
         command
-            .arg("serve")
-            .arg("--bind")
-            .arg("127.0.0.1")
-            .arg("--port")
-            .arg("0")
             .arg("--port-file")
             .arg(&port_file)
             .args(args)
