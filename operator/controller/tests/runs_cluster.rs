@@ -281,49 +281,60 @@ impl Env {
     async fn start_runtimes(&mut self) -> StaticResolver {
         let mut urls = BTreeMap::new();
         for (stage, op) in [("split", "split"), ("copy", "copy"), ("join", "join")] {
-            let dir = self._dir.path().join(format!("rt-{stage}"));
-            std::fs::create_dir_all(&dir).expect("dir");
-            let port_file = dir.join("port");
-            let command = json!([self.script.to_string_lossy(), op]).to_string();
-            let child = Command::new(binary("VFLOW_RUNTIME_BIN", "vflow-runtime"))
-                .args([
-                    "serve",
-                    "--bind",
-                    "127.0.0.1",
-                    "--port",
-                    "0",
-                    "--concurrency",
-                    "4",
-                ])
-                .arg("--port-file")
-                .arg(&port_file)
-                .args(["--function", op, "--instance", stage, "--timeout", "60s"])
-                .arg("--scratch-dir")
-                .arg(dir.join("scratch"))
-                .env("VFLOW_COMMAND", command)
-                .env("VFLOW_LOG", "warn")
-                // Gone with this test process even when it is killed.
-                .env("VFLOW_EXIT_WITH_PARENT", "1")
-                .envs(self.s3.env())
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("start vflow-runtime (cargo build -p vflow-runtime)");
-            self._procs.push(Killed(child));
-            let mut port = None;
-            wait_for("runtime port", Duration::from_secs(30), || {
-                port = std::fs::read_to_string(&port_file)
-                    .ok()
-                    .and_then(|p| p.trim().parse::<u16>().ok());
-                let ready = port.is_some();
-                async move { ready }
-            })
-            .await;
-            urls.insert(
-                stage.to_string(),
-                format!("http://127.0.0.1:{}", port.unwrap_or(0)),
-            );
+            let url = self.start_runtime(stage, op, stage, &[]).await;
+            urls.insert(stage.to_string(), url);
         }
         StaticResolver(urls)
+    }
+
+    /// One `vflow-runtime serve` running `op` of the test script, as `instance` of the
+    /// stand-in pod `pod` (whose runtimes share a scratch directory); its URL.
+    async fn start_runtime(
+        &mut self,
+        instance: &str,
+        op: &str,
+        pod: &str,
+        extra: &[&str],
+    ) -> String {
+        let dir = self._dir.path().join(format!("rt-{instance}"));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let port_file = dir.join("port");
+        let command = json!([self.script.to_string_lossy(), op]).to_string();
+        let child = Command::new(binary("VFLOW_RUNTIME_BIN", "vflow-runtime"))
+            .args([
+                "serve",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--concurrency",
+                "4",
+            ])
+            .arg("--port-file")
+            .arg(&port_file)
+            .args(["--function", op, "--instance", instance, "--timeout", "60s"])
+            .args(extra)
+            .arg("--scratch-dir")
+            .arg(self._dir.path().join(format!("scratch-{pod}")))
+            .env("VFLOW_COMMAND", command)
+            .env("VFLOW_LOG", "warn")
+            // Gone with this test process even when it is killed.
+            .env("VFLOW_EXIT_WITH_PARENT", "1")
+            .envs(self.s3.env())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start vflow-runtime (cargo build -p vflow-runtime)");
+        self._procs.push(Killed(child));
+        let mut port = None;
+        wait_for("runtime port", Duration::from_secs(30), || {
+            port = std::fs::read_to_string(&port_file)
+                .ok()
+                .and_then(|p| p.trim().parse::<u16>().ok());
+            let ready = port.is_some();
+            async move { ready }
+        })
+        .await;
+        format!("http://127.0.0.1:{}", port.unwrap_or(0))
     }
 
     async fn deployment(&self, name: &str) -> Option<Deployment> {
@@ -1225,4 +1236,127 @@ async fn a_controller_told_to_stop_lets_its_invocations_finish_and_the_next_runs
         .expect("json");
     assert_eq!(seen["invocations"], 3, "{seen}");
     let _ = second.stop(Duration::from_secs(10)).await;
+}
+
+/// split -> copy -> copy2 -> join, where copy -> copy2 is a chain of one shape: the
+/// plan fuses it, the operator builds one Deployment for both, and a run goes through
+/// the pair as one invocation per segment (stand-in runtimes chained as in the pod).
+#[tokio::test]
+#[ignore = "needs e2e/testenv: make test-runs"]
+async fn a_fused_chain_is_one_deployment_and_a_run_goes_through_it_as_one_invocation() {
+    let stages = json!({"stages": [
+        {"name": "split", "function": "tsplit", "fanOut": true},
+        {"name": "copy", "function": "tcopy", "after": ["split"]},
+        {"name": "copy2", "function": "tcopy", "after": ["copy"]},
+        {"name": "join", "function": "tjoin", "after": ["copy2"], "join": true}
+    ]});
+    let mut env = Env::new("fused", stages).await;
+    env.start_operator().await;
+    let wfs: Api<VideoWorkflow> = env.api();
+    wait_for("the plan in the status", Duration::from_secs(60), || {
+        let wfs = wfs.clone();
+        async move {
+            wfs.get("wf")
+                .await
+                .ok()
+                .and_then(|w| w.status)
+                .is_some_and(|s| s.stages.len() == 4)
+        }
+    })
+    .await;
+    let status = wfs.get("wf").await.expect("wf").status.expect("status");
+    let copy2 = status
+        .stages
+        .iter()
+        .find(|s| s.name == "copy2")
+        .expect("copy2");
+    assert_eq!(copy2.fused_with.as_deref(), Some("copy"), "{copy2:?}");
+    let deployment = env.deployment("wf-copy").await.expect("wf-copy");
+    let containers: Vec<String> = deployment
+        .spec
+        .template
+        .spec
+        .map(|p| p.containers.into_iter().map(|c| c.name).collect())
+        .unwrap_or_default();
+    assert_eq!(containers, ["function", "fused-1", "metrics"]);
+    assert!(
+        env.deployment("wf-copy2").await.is_none(),
+        "copy2 runs in copy's pods"
+    );
+    let services: Api<k8s_openapi::api::core::v1::Service> = env.api();
+    assert!(services.get_opt("wf-copy2").await.expect("get").is_none());
+
+    // The stand-ins: copy's pod is two runtimes, the first handing on to the second.
+    let mut urls = BTreeMap::new();
+    for stage in ["split", "join"] {
+        let url = env.start_runtime(stage, stage, stage, &[]).await;
+        urls.insert(stage.to_string(), url);
+    }
+    let member = env
+        .start_runtime("copy-pod-fused-1", "copy", "copy-pod", &[])
+        .await;
+    let head = env
+        .start_runtime("copy-pod", "copy", "copy-pod", &["--next", member.as_str()])
+        .await;
+    urls.insert("copy".to_string(), head);
+    let controller = RunController::start(&env, env.client.clone(), StaticResolver(urls));
+    env.put("in/clip.bin", "input\n").await;
+    let runs: Api<VideoWorkflowRun> = env.api();
+    runs.create(
+        &PostParams::default(),
+        &run("fused", "in/clip.bin", 600, json!({})),
+    )
+    .await
+    .expect("create run");
+    wait_phase(&env, "fused", RunPhase::Succeeded, Duration::from_secs(120)).await;
+
+    let record = env.record("fused").await;
+    let units = |stage: &str| -> Vec<vflow_engine::record::UnitRecord> {
+        record
+            .units
+            .iter()
+            .filter(|u| u.stage == stage)
+            .cloned()
+            .collect()
+    };
+    assert_eq!(units("copy").len(), 3);
+    for (copy, copy2) in units("copy").iter().zip(units("copy2")) {
+        assert!(copy.outputs.is_empty(), "handed on, not stored: {copy:?}");
+        assert_eq!(copy.attempts.len(), 1);
+        assert_eq!(copy.attempts[0].instance, "copy-pod");
+        assert_eq!(copy2.attempts.len(), 1);
+        assert_eq!(copy2.attempts[0].instance, "copy-pod-fused-1");
+        assert_eq!(copy2.outputs.len(), 1, "{copy2:?}");
+    }
+    let joined = env
+        .store
+        .get_bytes("videos", "outputs/fused/join/all/joined.bin")
+        .await
+        .expect("get")
+        .expect("joined output");
+    assert_eq!(
+        String::from_utf8_lossy(&joined),
+        "input\nsegment 0\ninput\nsegment 1\ninput\nsegment 2\n"
+    );
+    let stored = env
+        .store
+        .list("videos", "outputs/fused/copy/")
+        .await
+        .expect("list");
+    assert!(
+        stored
+            .iter()
+            .all(|k| k.location.to_string().ends_with("_vflow-complete.json")),
+        "only the chains' completion records under copy/: {stored:?}"
+    );
+    // Learned per stage: copy2's invocations counted for its function with copy's.
+    let profiles: Api<FunctionProfile> = env.api();
+    let tcopy = profiles
+        .get("tcopy")
+        .await
+        .expect("tcopy")
+        .status
+        .unwrap_or_default();
+    assert_eq!(tcopy.invocations, 6, "{tcopy:?}");
+    let _ = controller.stop(Duration::from_secs(10)).await;
 }
