@@ -11,6 +11,9 @@
    `provisioning: Auto`, no pre-warm schedule and a 2 s keep-alive, each run a new
    `vflow run` learning into the same profiles: cold starts per run before and after the
    planner makes the stages durable (their minimum started with the run).
+4. Fusion: the chain with `fusion: Auto` (the planner fuses where its model shows a
+   gain; the record says which stages ran fused) against `fusion: Disabled`, emulated
+   instance starts: end-to-end, bytes written to and read from the store, cold starts.
 """
 import argparse
 import json
@@ -113,13 +116,19 @@ def with_start_delay(profiles, work, seconds):
     return path
 
 
-def chain(args, work, profiles, start_delay):
-    profiles = with_start_delay(profiles, work, start_delay)
-    tag = f"start{start_delay:g}"
+def chain_clip(work):
+    """3 s of 640x360 test pattern: the chain's input."""
     clip = os.path.join(work, "chain-input.mp4")
     if not os.path.exists(clip):
         sh(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25:duration=3",
             "-c:v", "libx264", "-preset", "ultrafast", "-g", "25", clip])
+    return clip
+
+
+def chain(args, work, profiles, start_delay):
+    profiles = with_start_delay(profiles, work, start_delay)
+    tag = f"start{start_delay:g}"
+    clip = chain_clip(work)
     with open(os.path.join(HERE, "chain.yaml")) as f:
         template = f.read()
     results = {}
@@ -155,7 +164,7 @@ def chain(args, work, profiles, start_delay):
 
 def durable_stream(args, work, profiles, start_delay):
     profiles = with_start_delay(profiles, work, start_delay)
-    clip = os.path.join(work, "chain-input.mp4")
+    clip = chain_clip(work)
     with open(os.path.join(HERE, "chain.yaml")) as f:
         template = f.read()
     wf = os.path.join(work, "chain-auto.yaml")
@@ -179,6 +188,58 @@ def durable_stream(args, work, profiles, start_delay):
             "runs6OnMedianColdStarts": statistics.median(r["coldStarts"] for r in rest) if rest else None,
             "runs6OnMedianWaitedSeconds": statistics.median(r["waitedSeconds"] for r in rest) if rest else None,
             "runs6OnMedianTotalSeconds": statistics.median(r["totalSeconds"] for r in rest) if rest else None}
+
+
+def store_traffic(store, record):
+    """Bytes the run wrote to its store (every file but vflow's JSON records) and read
+    from it (inputs of invocations that came from the store, not from a fused step)."""
+    written = 0
+    for root, _, files in os.walk(store):
+        for name in files:
+            if not name.startswith("_vflow-"):
+                written += os.path.getsize(os.path.join(root, name))
+    read = sum(a.get("bytesIn", 0) for u in record["units"] for a in u["attempts"]
+               if "-fused-" not in a.get("instance", ""))
+    return written, read
+
+
+def fusion(args, work, profiles, start_delay):
+    profiles = with_start_delay(profiles, work, start_delay)
+    clip = chain_clip(work)
+    with open(os.path.join(HERE, "chain.yaml")) as f:
+        template = f.read()
+    results = {}
+    for policy in ["Disabled", "Auto"]:
+        wf = os.path.join(work, f"chain-fusion-{policy}.yaml")
+        with open(wf, "w") as f:
+            f.write(template.replace("fusion: Disabled", f"fusion: {policy}"))
+        learned = os.path.join(work, f"fusion-profiles-{policy}")
+        shutil.rmtree(learned, ignore_errors=True)
+        os.makedirs(learned)
+        shutil.copy(profiles, os.path.join(learned, "profiles.yaml"))
+        # One calibration run: the plan then comes from this machine's own figures.
+        vflow_run(args.vflow, wf, clip, learned, os.path.join(work, f"store-fusion-calibrate-{policy}"))
+        totals, colds, written, read, fused = [], [], [], [], set()
+        for i in range(args.repeats):
+            store = os.path.join(work, f"store-fusion-{policy}-{i}")
+            shutil.rmtree(store, ignore_errors=True)
+            _, report = vflow_run(args.vflow, wf, clip, learned, store)
+            run_dir = os.path.dirname(os.path.dirname(os.path.dirname(
+                report["outputs"][0].removeprefix("file://"))))
+            with open(os.path.join(run_dir, "_vflow-run.json")) as f:
+                record = json.load(f)
+            w, r = store_traffic(store, record)
+            totals.append(report["totalSeconds"])
+            colds.append(report["coldStarts"])
+            written.append(w)
+            read.append(r)
+            fused |= {u["stage"] for u in record["units"]
+                      if any("-fused-" in a.get("instance", "") for a in u["attempts"])}
+        results[policy] = {"totalSecondsMedian": statistics.median(totals), "coldStarts": colds,
+                           "bytesWrittenMedian": statistics.median(written),
+                           "bytesReadMedian": statistics.median(read),
+                           "stagesRunFused": sorted(fused)}
+    return results
 
 
 def main():
@@ -213,6 +274,7 @@ def main():
     results["chain"] = chain(args, work, profiles, 0)
     results["chainEmulatedStart"] = chain(args, work, profiles, args.start_delay)
     results["durableStream"] = durable_stream(args, work, profiles, args.start_delay)
+    results["fusion"] = fusion(args, work, profiles, args.start_delay)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     lines = ["# vflow local mode benchmark", "",
@@ -268,6 +330,19 @@ def main():
               f"| run 1 (no rate yet) | {d['firstRun']['coldStarts']} | {d['firstRun']['waitedSeconds']:.2f} s | {d['firstRun']['totalSeconds']:.2f} s |",
               f"| runs 6 to {args.stream_runs}, median | {d['runs6OnMedianColdStarts']} | {d['runs6OnMedianWaitedSeconds']:.2f} s | {d['runs6OnMedianTotalSeconds']:.2f} s |",
               "", "Per run (cold starts): " + ", ".join(str(r["coldStarts"]) for r in d["runs"]), ""]
+    fz = results["fusion"]
+    lines += ["## Fusion", "",
+              f"The chain with `fusion: Disabled` and with `fusion: Auto`, prewarm JustInTime, "
+              f"{args.start_delay:g} s instance starts, after one calibration run each; median of "
+              f"{args.repeats} runs, each a new `vflow run`. Bytes through the store: files the run "
+              "wrote (vflow's JSON records aside) and inputs read by invocations that were not a fused step.", "",
+              "| fusion | stages run fused | end-to-end | cold starts | bytes written | bytes read |",
+              "|---|---|---|---|---|---|"]
+    for policy in ["Disabled", "Auto"]:
+        r = fz[policy]
+        lines.append(f"| {policy} | {', '.join(r['stagesRunFused']) or 'none'} | {r['totalSecondsMedian']:.2f} s "
+                     f"| {r['coldStarts']} | {r['bytesWrittenMedian'] / 1e6:.2f} MB | {r['bytesReadMedian'] / 1e6:.2f} MB |")
+    lines.append("")
     with open(os.path.join(args.out, "REPORT.md"), "w") as f:
         f.write("\n".join(lines))
     print("\n".join(lines))

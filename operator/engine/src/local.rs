@@ -44,6 +44,20 @@ struct RuntimeSpec<'a> {
     memory_limit_bytes: Option<u64>,
 }
 
+/// A runtime process that listens (it may still be warming up).
+struct Started {
+    child: Child,
+    url: String,
+    log: PathBuf,
+    stage: String,
+}
+
+async fn kill_all(started: Vec<Started>) {
+    for mut s in started {
+        let _ = s.child.kill().await;
+    }
+}
+
 struct Instance {
     id: u64,
     /// The stage's runtime, and those of the stages fused after it.
@@ -198,7 +212,11 @@ impl LocalBackend {
         });
         let chain: Vec<RuntimeSpec<'_>> = std::iter::once(head).chain(members).collect();
         self.cold_starts.fetch_add(1, Ordering::Relaxed);
-        let mut children = Vec::new();
+        // Each runtime needs the next one's port, which it has as soon as it listens
+        // (before its warm-up): start them last to first, then wait for all to be ready
+        // together, so a chain starts in about the time of its slowest runtime.
+        let deadline = Instant::now() + self.config.start_timeout;
+        let mut started: Vec<Started> = Vec::new();
         let mut next: Option<String> = None;
         for (k, spec) in chain.iter().enumerate().rev() {
             let name = if k == 0 {
@@ -206,22 +224,36 @@ impl LocalBackend {
             } else {
                 format!("{}-{id}-fused-{k}", target.stage)
             };
-            match self
-                .spawn_runtime(&dir, &name, spec, target.concurrency, next.as_deref())
-                .await
-            {
-                Ok((child, url)) => {
-                    children.push(child);
-                    next = Some(url);
+            let result = self
+                .spawn_runtime(
+                    &dir,
+                    &name,
+                    spec,
+                    target.concurrency,
+                    next.as_deref(),
+                    deadline,
+                )
+                .await;
+            match result {
+                Ok(s) => {
+                    next = Some(s.url.clone());
+                    started.push(s);
                 }
                 Err(e) => {
-                    for mut c in children {
-                        let _ = c.kill().await;
-                    }
+                    kill_all(started).await;
                     return Err(e);
                 }
             }
         }
+        // One after the other: they warm up at the same time, so this takes as long as
+        // the slowest.
+        for i in 0..started.len() {
+            if let Err(e) = self.wait_ready(&mut started[i], deadline).await {
+                kill_all(started).await;
+                return Err(e);
+            }
+        }
+        let children = started.into_iter().map(|s| s.child).collect();
         Ok(Arc::new(Instance {
             id,
             children: Mutex::new(children),
@@ -232,7 +264,7 @@ impl LocalBackend {
         }))
     }
 
-    /// Starts one `vflow-runtime serve` and waits until it is ready; its URL.
+    /// Starts one `vflow-runtime serve` and waits until it listens (not until ready).
     async fn spawn_runtime(
         &self,
         dir: &std::path::Path,
@@ -240,7 +272,8 @@ impl LocalBackend {
         spec: &RuntimeSpec<'_>,
         concurrency: u32,
         next: Option<&str>,
-    ) -> Result<(Child, String), BackendError> {
+        deadline: Instant,
+    ) -> Result<Started, BackendError> {
         let port_file = dir.join(format!("{name}.port"));
         let log = dir.join(format!("{name}.log"));
         let log_file = std::fs::File::create(&log)
@@ -297,8 +330,6 @@ impl LocalBackend {
                 self.config.runtime_program.display()
             ))
         })?;
-        let deadline = Instant::now() + self.config.start_timeout;
-        let mut url = None;
         loop {
             if let Ok(Some(status)) = child.try_wait() {
                 return Err(BackendError::Unavailable(format!(
@@ -307,22 +338,20 @@ impl LocalBackend {
                     log_tail(&log)
                 )));
             }
-            if url.is_none()
-                && let Ok(text) = tokio::fs::read_to_string(&port_file).await
+            if let Ok(text) = tokio::fs::read_to_string(&port_file).await
                 && let Ok(port) = text.trim().parse::<u16>()
             {
-                url = Some(format!("http://127.0.0.1:{port}"));
-            }
-            if let Some(url) = &url
-                && let Ok(r) = self.client.get(format!("{url}/readyz")).send().await
-                && r.status() == 200
-            {
-                break;
+                return Ok(Started {
+                    child,
+                    url: format!("http://127.0.0.1:{port}"),
+                    log,
+                    stage: spec.stage.to_string(),
+                });
             }
             if Instant::now() > deadline {
                 let _ = child.kill().await;
                 return Err(BackendError::Unavailable(format!(
-                    "the {} instance was not ready within {:?}: {}",
+                    "the {} instance did not listen within {:?}: {}",
                     spec.stage,
                     self.config.start_timeout,
                     log_tail(&log)
@@ -330,7 +359,33 @@ impl LocalBackend {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        Ok((child, url.unwrap_or_default()))
+    }
+
+    /// Waits until a started runtime answers /readyz with 200.
+    async fn wait_ready(&self, s: &mut Started, deadline: Instant) -> Result<(), BackendError> {
+        loop {
+            if let Ok(Some(status)) = s.child.try_wait() {
+                return Err(BackendError::Unavailable(format!(
+                    "the {} instance exited ({status}) before it was ready: {}",
+                    s.stage,
+                    log_tail(&s.log)
+                )));
+            }
+            if let Ok(r) = self.client.get(format!("{}/readyz", s.url)).send().await
+                && r.status() == 200
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(BackendError::Unavailable(format!(
+                    "the {} instance was not ready within {:?}: {}",
+                    s.stage,
+                    self.config.start_timeout,
+                    log_tail(&s.log)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// A free slot on a ready instance, starting one when the stage may grow.
