@@ -48,10 +48,10 @@ s3 -T "$videos/$run_clip" "$s3_url/videos/inputs/$run_clip" >/dev/null
 # (limits stay unset) and no GPU request (detect runs its CPU variant); thumbnails scales
 # to zero 30 s after its last invocation.
 step "applying the FunctionProfiles and the examples (CPU requests capped, no GPU)"
-cap_cpu thumbnails=30s manifests/examples/{profiles,thumbnails,transcode-ladder,detect}.yaml >"$work/examples.yaml"
+cap_cpu thumbnails=30s manifests/examples/{profiles,thumbnails,transcode-ladder,detect,vertical}.yaml >"$work/examples.yaml"
 "$vflow_cli" validate "$work/examples.yaml" || die "the kind variant of the examples is invalid"
 kubectl -n "$ns" apply -f "$work/examples.yaml"
-for wf in thumbnails transcode-ladder detect; do
+for wf in thumbnails transcode-ladder detect vertical; do
 	kubectl -n "$ns" wait "videoworkflow/$wf" --for=condition=Ready --timeout=180s
 done
 
@@ -117,6 +117,69 @@ kubectl apply -f e2e/kind/run.yaml
 wait_run e2e-thumbnails
 check_outputs e2e-thumbnails
 show_status e2e-thumbnails
+
+# A fused chain on real pods: the vertical example's plan fuses crop -> scale, the
+# operator runs both in one pod (two runtime containers, two images), and a run goes
+# through it as one invocation per segment; the cropped segments never reach the bucket.
+# (Early, before the ladder teaches the scale profile its 1080p times.)
+step "vertical: crop -> scale fused into one pod"
+fused_with="$(kubectl -n "$ns" get videoworkflow vertical -o jsonpath='{.status.stages[?(@.name=="scale")].fusedWith}')"
+[[ $fused_with == crop ]] ||
+	die "the vertical plan does not fuse scale into crop (fusedWith '$fused_with'): $(kubectl -n "$ns" get videoworkflow vertical -o jsonpath='{.status.stages[?(@.name=="scale")].reason}')"
+containers="$(kubectl -n "$ns" get deployment vertical-crop -o jsonpath='{range .spec.template.spec.containers[*]}{.name}={.image} {end}')"
+echo "vertical-crop: $containers"
+[[ $containers == "function=ghcr.io/vflow/fn-crop:0.1.0 fused-1=ghcr.io/vflow/fn-scale:0.1.0 metrics="* ]] ||
+	die "vertical-crop's containers are '$containers'"
+if kubectl -n "$ns" get deployment vertical-scale >/dev/null 2>&1; then die "scale has a Deployment of its own"; fi
+kubectl -n "$ns" create -f - <<EOF
+apiVersion: vflow.io/v1alpha1
+kind: VideoWorkflowRun
+metadata: {name: e2e-vertical}
+spec:
+  workflowRef: {name: vertical}
+  input: s3://videos/inputs/$run_clip
+EOF
+wait_run e2e-vertical
+show_status e2e-vertical
+s3 -o "$work/vertical-record.json" "$s3_url/videos/outputs/vertical/e2e-vertical/_vflow-run.json"
+s3 "$s3_url/videos?list-type=2&prefix=outputs/vertical/e2e-vertical/crop/" >"$work/vertical-crop-keys.xml"
+"$PYENV/bin/python" - "$work/vertical-record.json" "$work/vertical-crop-keys.xml" <<'EOF' || die "the vertical run did not go through the fused pod (above)"
+import json, re, sys
+units = json.load(open(sys.argv[1]))["units"]
+keys = re.findall(r"<Key>([^<]+)</Key>", open(sys.argv[2]).read())
+crop = {u.get("segment"): u for u in units if u["stage"] == "crop"}
+scale = {u.get("segment"): u for u in units if u["stage"] == "scale"}
+problems = []
+if not crop or set(crop) != set(scale):
+    problems.append(f"crop ran on segments {sorted(crop)}, scale on {sorted(scale)}")
+for seg, c in sorted(crop.items()):
+    ran_c = [a for a in c["attempts"] if not a.get("error")]
+    ran_s = [a for a in scale.get(seg, {}).get("attempts", []) if not a.get("error")]
+    if c.get("outputs"):
+        problems.append(f"crop segment {seg} stored outputs {c['outputs']}")
+    if len(ran_c) != 1 or len(ran_s) != 1 or ran_s[0].get("instance") != ran_c[0].get("instance") \
+            or not ran_c[0].get("instance", "").startswith("vertical-crop-"):
+        problems.append(f"segment {seg}: crop ran on {[a.get('instance') for a in ran_c]}, "
+                        f"scale on {[a.get('instance') for a in ran_s]}: not one invocation in one crop pod")
+stored = [k for k in keys if not k.endswith("_vflow-complete.json")]
+if stored or not keys:
+    problems.append(f"under crop/ the bucket has {keys}: want only the chains' completion records")
+print(f"vertical: {len(crop)} segments, each one invocation of a crop pod running crop then scale; "
+      f"{len(keys)} completion records under crop/ and no cropped segment")
+for p in problems:
+    print(f"e2e-kind: {p}", file=sys.stderr)
+sys.exit(1 if problems else 0)
+EOF
+vertical_out="$(kubectl -n "$ns" get videoworkflowrun e2e-vertical -o jsonpath='{.status.outputs[0].uri}')"
+[[ $vertical_out == s3://videos/* ]] || die "the vertical run lists no output"
+s3 -o "$work/out/vertical.mp4" "$s3_url/videos/${vertical_out#s3://videos/}"
+vprobe="$(ffprobe -v error -select_streams v:0 -count_packets -show_entries stream=width,height,nb_read_packets -of csv=p=0 "$work/out/vertical.mp4")"
+echo "vertical output: $vprobe"
+IFS=, read -r vwidth vheight vframes <<<"$vprobe"
+[[ $vwidth == 360 && $vheight == 640 ]] || die "the vertical output is ${vwidth}x$vheight, want 360x640"
+vinput="$(ffprobe -v error -select_streams v:0 -count_packets -show_entries stream=nb_read_packets -of csv=p=0 "$videos/$run_clip")"
+python3 -c 'import sys; a, b = map(float, sys.argv[1:]); sys.exit(abs(a - b) > 0.02 * b)' "$vframes" "$vinput" ||
+	die "the vertical output has $vframes frames, the input $vinput"
 
 # Scale to zero: every stage of thumbnails at zero replicas and no pod left, once
 # scaleToZeroAfter has passed since the last invocation.
