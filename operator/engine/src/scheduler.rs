@@ -85,8 +85,8 @@ impl<'a> Scheduler<'a> {
     ) -> Self {
         let mut targets: Vec<StageTarget> = (0..graph.stages.len()).map(target).collect();
         let mut carried_by = vec![None; graph.stages.len()];
-        for head in 0..targets.len() {
-            let members: Option<Vec<usize>> = targets[head]
+        for (head, target) in targets.iter_mut().enumerate() {
+            let members: Option<Vec<usize>> = target
                 .fused
                 .iter()
                 .map(|m| graph.stage_index(&m.stage))
@@ -98,10 +98,10 @@ impl<'a> Scheduler<'a> {
                     }
                 }
                 _ => {
-                    if !targets[head].fused.is_empty() {
+                    if !target.fused.is_empty() {
                         tracing::warn!(stage = %graph.stages[head].name, "the plan's fused chain does not fit the workflow; its stages run on their own");
                     }
-                    targets[head].fused.clear();
+                    target.fused.clear();
                 }
             }
         }
