@@ -311,6 +311,15 @@ pub struct FunctionProfileStatus {
     /// GPU utilisation while running, from 0 to 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_utilization: Option<Distribution>,
+    /// The function's CPU and memory over one run, in equal slices of its time,
+    /// averaged over the invocations observed: where the use changes by a large
+    /// factor is a phase boundary, a candidate to split the function at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_profile: Option<UsageProfile>,
+    /// The planner's reading of `usageProfile`: a split candidate with its numbers, or
+    /// why there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<String>,
     /// Bytes written per byte read, averaged over the window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_input_ratio: Option<f64>,
@@ -323,6 +332,20 @@ pub struct FunctionProfileStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// Mean CPU and memory per slice of an invocation's time.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageProfile {
+    /// Invocations averaged.
+    pub invocations: u64,
+    /// Mean execution time of those invocations, in seconds.
+    pub seconds: f64,
+    /// Cores used in each slice.
+    pub cpu_cores: Vec<f64>,
+    /// Largest resident memory in each slice, in bytes.
+    pub memory_bytes: Vec<f64>,
 }
 
 /// Invocations submitted in one bucket of [`INVOCATION_BUCKET_SECONDS`].

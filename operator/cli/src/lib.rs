@@ -3,6 +3,7 @@
 pub mod logs_cmd;
 pub mod manifests;
 pub mod plan_cmd;
+pub mod profile_cmd;
 pub mod run_cmd;
 pub mod sim_cmd;
 pub mod status_cmd;

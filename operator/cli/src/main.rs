@@ -71,6 +71,26 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Profile one function on one input on this machine, end to end: wall time, CPU
+    /// and memory over time, bytes in and out, and where its use changes (split
+    /// points). The measurement goes into the function's learned FunctionProfile (as
+    /// `vflow run` learns), so `vflow plan` and `vflow run` use it.
+    Profile {
+        /// The FunctionProfile's name, e.g. scale.
+        function: String,
+        /// The input: a file or s3://bucket/key.
+        #[arg(long)]
+        input: String,
+        /// FunctionProfile YAML: directories or files.
+        #[arg(long = "profiles", value_name = "DIR|FILE", required = true)]
+        profiles: Vec<PathBuf>,
+        /// A parameter of the function, name=value (repeatable), e.g. --param height=480.
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
+        /// Where the outputs go (default .vflow/store).
+        #[arg(long, value_name = "DIR|s3://...")]
+        store: Option<String>,
+    },
     /// Simulate a cluster running the planner against its baselines (deterministic for
     /// a seed): makespan, p50 and p95 latency, cold starts, idle instance-seconds, cost.
     Sim {
@@ -198,6 +218,38 @@ fn main() -> ExitCode {
                 }
             };
             match runtime.block_on(vflow_cli::run_cmd::run(args)) {
+                Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+                Err(e) => {
+                    eprintln!("{}", e.message);
+                    ExitCode::from(e.code)
+                }
+            }
+        }
+        Command::Profile {
+            function,
+            input,
+            profiles,
+            params,
+            store,
+        } => {
+            let args = vflow_cli::profile_cmd::ProfileArgs {
+                function,
+                input,
+                profiles,
+                params,
+                store,
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("vflow: cannot start the async runtime: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match runtime.block_on(vflow_cli::profile_cmd::profile(args)) {
                 Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
                 Err(e) => {
                     eprintln!("{}", e.message);

@@ -118,12 +118,26 @@ pub fn run(
     if !problems.is_empty() {
         return fail(1, problems);
     }
+    // What local runs and `vflow profile` measured, as `vflow run` plans from it.
+    let learned = crate::run_cmd::state_dir()
+        .map(|state| crate::run_cmd::learned_dir_for(profile_paths, &state))
+        .map_err(|e| e.to_string())
+        .and_then(|dir| {
+            crate::run_cmd::apply_learned(&mut profiles, &dir).map(|names| (dir, names))
+        });
+    let learned_note = match learned {
+        Ok((dir, names)) if !names.is_empty() => {
+            format!("(observed: {} from {})\n", names.join(", "), dir.display())
+        }
+        Ok(_) => String::new(),
+        Err(e) => return fail(2, vec![format!("learned profiles: {e}")]),
+    };
     match plan_workflow(workflow, &profiles, &cfg) {
         Ok(plan) => Outcome {
             stdout: if json {
                 serde_json::to_string_pretty(&plan).unwrap_or_default() + "\n"
             } else {
-                render(&plan)
+                learned_note + &render(&plan)
             },
             stderr: Vec::new(),
             code: 0,

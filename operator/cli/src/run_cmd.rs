@@ -53,10 +53,49 @@ fn yaml_files(path: &Path) -> Result<Vec<PathBuf>, RunError> {
 /// Where learned profiles are kept: `<dir>/learned/` when `--profiles` is one directory,
 /// else under the store's directory.
 fn learned_dir(args: &RunArgs, state_dir: &Path) -> PathBuf {
-    match args.profiles.as_slice() {
+    learned_dir_for(&args.profiles, state_dir)
+}
+
+/// Where the local mode keeps its state (store, reports, learned profiles):
+/// `VFLOW_STATE_DIR`, else `.vflow` in the working directory.
+pub fn state_dir() -> std::io::Result<PathBuf> {
+    let dir = std::env::var_os("VFLOW_STATE_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(".vflow"));
+    std::path::absolute(dir)
+}
+
+/// [`learned_dir`] for these `--profiles` paths (`vflow plan` reads the same).
+pub fn learned_dir_for(profiles: &[PathBuf], state_dir: &Path) -> PathBuf {
+    match profiles {
         [one] if one.is_dir() => one.join("learned"),
         _ => state_dir.join("learned-profiles"),
     }
+}
+
+/// What earlier local runs learned, into `profiles`: the status only, the spec stays
+/// the user's. The names of the profiles that got one.
+pub fn apply_learned(
+    profiles: &mut BTreeMap<String, FunctionProfile>,
+    learned: &Path,
+) -> Result<Vec<String>, String> {
+    let mut applied = Vec::new();
+    if !learned.is_dir() {
+        return Ok(applied);
+    }
+    for file in crate::manifests::yaml_files(learned).map_err(|e| e.to_string())? {
+        for doc in load_file(&file).map_err(|e| e.to_string())? {
+            if let Some(Object::Profile(p)) = doc.object
+                && let Some(name) = &p.metadata.name
+                && let Some(current) = profiles.get_mut(name)
+            {
+                current.status = p.status.clone();
+                applied.push(name.clone());
+            }
+        }
+    }
+    Ok(applied)
 }
 
 /// What earlier local runs of `workflow` said about its conditional stages.
@@ -110,19 +149,7 @@ fn load(args: &RunArgs, learned: &Path) -> Result<Loaded, RunError> {
             }
         }
     }
-    // What earlier local runs learned: the status only; the spec stays the user's.
-    if learned.is_dir() {
-        for file in yaml_files(learned)? {
-            for doc in load_file(&file).map_err(|e| bad(e.to_string()))? {
-                if let Some(Object::Profile(p)) = doc.object
-                    && let Some(name) = &p.metadata.name
-                    && let Some(current) = profiles.get_mut(name)
-                {
-                    current.status = p.status.clone();
-                }
-            }
-        }
-    }
+    apply_learned(&mut profiles, learned).map_err(bad)?;
     let workflow = match workflows.len() {
         1 => workflows.remove(0),
         n => {
@@ -251,7 +278,7 @@ fn progress_line(graph: &RunGraph, record: &RunRecord) -> String {
 }
 
 pub async fn run(args: RunArgs) -> Result<i32, RunError> {
-    let state_dir = std::path::absolute(".vflow").map_err(|e| bad(e.to_string()))?;
+    let state_dir = state_dir().map_err(|e| bad(e.to_string()))?;
     let learned = learned_dir(&args, &state_dir);
     let Loaded {
         workflow,

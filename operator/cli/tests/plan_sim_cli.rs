@@ -7,9 +7,12 @@ fn repo() -> PathBuf {
 }
 
 fn vflow(args: &[&str]) -> (i32, String, String) {
+    // Its own state: what `make demo` or other runs learned does not change the plans.
+    let state = tempfile::tempdir().expect("tempdir");
     let out = Command::new(env!("CARGO_BIN_EXE_vflow"))
         .args(args)
         .current_dir(repo())
+        .env("VFLOW_STATE_DIR", state.path())
         .output()
         .expect("vflow runs");
     (

@@ -839,3 +839,92 @@ fn vertical_example_runs_crop_and_scale_fused_in_one_instance() {
     }
     assert_eq!(media_under(&unfused_dir.join("crop")), crops.len());
 }
+
+/// `vflow profile`: one function end to end on this machine, its use over time printed
+/// and learned into its profile, which `vflow plan` then reads (the split reasoning).
+#[test]
+fn profiling_a_function_prints_its_use_over_time_and_the_plan_reads_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = pattern(dir.path(), 6);
+    let profiles = example("profiles.yaml");
+    let out = vflow(
+        dir.path(),
+        &[
+            "profile",
+            "scale",
+            "--input",
+            &input.to_string_lossy(),
+            "--profiles",
+            &profiles,
+            "--param",
+            "height=240",
+        ],
+    )
+    .output()
+    .expect("run vflow profile");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "wall ",
+        "CPU ",
+        "peak memory",
+        "bytes in ",
+        "over time",
+        "split: ",
+    ] {
+        assert!(stdout.contains(needle), "no {needle:?} in:\n{stdout}");
+    }
+    let rows = stdout
+        .lines()
+        .skip_while(|l| !l.contains("from s   cores"))
+        .skip(1)
+        .take_while(|l| !l.trim_start().starts_with("split:"))
+        .count();
+    assert_eq!(rows, 10, "ten slices of the run:\n{stdout}");
+
+    let learned = dir.path().join(".vflow/learned-profiles/scale.yaml");
+    let text = std::fs::read_to_string(&learned).expect("the learned profile");
+    let profile: vflow_api::FunctionProfile = serde_saphyr::from_str(
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n")
+            .as_str(),
+    )
+    .expect("learned profile parses");
+    let status = profile.status.expect("status");
+    let usage = status.usage_profile.expect("usage profile");
+    assert_eq!(usage.invocations, 1);
+    assert_eq!(usage.cpu_cores.len(), 10);
+    assert!(usage.memory_bytes.iter().all(|m| *m > 1e6), "{usage:?}");
+    assert!(
+        status
+            .split
+            .as_deref()
+            .is_some_and(|s| s.contains("of the run")),
+        "{:?}",
+        status.split
+    );
+
+    let plan = vflow(
+        dir.path(),
+        &[
+            "plan",
+            &example("transcode-ladder.yaml"),
+            "--profiles",
+            &profiles,
+        ],
+    )
+    .output()
+    .expect("vflow plan");
+    let plan = String::from_utf8_lossy(&plan.stdout).into_owned();
+    assert!(plan.starts_with("(observed: scale from "), "{plan}");
+    assert!(
+        plan.contains("(from 1 invocations' usage profile)"),
+        "{plan}"
+    );
+}

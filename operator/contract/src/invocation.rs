@@ -96,10 +96,26 @@ pub struct InvokeResponse {
     pub cold_start_seconds: Option<f64>,
     pub exit: Exit,
     pub instance: String,
+    /// The function's CPU and memory over its run, in equal slices of its time (at
+    /// most [`USAGE_SLICES`]): where its use changes is where it could be split.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub usage: Vec<UsageSlice>,
     /// The fused steps after this one (`InvokeRequest::then`), in order; this
     /// response's own fields are the first step's, which uploaded nothing.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chained: Vec<InvokeResponse>,
+}
+
+/// Slices of a function's run in [`InvokeResponse::usage`].
+pub const USAGE_SLICES: usize = 10;
+
+/// One slice of a function's run: the cores its processes used on average and the
+/// most resident memory they held.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageSlice {
+    pub cpu_cores: f64,
+    pub rss_bytes: u64,
 }
 
 /// Which step an invocation failed in.

@@ -155,5 +155,6 @@ fn attempt_from(
         reused: false,
         oom_killed: false,
         learned: false,
+        usage: r.usage.clone(),
     }
 }

@@ -113,10 +113,50 @@ pub fn fold_run(
     }
 }
 
+/// The invocations' usage slices into the profile's mean usage profile (slices of
+/// equal shares of each run, so runs of different lengths line up), and the
+/// planner's reading of it.
+fn fold_usage(status: &mut FunctionProfileStatus, requested: (f64, f64), ok: &[&&Attempt]) {
+    use vflow_contract::invocation::USAGE_SLICES;
+    let full: Vec<&&&Attempt> = ok
+        .iter()
+        .filter(|a| a.usage.len() == USAGE_SLICES)
+        .collect();
+    if full.is_empty() {
+        return;
+    }
+    let mut profile = status.usage_profile.take().unwrap_or_default();
+    if profile.cpu_cores.len() != USAGE_SLICES || profile.memory_bytes.len() != USAGE_SLICES {
+        profile = vflow_api::UsageProfile {
+            cpu_cores: vec![0.0; USAGE_SLICES],
+            memory_bytes: vec![0.0; USAGE_SLICES],
+            ..Default::default()
+        };
+    }
+    for a in full {
+        // A running mean over the last 100 at most: recent runs count more.
+        let n = (profile.invocations.min(99) + 1) as f64;
+        for (i, slice) in a.usage.iter().enumerate() {
+            profile.cpu_cores[i] += (slice.cpu_cores - profile.cpu_cores[i]) / n;
+            profile.memory_bytes[i] += (slice.rss_bytes as f64 - profile.memory_bytes[i]) / n;
+        }
+        profile.seconds += (a.function_seconds - profile.seconds) / n;
+        profile.invocations += 1;
+    }
+    status.split =
+        Some(vflow_planner::split::read_usage(&profile, requested.0, requested.1).describe());
+    status.usage_profile = Some(profile);
+}
+
 pub fn fold(profile: &mut FunctionProfile, attempts: &[&Attempt]) {
     if attempts.is_empty() {
         return;
     }
+    let resources = &profile.spec.resources;
+    let requested = (
+        resources.cpu.value().unwrap_or(0.0),
+        resources.memory.value().unwrap_or(0.0),
+    );
     let status = profile
         .status
         .get_or_insert_with(FunctionProfileStatus::default);
@@ -146,6 +186,7 @@ pub fn fold(profile: &mut FunctionProfile, attempts: &[&Attempt]) {
     if bytes_in > 0 {
         status.output_input_ratio = Some(bytes_out as f64 / bytes_in as f64);
     }
+    fold_usage(status, requested, &ok);
     status.invocations += attempts.len() as u64;
     status.failures += (attempts.len() - ok.len()) as u64;
     status.oom_kills += attempts.iter().filter(|a| a.oom_killed).count() as u64;
@@ -526,6 +567,40 @@ mod scrape_tests {
         fold(&mut p, &[&killed, &Attempt::default()]);
         let s = p.status.unwrap_or_default();
         assert_eq!((s.invocations, s.failures, s.oom_kills), (2, 1, 1));
+    }
+
+    #[test]
+    fn usage_slices_fold_into_a_mean_usage_profile_and_its_split_reading() {
+        use vflow_contract::invocation::UsageSlice;
+        let mut p = profile();
+        let run = |idle: f64| Attempt {
+            function_seconds: 10.0,
+            // 30% waiting (a download, a model load), then the requested core busy.
+            usage: (0..10)
+                .map(|i| UsageSlice {
+                    cpu_cores: if i < 3 { idle } else { 0.95 },
+                    rss_bytes: 100 << 20,
+                })
+                .collect(),
+            ..Default::default()
+        };
+        // A failed attempt and one without slices (an old runtime) do not count.
+        let failed = Attempt {
+            error: Some("boom".into()),
+            ..run(0.0)
+        };
+        fold(
+            &mut p,
+            &[&run(0.02), &run(0.04), &failed, &Attempt::default()],
+        );
+        let s = p.status.unwrap_or_default();
+        let u = s.usage_profile.expect("usage profile");
+        assert_eq!(u.invocations, 2);
+        assert!((u.cpu_cores[0] - 0.03).abs() < 1e-9, "{u:?}");
+        assert!((u.cpu_cores[9] - 0.95).abs() < 1e-9);
+        assert!((u.seconds - 10.0).abs() < 1e-9);
+        let split = s.split.expect("split reading");
+        assert!(split.starts_with("split candidate: phase 0-30%"), "{split}");
     }
 
     #[test]

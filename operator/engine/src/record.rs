@@ -56,6 +56,9 @@ pub struct Attempt {
     /// once, whichever session ran it).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub learned: bool,
+    /// The function's CPU and memory over its run (the runtime's slices).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub usage: Vec<vflow_contract::invocation::UsageSlice>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

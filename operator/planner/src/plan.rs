@@ -385,6 +385,25 @@ pub fn plan_workflow(
                 text: text.clone(),
             });
         }
+        // Split points from the function's measured usage over its runs.
+        let usage = profiles
+            .get(&stage.function)
+            .and_then(|p| p.status.as_ref())
+            .and_then(|s| s.usage_profile.as_ref());
+        reasons.push(Reason {
+            topic: "split",
+            text: match usage {
+                Some(u) => format!(
+                    "{} (from {} invocations' usage profile)",
+                    crate::split::read_usage(u, size.cpu_cores, size.memory_bytes).describe(),
+                    u.invocations
+                ),
+                None => {
+                    "no usage profile measured yet (`vflow run` or `vflow profile` records one)"
+                        .into()
+                }
+            },
+        });
         let pos = path_stages.iter().position(|p| p.stage == stage.name);
         let action = prewarm.iter().find(|a| a.stage == stage.name);
         let prewarm_text = match (pos, action) {

@@ -145,9 +145,237 @@ pub fn candidates(
     out
 }
 
+/// A change between two neighbouring slices of a usage profile.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Boundary {
+    /// Share of the run where it falls (0 to 1).
+    pub at: f64,
+    /// CPU after / before (above 1: more).
+    pub cpu_factor: f64,
+    pub memory_factor: f64,
+}
+
+/// A usage profile read as phases.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageReading {
+    pub phases: Vec<PhaseUse>,
+    pub boundaries: Vec<Boundary>,
+    pub requested_cpu: f64,
+    pub split: Option<Suggestion>,
+}
+
+/// CPU below this is "idle" whatever the factor (noise at zero is not a phase).
+const CPU_FLOOR: f64 = 0.05;
+/// Use that changes by this factor or more between slices starts a new phase.
+pub const PHASE_FACTOR: f64 = 3.0;
+
+fn factor(before: f64, after: f64, floor: f64) -> f64 {
+    after.max(floor) / before.max(floor)
+}
+
+/// Phases of a usage profile (`cpu_cores` and `memory_bytes` per equal slice of a run
+/// of `seconds`): a new phase starts where CPU or memory changes by [`PHASE_FACTOR`]
+/// against the phase so far. Then the split rule of [`candidates`] against the request.
+pub fn read_usage(
+    profile: &vflow_api::UsageProfile,
+    requested_cpu: f64,
+    requested_memory_bytes: f64,
+) -> UsageReading {
+    let n = profile.cpu_cores.len().min(profile.memory_bytes.len());
+    let mut phases: Vec<(usize, usize)> = Vec::new();
+    let mut boundaries = Vec::new();
+    let mut start = 0usize;
+    for i in 1..n {
+        let mean = |v: &[f64]| v[start..i].iter().sum::<f64>() / (i - start) as f64;
+        let cpu = factor(mean(&profile.cpu_cores), profile.cpu_cores[i], CPU_FLOOR);
+        let mem = factor(mean(&profile.memory_bytes), profile.memory_bytes[i], 1e6);
+        let changes = |f: f64| f >= PHASE_FACTOR || f <= 1.0 / PHASE_FACTOR;
+        if changes(cpu) || changes(mem) {
+            phases.push((start, i));
+            boundaries.push(Boundary {
+                at: i as f64 / n as f64,
+                cpu_factor: cpu,
+                memory_factor: mem,
+            });
+            start = i;
+        }
+    }
+    if n > 0 {
+        phases.push((start, n));
+    }
+    let slice_seconds = if n > 0 {
+        profile.seconds / n as f64
+    } else {
+        0.0
+    };
+    let phases: Vec<PhaseUse> = phases
+        .into_iter()
+        .map(|(a, b)| {
+            let k = (b - a) as f64;
+            PhaseUse {
+                name: format!(
+                    "{:.0}-{:.0}%",
+                    a as f64 / n as f64 * 100.0,
+                    b as f64 / n as f64 * 100.0
+                ),
+                seconds: k * slice_seconds,
+                cpu_cores: profile.cpu_cores[a..b].iter().sum::<f64>() / k,
+                memory_bytes: profile.memory_bytes[a..b]
+                    .iter()
+                    .cloned()
+                    .fold(0.0, f64::max),
+                gpu_utilization: 0.0,
+            }
+        })
+        .collect();
+    let stage = StageUse {
+        stage: String::new(),
+        requested_cpu,
+        requested_memory_bytes,
+        used_cpu: 0.0,
+        used_memory_bytes: 0.0,
+        output_bytes: 0.0,
+        phases: phases.clone(),
+    };
+    let split = candidates(&[stage], &[], &SplitConfig::default())
+        .into_iter()
+        .next();
+    UsageReading {
+        phases,
+        boundaries,
+        requested_cpu,
+        split,
+    }
+}
+
+impl UsageReading {
+    /// One line with the numbers: the phases, and the split candidate or why none.
+    pub fn describe(&self) -> String {
+        let phases: Vec<String> = self
+            .phases
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} of the run ({:.1}s) at {:.2} cores, {:.0} MiB",
+                    p.name,
+                    p.seconds,
+                    p.cpu_cores,
+                    p.memory_bytes / (1024.0 * 1024.0)
+                )
+            })
+            .collect();
+        let cuts: Vec<String> = self
+            .boundaries
+            .iter()
+            .map(|b| {
+                format!(
+                    "at {:.0}% CPU x{:.1}, memory x{:.1}",
+                    b.at * 100.0,
+                    b.cpu_factor,
+                    b.memory_factor
+                )
+            })
+            .collect();
+        let verdict = match &self.split {
+            Some(Suggestion::Split { reason, .. }) => format!("split candidate: {reason}"),
+            _ if self.phases.len() < 2 => {
+                format!("no split: one phase (no change of {PHASE_FACTOR}x or more)")
+            }
+            _ => format!(
+                "no split: no phase idles under 30% of the {:.2} requested cores while another saturates",
+                self.requested_cpu
+            ),
+        };
+        if cuts.is_empty() {
+            format!("{verdict}; {}", phases.join("; "))
+        } else {
+            format!(
+                "{verdict}; phases {} (boundaries {})",
+                phases.join("; "),
+                cuts.join(", ")
+            )
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn usage(cpu: &[f64], memory_mib: &[f64], seconds: f64) -> vflow_api::UsageProfile {
+        vflow_api::UsageProfile {
+            invocations: 5,
+            seconds,
+            cpu_cores: cpu.to_vec(),
+            memory_bytes: memory_mib.iter().map(|m| m * 1048576.0).collect(),
+        }
+    }
+
+    #[test]
+    fn a_usage_profile_that_waits_then_saturates_is_a_split_candidate() {
+        // 30% of a 10 s run at 0.1 cores (a download, a model load), then 1.9 of 2 cores.
+        let u = usage(
+            &[0.1, 0.1, 0.1, 1.9, 1.9, 1.9, 1.9, 1.9, 1.9, 1.9],
+            &[80.0; 10],
+            10.0,
+        );
+        let r = read_usage(&u, 2.0, 1e9);
+        assert_eq!(r.phases.len(), 2, "{r:?}");
+        assert_eq!(r.phases[0].name, "0-30%");
+        assert!((r.phases[0].seconds - 3.0).abs() < 1e-9);
+        assert_eq!(r.boundaries.len(), 1);
+        assert!((r.boundaries[0].at - 0.3).abs() < 1e-9);
+        assert!((r.boundaries[0].cpu_factor - 19.0).abs() < 1e-6);
+        assert!(matches!(r.split, Some(Suggestion::Split { .. })), "{r:?}");
+        let text = r.describe();
+        assert!(
+            text.starts_with("split candidate: phase 0-30% uses 5%"),
+            "{text}"
+        );
+        assert!(text.contains("at 30% CPU x19.0"), "{text}");
+    }
+
+    #[test]
+    fn even_use_or_small_changes_are_one_phase_and_no_split() {
+        let u = usage(
+            &[1.0, 1.2, 0.9, 1.1, 1.0, 0.8, 1.3, 1.0, 1.0, 1.1],
+            &[200.0; 10],
+            4.0,
+        );
+        let r = read_usage(&u, 2.0, 1e9);
+        assert_eq!(r.phases.len(), 1);
+        assert!(r.split.is_none());
+        assert!(
+            r.describe().starts_with("no split: one phase"),
+            "{}",
+            r.describe()
+        );
+        // A change under 3x is no boundary.
+        let u = usage(
+            &[0.8, 0.8, 0.8, 1.9, 1.9, 1.9, 1.9, 1.9, 1.9, 1.9],
+            &[100.0; 10],
+            4.0,
+        );
+        let r = read_usage(&u, 2.0, 1e9);
+        assert_eq!(r.phases.len(), 1, "0.8 -> 1.9 is under 3x: {r:?}");
+        let u = usage(
+            &[0.6; 10],
+            &[
+                10.0, 10.0, 10.0, 10.0, 10.0, 400.0, 400.0, 400.0, 400.0, 400.0,
+            ],
+            4.0,
+        );
+        let r = read_usage(&u, 2.0, 1e9);
+        assert_eq!(r.phases.len(), 2, "memory x40: {r:?}");
+        assert!(r.split.is_none(), "{r:?}");
+        assert!(
+            r.describe().starts_with("no split: no phase idles"),
+            "{}",
+            r.describe()
+        );
+    }
 
     fn phase(name: &str, seconds: f64, cpu: f64, gpu: f64) -> PhaseUse {
         PhaseUse {

@@ -510,6 +510,7 @@ impl Executor {
             },
             exit: measured.exit,
             instance: self.instance.clone(),
+            usage: measured.usage.clone(),
             chained: Vec::new(),
         };
         let record = CompletionRecord {
@@ -666,6 +667,7 @@ impl Executor {
             },
             exit: measured.exit.clone(),
             instance: self.instance.clone(),
+            usage: measured.usage.clone(),
             chained,
         };
         let uploaded: Vec<OutputObject> = response

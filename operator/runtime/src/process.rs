@@ -16,6 +16,74 @@ use crate::proc_stats;
 use crate::tail::Tail;
 
 pub use vflow_contract::exit::Exit;
+use vflow_contract::invocation::{USAGE_SLICES, UsageSlice};
+
+/// One look at the tree: seconds since spawn, CPU seconds so far, summed RSS.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TreeSample {
+    pub at: f64,
+    pub cpu_seconds: f64,
+    pub rss_bytes: u64,
+}
+
+/// The samples of a run as `slices` equal slices of `wall`: the cores used in each
+/// (CPU seconds gained across the slice over its length, from the samples around its
+/// edges) and the largest RSS seen in it. `final_cpu` is the CPU total at the exit.
+pub fn usage_slices(
+    samples: &[TreeSample],
+    wall: f64,
+    final_cpu: f64,
+    slices: usize,
+) -> Vec<UsageSlice> {
+    if samples.is_empty() || wall <= 0.0 || slices == 0 {
+        return Vec::new();
+    }
+    // A run seen only a few times cannot be cut finer than its samples.
+    let slices = slices.min(samples.len()).max(1);
+    let mut points: Vec<(f64, f64)> = vec![(0.0, 0.0)];
+    points.extend(samples.iter().map(|s| (s.at, s.cpu_seconds)));
+    points.push((
+        wall,
+        final_cpu.max(samples.last().map_or(0.0, |s| s.cpu_seconds)),
+    ));
+    // CPU seconds at time t, linear between samples; never decreasing.
+    let cpu_at = |t: f64| -> f64 {
+        let mut best = 0.0f64;
+        for w in points.windows(2) {
+            let ((t0, c0), (t1, c1)) = (w[0], w[1]);
+            if t >= t0 && t <= t1 {
+                let f = if t1 > t0 { (t - t0) / (t1 - t0) } else { 1.0 };
+                return (c0 + f * (c1 - c0)).max(best);
+            }
+            best = best.max(c1);
+        }
+        best
+    };
+    let width = wall / slices as f64;
+    (0..slices)
+        .map(|i| {
+            let (from, to) = (i as f64 * width, (i + 1) as f64 * width);
+            let rss = samples
+                .iter()
+                .filter(|s| s.at >= from && s.at < to)
+                .map(|s| s.rss_bytes)
+                .max()
+                // A slice between two samples holds what the one before it saw.
+                .or_else(|| {
+                    samples
+                        .iter()
+                        .rev()
+                        .find(|s| s.at < from)
+                        .map(|s| s.rss_bytes)
+                })
+                .unwrap_or(0);
+            UsageSlice {
+                cpu_cores: ((cpu_at(to) - cpu_at(from)) / width).max(0.0),
+                rss_bytes: rss,
+            }
+        })
+        .collect()
+}
 
 #[derive(Debug, Clone)]
 pub struct Measured {
@@ -27,6 +95,8 @@ pub struct Measured {
     /// process's high-water mark, whichever is larger.
     pub peak_rss_bytes: u64,
     pub stderr_tail: String,
+    /// CPU and memory over the run, in up to `USAGE_SLICES` equal slices.
+    pub usage: Vec<UsageSlice>,
 }
 
 pub struct Spec<'a> {
@@ -111,6 +181,7 @@ pub fn run(spec: Spec<'_>) -> std::io::Result<Measured> {
 
     let mut peak_sum = 0u64;
     let mut peak_single = 0u64;
+    let mut samples: Vec<TreeSample> = Vec::new();
     let mut forced: Option<Exit> = None;
     // The summed RSS that broke the memory limit, for the stderr tail.
     let mut over_limit: Option<(u64, u64)> = None;
@@ -122,15 +193,28 @@ pub fn run(spec: Spec<'_>) -> std::io::Result<Measured> {
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
         let mut sum = 0;
+        let mut cpu = 0.0;
         for member in proc_stats::tree(pid) {
             if let Some(s) = proc_stats::sample(member) {
                 sum += s.rss_bytes;
+                cpu += s.cpu_seconds + s.children_cpu_seconds;
             }
             if let Some(hwm) = proc_stats::peak_rss(member) {
                 peak_single = peak_single.max(hwm);
             }
         }
         peak_sum = peak_sum.max(sum);
+        // Bounded: long runs keep every other sample once there are many.
+        if samples.len() >= 4096 {
+            let kept: Vec<TreeSample> = samples.iter().step_by(2).copied().collect();
+            samples = kept;
+        }
+        samples.push(TreeSample {
+            at: started.elapsed().as_secs_f64(),
+            // The tree only grows in CPU time (a reaped child moves into its parent).
+            cpu_seconds: samples.last().map_or(cpu, |l| l.cpu_seconds.max(cpu)),
+            rss_bytes: sum,
+        });
         if forced.is_none() {
             if spec.cancel.load(Ordering::Relaxed) {
                 forced = Some(Exit::Cancelled);
@@ -175,18 +259,67 @@ pub fn run(spec: Spec<'_>) -> std::io::Result<Measured> {
             mib(limit)
         ));
     }
+    let wall = exited_at.duration_since(started);
     Ok(Measured {
         exit,
-        wall: exited_at.duration_since(started),
+        wall,
         cpu_user_sys_seconds: cpu,
         peak_rss_bytes: peak_sum.max(peak_single),
         stderr_tail,
+        usage: usage_slices(&samples, wall.as_secs_f64(), cpu, USAGE_SLICES),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usage_slices_follow_the_cpu_and_memory_of_each_part_of_the_run() {
+        // Idle with 10 MB for 1 s, then 2 cores and 100 MB for 1 s.
+        let samples: Vec<TreeSample> = (1..20)
+            .map(|i| {
+                let at = i as f64 * 0.1;
+                TreeSample {
+                    at,
+                    cpu_seconds: if at <= 1.0 { 0.0 } else { (at - 1.0) * 2.0 },
+                    rss_bytes: if at <= 1.0 { 10_000_000 } else { 100_000_000 },
+                }
+            })
+            .collect();
+        let slices = usage_slices(&samples, 2.0, 2.0, 4);
+        assert_eq!(slices.len(), 4);
+        assert!(
+            slices[0].cpu_cores < 0.01 && slices[1].cpu_cores < 0.01,
+            "{slices:?}"
+        );
+        assert!((slices[2].cpu_cores - 2.0).abs() < 0.01, "{slices:?}");
+        assert!((slices[3].cpu_cores - 2.0).abs() < 0.01, "{slices:?}");
+        assert_eq!(slices[0].rss_bytes, 10_000_000);
+        assert_eq!(slices[3].rss_bytes, 100_000_000);
+        // Fewer samples than slices: no finer than the samples.
+        assert_eq!(usage_slices(&samples[..2], 2.0, 2.0, 10).len(), 2);
+        assert!(usage_slices(&[], 2.0, 2.0, 10).is_empty());
+    }
+
+    #[test]
+    fn a_run_that_waits_then_computes_shows_both_phases() {
+        let m = sh(
+            "sleep 0.8; i=0; while [ $i -lt 400000 ]; do i=$((i+1)); done",
+            Duration::from_secs(30),
+        );
+        assert!(m.exit.success());
+        let n = m.usage.len();
+        assert!(n >= 4, "{:?}", m.usage);
+        let wall = m.wall.as_secs_f64();
+        let first = m.usage[0].cpu_cores;
+        let last = m.usage[n - 1].cpu_cores;
+        assert!(
+            first < 0.2 && last > 0.5,
+            "sleeping then spinning over {wall:.2}s: {:?}",
+            m.usage
+        );
+    }
 
     fn sh(script: &str, timeout: Duration) -> Measured {
         sh_limited(script, timeout, None)
