@@ -311,6 +311,11 @@ pub struct FunctionProfileStatus {
     /// GPU utilisation while running, from 0 to 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_utilization: Option<Distribution>,
+    /// Mean execution time by packing degree (functions running at once on the
+    /// instance, rounded): E(P) measured, which packing decides from once there are
+    /// observations beyond P = 1.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exec_by_degree: Vec<DegreeTiming>,
     /// The function's CPU and memory over one run, in equal slices of its time,
     /// averaged over the invocations observed: where the use changes by a large
     /// factor is a phase boundary, a candidate to split the function at.
@@ -332,6 +337,15 @@ pub struct FunctionProfileStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// Execution time observed at one packing degree.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DegreeTiming {
+    pub degree: u32,
+    pub invocations: u64,
+    pub mean_seconds: f64,
 }
 
 /// Mean CPU and memory per slice of an invocation's time.

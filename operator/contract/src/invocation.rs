@@ -100,6 +100,10 @@ pub struct InvokeResponse {
     /// most [`USAGE_SLICES`]): where its use changes is where it could be split.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub usage: Vec<UsageSlice>,
+    /// Functions running on this instance at once, on average over this one's run
+    /// (itself included): the packing degree this run saw. 0: not measured.
+    #[serde(default)]
+    pub concurrency: f64,
     /// The fused steps after this one (`InvokeRequest::then`), in order; this
     /// response's own fields are the first step's, which uploaded nothing.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -156,5 +156,6 @@ fn attempt_from(
         oom_killed: false,
         learned: false,
         usage: r.usage.clone(),
+        concurrency: r.concurrency,
     }
 }

@@ -148,6 +148,37 @@ fn fold_usage(status: &mut FunctionProfileStatus, requested: (f64, f64), ok: &[&
     status.usage_profile = Some(profile);
 }
 
+/// Execution times by the packing degree each run saw (E(P) measured).
+fn fold_degrees(status: &mut FunctionProfileStatus, ok: &[&&Attempt]) {
+    for a in ok.iter().filter(|a| a.concurrency >= 1.0) {
+        let degree = a.concurrency.round().max(1.0) as u32;
+        let at = match status
+            .exec_by_degree
+            .iter()
+            .position(|d| d.degree == degree)
+        {
+            Some(at) => at,
+            None => {
+                status.exec_by_degree.push(vflow_api::DegreeTiming {
+                    degree,
+                    ..Default::default()
+                });
+                status.exec_by_degree.sort_by_key(|d| d.degree);
+                status
+                    .exec_by_degree
+                    .iter()
+                    .position(|d| d.degree == degree)
+                    .unwrap_or(0)
+            }
+        };
+        let d = &mut status.exec_by_degree[at];
+        // A running mean over the last 100 at most.
+        let n = (d.invocations.min(99) + 1) as f64;
+        d.mean_seconds += (a.function_seconds - d.mean_seconds) / n;
+        d.invocations += 1;
+    }
+}
+
 pub fn fold(profile: &mut FunctionProfile, attempts: &[&Attempt]) {
     if attempts.is_empty() {
         return;
@@ -187,6 +218,7 @@ pub fn fold(profile: &mut FunctionProfile, attempts: &[&Attempt]) {
         status.output_input_ratio = Some(bytes_out as f64 / bytes_in as f64);
     }
     fold_usage(status, requested, &ok);
+    fold_degrees(status, &ok);
     status.invocations += attempts.len() as u64;
     status.failures += (attempts.len() - ok.len()) as u64;
     status.oom_kills += attempts.iter().filter(|a| a.oom_killed).count() as u64;
@@ -601,6 +633,34 @@ mod scrape_tests {
         assert!((u.seconds - 10.0).abs() < 1e-9);
         let split = s.split.expect("split reading");
         assert!(split.starts_with("split candidate: phase 0-30%"), "{split}");
+    }
+
+    #[test]
+    fn execution_times_are_kept_by_the_packing_degree_each_run_saw() {
+        let mut p = profile();
+        let run = |concurrency: f64, seconds: f64| Attempt {
+            concurrency,
+            function_seconds: seconds,
+            ..Default::default()
+        };
+        fold(
+            &mut p,
+            &[
+                &run(1.0, 10.0),
+                &run(1.2, 12.0),
+                &run(3.8, 30.0),
+                &run(4.1, 34.0),
+                &run(0.0, 99.0),
+            ],
+        );
+        let by: Vec<(u32, u64, f64)> = p
+            .status
+            .unwrap_or_default()
+            .exec_by_degree
+            .iter()
+            .map(|d| (d.degree, d.invocations, d.mean_seconds))
+            .collect();
+        assert_eq!(by, [(1, 2, 11.0), (4, 2, 32.0)], "unmeasured runs left out");
     }
 
     #[test]

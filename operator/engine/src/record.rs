@@ -56,9 +56,17 @@ pub struct Attempt {
     /// once, whichever session ran it).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub learned: bool,
+    /// Functions running on the instance at once, on average over this run (0: not
+    /// measured).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub concurrency: f64,
     /// The function's CPU and memory over its run (the runtime's slices).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub usage: Vec<vflow_contract::invocation::UsageSlice>,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

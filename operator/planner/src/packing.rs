@@ -136,6 +136,8 @@ pub struct PackingInput {
     pub scaling: ScalingModel,
     /// Price of one instance for one second.
     pub price_per_instance_second: f64,
+    /// What each invocation beyond the first adds to it (its memory).
+    pub price_per_extra_invocation_second: f64,
     /// Largest P considered.
     pub max_degree: u32,
     /// Instances already warm.
@@ -193,7 +195,9 @@ pub fn evaluate(input: &PackingInput, degree: u32) -> PackingOption {
     let started = instances.min(cap).saturating_sub(input.warm_instances);
     let e = input.curve.at(p);
     let time = f64::from(waves) * e + input.scaling.seconds(started);
-    let cost = e * f64::from(instances) * input.price_per_instance_second;
+    let price = input.price_per_instance_second
+        + f64::from(p - 1) * input.price_per_extra_invocation_second;
+    let cost = e * f64::from(instances) * price;
     PackingOption {
         degree: p,
         instances,
@@ -285,6 +289,7 @@ mod tests {
                 per_instance_seconds: 0.046,
             },
             price_per_instance_second: 1.0,
+            price_per_extra_invocation_second: 0.0,
             max_degree: 8,
             warm_instances: 0,
             max_instances: None,

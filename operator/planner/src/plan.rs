@@ -217,6 +217,10 @@ struct StageFacts {
     per_segment: bool,
     copies: u32,
     output_bytes: f64,
+    /// Mean execution time by packing degree, as observed (degree, invocations, s).
+    by_degree: Vec<(u32, u64, f64)>,
+    /// Cores one invocation uses (p50), once observed.
+    used_cores: Option<f64>,
 }
 
 /// Plans a workflow against its FunctionProfiles (by name).
@@ -266,12 +270,26 @@ pub fn plan_workflow(
             .as_ref()
             .and_then(|s| s.output_input_ratio)
             .unwrap_or(1.0);
+        let status = profile.status.as_ref();
         facts.push(StageFacts {
             size,
             timing: timing(profile),
             per_segment,
             copies,
             output_bytes: input_of[i] * ratio,
+            by_degree: status
+                .map(|s| {
+                    s.exec_by_degree
+                        .iter()
+                        .map(|d| (d.degree, d.invocations, d.mean_seconds))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            used_cores: status
+                .filter(|s| s.invocations >= MIN_OBSERVED)
+                .and_then(|s| s.cpu_cores.as_ref())
+                .map(|d| d.p50)
+                .filter(|c| c.is_finite() && *c > 0.0),
         });
     }
     // facts were pushed in topological order; index them by stage.
@@ -297,7 +315,7 @@ pub fn plan_workflow(
         let input = packing_input(cfg, f, segments, o.and_then(|o| o.max_scale));
         let choice = packing::choose(&input, cfg.packing_objective);
         concurrency[i] = choice.chosen.degree;
-        packing_reason[i] = choice.reason;
+        packing_reason[i] = format!("{}; {}", choice.reason, curve_source(f, cfg));
     }
 
     // Fusion over the stages on the likely path.
@@ -524,6 +542,57 @@ fn reorder(facts: Vec<StageFacts>, order: &[usize]) -> Vec<StageFacts> {
     slots.into_iter().flatten().collect()
 }
 
+/// Invocations a quantity needs before the planner trusts it over the profile's priors.
+const MIN_OBSERVED: u64 = 5;
+
+/// E(P) from the function's own runs: degree 1 from its timing, and every other degree
+/// seen at least [`MIN_OBSERVED`] times. None until one beyond 1 is.
+fn observed_curve(f: &StageFacts) -> Option<ServiceCurve> {
+    let mut points = vec![(1u32, f.timing.exec.median)];
+    points.extend(
+        f.by_degree
+            .iter()
+            .filter(|(p, n, e)| *p > 1 && *n >= MIN_OBSERVED && e.is_finite() && *e > 0.0)
+            .map(|&(p, _, e)| (p, e)),
+    );
+    (points.len() > 1)
+        .then(|| ServiceCurve::new(points).ok())
+        .flatten()
+}
+
+/// How E(P) was had, for the packing reason.
+fn curve_source(f: &StageFacts, cfg: &PlannerConfig) -> String {
+    if observed_curve(f).is_some() {
+        let seen: Vec<String> = f
+            .by_degree
+            .iter()
+            .filter(|(_, n, _)| *n >= MIN_OBSERVED)
+            .map(|(p, n, e)| format!("P={p}: {e:.2}s over {n}"))
+            .collect();
+        format!("E(P) observed ({})", seen.join(", "))
+    } else if f.size.gpu.is_some() {
+        let speedups = cfg
+            .gpu_speedups
+            .clone()
+            .unwrap_or_else(|| default_gpu_speedups(&cfg.gpu_sharing));
+        format!("E(P) from the GPU speedup prior {speedups:?} (no runs beyond P=1 observed yet)")
+    } else {
+        format!(
+            "E(P) modelled: each invocation uses {:.2} of the instance's {:.2} cores ({}), {:.0}% slower per neighbour",
+            f.used_cores
+                .unwrap_or(f.size.cpu_cores)
+                .min(f.size.cpu_cores),
+            f.size.cpu_cores,
+            if f.used_cores.is_some() {
+                "observed p50"
+            } else {
+                "its request: not observed yet"
+            },
+            100.0 * cfg.cpu_interference
+        )
+    }
+}
+
 fn packing_input(
     cfg: &PlannerConfig,
     f: &StageFacts,
@@ -531,26 +600,44 @@ fn packing_input(
     max_scale: Option<u32>,
 ) -> PackingInput {
     let e1 = f.timing.exec.median;
-    let curve = if f.size.gpu.is_some() {
-        let speedups = cfg
-            .gpu_speedups
-            .clone()
-            .unwrap_or_else(|| default_gpu_speedups(&cfg.gpu_sharing));
-        ServiceCurve::from_speedups(e1, &speedups)
-            .unwrap_or_else(|_| ServiceCurve::cpu_shared(e1, 1.0, 1.0, 0.0))
-    } else {
-        ServiceCurve::cpu_shared(e1, f.size.cpu_cores, f.size.cpu_cores, cfg.cpu_interference)
+    let curve = match observed_curve(f) {
+        Some(curve) => curve,
+        None if f.size.gpu.is_some() => {
+            let speedups = cfg
+                .gpu_speedups
+                .clone()
+                .unwrap_or_else(|| default_gpu_speedups(&cfg.gpu_sharing));
+            ServiceCurve::from_speedups(e1, &speedups)
+                .unwrap_or_else(|_| ServiceCurve::cpu_shared(e1, 1.0, 1.0, 0.0))
+        }
+        // The instance keeps its cores; an invocation that uses fewer leaves room.
+        None => ServiceCurve::cpu_shared(
+            e1,
+            f.used_cores
+                .unwrap_or(f.size.cpu_cores)
+                .min(f.size.cpu_cores),
+            f.size.cpu_cores,
+            cfg.cpu_interference,
+        ),
     };
     let price = cfg.prices.per_second(
         f.size.cpu_cores,
         f.size.memory_bytes,
         f.size.gpu.unwrap_or(0.0),
     );
+    // Each invocation packed beside the first brings its memory (packing::instance_memory).
+    let extra = cfg.prices.per_second(
+        0.0,
+        packing::instance_memory(f.size.memory_bytes, f.size.concurrency, 2)
+            - packing::instance_memory(f.size.memory_bytes, f.size.concurrency, 1),
+        0.0,
+    );
     PackingInput {
         invocations: segments,
         curve,
         scaling: cfg.scaling,
         price_per_instance_second: price,
+        price_per_extra_invocation_second: extra,
         max_degree: cfg.max_packing_degree.max(1),
         warm_instances: 0,
         max_instances: max_scale,

@@ -38,6 +38,8 @@ pub struct Executor {
     cold_start: OnceLock<f64>,
     /// Set when the drain deadline passes: running functions are killed.
     pub cancel: Arc<AtomicBool>,
+    /// Functions running at once, for each run's packing degree.
+    overlap: Arc<crate::overlap::Overlap>,
 }
 
 struct Observed {
@@ -144,6 +146,7 @@ impl Executor {
             served: AtomicBool::new(false),
             cold_start: OnceLock::new(),
             cancel: Arc::new(AtomicBool::new(false)),
+            overlap: Arc::new(crate::overlap::Overlap::new()),
         }
     }
 
@@ -330,15 +333,18 @@ impl Executor {
         let cancel = self.cancel.clone();
         let cwd = dir.to_path_buf();
         let memory_limit = self.memory_limit;
-        let measured = tokio::task::spawn_blocking(move || {
-            process::run(process::Spec {
+        let overlap = self.overlap.clone();
+        let (measured, concurrency) = tokio::task::spawn_blocking(move || {
+            let entered = overlap.enter();
+            let measured = process::run(process::Spec {
                 argv: &argv,
                 cwd: &cwd,
                 env: &env,
                 timeout,
                 cancel,
                 memory_limit,
-            })
+            });
+            (measured, overlap.leave(entered))
         })
         .await
         .map_err(|e| {
@@ -347,8 +353,8 @@ impl Executor {
                 format!("the function's supervisor failed: {e}"),
                 true,
             )
-        })?
-        .map_err(|e| {
+        })?;
+        let measured = measured.map_err(|e| {
             failure(
                 Phase::Function,
                 format!(
@@ -420,6 +426,7 @@ impl Executor {
 
         if !request.then.is_empty() {
             let handed = HandedOff {
+                concurrency,
                 bytes_in,
                 download_seconds,
                 function_seconds,
@@ -511,6 +518,7 @@ impl Executor {
             exit: measured.exit,
             instance: self.instance.clone(),
             usage: measured.usage.clone(),
+            concurrency,
             chained: Vec::new(),
         };
         let record = CompletionRecord {
@@ -668,6 +676,7 @@ impl Executor {
             exit: measured.exit.clone(),
             instance: self.instance.clone(),
             usage: measured.usage.clone(),
+            concurrency: handed.concurrency,
             chained,
         };
         let uploaded: Vec<OutputObject> = response
@@ -715,6 +724,7 @@ impl Executor {
 
 /// What the first step of a fused chain measured before it hands off.
 struct HandedOff<'a> {
+    concurrency: f64,
     bytes_in: u64,
     download_seconds: f64,
     function_seconds: f64,

@@ -12,6 +12,7 @@ pub mod config;
 pub mod executor;
 pub mod gpu;
 pub mod metrics;
+pub mod overlap;
 pub mod proc_stats;
 pub mod process;
 pub mod server;

@@ -112,6 +112,13 @@ async fn an_invocation_moves_inputs_and_outputs_through_s3() {
     assert!(first["coldStartSeconds"].as_f64().is_some_and(|c| c > 0.0));
     assert!(first["peakRssBytes"].as_u64().is_some_and(|m| m > 1 << 20));
     assert!(first["cpuSeconds"].as_f64().is_some_and(|c| c > 0.0));
+    // Alone on the instance: packing degree 1.
+    assert!(
+        first["concurrency"]
+            .as_f64()
+            .is_some_and(|c| (c - 1.0).abs() < 1e-6),
+        "{first}"
+    );
     // Its CPU and memory over the run, sliced (a short run has a few slices).
     let usage = first["usage"].as_array().expect("usage slices");
     assert!(!usage.is_empty() && usage.len() <= 10, "{usage:?}");

@@ -625,6 +625,8 @@ pub fn packing(p: &PackingParams, seed: u64) -> PackingReport {
                 per_instance_seconds: p.per_instance_seconds,
             },
             price_per_instance_second: price,
+            // The simulator's instance keeps its 2 GiB whatever P (its bench's setting).
+            price_per_extra_invocation_second: 0.0,
             max_degree: p.max_degree,
             warm_instances: 0,
             max_instances: None,

@@ -1,0 +1,109 @@
+//! Packing decided from what the function was seen to do: the cores one invocation
+//! uses, and E(P) measured at several degrees (GPU speedups from the function's own
+//! runs, the constants only until there are some).
+
+use std::collections::BTreeMap;
+
+use serde_json::json;
+use vflow_api::{FunctionProfile, VideoWorkflow};
+use vflow_planner::{PlannerConfig, plan_workflow};
+
+fn workflow(function: &str) -> VideoWorkflow {
+    serde_json::from_value(json!({
+        "apiVersion": "vflow.io/v1alpha1", "kind": "VideoWorkflow",
+        "metadata": {"name": "wf"},
+        "spec": {"storage": {"bucket": "b"}, "stages": [
+            {"name": "split", "function": "segment", "fanOut": true},
+            {"name": "work", "function": function, "after": ["split"]}
+        ]}
+    }))
+    .expect("workflow")
+}
+
+/// Resources kept as written (`sizing: Recommend`): right-sizing would otherwise shrink
+/// the pod to one invocation's use first, leaving packing no room.
+fn profile(name: &str, resources: serde_json::Value, status: serde_json::Value) -> FunctionProfile {
+    serde_json::from_value(json!({
+        "apiVersion": "vflow.io/v1alpha1", "kind": "FunctionProfile",
+        "metadata": {"name": name},
+        "spec": {"image": "x", "command": ["f"], "resources": resources, "sizing": "Recommend",
+                 "execTimePrior": "10s", "coldStartPrior": "2s"},
+        "status": status
+    }))
+    .expect("profile")
+}
+
+fn plan(work: FunctionProfile) -> (u32, String) {
+    let mut profiles = BTreeMap::new();
+    profiles.insert(
+        "segment".to_string(),
+        profile("segment", json!({"cpu": "1", "memory": "512Mi"}), json!({})),
+    );
+    let name = work.metadata.name.clone().expect("name");
+    profiles.insert(name.clone(), work);
+    let plan =
+        plan_workflow(&workflow(&name), &profiles, &PlannerConfig::default()).expect("plans");
+    let d = plan.stages.iter().find(|d| d.name == "work").expect("work");
+    let reason = d
+        .reasons
+        .iter()
+        .find(|r| r.topic == "concurrency")
+        .map(|r| r.text.clone())
+        .unwrap_or_default();
+    (d.concurrency, reason)
+}
+
+fn observed(cpu_p50: f64) -> serde_json::Value {
+    json!({
+        "invocations": 40,
+        "execSeconds": {"p50": 10.0, "p95": 11.0, "max": 12.0},
+        "cpuCores": {"p50": cpu_p50, "p95": cpu_p50, "max": cpu_p50},
+        "memoryBytes": {"p50": 2e8, "p95": 2e8, "max": 2e8}
+    })
+}
+
+#[test]
+fn a_cpu_stage_that_uses_a_fraction_of_its_cores_packs_and_one_that_uses_them_all_does_not() {
+    let resources = json!({"cpu": "2", "memory": "1Gi"});
+    let (light, reason) = plan(profile("light", resources.clone(), observed(0.4)));
+    assert!(light > 1, "0.4 of 2 cores: {light} ({reason})");
+    assert!(
+        reason.contains("uses 0.40 of the instance's 2.00 cores (observed p50)"),
+        "{reason}"
+    );
+    let (busy, reason) = plan(profile("busy", resources.clone(), observed(2.0)));
+    assert_eq!(busy, 1, "all of its cores: {reason}");
+    // Not observed yet: its request is what it uses.
+    let (fresh, reason) = plan(profile("fresh", resources, json!({})));
+    assert_eq!(fresh, 1, "{reason}");
+    assert!(reason.contains("its request: not observed yet"), "{reason}");
+}
+
+#[test]
+fn measured_e_of_p_replaces_the_gpu_prior() {
+    let resources = json!({"cpu": "1", "memory": "2Gi", "gpu": 0.25});
+    // The prior (3.4x at 8 under time-slicing) packs.
+    let (prior, reason) = plan(profile("gpu", resources.clone(), json!({})));
+    assert!(prior > 1, "{reason}");
+    assert!(reason.contains("GPU speedup prior"), "{reason}");
+    // This function gains nothing from sharing: 2 at once take twice as long.
+    let mut status = observed(1.0);
+    status["execByDegree"] = json!([
+        {"degree": 1, "invocations": 30, "meanSeconds": 10.0},
+        {"degree": 2, "invocations": 10, "meanSeconds": 20.5},
+        {"degree": 4, "invocations": 10, "meanSeconds": 41.0}
+    ]);
+    let (flat, reason) = plan(profile("gpu", resources.clone(), status.clone()));
+    assert_eq!(flat, 1, "no speedup observed: {reason}");
+    assert!(
+        reason.contains("E(P) observed (P=1: 10.00s over 30, P=2: 20.50s over 10"),
+        "{reason}"
+    );
+    // And one that shares well (4 at once in 12 s) packs to at least 4.
+    status["execByDegree"] = json!([
+        {"degree": 1, "invocations": 30, "meanSeconds": 10.0},
+        {"degree": 4, "invocations": 10, "meanSeconds": 12.0}
+    ]);
+    let (packed, reason) = plan(profile("gpu", resources, status));
+    assert!(packed >= 4, "{reason}");
+}
