@@ -48,7 +48,7 @@ s3 -T "$videos/$run_clip" "$s3_url/videos/inputs/$run_clip" >/dev/null
 # (limits stay unset) and no GPU request (detect runs its CPU variant); thumbnails scales
 # to zero 30 s after its last invocation.
 step "applying the FunctionProfiles and the examples (CPU requests capped, no GPU)"
-cap_cpu thumbnails=30s manifests/examples/{profiles,thumbnails,transcode-ladder,detect,vertical}.yaml >"$work/examples.yaml"
+cap_cpu thumbnails=30s vertical=10s manifests/examples/{profiles,thumbnails,transcode-ladder,detect,vertical}.yaml >"$work/examples.yaml"
 "$vflow_cli" validate "$work/examples.yaml" || die "the kind variant of the examples is invalid"
 kubectl -n "$ns" apply -f "$work/examples.yaml"
 for wf in thumbnails transcode-ladder detect vertical; do
@@ -121,7 +121,8 @@ show_status e2e-thumbnails
 # A fused chain on real pods: the vertical example's plan fuses crop -> scale, the
 # operator runs both in one pod (two runtime containers, two images), and a run goes
 # through it as one invocation per segment; the cropped segments never reach the bucket.
-# (Early, before the ladder teaches the scale profile its 1080p times.)
+# (Early, before the ladder teaches the scale profile its 1080p times; its pods scale
+# to zero 10 s after the run, so the node has room for the next ones.)
 step "vertical: crop -> scale fused into one pod"
 fused_with="$(kubectl -n "$ns" get videoworkflow vertical -o jsonpath='{.status.stages[?(@.name=="scale")].fusedWith}')"
 [[ $fused_with == crop ]] ||
@@ -142,7 +143,8 @@ EOF
 wait_run e2e-vertical
 show_status e2e-vertical
 s3 -o "$work/vertical-record.json" "$s3_url/videos/outputs/vertical/e2e-vertical/_vflow-run.json"
-s3 "$s3_url/videos?list-type=2&prefix=outputs/vertical/e2e-vertical/crop/" >"$work/vertical-crop-keys.xml"
+# (The prefix URL-encoded: MinIO signs the canonical query with "/" as %2F.)
+s3 "$s3_url/videos?list-type=2&prefix=outputs%2Fvertical%2Fe2e-vertical%2Fcrop%2F" >"$work/vertical-crop-keys.xml"
 "$PYENV/bin/python" - "$work/vertical-record.json" "$work/vertical-crop-keys.xml" <<'EOF' || die "the vertical run did not go through the fused pod (above)"
 import json, re, sys
 units = json.load(open(sys.argv[1]))["units"]

@@ -77,6 +77,9 @@ pub struct ScaleDecision {
     pub recheck_at: Option<Timestamp>,
 }
 
+/// A stage's last activity when it has had none: its replicas came from pre-warming.
+pub const NEVER_ACTIVE: Timestamp = Timestamp::MIN;
+
 pub fn plus(t: Timestamp, d: Duration) -> Timestamp {
     SignedDuration::try_from(d)
         .ok()
@@ -152,15 +155,20 @@ pub fn decide(input: &ScaleInput, now: Timestamp) -> ScaleDecision {
 /// The last time a stage was active, kept by the reconciler between calls: `now` while
 /// invocations are in flight and at the moment they drop to zero. Without a memory (after
 /// a restart) a stage that still has replicas counts as active now, so a restart never
-/// scales a stage to zero earlier than its delay.
+/// scales a stage to zero earlier than its delay; unless a pre-warm request explains
+/// them (`prewarmed`): then it was never active ([`NEVER_ACTIVE`]), and once the request
+/// goes (its window ends, or a run withdraws it: a branch not taken) nothing holds them.
 pub fn last_active(
     previous: Option<(u32, Timestamp)>,
     in_flight: u32,
     current_replicas: u32,
+    prewarmed: bool,
     now: Timestamp,
 ) -> Option<Timestamp> {
     match previous {
-        None if in_flight > 0 || current_replicas > 0 => Some(now),
+        None if in_flight > 0 => Some(now),
+        None if prewarmed => Some(NEVER_ACTIVE),
+        None if current_replicas > 0 => Some(now),
         None => None,
         Some((prev_in_flight, _)) if in_flight > 0 || prev_in_flight > 0 => Some(now),
         Some((_, t)) => Some(t),
@@ -224,7 +232,7 @@ mod tests {
         let mut current = 0;
         for (at, in_flight, expect) in timeline {
             let now = t(at);
-            let last = last_active(memory, in_flight, current, now);
+            let last = last_active(memory, in_flight, current, false, now);
             memory = last.map(|l| (in_flight, l));
             let i = ScaleInput {
                 in_flight,
@@ -274,10 +282,55 @@ mod tests {
 
     #[test]
     fn restart_without_memory_keeps_running_replicas_for_the_delay() {
-        let last = last_active(None, 0, 2, t(0));
+        let last = last_active(None, 0, 2, false, t(0));
         assert_eq!(last, Some(t(0)));
-        assert_eq!(last_active(None, 0, 0, t(0)), None);
-        assert_eq!(last_active(Some((3, t(-5))), 0, 2, t(0)), Some(t(0)));
-        assert_eq!(last_active(Some((0, t(-5))), 0, 2, t(0)), Some(t(-5)));
+        assert_eq!(last_active(None, 0, 0, false, t(0)), None);
+        assert_eq!(last_active(Some((3, t(-5))), 0, 2, false, t(0)), Some(t(0)));
+        assert_eq!(
+            last_active(Some((0, t(-5))), 0, 2, false, t(0)),
+            Some(t(-5))
+        );
+    }
+
+    #[test]
+    fn replicas_a_withdrawn_pre_warm_asked_for_go_at_once() {
+        // Scaled up by a pre-warm request (no invocation yet): never active.
+        let mut memory = None;
+        let mut current = 0;
+        let window = PrewarmWindow {
+            start: t(0),
+            ready_by: t(2),
+            replicas: 2,
+        };
+        for at in [0, 1, 2] {
+            let last = last_active(memory, 0, current, true, t(at));
+            assert_eq!(last, Some(NEVER_ACTIVE));
+            memory = last.map(|l| (0, l));
+            let i = ScaleInput {
+                last_active: last,
+                current: Some(current),
+                prewarm: vec![window],
+                ..ephemeral()
+            };
+            current = decide(&i, t(at)).replicas;
+            assert_eq!(current, 2);
+        }
+        // The branch was not taken: the request is withdrawn, the replicas go now, not
+        // a scale-to-zero delay later.
+        let last = last_active(memory, 0, current, false, t(3));
+        let i = ScaleInput {
+            last_active: last,
+            current: Some(current),
+            ..ephemeral()
+        };
+        assert_eq!(decide(&i, t(3)).replicas, 0);
+        // Had it served an invocation, its delay would hold it.
+        let last = last_active(Some((1, t(2))), 0, 2, false, t(3));
+        let i = ScaleInput {
+            last_active: last,
+            current: Some(2),
+            ..ephemeral()
+        };
+        assert_eq!(decide(&i, t(3)).replicas, 2);
     }
 }

@@ -15,6 +15,11 @@ use vflow_planner::prewarm::{Margin, PathStage, reschedule};
 pub struct Prewarmer {
     policy: Option<PrewarmPolicy>,
     path: Vec<PathStage>,
+    /// Every stage (the plan's `all_stages`): a stage off the path that a run reaches
+    /// (its branch was taken) has what follows it scheduled from here.
+    all: Vec<PathStage>,
+    /// Stages off the path whose input arrived.
+    reached_off_path: BTreeSet<String>,
     margin: Option<Margin>,
     /// Stage -> (when, replicas), not sent yet.
     pending: BTreeMap<String, (f64, u32)>,
@@ -32,6 +37,7 @@ impl Prewarmer {
         let mut p = Prewarmer {
             policy: plan.map(|p| p.prewarm_policy),
             path: plan.map(|p| p.path_stages.clone()).unwrap_or_default(),
+            all: plan.map(|p| p.all_stages.clone()).unwrap_or_default(),
             margin: plan.map(|p| p.prewarm_margin),
             ..Default::default()
         };
@@ -54,13 +60,26 @@ impl Prewarmer {
     /// Stage `stage` got its input at `now`: under just-in-time, the path stages that
     /// wait for it are scheduled again from this arrival. Returns the stages whose
     /// request moved.
+    ///
+    /// A stage off the path (the run took a branch the plan did not expect) has the
+    /// stages after it scheduled the same way from the plan's `all_stages`: the taken
+    /// branch is warmed just in time too.
     pub fn reached(&mut self, stage: &str, now: f64) -> Vec<String> {
-        let Some(k) = self.path.iter().position(|s| s.stage == stage) else {
-            return Vec::new();
-        };
         // The stage itself needs nothing any more: its input is there.
         self.pending.remove(stage);
-        if !self.reached.insert(k) || self.policy != Some(PrewarmPolicy::JustInTime) {
+        let (list, k) = match self.path.iter().position(|s| s.stage == stage) {
+            Some(k) => {
+                if !self.reached.insert(k) {
+                    return Vec::new();
+                }
+                (&self.path, k)
+            }
+            None => match self.all.iter().position(|s| s.stage == stage) {
+                Some(k) if self.reached_off_path.insert(stage.to_string()) => (&self.all, k),
+                _ => return Vec::new(),
+            },
+        };
+        if self.policy != Some(PrewarmPolicy::JustInTime) {
             return Vec::new();
         }
         let Some(margin) = self.margin else {
@@ -68,7 +87,7 @@ impl Prewarmer {
         };
         // It starts once an instance is there: warm already, asked for a cold start
         // ago, or a cold start from now.
-        let s = &self.path[k];
+        let s = &list[k];
         let starts_at = if s.warm {
             now
         } else {
@@ -77,10 +96,10 @@ impl Prewarmer {
                 None => now + s.cold_start_seconds,
             }
         };
-        let downstream = self.downstream_of(k);
+        let downstream = downstream_of(list, k);
         let mut moved = Vec::new();
-        for action in reschedule(&self.path, k, now, starts_at, margin) {
-            let position = self.path.iter().position(|s| s.stage == action.stage);
+        for action in reschedule(list, k, now, starts_at, margin) {
+            let position = list.iter().position(|s| s.stage == action.stage);
             if !position.is_some_and(|j| downstream.contains(&j))
                 || self.sent.contains_key(&action.stage)
                 || self.abandoned.contains(&action.stage)
@@ -93,18 +112,6 @@ impl Prewarmer {
             }
         }
         moved
-    }
-
-    /// Path positions that wait, directly or not, for position `k`.
-    fn downstream_of(&self, k: usize) -> BTreeSet<usize> {
-        let mut out = BTreeSet::from([k]);
-        for (j, s) in self.path.iter().enumerate().skip(k + 1) {
-            if s.after.iter().any(|a| out.contains(a)) {
-                out.insert(j);
-            }
-        }
-        out.remove(&k);
-        out
     }
 
     /// Stage `stage` will not run in this run. Its request goes; true when it had been
@@ -139,6 +146,18 @@ impl Prewarmer {
             .map(|(at, _)| *at)
             .min_by(f64::total_cmp)
     }
+}
+
+/// Positions of `list` that wait, directly or not, for position `k`.
+fn downstream_of(list: &[PathStage], k: usize) -> BTreeSet<usize> {
+    let mut out = BTreeSet::from([k]);
+    for (j, s) in list.iter().enumerate().skip(k + 1) {
+        if s.after.iter().any(|a| out.contains(a)) {
+            out.insert(j);
+        }
+    }
+    out.remove(&k);
+    out
 }
 
 #[cfg(test)]
@@ -213,6 +232,32 @@ mod tests {
         let mut p = prewarmer(PrewarmPolicy::Speculative, &[("c", 0.0)]);
         assert!(p.reached("b", 10.0).is_empty());
         assert_eq!(p.due(0.0), vec![("c".to_string(), 1)]);
+    }
+
+    #[test]
+    fn a_branch_off_the_path_that_the_run_takes_has_what_follows_it_warmed_in_time() {
+        // The path: a -> b. Off it: x after a (a branch the plan thought unlikely),
+        // y after x (4 s, 1 s cold start each).
+        let mut p = prewarmer(PrewarmPolicy::JustInTime, &[("b", 3.0)]);
+        p.path.truncate(2);
+        p.all = vec![
+            stage("a", &[], 4.0, 1.0),
+            stage("b", &[0], 4.0, 1.0),
+            stage("x", &[0], 4.0, 1.0),
+            stage("y", &[2], 4.0, 1.0),
+        ];
+        // On the path, a's arrival (a starts cold at 1, ends at 5) moves b to 4 and
+        // schedules nothing off the path.
+        assert_eq!(p.reached("a", 0.0), vec!["b".to_string()]);
+        assert_eq!(p.next_at(), Some(4.0));
+        // x's input arrives at 4: x starts cold at 5, ends at 9; y is asked for at 8.
+        let moved = p.reached("x", 4.0);
+        assert_eq!(moved, vec!["y".to_string()]);
+        assert_eq!(p.due(4.0), vec![("b".to_string(), 1)]);
+        assert_eq!(p.due(7.9), vec![]);
+        assert_eq!(p.due(8.0), vec![("y".to_string(), 1)]);
+        // Reached again (another segment): nothing new.
+        assert!(p.reached("x", 5.0).is_empty());
     }
 
     #[test]

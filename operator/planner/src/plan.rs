@@ -154,6 +154,10 @@ pub struct WorkflowPlan {
     /// The path as the pre-warm schedule sees it, for re-planning at run time with
     /// [`prewarm::jit_schedule`] or [`prewarm::replan`].
     pub path_stages: Vec<PathStage>,
+    /// Every stage in topological order in the same form (each after all its
+    /// parents): for scheduling what follows a branch off the likely path once a run
+    /// takes it.
+    pub all_stages: Vec<PathStage>,
     /// The schedule for a run starting at 0.
     pub prewarm: Vec<PrewarmAction>,
     pub prewarm_policy: PrewarmPolicy,
@@ -338,9 +342,26 @@ pub fn plan_workflow(
     let durable = provisioning_counts(workflow, profiles, &dag, &facts, &concurrency, cfg);
 
     // Pre-warm schedule along the likely path.
-    let path_stages = path_stages(
+    let path_stages = schedule_stages(
         &dag,
         &likely,
+        &facts,
+        &concurrency,
+        &durable,
+        &fused_with,
+        spec,
+        cfg,
+    );
+    // Every stage as if all ran: where a run takes a branch off the likely path, the
+    // stages after it are scheduled from this (the run engine's Prewarmer).
+    let every = LikelyPath {
+        stages: dag.order().to_vec(),
+        runs: vec![true; dag.len()],
+        probability: 1.0,
+    };
+    let all_stages = schedule_stages(
+        &dag,
+        &every,
         &facts,
         &concurrency,
         &durable,
@@ -506,6 +527,7 @@ pub fn plan_workflow(
         max_product_probability: max_product.probability,
         branch_probabilities: model.estimates(),
         path_stages,
+        all_stages,
         prewarm,
         prewarm_policy: spec.prewarm,
         prewarm_margin: cfg.margin,
@@ -861,7 +883,7 @@ fn provisioning_counts(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn path_stages(
+fn schedule_stages(
     dag: &Dag,
     likely: &LikelyPath,
     facts: &[StageFacts],

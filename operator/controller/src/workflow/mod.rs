@@ -258,6 +258,7 @@ pub fn desired(
             activity.get(&stage.name).copied(),
             in_flight,
             current.unwrap_or(0),
+            signals.prewarm_for(&stage.name).next().is_some(),
             now,
         );
         if let Some(l) = last {
