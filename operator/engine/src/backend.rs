@@ -83,11 +83,39 @@ impl BackendError {
     }
 }
 
+/// Called once when an invocation has an instance and is sent to it (the stage's
+/// progress, for the progress-aware pre-warm schedule).
+#[derive(Default)]
+pub struct StartSignal(Option<Box<dyn FnOnce() + Send>>);
+
+impl StartSignal {
+    pub fn new(f: impl FnOnce() + Send + 'static) -> Self {
+        StartSignal(Some(Box::new(f)))
+    }
+
+    pub fn fire(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
 pub trait Backend: Send + Sync + 'static {
     fn invoke(
         &self,
         target: &StageTarget,
         request: InvokeRequest,
+    ) -> impl Future<Output = Result<Invoked, BackendError>> + Send {
+        self.invoke_signalled(target, request, StartSignal::default())
+    }
+
+    /// [`Backend::invoke`], firing `started` once the invocation has an instance.
+    /// Backends that cannot tell fire it when they are called.
+    fn invoke_signalled(
+        &self,
+        target: &StageTarget,
+        request: InvokeRequest,
+        started: StartSignal,
     ) -> impl Future<Output = Result<Invoked, BackendError>> + Send;
 
     /// Have `replicas` instances of the stage ready (or starting) now.

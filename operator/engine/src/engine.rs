@@ -269,14 +269,22 @@ impl<B: Backend> Engine<B> {
         let carried: Vec<bool> = (0..self.graph.stages.len())
             .map(|i| scheduler.carried_by(i).is_some())
             .collect();
-        // The warm pool: stages with a minimum have it from the start.
-        for (i, node) in self.graph.stages.iter().enumerate() {
-            let min = self.target(i, opts).min_instances;
-            if min > 0 && !carried[i] {
-                prewarms.add(&node.name, 0.0, min);
+        // The warm pool: stages with a minimum have it from the start (asked for here,
+        // not through the schedule, which re-decides what it has not sent).
+        for (i, _) in self.graph.stages.iter().enumerate() {
+            let target = self.target(i, opts);
+            if target.min_instances > 0 && !carried[i] {
+                let backend = self.backend.clone();
+                let min = target.min_instances;
+                tokio::spawn(async move { backend.prewarm(&target, min).await });
             }
         }
         let mut tasks: JoinSet<(UnitKey, UnitOutcome)> = JoinSet::new();
+        // Units whose first attempt got an instance: the stage started.
+        let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel::<UnitKey>();
+        let on_start: crate::invoke::OnStart = Arc::new(move |key| {
+            let _ = started_tx.send(key);
+        });
         let mut failure: Option<String> = None;
         let mut drain = self.drain.clone();
         let draining = |d: &Option<watch::Receiver<bool>>| d.as_ref().is_some_and(|d| *d.borrow());
@@ -288,8 +296,6 @@ impl<B: Backend> Engine<B> {
                 record.message = Some("cancelled".into());
                 break;
             }
-            self.send_due_prewarms(opts, &mut prewarms, session_start, &carried);
-
             if draining(&drain) && tasks.is_empty() {
                 // Nothing runs any more: the next session goes on from here.
                 self.persist(opts, &record).await;
@@ -318,11 +324,15 @@ impl<B: Backend> Engine<B> {
                         self.backend.clone(),
                         self.store.clone(),
                         dispatch,
+                        Some(on_start.clone()),
                     ));
                 }
                 failure = next.failure;
                 self.persist(opts, &record).await;
             }
+            // After the units that just became ready were started: a stage whose input
+            // is here is not pre-warmed, it is invoked.
+            self.send_due_prewarms(opts, &mut prewarms, session_start, &carried);
             if tasks.is_empty() {
                 break;
             }
@@ -331,12 +341,26 @@ impl<B: Backend> Engine<B> {
                 joined = tasks.join_next() => {
                     let Some(joined) = joined else { continue };
                     let Ok((key, outcome)) = joined else { continue };
+                    // What the run learned re-decides the pre-warm schedule: a finish.
+                    let at = session_start.elapsed().as_secs_f64();
+                    prewarms.finished(&self.graph.stages[key.stage].name, at);
+                    if let UnitOutcome::Done { chained, .. } = &outcome
+                        && !chained.is_empty()
+                    {
+                        for m in scheduler.members(key.stage) {
+                            prewarms.finished(&self.graph.stages[m].name, at);
+                        }
+                    }
                     if let Some(message) = scheduler.finish(&mut record, key, outcome) {
                         failure.get_or_insert(message);
                         // Stop what is still running: the run has failed.
                         tasks.abort_all();
                     }
                     self.persist(opts, &record).await;
+                }
+                Some(key) = started_rx.recv() => {
+                    let at = session_start.elapsed().as_secs_f64();
+                    prewarms.started(&self.graph.stages[key.stage].name, at);
                 }
                 _ = cancel.changed() => {}
                 _ = async {

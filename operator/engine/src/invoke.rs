@@ -5,27 +5,42 @@ use std::sync::Arc;
 use vflow_contract::invocation::{COMPLETION_RECORD, CompletionRecord, InvokeResponse};
 use vflow_storage::{Location, Store};
 
-use crate::backend::{Backend, BackendError};
+use crate::backend::{Backend, BackendError, StartSignal};
 use crate::engine::backoff;
 use crate::graph::UnitKey;
 use crate::record::{Attempt, unix_now};
 use crate::scheduler::{Dispatch, StepOutcome, UnitOutcome};
+
+/// Called with the unit when its first attempt has an instance.
+pub type OnStart = Arc<dyn Fn(UnitKey) + Send + Sync>;
 
 /// Runs one unit to its end: done, or failed after its retries.
 pub async fn invoke_unit<B: Backend>(
     backend: Arc<B>,
     store: Store,
     d: Dispatch,
+    on_start: Option<OnStart>,
 ) -> (UnitKey, UnitOutcome) {
     if let Some(done) = reuse(&store, &d).await {
         return (d.key, done);
     }
     let mut attempts = Vec::new();
     let mut tries = 0u32;
+    let key = d.key;
     loop {
         tries += 1;
         let submitted_at = unix_now();
-        match backend.invoke(&d.target, d.request.clone()).await {
+        let started = match (&on_start, tries) {
+            (Some(f), 1) => {
+                let f = f.clone();
+                StartSignal::new(move || f(key))
+            }
+            _ => StartSignal::default(),
+        };
+        match backend
+            .invoke_signalled(&d.target, d.request.clone(), started)
+            .await
+        {
             Ok(invoked) => {
                 attempts.push(Attempt {
                     submitted_at,

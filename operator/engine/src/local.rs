@@ -18,7 +18,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::{Mutex, Notify, OwnedSemaphorePermit, Semaphore};
 use vflow_contract::invocation::{ErrorBody, InvokeRequest, InvokeResponse};
 
-use crate::backend::{Backend, BackendError, Invoked, StageTarget};
+use crate::backend::{Backend, BackendError, Invoked, StageTarget, StartSignal};
 
 #[derive(Debug, Clone)]
 pub struct LocalConfig {
@@ -464,13 +464,15 @@ async fn stop(instance: &Instance) {
 }
 
 impl Backend for LocalBackend {
-    async fn invoke(
+    async fn invoke_signalled(
         &self,
         target: &StageTarget,
         request: InvokeRequest,
+        mut started: StartSignal,
     ) -> Result<Invoked, BackendError> {
         let queued = Instant::now();
         let (instance, permit, cold) = self.acquire(target).await?;
+        started.fire();
         let queued_seconds = if cold.is_some() {
             0.0
         } else {

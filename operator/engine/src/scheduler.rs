@@ -376,7 +376,7 @@ impl<'a> Scheduler<'a> {
     }
 
     /// The stages fused after `head`, in chain order.
-    fn members(&self, head: usize) -> Vec<usize> {
+    pub fn members(&self, head: usize) -> Vec<usize> {
         self.targets[head]
             .fused
             .iter()

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use vflow_contract::invocation::{ErrorBody, InvokeRequest, InvokeResponse};
-use vflow_engine::backend::{Backend, BackendError, Invoked, StageTarget};
+use vflow_engine::backend::{Backend, BackendError, Invoked, StageTarget, StartSignal};
 
 use crate::capacity::Capacity;
 
@@ -193,10 +193,11 @@ impl<C: Capacity> KubeBackend<C> {
 }
 
 impl<C: Capacity> Backend for KubeBackend<C> {
-    async fn invoke(
+    async fn invoke_signalled(
         &self,
         target: &StageTarget,
         request: InvokeRequest,
+        mut started: StartSignal,
     ) -> Result<Invoked, BackendError> {
         if self.cancelled.load(Ordering::SeqCst) {
             return Err(BackendError::Cancelled);
@@ -208,6 +209,7 @@ impl<C: Capacity> Backend for KubeBackend<C> {
             stage,
         };
         let mut cold_start_seconds = self.activate(stage).await?;
+        started.fire();
         let url = format!(
             "{}/invoke",
             self.resolver.url(&self.namespace, &self.workflow, stage)

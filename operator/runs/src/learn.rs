@@ -154,6 +154,7 @@ mod tests {
             reused,
             oom_killed: false,
             learned,
+            ..Default::default()
         }
     }
 

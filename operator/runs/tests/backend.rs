@@ -107,6 +107,8 @@ fn response() -> String {
         cold_start_seconds: None,
         exit: Exit::Code { code: 0 },
         instance: "stand-in".into(),
+        usage: Vec::new(),
+        concurrency: 0.0,
         chained: Vec::new(),
     };
     serde_json::to_string(&r).expect("json")

@@ -14,7 +14,7 @@ use vflow_contract::invocation::{
     COMPLETION_RECORD, CompletionRecord, InvokeFailure, InvokeRequest, InvokeResponse,
     OutputObject, Phase,
 };
-use vflow_engine::backend::{Backend, BackendError, Invoked, StageTarget};
+use vflow_engine::backend::{Backend, BackendError, Invoked, StageTarget, StartSignal};
 use vflow_storage::{Location, Store};
 
 type Metadata = serde_json::Map<String, serde_json::Value>;
@@ -141,6 +141,8 @@ impl Fake {
             cold_start_seconds: None,
             exit: Exit::Code { code: 0 },
             instance: "fake-0".into(),
+            usage: Vec::new(),
+            concurrency: 0.0,
             chained: Vec::new(),
         };
         let record = CompletionRecord {
@@ -157,11 +159,14 @@ impl Fake {
 }
 
 impl Backend for Fake {
-    async fn invoke(
+    async fn invoke_signalled(
         &self,
         _target: &StageTarget,
         request: InvokeRequest,
+        mut started: StartSignal,
     ) -> Result<Invoked, BackendError> {
+        // The fake's instances are always there.
+        started.fire();
         let attempt = self.attempts_so_far(&request);
         if self.hang.as_deref() == Some(request.stage.as_str()) {
             self.entered.notify_one();
