@@ -11,6 +11,10 @@
    `provisioning: Auto`, no pre-warm schedule and a 2 s keep-alive, each run a new
    `vflow run` learning into the same profiles: cold starts per run before and after the
    planner makes the stages durable (their minimum started with the run).
+5. A mispredicted branch: a chain whose 0.7 branch never runs and whose 0.3 branch
+   always does, JustInTime re-planned as the run goes against the start-of-run
+   schedule (`--no-replan`): cold starts and instance-seconds ready but unused before
+   a first invocation (or before being stopped unused), per run.
 4. Fusion: the chain with `fusion: Auto` (the planner fuses where its model shows a
    gain; the record says which stages ran fused) against `fusion: Disabled`, emulated
    instance starts: end-to-end, bytes written to and read from the store, cold starts.
@@ -53,11 +57,12 @@ def profiles_file(work):
     return path
 
 
-def vflow_run(vflow, workflow, clip, profiles, store, extra_env=None, max_instances=None):
+def vflow_run(vflow, workflow, clip, profiles, store, extra_env=None, max_instances=None, extra_args=()):
     env = dict(os.environ, VFLOW_FN=os.path.join(REPO, "function-images", "vflow-fn"), **(extra_env or {}))
     cmd = [vflow, "run", workflow, "--input", clip, "--profiles", profiles, "--store", store, "--quiet"]
     if max_instances:
         cmd += ["--max-instances", str(max_instances)]
+    cmd += list(extra_args)
     took, out = sh(cmd, env=env)
     report_path = next(l.split("report: ", 1)[1] for l in out.splitlines() if l.startswith("report: "))
     with open(report_path) as f:
@@ -242,6 +247,37 @@ def fusion(args, work, profiles, start_delay):
     return results
 
 
+def mispredicted_branch(args, work, profiles, start_delay):
+    profiles = with_start_delay(profiles, work, start_delay)
+    clip = chain_clip(work)
+    wf = os.path.join(HERE, "branch.yaml")
+    results = {}
+    for mode, extra in [("start-of-run schedule (--no-replan)", ["--no-replan"]),
+                        ("JustInTime re-planned", [])]:
+        learned = os.path.join(work, "branch-profiles-" + ("fixed" if extra else "replan"))
+        shutil.rmtree(learned, ignore_errors=True)
+        os.makedirs(learned)
+        shutil.copy(profiles, os.path.join(learned, "profiles.yaml"))
+        # One calibration run: the schedule comes from this machine's own figures. The
+        # branch outcomes it records are not given to the next plans (its file goes),
+        # so every run expects the 0.7 branch, as a first run of a workflow does.
+        vflow_run(args.vflow, wf, clip, learned, os.path.join(work, "store-branch-calibrate"), extra_args=extra)
+        colds, idles, totals = [], [], []
+        for i in range(args.repeats):
+            for f in os.listdir(os.path.join(learned, "learned")):
+                if f.endswith(".branches.json"):
+                    os.remove(os.path.join(learned, "learned", f))
+            store = os.path.join(work, f"store-branch-{i}")
+            shutil.rmtree(store, ignore_errors=True)
+            _, report = vflow_run(args.vflow, wf, clip, learned, store, extra_args=extra)
+            colds.append(report["coldStarts"])
+            idles.append(report.get("idleBeforeUseSeconds", 0.0))
+            totals.append(report["totalSeconds"])
+        results[mode] = {"coldStarts": colds, "idleBeforeUseSecondsMedian": statistics.median(idles),
+                         "totalSecondsMedian": statistics.median(totals)}
+    return results
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--vflow", required=True)
@@ -275,6 +311,7 @@ def main():
     results["chainEmulatedStart"] = chain(args, work, profiles, args.start_delay)
     results["durableStream"] = durable_stream(args, work, profiles, args.start_delay)
     results["fusion"] = fusion(args, work, profiles, args.start_delay)
+    results["mispredictedBranch"] = mispredicted_branch(args, work, profiles, args.start_delay)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     lines = ["# vflow local mode benchmark", "",
@@ -342,6 +379,17 @@ def main():
         r = fz[policy]
         lines.append(f"| {policy} | {', '.join(r['stagesRunFused']) or 'none'} | {r['totalSecondsMedian']:.2f} s "
                      f"| {r['coldStarts']} | {r['bytesWrittenMedian'] / 1e6:.2f} MB | {r['bytesReadMedian'] / 1e6:.2f} MB |")
+    lines.append("")
+    mb = results["mispredictedBranch"]
+    lines += ["## A mispredicted branch", "",
+              f"split, then a 0.7 branch (scale, crop) that never runs and a 0.3 branch (scale, crop) "
+              f"that always does; {args.start_delay:g} s instance starts, median of {args.repeats} runs after one "
+              "calibration run, each plan expecting the 0.7 branch (no branch outcomes kept between runs). "
+              "Idle = instance-seconds ready but unused before a first invocation, or before being stopped "
+              "unused (the local backend's count).", "",
+              "| pre-warming | cold starts | idle before use | end-to-end |", "|---|---|---|---|"]
+    for mode, r in mb.items():
+        lines.append(f"| {mode} | {r['coldStarts']} | {r['idleBeforeUseSecondsMedian']:.2f} s | {r['totalSecondsMedian']:.2f} s |")
     lines.append("")
     with open(os.path.join(args.out, "REPORT.md"), "w") as f:
         f.write("\n".join(lines))

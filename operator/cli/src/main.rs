@@ -70,6 +70,11 @@ enum Command {
         /// No progress lines.
         #[arg(long)]
         quiet: bool,
+        /// Pre-warm on the schedule made when the run starts, never re-decided as it
+        /// goes and never released for a branch not taken: the baseline that
+        /// `make bench-local` compares just-in-time re-planning with.
+        #[arg(long)]
+        no_replan: bool,
     },
     /// Profile one function on one input on this machine, end to end: wall time, CPU
     /// and memory over time, bytes in and out, and where its use changes (split
@@ -196,6 +201,7 @@ fn main() -> ExitCode {
             report_dir,
             max_instances,
             quiet,
+            no_replan,
         } => {
             let args = vflow_cli::run_cmd::RunArgs {
                 workflow,
@@ -206,6 +212,7 @@ fn main() -> ExitCode {
                 report_dir,
                 max_instances,
                 quiet,
+                no_replan,
             };
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -92,6 +92,7 @@ pub async fn profile(args: ProfileArgs) -> Result<i32, RunError> {
         report_dir: None,
         max_instances: Some(1),
         quiet: true,
+        no_replan: false,
     })
     .await?;
     if code != 0 {

@@ -31,6 +31,8 @@ pub struct RunArgs {
     pub report_dir: Option<PathBuf>,
     pub max_instances: Option<u32>,
     pub quiet: bool,
+    /// Pre-warm on the start-of-run schedule only (a baseline for benchmarks).
+    pub no_replan: bool,
 }
 
 /// Exit codes: 0 succeeded, 1 the run failed, 2 bad input, 130 cancelled.
@@ -422,6 +424,7 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
         prewarm,
         default_max_instances: default_max,
         plan: Some(plan),
+        fixed_prewarm: args.no_replan,
     };
     let outcome = engine.run(&opts, cancel_rx).await;
     backend.shutdown().await;
@@ -431,7 +434,8 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
     let record = outcome.record;
 
     // Report: a table here, JSON and a timeline beside the run's state.
-    let report = vflow_engine::report::summarize(&graph, &record);
+    let mut report = vflow_engine::report::summarize(&graph, &record);
+    report.idle_before_use_seconds = Some(backend.idle_before_use_seconds());
     let report_dir = args
         .report_dir
         .clone()

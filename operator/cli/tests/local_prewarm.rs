@@ -97,6 +97,29 @@ async fn an_invocation_waits_for_a_prewarm_under_way_instead_of_starting_another
 }
 
 #[tokio::test]
+async fn time_a_pre_warmed_instance_waits_for_its_first_invocation_is_counted_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = backend(dir.path());
+    let target = target(dir.path());
+    // Warmed (a 1 s warm-up), then unused for 0.5 s before its invocation.
+    backend.prewarm(&target, 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    backend
+        .invoke(&target, request(dir.path(), "a"))
+        .await
+        .expect("invocation");
+    let idle = backend.idle_before_use_seconds();
+    assert!((0.45..1.5).contains(&idle), "{idle}");
+    // Later use and the shutdown add nothing: it was used.
+    backend
+        .invoke(&target, request(dir.path(), "b"))
+        .await
+        .expect("invocation");
+    backend.shutdown().await;
+    assert!((backend.idle_before_use_seconds() - idle).abs() < 1e-3);
+}
+
+#[tokio::test]
 async fn without_a_prewarm_an_invocation_starts_its_own_instance() {
     let dir = tempfile::tempdir().expect("tempdir");
     let backend = backend(dir.path());

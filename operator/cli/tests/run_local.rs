@@ -694,6 +694,7 @@ async fn a_second_run_finds_warm_instances() {
             prewarm: Vec::new(),
             default_max_instances: 2,
             plan: None,
+            fixed_prewarm: false,
         };
         let started = Instant::now();
         let before = backend.cold_starts();

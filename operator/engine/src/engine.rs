@@ -43,6 +43,9 @@ pub struct RunOptions {
     /// each stage's concurrency, minimum and maximum instances and memory. None: from
     /// the workflow and the profiles alone.
     pub plan: Option<WorkflowPlan>,
+    /// Pre-warm on the start-of-run schedule only: no re-deciding as the run goes and
+    /// no release of a branch not taken (the baseline `vflow run --no-replan` measures).
+    pub fixed_prewarm: bool,
 }
 
 /// The plan's pre-warm schedule as [`RunOptions::prewarm`] takes it.
@@ -264,7 +267,10 @@ impl<B: Backend> Engine<B> {
         self.persist(opts, &record).await;
 
         let session_start = Instant::now();
-        let mut prewarms = Prewarmer::new(&opts.prewarm, opts.plan.as_ref());
+        let mut prewarms = Prewarmer::new(
+            &opts.prewarm,
+            opts.plan.as_ref().filter(|_| !opts.fixed_prewarm),
+        );
         // A fused stage has no instances of its own: its chain's head has them.
         let carried: Vec<bool> = (0..self.graph.stages.len())
             .map(|i| scheduler.carried_by(i).is_some())
@@ -311,7 +317,8 @@ impl<B: Backend> Engine<B> {
                 }
                 for key in &next.skipped {
                     let stage = key.stage;
-                    if scheduler.never_runs(&record, stage)
+                    if !opts.fixed_prewarm
+                        && scheduler.never_runs(&record, stage)
                         && prewarms.abandon(&self.graph.stages[stage].name)
                     {
                         let target = self.target(stage, opts);

@@ -66,9 +66,22 @@ struct Instance {
     slots: Arc<Semaphore>,
     concurrency: u32,
     last_used: std::sync::Mutex<Instant>,
+    /// When it became ready, until its first invocation (then None).
+    unused_since: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Instance {
+    /// Seconds it was ready and unused before its first invocation (or before it
+    /// stopped, never used); counted once.
+    fn take_idle_before_use(&self) -> f64 {
+        self.unused_since
+            .lock()
+            .ok()
+            .and_then(|mut s| s.take())
+            .map(|t| t.elapsed().as_secs_f64())
+            .unwrap_or(0.0)
+    }
+
     fn idle_for(&self) -> Duration {
         if self.slots.available_permits() < self.concurrency as usize {
             return Duration::ZERO;
@@ -98,6 +111,8 @@ pub struct LocalBackend {
     client: reqwest::Client,
     next_id: AtomicU64,
     cold_starts: AtomicU64,
+    /// Instance-seconds ready but unused before a first invocation (microseconds).
+    idle_before_use_us: AtomicU64,
 }
 
 fn log_tail(path: &std::path::Path) -> String {
@@ -114,6 +129,7 @@ impl LocalBackend {
             client: reqwest::Client::new(),
             next_id: AtomicU64::new(0),
             cold_starts: AtomicU64::new(0),
+            idle_before_use_us: AtomicU64::new(0),
         });
         // Stop instances idle past the keep-alive (scale to zero).
         let weak = Arc::downgrade(&backend);
@@ -132,6 +148,18 @@ impl LocalBackend {
     /// Instances started so far (each one a cold start).
     pub fn cold_starts(&self) -> u64 {
         self.cold_starts.load(Ordering::Relaxed)
+    }
+
+    /// Instance-seconds that instances were ready but unused before their first
+    /// invocation, or before they stopped unused (what pre-warming too early costs).
+    pub fn idle_before_use_seconds(&self) -> f64 {
+        self.idle_before_use_us.load(Ordering::Relaxed) as f64 / 1e6
+    }
+
+    fn count_idle(&self, instance: &Instance) {
+        let idle = instance.take_idle_before_use();
+        self.idle_before_use_us
+            .fetch_add((idle * 1e6) as u64, Ordering::Relaxed);
     }
 
     /// Live instances per stage.
@@ -176,6 +204,7 @@ impl LocalBackend {
             for instance in instances.drain(..) {
                 if kept.len() >= min && instance.idle_for() > self.config.keep_alive {
                     tracing::debug!(instance = instance.id, "stopping an idle instance");
+                    self.count_idle(&instance);
                     stop(&instance).await;
                 } else {
                     kept.push(instance);
@@ -261,6 +290,7 @@ impl LocalBackend {
             slots: Arc::new(Semaphore::new(target.concurrency.max(1) as usize)),
             concurrency: target.concurrency.max(1),
             last_used: std::sync::Mutex::new(Instant::now()),
+            unused_since: std::sync::Mutex::new(Some(Instant::now())),
         }))
     }
 
@@ -472,6 +502,7 @@ impl Backend for LocalBackend {
     ) -> Result<Invoked, BackendError> {
         let queued = Instant::now();
         let (instance, permit, cold) = self.acquire(target).await?;
+        self.count_idle(&instance);
         started.fire();
         let queued_seconds = if cold.is_some() {
             0.0
@@ -556,6 +587,7 @@ impl Backend for LocalBackend {
             let idle = instance.slots.available_permits() == instance.concurrency as usize;
             if kept.len() >= min && idle {
                 tracing::debug!(instance = instance.id, stage = %target.stage, "releasing an instance warmed for a branch not taken");
+                self.count_idle(&instance);
                 stop(&instance).await;
             } else {
                 kept.push(instance);
@@ -573,6 +605,7 @@ impl Backend for LocalBackend {
         for pool in pools {
             let instances: Vec<Arc<Instance>> = pool.instances.lock().await.drain(..).collect();
             for instance in instances {
+                self.count_idle(&instance);
                 stop(&instance).await;
             }
         }

@@ -42,6 +42,10 @@ pub struct RunReport {
     /// Execution time summed over every invocation (download, function, upload).
     pub exec_seconds: f64,
     pub cold_starts: usize,
+    /// Instance-seconds ready but unused before a first invocation (local mode only:
+    /// the backend measures it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_before_use_seconds: Option<f64>,
     pub stages: Vec<StageSummary>,
     pub outputs: Vec<String>,
 }
@@ -132,6 +136,7 @@ pub fn summarize(graph: &RunGraph, record: &RunRecord) -> RunReport {
         total_seconds: record.finished_at.unwrap_or(record.started_at) - record.started_at,
         exec_seconds: exec_total,
         cold_starts: stages.iter().map(|s| s.cold_starts).sum(),
+        idle_before_use_seconds: None,
         stages,
         outputs,
     }

@@ -57,6 +57,7 @@ fn options(dir: &tempfile::TempDir) -> RunOptions {
         prewarm: Vec::new(),
         default_max_instances: 2,
         plan: None,
+        fixed_prewarm: false,
     }
 }
 

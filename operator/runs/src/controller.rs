@@ -396,6 +396,7 @@ async fn drive_engine(
         params: run.spec.params.clone(),
         prewarm,
         default_max_instances: vflow_planner::DEFAULT_MAX_INSTANCES,
+        fixed_prewarm: false,
         plan,
     };
     tracing::info!(run = %name, namespace = %ns, workflow = %wf_name, "running");
