@@ -476,6 +476,8 @@ impl Controller for ProvisioningController {
                     return Vec::new();
                 }
                 self.replans += 1;
+                // As the operator plans: the rate over the window, and the durable
+                // instances of the previous decision (its hysteresis).
                 let loads: Vec<FunctionLoad> = self
                     .loads
                     .iter()
@@ -485,7 +487,11 @@ impl Controller for ProvisioningController {
                         ..l.clone()
                     })
                     .collect();
-                provisioning::plan(&loads, cfg)
+                let decided = provisioning::plan(&loads, cfg);
+                for (l, d) in self.loads.iter_mut().zip(&decided) {
+                    l.durable_now = d.durable;
+                }
+                decided
                     .iter()
                     .enumerate()
                     .map(|(function, d)| Command::Durable {
