@@ -214,23 +214,7 @@ fn main() -> ExitCode {
                 quiet,
                 no_replan,
             };
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("vflow: cannot start the async runtime: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            match runtime.block_on(vflow_cli::run_cmd::run(args)) {
-                Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
-                Err(e) => {
-                    eprintln!("{}", e.message);
-                    ExitCode::from(e.code)
-                }
-            }
+            run_local(vflow_cli::run_cmd::run(args))
         }
         Command::Profile {
             function,
@@ -246,23 +230,7 @@ fn main() -> ExitCode {
                 params,
                 store,
             };
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("vflow: cannot start the async runtime: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            match runtime.block_on(vflow_cli::profile_cmd::profile(args)) {
-                Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
-                Err(e) => {
-                    eprintln!("{}", e.message);
-                    ExitCode::from(e.code)
-                }
-            }
+            run_local(vflow_cli::profile_cmd::profile(args))
         }
         Command::Validate { files, profiles } => {
             let report = vflow_cli::validate_cmd::run(&files, &profiles);
@@ -356,4 +324,28 @@ fn finish(stdout: &str, stderr: &[String], code: u8) -> ExitCode {
     }
     print!("{stdout}");
     ExitCode::from(code)
+}
+
+/// Runs `vflow run` or `vflow profile` on a multi-threaded runtime: their exit code, or
+/// their error's message and code.
+fn run_local(
+    job: impl std::future::Future<Output = Result<i32, vflow_cli::run_cmd::RunError>>,
+) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vflow: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(job) {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("{}", e.message);
+            ExitCode::from(e.code)
+        }
+    }
 }

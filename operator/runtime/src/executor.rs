@@ -521,25 +521,8 @@ impl Executor {
             concurrency,
             chained: Vec::new(),
         };
-        let record = CompletionRecord {
-            request: request.clone(),
-            response: response.clone(),
-        };
-        let record_bytes = serde_json::to_vec_pretty(&record).map_err(|e| {
-            failure(
-                Phase::Upload,
-                format!("encoding the completion record: {e}"),
-                false,
-            )
-        })?;
-        if let Err(e) = self
-            .store
-            .put_bytes(&prefix.join(COMPLETION_RECORD), record_bytes)
-            .await
-        {
-            self.remove_outputs(&response.outputs).await;
-            return Err(storage_failure(Phase::Upload, &e));
-        }
+        self.complete(request, &response, &prefix, &response.outputs)
+            .await?;
         self.metrics
             .seconds
             .with_label_values(&["upload"])
@@ -684,6 +667,24 @@ impl Executor {
             .iter()
             .flat_map(|r| r.outputs.clone())
             .collect();
+        self.complete(request, &response, prefix, &uploaded).await?;
+        tracing::debug!(stage = %request.stage, next = %next_stage, seconds = handoff_started.elapsed().as_secs_f64(), "fused chain done");
+        if let Ok(mut observed) = self.observed.lock() {
+            observed.bytes_in += handed.bytes_in;
+        }
+        Ok(response)
+    }
+
+    /// Writes the completion record (the request and its answer) under `prefix`, last:
+    /// a reader who sees it sees every output. If it cannot be written, `outputs` go
+    /// too, so a failed invocation leaves nothing behind.
+    async fn complete(
+        &self,
+        request: &InvokeRequest,
+        response: &InvokeResponse,
+        prefix: &Location,
+        outputs: &[OutputObject],
+    ) -> Result<(), InvokeFailure> {
         let record = CompletionRecord {
             request: request.clone(),
             response: response.clone(),
@@ -700,14 +701,10 @@ impl Executor {
             .put_bytes(&prefix.join(COMPLETION_RECORD), record_bytes)
             .await
         {
-            self.remove_outputs(&uploaded).await;
+            self.remove_outputs(outputs).await;
             return Err(storage_failure(Phase::Upload, &e));
         }
-        tracing::debug!(stage = %request.stage, next = %next_stage, seconds = handoff_started.elapsed().as_secs_f64(), "fused chain done");
-        if let Ok(mut observed) = self.observed.lock() {
-            observed.bytes_in += handed.bytes_in;
-        }
-        Ok(response)
+        Ok(())
     }
 
     /// Best effort: an invocation that fails leaves nothing under its prefix.
