@@ -835,21 +835,11 @@ fn a_fused_chain_is_one_deployment_with_a_runtime_per_stage() {
     );
     // An old Deployment of scale (from before the fusion) is to go.
     let mut children = Children::default();
+    let mut unfused = wf.clone();
+    unfused.spec.fusion = vflow_api::FusionPolicy::Disabled;
     let old = workflow::desired(
-        &{
-            let mut off = wf.clone();
-            off.spec.fusion = vflow_api::FusionPolicy::Disabled;
-            off
-        },
-        &validate::check(
-            &{
-                let mut off = wf.clone();
-                off.spec.fusion = vflow_api::FusionPolicy::Disabled;
-                off
-            },
-            &profiles,
-            &s.planner,
-        ),
+        &unfused,
+        &validate::check(&unfused, &profiles, &s.planner),
         &profiles,
         &children,
         &Default::default(),

@@ -337,6 +337,39 @@ impl Env {
         format!("http://127.0.0.1:{}", port.unwrap_or(0))
     }
 
+    /// tsplit declares its `segments` metadata, so `when` conditions may read it.
+    async fn declare_split_segments(&self) {
+        let profiles: Api<FunctionProfile> = self.api();
+        let mut split = profiles.get("tsplit").await.expect("tsplit");
+        split.spec.produces = Some(
+            serde_json::from_value(json!({
+                "segments": true,
+                "metadata": [{"name": "segments", "type": "Integer"}]
+            }))
+            .expect("produces"),
+        );
+        profiles
+            .replace("tsplit", &PostParams::default(), &split)
+            .await
+            .expect("declare split's metadata");
+    }
+
+    /// Waits until the workflow controller wrote the plan of workflow wf's `stages`.
+    async fn wait_for_plan(&self, stages: usize) {
+        let wfs: Api<VideoWorkflow> = self.api();
+        wait_for("the plan in the status", Duration::from_secs(60), || {
+            let wfs = wfs.clone();
+            async move {
+                wfs.get("wf")
+                    .await
+                    .ok()
+                    .and_then(|w| w.status)
+                    .is_some_and(|s| s.stages.len() == stages)
+            }
+        })
+        .await;
+    }
+
     async fn deployment(&self, name: &str) -> Option<Deployment> {
         self.api::<Deployment>().get_opt(name).await.ok().flatten()
     }
@@ -1085,19 +1118,7 @@ async fn a_runs_branch_outcomes_reach_the_workflows_status_and_its_next_plan() {
     // copy runs only when split wrote more than 5 segments; the manifest expects it
     // 90% of the time.
     let mut env = Env::new("branch", json!({})).await;
-    let profiles: Api<FunctionProfile> = env.api();
-    let mut split = profiles.get("tsplit").await.expect("tsplit");
-    split.spec.produces = Some(
-        serde_json::from_value(json!({
-            "segments": true,
-            "metadata": [{"name": "segments", "type": "Integer"}]
-        }))
-        .expect("produces"),
-    );
-    profiles
-        .replace("tsplit", &PostParams::default(), &split)
-        .await
-        .expect("declare split's metadata");
+    env.declare_split_segments().await;
     let wfs: Api<VideoWorkflow> = env.api();
     let mut wf = wfs.get("wf").await.expect("workflow");
     wf.spec.stages[1].when = Some(
@@ -1253,17 +1274,7 @@ async fn a_fused_chain_is_one_deployment_and_a_run_goes_through_it_as_one_invoca
     let mut env = Env::new("fused", stages).await;
     env.start_operator().await;
     let wfs: Api<VideoWorkflow> = env.api();
-    wait_for("the plan in the status", Duration::from_secs(60), || {
-        let wfs = wfs.clone();
-        async move {
-            wfs.get("wf")
-                .await
-                .ok()
-                .and_then(|w| w.status)
-                .is_some_and(|s| s.stages.len() == 4)
-        }
-    })
-    .await;
+    env.wait_for_plan(4).await;
     let status = wfs.get("wf").await.expect("wf").status.expect("status");
     let copy2 = status
         .stages
@@ -1381,32 +1392,10 @@ async fn a_branch_misprediction_releases_the_abandoned_branch_and_warms_the_take
         {"name": "join", "function": "tjoin", "after": ["likely", "then"], "join": true}
     ]});
     let mut env = Env::new("mispredict", stages).await;
-    let profiles: Api<FunctionProfile> = env.api();
-    let mut split = profiles.get("tsplit").await.expect("tsplit");
-    split.spec.produces = Some(
-        serde_json::from_value(json!({
-            "segments": true,
-            "metadata": [{"name": "segments", "type": "Integer"}]
-        }))
-        .expect("produces"),
-    );
-    profiles
-        .replace("tsplit", &PostParams::default(), &split)
-        .await
-        .expect("declare split's metadata");
+    env.declare_split_segments().await;
     env.start_operator().await;
     let wfs: Api<VideoWorkflow> = env.api();
-    wait_for("the plan in the status", Duration::from_secs(60), || {
-        let wfs = wfs.clone();
-        async move {
-            wfs.get("wf")
-                .await
-                .ok()
-                .and_then(|w| w.status)
-                .is_some_and(|s| s.stages.len() == 5)
-        }
-    })
-    .await;
+    env.wait_for_plan(5).await;
     let path = wfs
         .get("wf")
         .await

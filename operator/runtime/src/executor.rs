@@ -440,22 +440,7 @@ impl Executor {
         // Outputs, then the completion record last: a reader who sees the record sees
         // every output.
         let upload_started = Instant::now();
-        let (metadata, files) = {
-            let out_dir = out_dir.clone();
-            tokio::task::spawn_blocking(move || {
-                let metadata = read_metadata(&metadata_path)?;
-                let files = list_outputs(&out_dir).map_err(|e| {
-                    failure(
-                        Phase::Upload,
-                        format!("reading the output directory: {e}"),
-                        true,
-                    )
-                })?;
-                Ok::<_, InvokeFailure>((metadata, files))
-            })
-            .await
-            .map_err(|e| failure(Phase::Upload, e.to_string(), true))??
-        };
+        let (metadata, files) = function_results(&out_dir, &metadata_path).await?;
         let uploads: Vec<_> = files
             .into_iter()
             .map(|(rel, path)| {
@@ -555,22 +540,7 @@ impl Executor {
         started: Instant,
     ) -> Result<InvokeResponse, InvokeFailure> {
         let next_url = self.next.clone().unwrap_or_default();
-        let (metadata, files) = {
-            let (out_dir, metadata_path) = (out_dir.to_path_buf(), metadata_path.to_path_buf());
-            tokio::task::spawn_blocking(move || {
-                let metadata = read_metadata(&metadata_path)?;
-                let files = list_outputs(&out_dir).map_err(|e| {
-                    failure(
-                        Phase::Upload,
-                        format!("reading the output directory: {e}"),
-                        true,
-                    )
-                })?;
-                Ok::<_, InvokeFailure>((metadata, files))
-            })
-            .await
-            .map_err(|e| failure(Phase::Upload, e.to_string(), true))??
-        };
+        let (metadata, files) = function_results(out_dir, metadata_path).await?;
         let bytes_out: u64 = files
             .iter()
             .filter_map(|(_, path)| std::fs::metadata(path).ok())
@@ -717,6 +687,34 @@ impl Executor {
             }
         }
     }
+}
+
+/// A successful function's metadata file and output files (sorted relative paths),
+/// read off the async threads.
+async fn function_results(
+    out_dir: &Path,
+    metadata_path: &Path,
+) -> Result<
+    (
+        serde_json::Map<String, serde_json::Value>,
+        Vec<(String, PathBuf)>,
+    ),
+    InvokeFailure,
+> {
+    let (out_dir, metadata_path) = (out_dir.to_path_buf(), metadata_path.to_path_buf());
+    tokio::task::spawn_blocking(move || {
+        let metadata = read_metadata(&metadata_path)?;
+        let files = list_outputs(&out_dir).map_err(|e| {
+            failure(
+                Phase::Upload,
+                format!("reading the output directory: {e}"),
+                true,
+            )
+        })?;
+        Ok::<_, InvokeFailure>((metadata, files))
+    })
+    .await
+    .map_err(|e| failure(Phase::Upload, e.to_string(), true))?
 }
 
 /// What the first step of a fused chain measured before it hands off.
