@@ -82,6 +82,10 @@ pub struct UnitRecord {
     pub metadata: serde_json::Map<String, serde_json::Value>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attempts: Vec<Attempt>,
+    /// Unix seconds: when the unit was last handed out to run. Attempts are recorded
+    /// as they end; this says a unit runs (and since when) before its first one ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }

@@ -14,7 +14,7 @@ use vflow_storage::Location;
 
 use crate::backend::StageTarget;
 use crate::graph::{RunGraph, UnitKey};
-use crate::record::{Attempt, RunPhase, RunRecord, UnitRecord, UnitStatus};
+use crate::record::{Attempt, RunPhase, RunRecord, UnitRecord, UnitStatus, unix_now};
 
 /// A unit to start: what to send, to which stage, how often to retry.
 #[derive(Debug, Clone)]
@@ -168,6 +168,7 @@ impl<'a> Scheduler<'a> {
                         outputs: Vec::new(),
                         metadata: Default::default(),
                         attempts: Vec::new(),
+                        started_at: None,
                         message: None,
                     });
                 }
@@ -206,10 +207,12 @@ impl<'a> Scheduler<'a> {
                     continue;
                 }
                 next.start.push(self.dispatch(record, key));
+                let now = unix_now();
                 for stage in std::iter::once(key.stage).chain(self.members(key.stage)) {
                     let name = &self.graph.stages[stage].name;
                     if let Some(unit) = record.unit_mut(name, key.segment) {
                         unit.status = UnitStatus::Running;
+                        unit.started_at = Some(now);
                     }
                 }
             }

@@ -167,6 +167,7 @@ mod tests {
             outputs: vec![],
             metadata: Default::default(),
             attempts,
+            started_at: None,
             message: None,
         };
         let record = RunRecord {

@@ -189,8 +189,10 @@ pub fn stages(graph: &RunGraph, record: &RunRecord) -> Vec<StageProgress> {
                     .filter(|a| a.cold_start_seconds.is_some())
                     .count() as u32,
                 exec_seconds: round3(attempts().filter(|a| a.error.is_none()).map(exec_of).sum()),
+                // A running unit has no attempt yet: its hand-out time says it runs.
                 start_time: attempts()
                     .map(|a| a.submitted_at)
+                    .chain(units.iter().filter_map(|u| u.started_at))
                     .reduce(f64::min)
                     .and_then(time),
                 completion_time: if settled && !units.is_empty() {

@@ -42,6 +42,7 @@ fn unit(
         outputs: vec![format!("s3://videos/outputs/r/{stage}/{segment:?}/out.bin")],
         metadata: Default::default(),
         attempts,
+        started_at: None,
         message: None,
     }
 }
@@ -82,7 +83,7 @@ fn record(finished: bool) -> RunRecord {
     ];
     // A failed attempt held its slot for its wall time.
     units[3].attempts[0].finished_at = T0 + 5.5;
-    units.push(unit(
+    let mut join = unit(
         "join",
         None,
         if finished {
@@ -95,7 +96,9 @@ fn record(finished: bool) -> RunRecord {
         } else {
             vec![]
         },
-    ));
+    );
+    join.started_at = Some(T0 + 11.0);
+    units.push(join);
     RunRecord {
         run: "r".into(),
         workflow: "wf".into(),
@@ -204,7 +207,13 @@ fn status_has_progress_stages_outputs_and_a_condition() {
     );
     assert_eq!(copy.exec_seconds, 6.0);
     assert!(copy.completion_time.is_some());
-    assert!(s.stages[2].completion_time.is_none(), "join not settled");
+    let join = &s.stages[2];
+    assert!(join.completion_time.is_none(), "join not settled");
+    assert_eq!(
+        join.start_time.as_ref().map(|t| t.0.as_second()),
+        Some((T0 + 11.0) as i64),
+        "a unit that runs, with no attempt ended yet, says when the stage started"
+    );
 
     let done = record(true);
     let s = status(&StatusInput {
