@@ -149,7 +149,9 @@ kind_cluster_up() {
 
 # cap_cpu [WORKFLOW=DURATION...] FILES...: the manifests on stdout as the kind nodes can
 # run them: the kind nodes have this machine's CPUs and no GPU, so CPU requests (and
-# profiles' minCpu) of at most 250m (limits stay unset) and no GPU request (detect runs
+# profiles' minCpu) of at most 250m (limits stay unset), no pod of more than 500m
+# (each profile's bounds.maxCpu: a packed pod grows with the cores its invocations were
+# seen to use, and two cores hold every stage's pods) and no GPU request (detect runs
 # its CPU variant). WORKFLOW=DURATION sets that workflow's scaleToZeroAfter.
 cap_cpu() {
 	"$PYENV/bin/python" - "$@" <<'EOF'
@@ -171,6 +173,8 @@ for d in docs:
     if d["kind"] == "FunctionProfile":
         cap(d["spec"].get("resources"))
         cap(d["spec"].get("bounds"), "minCpu")
+        bounds = d["spec"].setdefault("bounds", {})
+        bounds["maxCpu"] = "500m"
     elif d["kind"] == "VideoWorkflow":
         if d["metadata"]["name"] in stz:
             d["spec"]["scaleToZeroAfter"] = stz[d["metadata"]["name"]]

@@ -758,6 +758,9 @@ fn scale_after_observing(cpu_p95: f64, children: &Children, in_flight: u32) -> D
         "vflow.io/in-flight".to_string(),
         format!(r#"{{"scale": {in_flight}}}"#),
     )]));
+    // One invocation per pod: the pod is the observed size, not a packed multiple.
+    wf.spec.stages[1].overrides =
+        Some(serde_json::from_value(serde_json::json!({"concurrency": 1})).expect("overrides"));
     let s = Settings::default();
     let outcome = validate::check(&wf, &profiles, &s.planner);
     workflow::desired(

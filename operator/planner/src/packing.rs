@@ -55,13 +55,20 @@ impl ServiceCurve {
     }
 
     /// Invocations of `e1` seconds needing `cores_each` cores, P of them in an instance
-    /// of `instance_cores`: they share the cores once P * cores_each exceeds them, and
-    /// each extra neighbour slows all by `interference` (memory bandwidth, caches).
-    pub fn cpu_shared(e1: f64, cores_each: f64, instance_cores: f64, interference: f64) -> Self {
+    /// of `instance_cores(P)` cores: they share the cores once P * cores_each exceeds
+    /// them, and each extra neighbour slows all by `interference` (memory bandwidth,
+    /// caches).
+    pub fn cpu_shared(
+        e1: f64,
+        cores_each: f64,
+        instance_cores: impl Fn(u32) -> f64,
+        interference: f64,
+    ) -> Self {
         let points = [1u32, 2, 4, 8, 16, 32, 64]
             .iter()
             .map(|&p| {
-                let share = (f64::from(p) * cores_each / instance_cores).max(1.0);
+                let cores = instance_cores(p).max(f64::MIN_POSITIVE);
+                let share = (f64::from(p) * cores_each / cores).max(1.0);
                 (p, e1 * share * (1.0 + interference * f64::from(p - 1)))
             })
             .collect();
@@ -134,10 +141,10 @@ pub struct PackingInput {
     pub invocations: u32,
     pub curve: ServiceCurve,
     pub scaling: ScalingModel,
-    /// Price of one instance for one second.
-    pub price_per_instance_second: f64,
-    /// What each invocation beyond the first adds to it (its memory).
-    pub price_per_extra_invocation_second: f64,
+    /// Price of one instance for one second, by the invocations it runs at once
+    /// (index P - 1; the last one holds beyond): it grows as the instance does
+    /// (`InstanceGrowth`).
+    pub instance_price: Vec<f64>,
     /// Largest P considered.
     pub max_degree: u32,
     /// Instances already warm.
@@ -181,6 +188,62 @@ pub fn instance_memory(memory_bytes: f64, sized_for: u32, degree: u32) -> f64 {
     RUNTIME_BASE_BYTES + per_invocation * f64::from(degree.max(1))
 }
 
+/// How an instance's size follows the invocations it runs at once (P): each brings its
+/// own use on top of the runtime's base. Cores: the instance keeps its size while the
+/// invocations' own use (`cores_each`, observed or their share of the request) fits
+/// in it, and grows with them beyond; memory: `instance_memory`. A size the stage's
+/// overrides pin stays, and no degree may take the instance past the profile's bounds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceGrowth {
+    /// The instance as sized, for `sized_for` invocations at once.
+    pub cores: f64,
+    pub memory_bytes: f64,
+    pub sized_for: u32,
+    /// Cores one invocation uses.
+    pub cores_each: f64,
+    pub pinned_cores: bool,
+    pub pinned_memory: bool,
+    /// The profile's `bounds.maxCpu` and `bounds.maxMemory`.
+    pub max_cores: Option<f64>,
+    pub max_memory_bytes: Option<f64>,
+}
+
+impl InstanceGrowth {
+    pub fn cores(&self, degree: u32) -> f64 {
+        if self.pinned_cores || degree <= self.sized_for {
+            self.cores
+        } else {
+            self.cores.max(self.cores_each * f64::from(degree))
+        }
+    }
+
+    pub fn memory_bytes(&self, degree: u32) -> f64 {
+        if self.pinned_memory {
+            self.memory_bytes
+        } else {
+            instance_memory(self.memory_bytes, self.sized_for, degree)
+        }
+    }
+
+    /// Within the profile's bounds at `degree` (a millicore and a byte of slack for the
+    /// bounds' own rounding).
+    pub fn fits(&self, degree: u32) -> bool {
+        self.max_cores
+            .is_none_or(|m| self.cores(degree) <= m + 1e-3)
+            && self
+                .max_memory_bytes
+                .is_none_or(|m| self.memory_bytes(degree) <= m + 1.0)
+    }
+
+    /// The largest degree up to `up_to` whose instance fits; 1 when none does.
+    pub fn largest_fitting(&self, up_to: u32) -> u32 {
+        (1..=up_to.max(1))
+            .rev()
+            .find(|&p| self.fits(p))
+            .unwrap_or(1)
+    }
+}
+
 /// T(P) and K(P) for one degree.
 pub fn evaluate(input: &PackingInput, degree: u32) -> PackingOption {
     let p = degree.max(1);
@@ -195,8 +258,12 @@ pub fn evaluate(input: &PackingInput, degree: u32) -> PackingOption {
     let started = instances.min(cap).saturating_sub(input.warm_instances);
     let e = input.curve.at(p);
     let time = f64::from(waves) * e + input.scaling.seconds(started);
-    let price = input.price_per_instance_second
-        + f64::from(p - 1) * input.price_per_extra_invocation_second;
+    let price = input
+        .instance_price
+        .get(p as usize - 1)
+        .or(input.instance_price.last())
+        .copied()
+        .unwrap_or(0.0);
     let cost = e * f64::from(instances) * price;
     PackingOption {
         degree: p,
@@ -288,8 +355,7 @@ mod tests {
                 base_seconds: 0.0,
                 per_instance_seconds: 0.046,
             },
-            price_per_instance_second: 1.0,
-            price_per_extra_invocation_second: 0.0,
+            instance_price: vec![1.0],
             max_degree: 8,
             warm_instances: 0,
             max_instances: None,
@@ -357,5 +423,74 @@ mod tests {
         // Sized for two: one at once needs about half.
         let one = instance_memory(2.0 * gib, 2, 1);
         assert!(one > gib * 0.99 && one < gib * 1.02, "{one}");
+    }
+
+    fn growth() -> InstanceGrowth {
+        InstanceGrowth {
+            cores: 2.0,
+            memory_bytes: 1024.0 * 1024.0 * 1024.0,
+            sized_for: 1,
+            cores_each: 0.5,
+            pinned_cores: false,
+            pinned_memory: false,
+            max_cores: None,
+            max_memory_bytes: None,
+        }
+    }
+
+    #[test]
+    fn cores_grow_once_the_invocations_use_outgrows_the_instance() {
+        let g = growth();
+        // 0.5 cores each in 2 cores: four fit, eight need 4.
+        assert_eq!(g.cores(1), 2.0);
+        assert_eq!(g.cores(4), 2.0);
+        assert_eq!(g.cores(8), 4.0);
+        let pinned = InstanceGrowth {
+            pinned_cores: true,
+            pinned_memory: true,
+            ..g.clone()
+        };
+        assert_eq!(pinned.cores(8), 2.0);
+        assert_eq!(pinned.memory_bytes(8), g.memory_bytes);
+        assert!(g.memory_bytes(8) > 7.0 * g.memory_bytes);
+    }
+
+    #[test]
+    fn no_degree_takes_an_instance_past_the_profiles_bounds() {
+        let gib = 1024.0 * 1024.0 * 1024.0;
+        let g = InstanceGrowth {
+            max_cores: Some(3.0),
+            ..growth()
+        };
+        assert_eq!(g.largest_fitting(8), 6, "6 x 0.5 = 3 cores");
+        let g = InstanceGrowth {
+            max_memory_bytes: Some(2.5 * gib),
+            ..growth()
+        };
+        // 1 GiB for one: the base and two shares fit 2.5 GiB, three do not.
+        assert_eq!(g.largest_fitting(8), 2);
+        let g = InstanceGrowth {
+            max_cores: Some(1.0),
+            ..growth()
+        };
+        assert_eq!(g.largest_fitting(8), 1, "none fits: one, as sized");
+    }
+
+    #[test]
+    fn a_shared_instance_slows_its_invocations_only_when_its_cores_stay() {
+        let kept = ServiceCurve::cpu_shared(1.0, 1.0, |_| 2.0, 0.0);
+        assert!((kept.at(4) - 2.0).abs() < 1e-9, "4 cores of work in 2");
+        let grown = ServiceCurve::cpu_shared(1.0, 1.0, |p| f64::from(p).max(2.0), 0.0);
+        assert!((grown.at(4) - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_price_follows_the_instance_at_each_degree() {
+        let mut i = input(8);
+        i.instance_price = vec![1.0, 1.0, 3.0];
+        // P = 2: E 1 s, 4 instances at 1; P = 3 and beyond pay 3.
+        assert!((evaluate(&i, 2).cost - 4.0).abs() < 1e-9);
+        let four = evaluate(&i, 4);
+        assert!((four.cost - four.service_seconds * 2.0 * 3.0).abs() < 1e-9);
     }
 }

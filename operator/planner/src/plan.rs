@@ -225,6 +225,16 @@ struct StageFacts {
     by_degree: Vec<(u32, u64, f64)>,
     /// Cores one invocation uses (p50), once observed.
     used_cores: Option<f64>,
+    /// How its instance grows with the invocations it runs at once.
+    growth: packing::InstanceGrowth,
+}
+
+impl StageFacts {
+    /// Cores one invocation uses: observed, else its share of the request.
+    fn cores_each(&self) -> f64 {
+        let share = self.size.cpu_cores / f64::from(self.size.sized_for.max(1));
+        self.used_cores.unwrap_or(share)
+    }
 }
 
 /// Plans a workflow against its FunctionProfiles (by name).
@@ -275,6 +285,24 @@ pub fn plan_workflow(
             .and_then(|s| s.output_input_ratio)
             .unwrap_or(1.0);
         let status = profile.status.as_ref();
+        let used_cores = status
+            .filter(|s| s.invocations >= MIN_OBSERVED)
+            .and_then(|s| s.cpu_cores.as_ref())
+            .map(|d| d.p50)
+            .filter(|c| c.is_finite() && *c > 0.0);
+        let overrides = stage.overrides.as_ref();
+        let bound = |q: &Option<vflow_api::Quantity>| q.as_ref().and_then(|q| q.value().ok());
+        let bounds = profile.spec.bounds.as_ref();
+        let growth = packing::InstanceGrowth {
+            cores: size.cpu_cores,
+            memory_bytes: size.memory_bytes,
+            sized_for: size.sized_for.max(1),
+            cores_each: used_cores.unwrap_or(size.cpu_cores / f64::from(size.sized_for.max(1))),
+            pinned_cores: overrides.is_some_and(|o| o.cpu.is_some()),
+            pinned_memory: overrides.is_some_and(|o| o.memory.is_some()),
+            max_cores: bounds.and_then(|b| bound(&b.max_cpu)),
+            max_memory_bytes: bounds.and_then(|b| bound(&b.max_memory)),
+        };
         facts.push(StageFacts {
             size,
             timing: timing(profile),
@@ -289,11 +317,8 @@ pub fn plan_workflow(
                         .collect()
                 })
                 .unwrap_or_default(),
-            used_cores: status
-                .filter(|s| s.invocations >= MIN_OBSERVED)
-                .and_then(|s| s.cpu_cores.as_ref())
-                .map(|d| d.p50)
-                .filter(|c| c.is_finite() && *c > 0.0),
+            used_cores,
+            growth,
         });
     }
     // facts were pushed in topological order; index them by stage.
@@ -376,23 +401,38 @@ pub fn plan_workflow(
     for i in 0..dag.len() {
         let stage = &spec.stages[i];
         let f = &facts[i];
-        // The instance runs concurrency[i] invocations at once: its memory grows with
-        // them, unless the stage's overrides pin it.
-        let pinned = stage.overrides.as_ref().is_some_and(|o| o.memory.is_some());
+        // The instance runs concurrency[i] invocations at once: its cores and memory
+        // grow with them, unless the stage's overrides pin them.
+        let p = concurrency[i];
         let mut size = f.size.clone();
-        let mut memory_text = None;
-        if !pinned && concurrency[i] != f.size.concurrency {
-            size.memory_bytes =
-                packing::instance_memory(f.size.memory_bytes, f.size.concurrency, concurrency[i]);
-            memory_text = Some(format!(
+        size.cpu_cores = f.growth.cores(p);
+        size.memory_bytes = f.growth.memory_bytes(p);
+        size.sized_for = p;
+        let cpu_text = (size.cpu_cores != f.size.cpu_cores).then(|| {
+            format!(
+                "{} cores sized for {} at once, {} for {}: each invocation uses {:.2} ({})",
+                f.size.cpu(),
+                f.size.sized_for,
+                size.cpu(),
+                p,
+                f.growth.cores_each,
+                if f.used_cores.is_some() {
+                    "observed p50"
+                } else {
+                    "its share of the request: not observed yet"
+                }
+            )
+        });
+        let memory_text = (size.memory_bytes != f.size.memory_bytes).then(|| {
+            format!(
                 "{} sized for {} at once, {} for {}: the runtime's {} MiB plus each invocation's share",
                 f.size.memory(),
-                f.size.concurrency,
+                f.size.sized_for,
                 size.memory(),
-                concurrency[i],
+                p,
                 packing::RUNTIME_BASE_BYTES / (1024.0 * 1024.0)
-            ));
-        }
+            )
+        });
         let mut reasons = vec![Reason {
             topic: "size",
             text: format!(
@@ -407,6 +447,9 @@ pub fn plan_workflow(
             topic: "concurrency",
             text: packing_reason[i].clone(),
         });
+        if let Some(text) = cpu_text {
+            reasons.push(Reason { topic: "cpu", text });
+        }
         if let Some(text) = memory_text {
             reasons.push(Reason {
                 topic: "memory",
@@ -600,15 +643,18 @@ fn curve_source(f: &StageFacts, cfg: &PlannerConfig) -> String {
         format!("E(P) from the GPU speedup prior {speedups:?} (no runs beyond P=1 observed yet)")
     } else {
         format!(
-            "E(P) modelled: each invocation uses {:.2} of the instance's {:.2} cores ({}), {:.0}% slower per neighbour",
-            f.used_cores
-                .unwrap_or(f.size.cpu_cores)
-                .min(f.size.cpu_cores),
+            "E(P) modelled: each invocation uses {:.2} of the instance's {:.2} cores ({}), {}, {:.0}% slower per neighbour",
+            f.cores_each(),
             f.size.cpu_cores,
             if f.used_cores.is_some() {
                 "observed p50"
             } else {
-                "its request: not observed yet"
+                "its share of the request: not observed yet"
+            },
+            if f.growth.pinned_cores {
+                "cores pinned by the overrides: packed invocations share them"
+            } else {
+                "the instance grows beyond them"
             },
             100.0 * cfg.cpu_interference
         )
@@ -630,37 +676,34 @@ fn packing_input(
                 .clone()
                 .unwrap_or_else(|| default_gpu_speedups(&cfg.gpu_sharing));
             ServiceCurve::from_speedups(e1, &speedups)
-                .unwrap_or_else(|_| ServiceCurve::cpu_shared(e1, 1.0, 1.0, 0.0))
+                .unwrap_or_else(|_| ServiceCurve::cpu_shared(e1, 1.0, |_| 1.0, 0.0))
         }
-        // The instance keeps its cores; an invocation that uses fewer leaves room.
+        // Invocations that use fewer cores than the instance has pack into the room;
+        // beyond it the instance grows, unless its cores are pinned (then they share).
         None => ServiceCurve::cpu_shared(
             e1,
-            f.used_cores
-                .unwrap_or(f.size.cpu_cores)
-                .min(f.size.cpu_cores),
-            f.size.cpu_cores,
+            f.cores_each(),
+            |p| f.growth.cores(p),
             cfg.cpu_interference,
         ),
     };
-    let price = cfg.prices.per_second(
-        f.size.cpu_cores,
-        f.size.memory_bytes,
-        f.size.gpu.unwrap_or(0.0),
-    );
-    // Each invocation packed beside the first brings its memory (packing::instance_memory).
-    let extra = cfg.prices.per_second(
-        0.0,
-        packing::instance_memory(f.size.memory_bytes, f.size.concurrency, 2)
-            - packing::instance_memory(f.size.memory_bytes, f.size.concurrency, 1),
-        0.0,
-    );
+    // No degree takes the instance past the profile's bounds.
+    let max_degree = f.growth.largest_fitting(cfg.max_packing_degree.max(1));
+    let instance_price = (1..=max_degree)
+        .map(|p| {
+            cfg.prices.per_second(
+                f.growth.cores(p),
+                f.growth.memory_bytes(p),
+                f.size.gpu.unwrap_or(0.0),
+            )
+        })
+        .collect();
     PackingInput {
         invocations: segments,
         curve,
         scaling: cfg.scaling,
-        price_per_instance_second: price,
-        price_per_extra_invocation_second: extra,
-        max_degree: cfg.max_packing_degree.max(1),
+        instance_price,
+        max_degree,
         warm_instances: 0,
         max_instances: max_scale,
         completion: Completion::All,

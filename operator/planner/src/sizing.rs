@@ -62,8 +62,13 @@ pub struct StageSize {
     pub gpu: Option<f64>,
     /// GPU memory one instance needs (largest observed x headroom), for MIG and HAMi.
     pub gpu_memory_bytes: Option<u64>,
-    /// Invocations per instance, before packing.
+    /// Invocations per instance, before packing: the profile's `concurrency` (a
+    /// stage's `overrides.concurrency` is a packing degree, decided in the plan).
     pub concurrency: u32,
+    /// How many invocations at once the size holds: observed sizes are one
+    /// invocation's use (the runtime measures each function process), written ones
+    /// are for the profile's `concurrency`.
+    pub sized_for: u32,
     pub source: SizeSource,
     /// Why these numbers, in a sentence or two.
     pub reason: String,
@@ -222,7 +227,7 @@ pub fn size_stage(
     }
     notes.extend(obs.notes.iter().cloned());
     let mut gpu = spec.resources.gpu;
-    let mut concurrency = spec.concurrency.max(1);
+    let concurrency = spec.concurrency.max(1);
     if let Some(o) = overrides {
         if let Some(v) = o.cpu.as_ref().and_then(|q| q.value().ok()) {
             cpu = v;
@@ -244,9 +249,6 @@ pub fn size_stage(
         if o.gpu.is_some() {
             gpu = o.gpu;
         }
-        if let Some(c) = o.concurrency {
-            concurrency = c.max(1);
-        }
     }
     StageSize {
         cpu_cores: cpu,
@@ -254,6 +256,11 @@ pub fn size_stage(
         gpu,
         gpu_memory_bytes: obs.gpu_memory,
         concurrency,
+        sized_for: if source == SizeSource::Observed {
+            1
+        } else {
+            concurrency
+        },
         source,
         reason: notes.join("; "),
     }
@@ -429,6 +436,8 @@ mod tests {
         let s = size_stage(&p, Some(&o), &SizingConfig::default());
         assert_eq!(s.cpu_cores, 3.0);
         assert!((s.memory_bytes - 720.0 * MIB).abs() < 1.0);
-        assert_eq!((s.gpu, s.concurrency), (Some(0.5), 4));
+        // The override's concurrency is a packing degree (the plan's): the size is
+        // still the profile's, observed for one invocation.
+        assert_eq!((s.gpu, s.concurrency, s.sized_for), (Some(0.5), 1, 1));
     }
 }

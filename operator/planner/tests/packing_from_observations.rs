@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 use vflow_api::{FunctionProfile, VideoWorkflow};
+use vflow_planner::plan::StageDecision;
 use vflow_planner::{PlannerConfig, plan_workflow};
 
 fn workflow(function: &str) -> VideoWorkflow {
@@ -34,16 +35,7 @@ fn profile(name: &str, resources: serde_json::Value, status: serde_json::Value) 
 }
 
 fn plan(work: FunctionProfile) -> (u32, String) {
-    let mut profiles = BTreeMap::new();
-    profiles.insert(
-        "segment".to_string(),
-        profile("segment", json!({"cpu": "1", "memory": "512Mi"}), json!({})),
-    );
-    let name = work.metadata.name.clone().expect("name");
-    profiles.insert(name.clone(), work);
-    let plan =
-        plan_workflow(&workflow(&name), &profiles, &PlannerConfig::default()).expect("plans");
-    let d = plan.stages.iter().find(|d| d.name == "work").expect("work");
+    let d = decide(work, json!({}));
     let reason = d
         .reasons
         .iter()
@@ -51,6 +43,26 @@ fn plan(work: FunctionProfile) -> (u32, String) {
         .map(|r| r.text.clone())
         .unwrap_or_default();
     (d.concurrency, reason)
+}
+
+/// The decision for stage `work`, with its overrides.
+fn decide(work: FunctionProfile, overrides: serde_json::Value) -> StageDecision {
+    let mut profiles = BTreeMap::new();
+    profiles.insert(
+        "segment".to_string(),
+        profile("segment", json!({"cpu": "1", "memory": "512Mi"}), json!({})),
+    );
+    let name = work.metadata.name.clone().expect("name");
+    profiles.insert(name.clone(), work);
+    let mut wf = workflow(&name);
+    if overrides.as_object().is_some_and(|o| !o.is_empty()) {
+        wf.spec.stages[1].overrides = Some(serde_json::from_value(overrides).expect("overrides"));
+    }
+    let plan = plan_workflow(&wf, &profiles, &PlannerConfig::default()).expect("plans");
+    plan.stages
+        .into_iter()
+        .find(|d| d.name == "work")
+        .expect("work")
 }
 
 fn observed(cpu_p50: f64) -> serde_json::Value {
@@ -76,7 +88,64 @@ fn a_cpu_stage_that_uses_a_fraction_of_its_cores_packs_and_one_that_uses_them_al
     // Not observed yet: its request is what it uses.
     let (fresh, reason) = plan(profile("fresh", resources, json!({})));
     assert_eq!(fresh, 1, "{reason}");
-    assert!(reason.contains("its request: not observed yet"), "{reason}");
+    assert!(
+        reason.contains("its share of the request: not observed yet"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_packed_instance_grows_its_cores_and_memory_with_what_it_runs_at_once() {
+    let mib = 1024.0 * 1024.0;
+    let light = || {
+        profile(
+            "light",
+            json!({"cpu": "2", "memory": "256Mi"}),
+            observed(0.4),
+        )
+    };
+    // As the planner packs it: P at 0.4 cores each fit the 2 cores it has; memory is
+    // the runtime's base and each one's share.
+    let d = decide(light(), json!({}));
+    let p = f64::from(d.concurrency);
+    assert!(d.concurrency > 1, "{}", d.reason_text());
+    assert_eq!(d.size.cpu_cores, (0.4 * p).max(2.0), "{}", d.reason_text());
+    let memory = |p: f64| (32.0 + 224.0 * p) * mib;
+    assert!(
+        (d.size.memory_bytes - memory(p)).abs() < 1.0,
+        "{}",
+        d.size.memory_bytes
+    );
+    // Eight at once need 3.2 cores: the pod asks for them.
+    let d = decide(light(), json!({"concurrency": 8}));
+    assert!((d.size.cpu_cores - 3.2).abs() < 1e-9, "{}", d.reason_text());
+    assert!((d.size.memory_bytes - memory(8.0)).abs() < 1.0);
+    assert!(
+        d.reasons.iter().any(
+            |r| r.topic == "cpu" && r.text.contains("each invocation uses 0.40 (observed p50)")
+        ),
+        "{}",
+        d.reason_text()
+    );
+    // The profile's bounds cap the instance, hence P: 800 MiB hold the runtime and 3.
+    let mut bounded = light();
+    bounded.spec.bounds =
+        Some(serde_json::from_value(json!({"maxMemory": "800Mi"})).expect("bounds"));
+    let d = decide(bounded, json!({}));
+    assert!(d.concurrency < f64::max(p, 4.0) as u32, "the bound binds");
+    assert!(
+        d.concurrency <= 3 && d.size.memory_bytes <= 800.0 * mib,
+        "{}",
+        d.reason_text()
+    );
+    // Cores pinned by the stage's overrides stay; packed invocations share them.
+    let d = decide(light(), json!({"cpu": "2", "concurrency": 8}));
+    assert_eq!(
+        (d.concurrency, d.size.cpu_cores),
+        (8, 2.0),
+        "{}",
+        d.reason_text()
+    );
 }
 
 #[test]

@@ -314,8 +314,10 @@ mod tests {
         let wall = m.wall.as_secs_f64();
         let first = m.usage[0].cpu_cores;
         let last = m.usage[n - 1].cpu_cores;
+        // Shares, not speeds: on a loaded machine (parallel tests, a build beside
+        // them) the spinning part gets a fraction of a core, the sleeping part none.
         assert!(
-            first < 0.2 && last > 0.5,
+            first < 0.05 && last > 0.1 && last > 4.0 * first,
             "sleeping then spinning over {wall:.2}s: {:?}",
             m.usage
         );

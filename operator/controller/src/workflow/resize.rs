@@ -100,6 +100,7 @@ mod tests {
             gpu: None,
             gpu_memory_bytes: None,
             concurrency: 1,
+            sized_for: 1,
             source,
             reason: String::new(),
         }

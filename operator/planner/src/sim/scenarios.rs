@@ -613,7 +613,7 @@ pub fn packing(p: &PackingParams, seed: u64) -> PackingReport {
     let prices = Prices::default();
     // One invocation needs one core for E1: P share the instance's cores, with a
     // measured-shaped slowdown per neighbour (caches, memory bandwidth).
-    let curve = ServiceCurve::cpu_shared(p.exec.median, 1.0, p.instance_cores, p.interference);
+    let curve = ServiceCurve::cpu_shared(p.exec.median, 1.0, |_| p.instance_cores, p.interference);
     let price = prices.per_second(p.instance_cores, 2.0 * GIB, 0.0);
     let mut rows = Vec::new();
     for &c in &p.counts {
@@ -624,9 +624,8 @@ pub fn packing(p: &PackingParams, seed: u64) -> PackingReport {
                 base_seconds: p.cold_start,
                 per_instance_seconds: p.per_instance_seconds,
             },
-            price_per_instance_second: price,
-            // The simulator's instance keeps its 2 GiB whatever P (its bench's setting).
-            price_per_extra_invocation_second: 0.0,
+            // The paper's setting: the instance keeps its cores and 2 GiB whatever P.
+            instance_price: vec![price],
             max_degree: p.max_degree,
             warm_instances: 0,
             max_instances: None,
