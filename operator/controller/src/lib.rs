@@ -165,6 +165,24 @@ pub async fn run_with(
     client.apiserver_version().await?;
     health.set_ready(true);
 
+    // The webhook on every replica, standby ones too (it only creates runs; the
+    // Service sends to any replica).
+    let mut webhook = tokio::spawn(match &runs {
+        Some(cfg) => futures::FutureExt::boxed(vflow_runs::serve_webhook(
+            client.clone(),
+            cfg.clone(),
+            future::pending(),
+        )),
+        None => futures::FutureExt::boxed(future::pending()),
+    });
+    let webhook_failed = |r: std::result::Result<std::result::Result<(), String>, _>| {
+        Error::Config(match r {
+            Ok(Ok(())) => "the webhook stopped".to_string(),
+            Ok(Err(e)) => e,
+            Err(e) => format!("the webhook failed: {e}"),
+        })
+    };
+
     let identity = args.identity();
     let lease_api: Api<Lease> = Api::namespaced(client.clone(), &args.lease_namespace());
     let lease = leader::LeaseConfig {
@@ -179,8 +197,9 @@ pub async fn run_with(
     if args.leader_elect {
         tokio::select! {
             _ = leader::acquire(&lease_api, &lease) => {},
-            _ = &mut shutdown => { info!("shutting down"); return Ok(()); }
+            _ = &mut shutdown => { info!("shutting down"); webhook.abort(); return Ok(()); }
             r = &mut http => return Err(Error::Config(format!("HTTP server stopped: {r:?}"))),
+            r = &mut webhook => return Err(webhook_failed(r)),
         }
         metrics.leader.set(1);
     }
@@ -242,6 +261,7 @@ pub async fn run_with(
         r = &mut runs => r,
         _ = observe => Ok(()),
         e = &mut keep => Err(e),
+        r = &mut webhook => Err(webhook_failed(r)),
         _ = &mut shutdown => {
             info!("shutting down: letting the runs' invocations in flight finish");
             let _ = stop_runs.send(());
@@ -258,6 +278,7 @@ pub async fn run_with(
         }
     };
     metrics.leader.set(0);
+    webhook.abort();
     if args.leader_elect {
         leader::release(&lease_api, &lease).await;
     }

@@ -1510,3 +1510,119 @@ async fn a_branch_misprediction_releases_the_abandoned_branch_and_warms_the_take
     );
     let _ = controller.stop(Duration::from_secs(10)).await;
 }
+
+/// A MinIO notification for `key` in bucket videos (the fields vflow reads).
+fn object_created(key: &str) -> serde_json::Value {
+    json!({
+        "EventName": "s3:ObjectCreated:Put",
+        "Key": format!("videos/{key}"),
+        "Records": [{
+            "eventName": "s3:ObjectCreated:Put",
+            "s3": {
+                "bucket": {"name": "videos"},
+                "object": {"key": key, "size": 10, "eTag": "0123456789abcdef0123456789abcdef"}
+            }
+        }]
+    })
+}
+
+#[tokio::test]
+#[ignore = "needs e2e/testenv: make test-runs"]
+async fn a_standby_replica_serves_the_webhook_and_leaves_the_run_to_the_leader() {
+    let mut env = Env::new(
+        "standby",
+        json!({"trigger": {"type": "S3", "prefix": "incoming/", "suffix": ".bin"}}),
+    )
+    .await;
+    // Another replica holds the Lease for the next hour: this one stays on standby.
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = env.api();
+    leases
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "vflow-operator"},
+                "spec": {
+                    "holderIdentity": "the-leader",
+                    "leaseDurationSeconds": 3600,
+                    "renewTime": k8s_openapi::jiff::Timestamp::now().to_string()
+                }
+            }))
+            .expect("lease"),
+        )
+        .await
+        .expect("create the Lease");
+    let port = free_port();
+    let ns = env.ns.clone();
+    let mut args = env.operator_args(&["--lease-namespace", &ns]);
+    args.leader_elect = true;
+    let runs = RunsConfig {
+        namespace: Some(env.ns.clone()),
+        demand: env.demand.clone(),
+        poller: None,
+        webhook_addr: Some(format!("127.0.0.1:{port}").parse().expect("addr")),
+        webhook_token: Some("s3cret".into()),
+        ..RunsConfig::default()
+    };
+    let config = kube_config().await;
+    let demand = env.demand.clone();
+    env.operator = Some(tokio::spawn(async move {
+        let stopped = vflow_operator::run_with(
+            args,
+            config,
+            demand,
+            Some(runs),
+            futures::future::pending::<()>(),
+        )
+        .await;
+        panic!("the operator stopped: {stopped:?}");
+    }));
+
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/minio/events");
+    let event = object_created("incoming/new.bin");
+    let mut answer = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while answer.is_none() && Instant::now() < deadline {
+        // Not listening until its workflows are known.
+        if let Ok(r) = http
+            .post(&url)
+            .bearer_auth("s3cret")
+            .json(&event)
+            .send()
+            .await
+        {
+            assert_eq!(r.status(), 200);
+            answer = Some(r.json::<serde_json::Value>().await.expect("json"));
+        } else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let answer = answer.expect("the standby replica's webhook answered");
+    assert_eq!(
+        answer["created"].as_array().map(Vec::len),
+        Some(1),
+        "{answer}"
+    );
+    let r = http
+        .post(&url)
+        .bearer_auth("wrong")
+        .json(&event)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 401);
+
+    // The run exists, and nothing runs it: runs are driven by the leader only.
+    let runs: Api<VideoWorkflowRun> = env.api();
+    let list = runs.list(&Default::default()).await.expect("list");
+    assert_eq!(list.items.len(), 1);
+    let run = &list.items[0];
+    assert_eq!(run.spec.input, "s3://videos/incoming/new.bin");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let run = runs.get(&run.name_any()).await.expect("run");
+    assert!(
+        run.status.as_ref().is_none_or(|s| s.start_time.is_none()),
+        "a standby replica started the run: {:?}",
+        run.status
+    );
+}

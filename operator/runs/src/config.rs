@@ -130,7 +130,19 @@ impl RunsConfig {
                     .map_err(|e| format!("VFLOW_RUNS_WEBHOOK_ADDR={v}: {e}"))?,
             );
         }
-        c.webhook_token = var("VFLOW_RUNS_WEBHOOK_TOKEN");
+        // Set but blank would leave the webhook open to any caller: refuse to start. A
+        // token read from a file keeps its trailing newline; it is not part of it.
+        if let Some(raw) = get("VFLOW_RUNS_WEBHOOK_TOKEN") {
+            let token = raw.trim();
+            if token.is_empty() {
+                return Err(
+                    "VFLOW_RUNS_WEBHOOK_TOKEN is set but blank: the webhook would \
+                            accept any caller; give it a token, or unset it"
+                        .into(),
+                );
+            }
+            c.webhook_token = Some(token.to_string());
+        }
         if let Some(v) = var("VFLOW_RUNS_DRAIN_SECONDS") {
             c.drain_timeout = seconds("VFLOW_RUNS_DRAIN_SECONDS", &v)?;
         }
@@ -166,5 +178,25 @@ mod tests {
         assert_eq!(c.webhook_addr.map(|a| a.port()), Some(9000));
         let bad = |k: &str| (k == "VFLOW_RUNS_PRICE_CPU_CORE_SECOND").then(|| "-1".to_string());
         assert!(RunsConfig::from_vars(bad).is_err());
+    }
+
+    #[test]
+    fn a_blank_webhook_token_is_refused_and_a_trailing_newline_is_not_part_of_one() {
+        for blank in ["", "  ", "\n"] {
+            let get = |k: &str| (k == "VFLOW_RUNS_WEBHOOK_TOKEN").then(|| blank.to_string());
+            let Err(e) = RunsConfig::from_vars(get) else {
+                panic!("a blank token ({blank:?}) was accepted");
+            };
+            assert!(e.contains("VFLOW_RUNS_WEBHOOK_TOKEN"), "{e}");
+        }
+        let get = |k: &str| (k == "VFLOW_RUNS_WEBHOOK_TOKEN").then(|| "s3cret\n".to_string());
+        let c = RunsConfig::from_vars(get).expect("valid");
+        assert_eq!(c.webhook_token.as_deref(), Some("s3cret"));
+        assert!(
+            RunsConfig::from_vars(|_| None)
+                .expect("valid")
+                .webhook_token
+                .is_none()
+        );
     }
 }

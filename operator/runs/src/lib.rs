@@ -48,9 +48,57 @@ where
 
 pub use vflow_storage::install_crypto_provider;
 
-/// Runs the VideoWorkflowRun controller, the S3 poller and the webhook (as configured)
-/// until `shutdown` completes. Call it on the leader only: two of these would run
-/// each run twice.
+/// Serves the MinIO notification webhook (when configured) until `shutdown`
+/// completes. Every replica serves it, leader or not: it only creates
+/// VideoWorkflowRuns, under names fixed by the object (a second call finds the run
+/// there), and the Service in front of the operator sends to any replica.
+pub async fn serve_webhook(
+    client: Client,
+    config: RunsConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    let Some(addr) = config.webhook_addr else {
+        shutdown.await;
+        return Ok(());
+    };
+    let (workflows, writer) = reflector::store::<VideoWorkflow>();
+    let watch = reflector::reflector(
+        writer,
+        watcher(
+            api::<VideoWorkflow>(&client, config.namespace.as_deref()),
+            watcher::Config::default(),
+        )
+        .default_backoff(),
+    )
+    .applied_objects()
+    .for_each(|_| futures::future::ready(()));
+    tokio::pin!(watch);
+    // Listen once the workflows are known: an event answered before would match none
+    // and be lost.
+    tokio::select! {
+        _ = &mut watch => return Err("the webhook's workflow watch stopped".to_string()),
+        r = workflows.wait_until_ready() => r.map_err(|e| format!("webhook's workflow watch: {e}"))?,
+    }
+    let state = Arc::new(trigger::webhook::WebhookState {
+        workflows,
+        sink: trigger::KubeRunSink(client),
+        token: config.webhook_token.clone(),
+    });
+    let listener = trigger::webhook::bind(addr)
+        .await
+        .map_err(|e| format!("webhook on {addr}: {e}"))?;
+    tracing::info!(%addr, "MinIO notification webhook listening");
+    tokio::select! {
+        _ = watch => Err("the webhook's workflow watch stopped".to_string()),
+        r = trigger::webhook::serve(listener, state, shutdown) => {
+            r.map_err(|e| format!("webhook: {e}"))
+        }
+    }
+}
+
+/// Runs the VideoWorkflowRun controller and the S3 poller (as configured) until
+/// `shutdown` completes. Call it on the leader only: two of these would run each run
+/// twice. The webhook is separate (`serve_webhook`).
 pub async fn run_controller(
     client: Client,
     config: RunsConfig,
@@ -73,28 +121,6 @@ pub async fn run_controller(
     )
     .applied_objects()
     .for_each(|_| futures::future::ready(()));
-
-    let webhook = {
-        let state = Arc::new(trigger::webhook::WebhookState {
-            workflows: wf_store.clone(),
-            sink: trigger::KubeRunSink(client.clone()),
-            token: config.webhook_token.clone(),
-        });
-        let addr = config.webhook_addr;
-        let shutdown = shutdown.clone();
-        async move {
-            let Some(addr) = addr else {
-                return futures::future::pending::<Result<(), String>>().await;
-            };
-            let listener = trigger::webhook::bind(addr)
-                .await
-                .map_err(|e| format!("webhook on {addr}: {e}"))?;
-            tracing::info!(%addr, "MinIO notification webhook listening");
-            trigger::webhook::serve(listener, state, shutdown)
-                .await
-                .map_err(|e| format!("webhook: {e}"))
-        }
-    };
 
     let poller = {
         let store = wf_store.clone();
@@ -127,7 +153,6 @@ pub async fn run_controller(
     let result = tokio::select! {
         _ = runs => Ok(()),
         _ = wf_watch => Err("the workflow watch stopped".to_string()),
-        r = webhook => r,
         _ = poller => Ok(()),
         _ = shutdown.clone() => Ok(()),
     };

@@ -240,8 +240,19 @@ async fn webhook_creates_one_run_per_new_object_and_ignores_the_rest() {
         "d41d8cd98f00b204e9800998ecf8427e",
         "s3:ObjectCreated:Put",
     );
-    let r = post(created.clone(), "wrong").await.expect("post");
-    assert_eq!(r.status(), 401);
+    // A wrong token, a prefix of the right one, the right one with more after it, or
+    // none at all: refused, and nothing is created.
+    for bad in ["wrong", "s3cre", "s3cret2"] {
+        let r = post(created.clone(), bad).await.expect("post");
+        assert_eq!(r.status(), 401, "{bad}");
+    }
+    let r = http
+        .post(format!("{url}/minio/events"))
+        .json(&created)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 401, "no Authorization header");
     assert!(sink.inputs().is_empty());
 
     let r = post(created.clone(), "s3cret").await.expect("post");

@@ -133,8 +133,9 @@ async fn handle<W: Workflows, S: RunSink>(
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .map(|v| v.trim_start_matches("Bearer ").trim());
-        if given != Some(token.as_str()) {
+            .and_then(|v| v.trim().strip_prefix("Bearer "))
+            .map(str::trim);
+        if !given.is_some_and(|g| same_secret(g.as_bytes(), token.as_bytes())) {
             return (
                 StatusCode::UNAUTHORIZED,
                 "bad or missing bearer token\n".into(),
@@ -177,6 +178,19 @@ async fn handle<W: Workflows, S: RunSink>(
         status,
         serde_json::to_string(&answer).unwrap_or_default() + "\n",
     )
+}
+
+/// Equal, in a time that depends on the lengths only: a caller cannot learn the token
+/// byte by byte from how fast a wrong one is refused.
+pub fn same_secret(given: &[u8], secret: &[u8]) -> bool {
+    if given.len() != secret.len() {
+        return false;
+    }
+    let diff = given
+        .iter()
+        .zip(secret)
+        .fold(0u8, |acc, (a, b)| acc | std::hint::black_box(a ^ b));
+    diff == 0
 }
 
 pub fn router<W: Workflows, S: RunSink>(state: Arc<WebhookState<W, S>>) -> Router {
