@@ -505,13 +505,14 @@ fn a_run_killed_mid_way_resumes_without_redoing_finished_work() {
 }
 
 #[test]
-fn a_flaky_invocation_is_retried_and_a_broken_one_fails_the_run_by_name() {
+fn a_flaky_invocation_is_retried_and_one_that_fails_on_its_input_fails_the_run_by_name() {
     let dir = tempfile::tempdir().expect("tempdir");
-    // Segment 1 of scale fails twice, then works.
+    // Segment 1 of scale fails twice with a transient error (75, EX_TEMPFAIL), then
+    // works.
     let flaky = counting_wrapper(
         dir.path(),
         &format!(
-            r#"if [ "$VFLOW_STAGE" = scale ] && [ "$VFLOW_SEGMENT" = 1 ]; then n=$(cat {c} 2>/dev/null || echo 0); echo $((n+1)) > {c}; [ "$n" -lt 2 ] && {{ echo "transient trouble" >&2; exit 1; }}; fi"#,
+            r#"if [ "$VFLOW_STAGE" = scale ] && [ "$VFLOW_SEGMENT" = 1 ]; then n=$(cat {c} 2>/dev/null || echo 0); echo $((n+1)) > {c}; [ "$n" -lt 2 ] && {{ echo "transient trouble" >&2; exit 75; }}; fi"#,
             c = dir.path().join("count").display()
         ),
     );
@@ -537,7 +538,7 @@ fn a_flaky_invocation_is_retried_and_a_broken_one_fails_the_run_by_name() {
     assert_eq!(stage(&report, "scale")["retries"], 2, "{report}");
     assert_eq!(report["phase"], "Succeeded");
 
-    // Segment 1 of scale always fails.
+    // Segment 1 of scale always fails on its input (exit 1): once, not retried.
     let broken = counting_wrapper(
         dir.path(),
         r#"if [ "$VFLOW_STAGE" = scale ] && [ "$VFLOW_SEGMENT" = 1 ]; then echo "scale: the encoder fell over" >&2; exit 1; fi"#,
@@ -562,7 +563,7 @@ fn a_flaky_invocation_is_retried_and_a_broken_one_fails_the_run_by_name() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("stage scale segment 1 failed after 3 attempt(s)"),
+        stderr.contains("stage scale segment 1 failed after 1 attempt(s)"),
         "{stderr}"
     );
     assert!(stderr.contains("the encoder fell over"), "{stderr}");

@@ -66,16 +66,25 @@ pub enum BackendError {
 }
 
 impl BackendError {
-    /// Worth another attempt: a failed function may be flaky, but a bad request, a
-    /// usage error (exit 2) or a missing input will fail the same way again.
+    /// Worth another attempt: what the runtime marks so (a request turned away by an
+    /// instance draining, a failed transfer), a function killed by a timeout or a
+    /// signal from outside (its pod going), or an instance that did not answer. Not
+    /// a bad request, a usage error (exit 2), a function that failed on its input
+    /// (exit 1: missing, corrupt or undecodable input, per the function contract),
+    /// nor one killed at its memory limit: each fails the same way again.
     pub fn retryable(&self) -> bool {
         use vflow_contract::exit::Exit;
         use vflow_contract::invocation::Phase;
         match self {
             BackendError::Failed(f) => match f.phase {
-                Phase::Request => false,
-                Phase::Function => f.exit != Some(Exit::Code { code: 2 }),
-                Phase::Download | Phase::Upload => f.retryable,
+                Phase::Request | Phase::Download | Phase::Upload => f.retryable,
+                // By how it ended: 1 and 2 are the contract's input and usage errors;
+                // SIGKILL (or 137 from a wrapper shell) the memory limit's. A timeout,
+                // SIGTERM (143: its pod going) or another crash may pass.
+                Phase::Function => !matches!(
+                    f.exit,
+                    Some(Exit::Code { code: 1 | 2 | 137 } | Exit::Signal { signal: 9 })
+                ),
             },
             BackendError::Unavailable(_) => true,
             BackendError::Cancelled => false,
@@ -127,4 +136,64 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Stop every instance; in-flight invocations end with an error.
     fn shutdown(&self) -> impl Future<Output = ()> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vflow_contract::exit::Exit;
+    use vflow_contract::invocation::{InvokeFailure, Phase};
+
+    fn failed(phase: Phase, exit: Option<Exit>, retryable: bool) -> BackendError {
+        BackendError::Failed(InvokeFailure {
+            phase,
+            message: "m".into(),
+            input: None,
+            exit,
+            stderr_tail: String::new(),
+            retryable,
+        })
+    }
+
+    #[test]
+    fn retries_what_may_pass_and_never_what_will_fail_again() {
+        let code = |code| Some(Exit::Code { code });
+        // Turned away by a draining instance: the runtime says try again.
+        assert!(failed(Phase::Request, None, true).retryable());
+        assert!(
+            !failed(Phase::Request, None, false).retryable(),
+            "a bad request"
+        );
+        assert!(failed(Phase::Upload, None, true).retryable());
+        assert!(
+            !failed(Phase::Download, None, false).retryable(),
+            "no such input"
+        );
+        // Input (1) and usage (2) errors, and a memory kill: the same again.
+        for exit in [
+            code(1),
+            code(2),
+            code(137),
+            Some(Exit::Signal { signal: 9 }),
+        ] {
+            assert!(
+                !failed(Phase::Function, exit.clone(), true).retryable(),
+                "{exit:?}"
+            );
+        }
+        // A timeout, its pod stopping it (SIGTERM, 143), a crash: may pass.
+        for exit in [
+            Some(Exit::TimedOut),
+            code(143),
+            Some(Exit::Signal { signal: 15 }),
+            code(139),
+        ] {
+            assert!(
+                failed(Phase::Function, exit.clone(), false).retryable(),
+                "{exit:?}"
+            );
+        }
+        assert!(BackendError::Unavailable("gone".into()).retryable());
+        assert!(!BackendError::Cancelled.retryable());
+    }
 }

@@ -55,10 +55,16 @@ pub async fn invoke_unit<B: Backend>(
             }
             Err(err) => {
                 let message = match &err {
-                    BackendError::Failed(f)
-                        if !f.stderr_tail.is_empty() && !f.message.contains(&f.stderr_tail) =>
-                    {
-                        format!("{}\n{}", f.message, f.stderr_tail)
+                    BackendError::Failed(f) => {
+                        let mut m = f.message.clone();
+                        // The input it failed on, when the runtime names one.
+                        if let Some(input) = f.input.as_ref().filter(|i| !m.contains(*i)) {
+                            m = format!("{m} (input {input})");
+                        }
+                        if !f.stderr_tail.is_empty() && !m.contains(&f.stderr_tail) {
+                            m = format!("{m}\n{}", f.stderr_tail);
+                        }
+                        m
                     }
                     other => other.to_string(),
                 };

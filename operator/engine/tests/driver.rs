@@ -19,6 +19,9 @@ use vflow_engine::{Engine, RunOptions, RunOutcome, RunPhase};
 use vflow_storage::{Location, Store};
 
 use fake::{Fake, oom_killed, unavailable, usage_error};
+use vflow_contract::exit::Exit;
+use vflow_contract::invocation::{InvokeFailure, Phase};
+use vflow_engine::backend::BackendError;
 
 const INPUT: &str = "file:///in/video.mp4";
 
@@ -408,8 +411,11 @@ async fn a_fan_out_that_writes_no_segments_fails_the_run() {
     assert_eq!(backend.calls().len(), 1, "nothing after split runs");
 }
 
+// Issue 17: an OOM-killed invocation (a decompression bomb) was retried as transient.
+// The same input needs the same memory: it fails at once, naming the input, and the
+// OOM is learned (the next plan raises the stage's memory).
 #[tokio::test(start_paused = true)]
-async fn an_attempt_killed_for_memory_is_recorded_and_counted_as_an_oom() {
+async fn an_attempt_killed_for_memory_fails_naming_its_input_and_is_counted_as_an_oom() {
     let dir = tempfile::tempdir().expect("tempdir");
     let opts = options(&dir);
     let workflow = with_scale_retries(2);
@@ -420,19 +426,56 @@ async fn an_attempt_killed_for_memory_is_recorded_and_counted_as_an_oom() {
     );
     let engine = engine(&workflow, &backend);
     let record = run(&engine, &opts).await;
-    assert_eq!(record.phase, RunPhase::Succeeded, "{:?}", record.message);
+    assert_eq!(record.phase, RunPhase::Failed);
+    let message = record.message.clone().unwrap_or_default();
+    assert!(
+        message.contains("SIGKILL") && message.contains("(input s3://videos/in/bomb.mkv)"),
+        "{message}"
+    );
+    assert_eq!(backend.calls_to("scale").len(), 1, "not retried");
     let flags: Vec<bool> = unit(&record, "scale", Some(0))
         .attempts
         .iter()
         .map(|a| a.oom_killed)
         .collect();
-    assert_eq!(flags, [true, false]);
+    assert_eq!(flags, [true]);
     let mut profiles = profiles(&workflow);
     vflow_engine::learn::fold_run(&engine.graph, &record, &mut profiles);
     let scale = profiles["scale"].status.clone().unwrap_or_default();
     assert_eq!(
         (scale.invocations, scale.failures, scale.oom_kills),
-        (2, 1, 1)
+        (1, 1, 1)
+    );
+}
+
+// Issue 17: a function that failed on its input (exit 1) was retried twice.
+#[tokio::test(start_paused = true)]
+async fn a_unit_whose_function_failed_on_its_input_runs_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = options(&dir);
+    let bad_input = BackendError::Failed(InvokeFailure {
+        phase: Phase::Function,
+        message: "the function failed (exit status 1)".into(),
+        input: None,
+        exit: Some(Exit::Code { code: 1 }),
+        stderr_tail: "vflow-fn scale: error: decoding failed on input in.mkv".into(),
+        retryable: false,
+    });
+    let backend = Arc::new(
+        Fake::new()
+            .outputs("split", 1)
+            .failing("scale", u32::MAX, bad_input),
+    );
+    let record = run(&engine(&with_scale_retries(3), &backend), &opts).await;
+    assert_eq!(record.phase, RunPhase::Failed);
+    assert_eq!(backend.calls_to("scale").len(), 1);
+    assert!(
+        record
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("decoding failed on input in.mkv")),
+        "{:?}",
+        record.message
     );
 }
 

@@ -192,6 +192,28 @@ impl<C: Capacity> KubeBackend<C> {
     }
 }
 
+/// The runtime turned the invocation away before running it: 429 (every slot busy),
+/// or a 503 whose body says the request phase failed and may be tried again (the
+/// instance is draining or still warming up). A 503 after the function ran is not.
+fn refused(status: reqwest::StatusCode, body: &[u8]) -> bool {
+    use vflow_contract::invocation::Phase;
+    status == reqwest::StatusCode::TOO_MANY_REQUESTS
+        || (status == reqwest::StatusCode::SERVICE_UNAVAILABLE
+            && serde_json::from_slice::<ErrorBody>(body)
+                .is_ok_and(|b| b.error.phase == Phase::Request && b.error.retryable))
+}
+
+/// A number in [0, 1) that differs from call to call (the clock's nanoseconds,
+/// mixed): enough to spread waits, no randomness needed.
+fn jitter() -> f64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let mixed = u64::from(nanos).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11;
+    mixed as f64 / (1u64 << 53) as f64
+}
+
 impl<C: Capacity> Backend for KubeBackend<C> {
     async fn invoke_signalled(
         &self,
@@ -245,32 +267,39 @@ impl<C: Capacity> Backend for KubeBackend<C> {
                     return Err(BackendError::Unavailable(format!("{url}: {e}")));
                 }
             };
-            // Every instance's slots are busy: wait as the runtime asks, like a queue.
-            if response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS
-                && Instant::now() < deadline
-            {
-                let wait = response
-                    .headers()
-                    .get(reqwest::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<f64>().ok())
-                    .unwrap_or(1.0)
-                    .clamp(0.05, 10.0);
-                tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+            let status = response.status();
+            let retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(1.0)
+                .clamp(0.05, 10.0);
+            let bytes = response
+                .bytes()
+                .await
+                .map_err(|e| BackendError::Unavailable(format!("{url}: {e}")))?;
+            // Refused before it started (every slot busy, an instance draining or
+            // warming up): nothing ran, so it goes again after the wait the runtime
+            // asks for (the Service may pick another instance), like a queue, and
+            // spends none of the unit's retries. Jittered: held invocations refused
+            // together must not come back together.
+            if refused(status, &bytes) && Instant::now() < deadline {
+                let wait = retry_after * (0.8 + 0.4 * jitter());
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs_f64(wait)) => {}
+                    _ = self.cancelled() => return Err(BackendError::Cancelled),
+                }
                 continue;
             }
-            break response;
+            break (status, bytes);
         };
         if !unrouted.is_zero() {
             let waited = unrouted.as_secs_f64() + cold_start_seconds.unwrap_or(0.0);
             cold_start_seconds = Some(waited);
         }
         let queued_seconds = (queued.elapsed() - unrouted).as_secs_f64();
-        let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| BackendError::Unavailable(format!("{url}: {e}")))?;
+        let (status, bytes) = response;
         if status.is_success() {
             let response: InvokeResponse = serde_json::from_slice(&bytes).map_err(|e| {
                 BackendError::Unavailable(format!("{url}: not an invocation result: {e}"))

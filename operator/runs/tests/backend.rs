@@ -13,7 +13,9 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::post;
 use vflow_contract::exit::Exit;
-use vflow_contract::invocation::{InvokeRequest, InvokeResponse, OutputObject};
+use vflow_contract::invocation::{
+    ErrorBody, InvokeFailure, InvokeRequest, InvokeResponse, OutputObject, Phase,
+};
 use vflow_engine::backend::{Backend, BackendError, StageTarget};
 use vflow_runs::backend::{KubeBackend, KubeBackendConfig, StaticResolver};
 use vflow_runs::capacity::Capacity;
@@ -116,21 +118,37 @@ fn response() -> String {
 
 /// Answers 429 to the first `busy` requests, then 200.
 async fn instance(busy: u32) -> (String, Arc<AtomicU32>) {
+    answering(busy, StatusCode::TOO_MANY_REQUESTS, String::new()).await
+}
+
+/// The runtime's answer for a failure in `phase` that it marks `retryable`.
+fn failure_body(phase: Phase, retryable: bool) -> String {
+    serde_json::to_string(&ErrorBody {
+        error: InvokeFailure {
+            phase,
+            message: "this instance is shutting down".into(),
+            input: None,
+            exit: None,
+            stderr_tail: String::new(),
+            retryable,
+        },
+    })
+    .expect("json")
+}
+
+/// Answers `status` with `body` to the first `times` requests, then 200.
+async fn answering(times: u32, status: StatusCode, body: String) -> (String, Arc<AtomicU32>) {
     let hits = Arc::new(AtomicU32::new(0));
     let counter = hits.clone();
     let app = Router::new().route(
         "/invoke",
         post(move || {
             let counter = counter.clone();
+            let body = body.clone();
             async move {
                 let n = counter.fetch_add(1, Ordering::SeqCst);
-                if n < busy {
-                    (
-                        StatusCode::TOO_MANY_REQUESTS,
-                        [("retry-after", "0.1")],
-                        String::new(),
-                    )
-                        .into_response()
+                if n < times {
+                    (status, [("retry-after", "0.1")], body).into_response()
                 } else {
                     (
                         StatusCode::OK,
@@ -256,6 +274,49 @@ async fn a_stage_that_never_scales_fails_with_a_clear_retryable_error() {
     assert!(err.retryable());
     assert_eq!(hits.load(Ordering::SeqCst), 0);
     assert_eq!(b.capacity().in_flight.load(Ordering::SeqCst), 0);
+}
+
+// Issue 17: a draining pod's 503 failed the unit at once (request-phase failures were
+// never retried), so a scale-down or a rolling update failed whole runs.
+#[tokio::test]
+async fn a_draining_instance_is_passed_by_and_a_failure_after_the_function_ran_is_not_resent() {
+    let b = |url: &str| {
+        backend(
+            url,
+            Scripted::new(Some(Duration::ZERO)),
+            Duration::from_secs(10),
+        )
+    };
+    // Refused twice (draining, then warming up): sent again, and it goes through.
+    let (url, hits) = answering(
+        2,
+        StatusCode::SERVICE_UNAVAILABLE,
+        failure_body(Phase::Request, true),
+    )
+    .await;
+    b(&url)
+        .invoke(&target(), request(0))
+        .await
+        .expect("invoked once an instance took it");
+    assert_eq!(hits.load(Ordering::SeqCst), 3);
+    // A 503 after the function ran (its upload failed) is the unit's to retry: the
+    // backend does not send it again.
+    let (url, hits) = answering(
+        1,
+        StatusCode::SERVICE_UNAVAILABLE,
+        failure_body(Phase::Upload, true),
+    )
+    .await;
+    let err = b(&url)
+        .invoke(&target(), request(0))
+        .await
+        .expect_err("the upload failed");
+    assert!(
+        matches!(&err, BackendError::Failed(f) if f.phase == Phase::Upload),
+        "{err}"
+    );
+    assert!(err.retryable());
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]

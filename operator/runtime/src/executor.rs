@@ -397,9 +397,10 @@ impl Executor {
                     "the function ran past its timeout of {:.0}s",
                     timeout.as_secs_f64()
                 ),
-                Exit::Signal { signal: 9 } => {
-                    "the function was killed (SIGKILL: out of memory?)".to_string()
-                }
+                Exit::Signal { signal: 9 } => format!(
+                    "the function was killed (SIGKILL: out of memory?) on input {}",
+                    request.inputs.join(", ")
+                ),
                 other => format!("the function failed ({other})"),
             };
             let last = measured
@@ -413,13 +414,18 @@ impl Executor {
             } else {
                 format!("{what}: {last}")
             };
-            let retryable = matches!(
-                measured.exit,
-                Exit::TimedOut | Exit::Signal { .. } | Exit::Cancelled
-            );
+            // A timeout or a signal from outside (the pod going) may pass; a SIGKILL
+            // is the memory limit's, and the same input needs the same memory again.
+            let oom = measured.exit == (Exit::Signal { signal: 9 });
+            let retryable = !oom
+                && matches!(
+                    measured.exit,
+                    Exit::TimedOut | Exit::Signal { .. } | Exit::Cancelled
+                );
             return Err(InvokeFailure {
                 exit: Some(measured.exit.clone()),
                 stderr_tail: measured.stderr_tail.clone(),
+                input: oom.then(|| request.inputs.join(", ")),
                 ..failure(Phase::Function, message, retryable)
             });
         }

@@ -567,9 +567,11 @@ async fn a_function_killed_by_someone_else_counts_as_an_oom_kill() {
                "outputPrefix": "s3://videos/out/killed/", "params": {"mode": "killed"}}),
     )
     .await;
-    // Worth another attempt (the engine retries it; the operator raises the memory).
-    assert_eq!(status, 503, "{body}");
-    assert_eq!(body["error"]["retryable"], true, "{body}");
+    // Not worth another attempt: the same input needs the same memory (the OOM is
+    // learned, and the next plan raises the stage's memory). The input is named.
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["retryable"], false, "{body}");
+    assert_eq!(body["error"]["input"], "s3://videos/in/a.mp4", "{body}");
     assert_eq!(
         body["error"]["exit"],
         json!({"kind": "signal", "signal": 9})
@@ -614,12 +616,13 @@ async fn over_its_memory_limit_a_function_is_killed_and_counted_as_an_oom_kill()
                "params": {"mode": "memory", "mib": 300, "seconds": 5}}),
     )
     .await;
-    // As a pod's OOM kill: retryable, SIGKILL, and well before its 5 s of holding end.
-    assert_eq!(status, 503, "{body}");
+    // As a pod's OOM kill: SIGKILL, well before its 5 s of holding end, and not
+    // worth another attempt.
+    assert_eq!(status, 422, "{body}");
     assert!(started.elapsed() < Duration::from_secs(4), "{body}");
     let error = &body["error"];
     assert_eq!(error["phase"], "function");
-    assert_eq!(error["retryable"], true, "{body}");
+    assert_eq!(error["retryable"], false, "{body}");
     assert_eq!(error["exit"], json!({"kind": "signal", "signal": 9}));
     let message = error["message"].as_str().unwrap_or("");
     assert!(message.contains("SIGKILL"), "{message}");

@@ -227,9 +227,9 @@ pub fn oom_killed() -> BackendError {
     BackendError::Failed(InvokeFailure {
         phase: Phase::Function,
         message: "the function was killed by signal 9 (SIGKILL)".into(),
-        input: None,
+        input: Some("s3://videos/in/bomb.mkv".into()),
         exit: Some(Exit::Signal { signal: 9 }),
         stderr_tail: String::new(),
-        retryable: true,
+        retryable: false,
     })
 }
