@@ -191,12 +191,16 @@ def cold_starts(watch, samples):
 
 
 CLIENT = r"""
-import json, sys, time, urllib.request
+import json, os, sys, time, urllib.request
 url, n, key = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+# The workflow's invocation token (its Secret, as the run engine sends it).
+headers = {"Content-Type": "application/json",
+           "Authorization": "Bearer " + os.environ["VFLOW_TOKEN"].strip()}
 def call(i):
     body = json.dumps({"run": "bench-warm", "stage": "p", "inputs": [key],
-                       "outputPrefix": f"s3://videos/bench/warm/{i:05d}/", "params": {}}).encode()
-    req = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+                       "outputPrefix": f"s3://videos/outputs/bench-warm/{i:05d}/",
+                       "params": {}}).encode()
+    req = urllib.request.Request(url, body, headers)
     t0 = time.perf_counter()
     with urllib.request.urlopen(req, timeout=60) as r:
         resp = json.load(r)
@@ -225,6 +229,8 @@ def warm_overhead(watch, invocations, image):
                     "containers": [{"name": "client", "image": image, "imagePullPolicy": "Never",
                                     "command": ["python3", "-c", CLIENT, url, str(invocations),
                                                 "s3://videos/bench/tiny.mp4"],
+                                    "env": [{"name": "VFLOW_TOKEN", "valueFrom": {"secretKeyRef": {
+                                        "name": f"{wf}-vflow-invoke", "key": "token"}}}],
                                     "resources": {"requests": {"cpu": "100m"}}}]}}
     kubectl("-n", NS, "delete", "pod", "bench-warm-client", "--ignore-not-found", "--wait=true")
     apply(pod)

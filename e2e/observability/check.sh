@@ -92,7 +92,7 @@ printf 'clip' >"$work/input.bin"
 # A warm-up of one second so that an invocation sent at once is turned away
 # (vflow_runtime_rejected_total{reason="warming_up"}).
 "$runtime" serve --bind 127.0.0.1 --port 0 --port-file "$work/serve.port" \
-	--function testfn --scratch-dir "$work/scratch" \
+	--function testfn --scratch-dir "$work/scratch" --allow-local-paths \
 	--command "[\"$root/operator/runtime/tests/fixtures/testfn\"]" \
 	--warmup-command '["sleep", "1"]' >"$work/serve.log" 2>&1 &
 pids+=($!)

@@ -8,6 +8,7 @@
 //! - [`exit`]: how a function process ended;
 //! - [`naming`]: the names, labels and ports of a stage's Deployment, Service and pods.
 
+pub mod auth;
 pub mod exit;
 pub mod invocation;
 pub mod naming;

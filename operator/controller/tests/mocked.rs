@@ -120,12 +120,25 @@ fn ok_echo(body: &Value) -> Response<Body> {
         .expect("response")
 }
 
+const TOKEN_SECRET: &str = "/api/v1/namespaces/ns/secrets/wf-vflow-invoke";
+
+/// The reconcile first looks for the workflow's invocation token Secret: there.
+async fn token_is_there(handle: &mut ApiHandle) {
+    let (_, send) = expect(handle, "GET", TOKEN_SECRET).await;
+    send.send_response(ok_echo(&json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "wf-vflow-invoke", "namespace": "ns"},
+        "data": {"token": "MDA="}
+    })));
+}
+
 async fn first_deployment_fails_with(
     code: u16,
     reason: &str,
 ) -> (Result<Action, Error>, Arc<Context>, Arc<VideoWorkflow>) {
     let (ctx, mut handle, wf) = setup();
     let task = tokio::spawn(workflow::reconcile(wf.clone(), ctx.clone()));
+    token_is_there(&mut handle).await;
     let (body, send) = expect(
         &mut handle,
         "PATCH",
@@ -193,6 +206,21 @@ async fn workflow_deleted_meanwhile_is_not_an_error() {
     // finds the workflow gone (404): the reconcile ends quietly.
     let (ctx, mut handle, wf) = setup();
     let task = tokio::spawn(workflow::reconcile(wf.clone(), ctx.clone()));
+    // No token yet: it is made (owned by the workflow) before any pod that mounts it.
+    let (_, send) = expect(&mut handle, "GET", TOKEN_SECRET).await;
+    send.send_response(status(404, "NotFound"));
+    let (secret, send) = expect(&mut handle, "POST", "/api/v1/namespaces/ns/secrets").await;
+    assert_eq!(secret["metadata"]["name"], "wf-vflow-invoke");
+    assert_eq!(
+        secret["metadata"]["ownerReferences"][0]["kind"],
+        "VideoWorkflow"
+    );
+    let token = secret["stringData"]["token"].as_str().unwrap_or_default();
+    assert!(
+        token.len() == 64 && token.chars().all(|c| c.is_ascii_hexdigit()),
+        "{token}"
+    );
+    send.send_response(ok_echo(&secret));
     for stage in ["split", "scale", "detect", "stitch"] {
         let (body, send) = expect(
             &mut handle,

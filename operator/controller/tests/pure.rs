@@ -236,6 +236,39 @@ fn cpu_stage_pod_has_the_runtime_contract_and_restricted_security() {
         vol.secret.as_ref().and_then(|s| s.secret_name.as_deref()),
         Some("s3-creds")
     );
+    // Only the two keys the runtime reads, not the whole Secret.
+    let keys: Vec<&str> = vol
+        .secret
+        .as_ref()
+        .and_then(|s| s.items.as_ref())
+        .map(|items| items.iter().map(|i| i.key.as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(keys, ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]);
+    // The workflow's token, bucket and outputs: what a caller may make it do.
+    assert_eq!(e["VFLOW_BUCKET"], "videos");
+    assert_eq!(e["VFLOW_OUTPUT_PREFIX"], "outputs/");
+    assert_eq!(
+        e["VFLOW_INVOKE_TOKEN_FILE"],
+        vflow_contract::auth::INVOKE_TOKEN_FILE
+    );
+    let token = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "invoke-token")
+        .and_then(|v| v.secret.as_ref())
+        .expect("the token volume");
+    assert_eq!(token.secret_name.as_deref(), Some("wf-vflow-invoke"));
+    let mounted = f
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|v| v.name == "invoke-token")
+        .expect("token mount");
+    assert!(
+        vflow_contract::auth::INVOKE_TOKEN_FILE.starts_with(&mounted.mount_path)
+            && mounted.read_only == Some(true)
+    );
     // A CPU stage asks for no GPU.
     assert!(!req.keys().any(|k| k.contains("nvidia")));
 }

@@ -300,6 +300,11 @@ impl Env {
         std::fs::create_dir_all(&dir).expect("dir");
         let port_file = dir.join("port");
         let command = json!([self.script.to_string_lossy(), op]).to_string();
+        // As the operator configures a pod: the workflow's token (from the Secret the
+        // operator made), bucket and outputs; so every run here proves the engine
+        // sends the token.
+        let token_file = dir.join("token");
+        std::fs::write(&token_file, self.invoke_token().await).expect("token file");
         let child = Command::new(binary("VFLOW_RUNTIME_BIN", "vflow-runtime"))
             .args([
                 "serve",
@@ -313,6 +318,9 @@ impl Env {
             .arg("--port-file")
             .arg(&port_file)
             .args(["--function", op, "--instance", instance, "--timeout", "60s"])
+            .args(["--bucket", "videos", "--output-prefix", "outputs/"])
+            .arg("--token-file")
+            .arg(&token_file)
             .args(extra)
             .arg("--scratch-dir")
             .arg(self._dir.path().join(format!("scratch-{pod}")))
@@ -335,6 +343,32 @@ impl Env {
         })
         .await;
         format!("http://127.0.0.1:{}", port.unwrap_or(0))
+    }
+
+    /// Workflow wf's invocation token, once the operator has made its Secret.
+    async fn invoke_token(&self) -> String {
+        let secrets: Api<Secret> = self.api();
+        let name = vflow_contract::auth::invoke_token_secret("wf");
+        let mut token = None;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while token.is_none() && Instant::now() < deadline {
+            token = secrets
+                .get_opt(&name)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|s| s.data)
+                .and_then(|d| {
+                    d.get("token")
+                        .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+                });
+            if token.is_none() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        let token = token.unwrap_or_else(|| panic!("the operator made no Secret {name}"));
+        assert_eq!(token.len(), 64, "32 random bytes in hex");
+        token
     }
 
     /// tsplit declares its `segments` metadata, so `when` conditions may read it.
@@ -478,7 +512,10 @@ async fn a_stage_at_zero_is_scaled_by_the_operator_and_the_invocation_waits_for_
         "wf",
         capacity,
         Arc::new(resolver),
-        KubeBackendConfig::default(),
+        KubeBackendConfig {
+            token: Some(env.invoke_token().await),
+            ..KubeBackendConfig::default()
+        },
     );
     let request = InvokeRequest {
         run: "r1".into(),

@@ -319,6 +319,8 @@ impl LocalBackend {
                 "0",
                 "--drain-timeout",
                 "5s",
+                // The user's own files, on the user's machine.
+                "--allow-local-paths",
             ])
             .arg("--port-file")
             .arg(&port_file)

@@ -50,6 +50,9 @@ pub struct KubeBackendConfig {
     /// more), and a refused request never reached a function, so sending it again is
     /// safe. The wait counts as cold start.
     pub route_grace: Duration,
+    /// The workflow's invocation token, sent as `Authorization: Bearer` (its function
+    /// pods require it; the run controller reads it from the workflow's Secret).
+    pub token: Option<String>,
 }
 
 impl Default for KubeBackendConfig {
@@ -58,6 +61,7 @@ impl Default for KubeBackendConfig {
             activation_timeout: Duration::from_secs(300),
             ready_ttl: Duration::from_secs(5),
             route_grace: Duration::from_secs(15),
+            token: None,
         }
     }
 }
@@ -183,12 +187,11 @@ impl<C: Capacity> KubeBackend<C> {
         request: &InvokeRequest,
         timeout: Duration,
     ) -> Result<reqwest::Response, reqwest::Error> {
-        self.client
-            .post(url)
-            .timeout(timeout)
-            .json(request)
-            .send()
-            .await
+        let mut post = self.client.post(url).timeout(timeout);
+        if let Some(token) = &self.config.token {
+            post = post.bearer_auth(token);
+        }
+        post.json(request).send().await
     }
 }
 

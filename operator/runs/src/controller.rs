@@ -23,7 +23,7 @@ use vflow_engine::{Engine, RunGraph, RunOptions};
 use vflow_planner::{PlannerConfig, WorkflowPlan, plan_workflow};
 use vflow_storage::{Location, Store};
 
-use crate::backend::KubeBackend;
+use crate::backend::{KubeBackend, KubeBackendConfig};
 use crate::capacity::KubeCapacity;
 use crate::config::RunsConfig;
 use crate::metrics::ActiveGuard;
@@ -366,7 +366,10 @@ async fn drive_engine(
         wf_name,
         capacity,
         ctx.config.resolver.clone(),
-        ctx.config.backend.clone(),
+        KubeBackendConfig {
+            token: Some(invoke_token(&ctx.client, &ns, wf_name).await?),
+            ..ctx.config.backend.clone()
+        },
     );
     let mut engine = Engine::new(&wf, profiles, backend.clone(), store.clone())
         .map_err(|e| Problem::Fatal(format!("VideoWorkflow {ns}/{wf_name}: {e}")))?;
@@ -513,4 +516,32 @@ async fn status_writer(
         }
         tokio::time::sleep(ctx.config.status_interval).await;
     }
+}
+
+/// The token the workflow's function pods require, from the Secret the operator makes
+/// for the workflow (`vflow_contract::auth::invoke_token_secret`).
+async fn invoke_token(client: &kube::Client, ns: &str, workflow: &str) -> Result<String, Problem> {
+    let name = vflow_contract::auth::invoke_token_secret(workflow);
+    let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), ns);
+    let secret = api
+        .get_opt(&name)
+        .await
+        .map_err(|e| Problem::Waiting(format!("Secret {ns}/{name}: {}", kube_message(&e))))?
+        .ok_or_else(|| {
+            Problem::Waiting(format!(
+                "Secret {ns}/{name} (the workflow's invocation token) is not there yet: the operator makes it when it reconciles the workflow"
+            ))
+        })?;
+    secret
+        .data
+        .unwrap_or_default()
+        .get(vflow_contract::auth::INVOKE_TOKEN_KEY)
+        .map(|v| String::from_utf8_lossy(&v.0).trim().to_string())
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            Problem::Fatal(format!(
+                "Secret {ns}/{name} has no key {}: delete it and the operator makes a new one",
+                vflow_contract::auth::INVOKE_TOKEN_KEY
+            ))
+        })
 }

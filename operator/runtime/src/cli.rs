@@ -20,7 +20,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Mode {
     /// Serve invocations of the function (POST /invoke)
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Sample the function container's CPU, memory and GPU (the sidecar)
     Metrics(MetricsArgs),
 }
@@ -74,7 +74,7 @@ pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Exi
     };
     let result = runtime.block_on(async {
         match cli.mode {
-            Mode::Serve(args) => crate::server::serve(args).await,
+            Mode::Serve(args) => crate::server::serve(*args).await,
             Mode::Metrics(args) => crate::sidecar::run(args).await,
         }
     });

@@ -149,6 +149,21 @@ pub struct ServeArgs {
     /// Name of this instance in responses (the pod name in a cluster).
     #[arg(long, env = "VFLOW_INSTANCE")]
     pub instance: Option<String>,
+    /// Accept local paths as inputs and output prefixes (the local backend, on the
+    /// user's machine). Without it only objects are, and files the runtime fused
+    /// before this one hands on through the scratch directory.
+    #[arg(long, env = "VFLOW_ALLOW_LOCAL_PATHS")]
+    pub allow_local_paths: bool,
+    /// Read and write objects of this bucket only (the operator sets the workflow's).
+    #[arg(long, env = "VFLOW_BUCKET")]
+    pub bucket: Option<String>,
+    /// Write only under this key prefix of the bucket (the workflow's outputPrefix).
+    #[arg(long, env = "VFLOW_OUTPUT_PREFIX")]
+    pub output_prefix: Option<String>,
+    /// A file holding the token callers must send as `Authorization: Bearer` on
+    /// /invoke and /release (the operator mounts the workflow's token Secret).
+    #[arg(long, env = "VFLOW_INVOKE_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
     #[arg(long, env = "VFLOW_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
     /// The function's command, when not given by --command.
@@ -157,6 +172,32 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
+    /// Who may call, and what it may read and write (see `access`).
+    pub fn access(&self) -> Result<crate::access::Access, String> {
+        let token = match &self.token_file {
+            Some(path) => {
+                let raw = std::fs::read_to_string(path)
+                    .map_err(|e| format!("--token-file {}: {e}", path.display()))?;
+                let token = raw.trim();
+                if token.is_empty() {
+                    return Err(format!(
+                        "--token-file {}: empty; an empty token would let any caller in",
+                        path.display()
+                    ));
+                }
+                Some(token.to_string())
+            }
+            None => None,
+        };
+        Ok(crate::access::Access {
+            local_paths: self.allow_local_paths,
+            scratch: self.scratch_dir.clone(),
+            bucket: self.bucket.clone().filter(|b| !b.is_empty()),
+            output_prefix: self.output_prefix.clone().filter(|p| !p.is_empty()),
+            token,
+        })
+    }
+
     pub fn function_command(&self) -> Result<Vec<String>, String> {
         match (&self.command_json, self.command.is_empty()) {
             (Some(_), false) => {

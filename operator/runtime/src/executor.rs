@@ -28,6 +28,7 @@ pub struct Executor {
     timeout: Duration,
     memory_limit: Option<u64>,
     next: Option<String>,
+    pub access: crate::access::Access,
     client: reqwest::Client,
     store: Store,
     pub instance: String,
@@ -63,6 +64,7 @@ pub struct ExecutorConfig {
     pub instance: String,
     /// The next fused stage's runtime in this pod (see `InvokeRequest::then`).
     pub next: Option<String>,
+    pub access: crate::access::Access,
 }
 
 fn failure(phase: Phase, message: impl Into<String>, retryable: bool) -> InvokeFailure {
@@ -128,6 +130,7 @@ impl Executor {
             timeout: config.timeout,
             memory_limit: config.memory_limit,
             next: config.next,
+            access: config.access,
             client: reqwest::Client::new(),
             store,
             instance: config.instance,
@@ -218,15 +221,19 @@ impl Executor {
         started: Instant,
     ) -> Result<InvokeResponse, InvokeFailure> {
         // Check everything about the request before doing any work.
+        let refuse = |message: String| failure(Phase::Request, message, false);
         let inputs = request
             .inputs
             .iter()
             .map(|uri| {
-                Location::parse(uri).map_err(|e| failure(Phase::Request, e.to_string(), false))
+                let location = Location::parse(uri).map_err(|e| refuse(e.to_string()))?;
+                self.access.check_input(&location).map_err(refuse)?;
+                Ok(location)
             })
             .collect::<Result<Vec<_>, _>>()?;
         let prefix = Location::parse(&request.output_prefix)
-            .map_err(|e| failure(Phase::Request, format!("outputPrefix: {e}"), false))?;
+            .map_err(|e| refuse(format!("outputPrefix: {e}")))?;
+        self.access.check_output_prefix(&prefix).map_err(refuse)?;
         let params = request
             .params
             .iter()
@@ -561,21 +568,18 @@ impl Executor {
         };
         let next_stage = next_request.stage.clone();
         let handoff_started = Instant::now();
-        let sent = self
-            .client
-            .post(format!("{next_url}/invoke"))
-            .json(&next_request)
-            .send()
-            .await
-            .map_err(|e| {
-                failure(
-                    Phase::Upload,
-                    format!(
-                        "fused stage {next_stage}: its runtime at {next_url} did not answer: {e}"
-                    ),
-                    true,
-                )
-            })?;
+        let mut post = self.client.post(format!("{next_url}/invoke"));
+        if let Some(token) = &self.access.token {
+            // The pod's runtimes share the workflow's token.
+            post = post.bearer_auth(token);
+        }
+        let sent = post.json(&next_request).send().await.map_err(|e| {
+            failure(
+                Phase::Upload,
+                format!("fused stage {next_stage}: its runtime at {next_url} did not answer: {e}"),
+                true,
+            )
+        })?;
         let status = sent.status();
         let body = sent.bytes().await.map_err(|e| {
             failure(

@@ -7,6 +7,7 @@
 //! Both expose Prometheus metrics and an `/observations` summary that the operator
 //! scrapes into the FunctionProfile status.
 
+pub mod access;
 pub mod cli;
 pub mod config;
 pub mod executor;

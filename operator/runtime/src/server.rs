@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::sync::Semaphore;
@@ -68,7 +68,38 @@ fn status_for(failure: &InvokeFailure) -> StatusCode {
     }
 }
 
-async fn invoke(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+/// 401 unless the request carries the workflow's token (when this runtime has one).
+fn unauthorized(state: &AppState, headers: &HeaderMap) -> Option<Response> {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if state.executor.access.authorized(given) {
+        return None;
+    }
+    state
+        .executor
+        .metrics
+        .rejected
+        .with_label_values(&["unauthorized"])
+        .inc();
+    let body = ErrorBody {
+        error: InvokeFailure {
+            phase: Phase::Request,
+            message: "missing or wrong bearer token: only vflow's engine may call this instance"
+                .into(),
+            input: None,
+            exit: None,
+            stderr_tail: String::new(),
+            retryable: false,
+        },
+    };
+    Some(json_response(StatusCode::UNAUTHORIZED, &body))
+}
+
+async fn invoke(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(refused) = unauthorized(&state, &headers) {
+        return refused;
+    }
     let metrics = &state.executor.metrics;
     if state.draining.load(Ordering::SeqCst) {
         metrics.rejected.with_label_values(&["draining"]).inc();
@@ -139,19 +170,26 @@ async fn wait_for_release(state: &AppState, limit: Duration) {
 }
 
 /// The runtime before this one in a fused chain has stopped.
-async fn release(State(state): State<Arc<AppState>>) -> &'static str {
+async fn release(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Some(refused) = unauthorized(&state, &headers) {
+        return refused;
+    }
     // notify_one keeps the permit when nobody waits yet (SIGTERM still to come).
     state.released.notify_one();
-    "ok\n"
+    "ok\n".into_response()
 }
 
 /// Tells the next runtime of a fused chain that this one will hand it nothing more.
-async fn release_next(next: &str) {
+async fn release_next(next: &str, token: Option<&str>) {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()
         .unwrap_or_default();
-    if let Err(e) = client.post(format!("{next}/release")).send().await {
+    let mut post = client.post(format!("{next}/release"));
+    if let Some(token) = token {
+        post = post.bearer_auth(token);
+    }
+    if let Err(e) = post.send().await {
         tracing::warn!(%next, error = %e, "could not tell the next fused runtime that this one stopped");
     }
 }
@@ -277,6 +315,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
             memory_limit: args.memory_limit,
             instance: args.instance_name(),
             next: args.next.clone(),
+            access: args.access()?,
         },
         store,
         metrics,
@@ -350,7 +389,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         tracing::error!("invocations still running after the drain deadline; exiting anyway");
     }
     if let Some(next) = &args.next {
-        release_next(next).await;
+        release_next(next, state.executor.access.token.as_deref()).await;
     }
     tracing::info!("stopped");
     outcome

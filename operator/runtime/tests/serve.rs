@@ -529,29 +529,99 @@ async fn a_full_scratch_disk_fails_the_download_and_is_cleaned_up() {
     assert_eq!(status, 200, "{body}");
 }
 
+// Issue 17: any caller could make a pod's runtime read the pod's files.
 #[tokio::test]
-async fn local_directories_work_without_s3() {
+async fn local_directories_work_only_for_the_local_backend() {
     let dir = tempfile::tempdir().expect("tempdir");
     let input = dir.path().join("clip.bin");
     std::fs::write(&input, b"local bytes").expect("write");
     let scratch = dir.path().join("scratch").to_string_lossy().into_owned();
     let env = vec![("VFLOW_COMMAND".to_string(), command(&[]))];
-    let rt = Runtime::start(dir.path(), &["--scratch-dir", &scratch], &env);
     let client = reqwest::Client::new();
-    rt.wait_ready(&client).await;
     let out = dir.path().join("out");
-    let (status, _, body) = invoke(
-        &client,
-        &rt.url,
-        json!({"run": "r", "stage": "s", "inputs": [input.to_string_lossy()],
-               "outputPrefix": format!("file://{}/", out.display()), "params": {"mode": "copy"}}),
-    )
-    .await;
+    let request = json!({"run": "r", "stage": "s", "inputs": [input.to_string_lossy()],
+        "outputPrefix": format!("file://{}/", out.display()), "params": {"mode": "copy"}});
+    // As in a pod: refused, naming the path, and nothing is read or written.
+    let pod = Runtime::start(dir.path(), &["--scratch-dir", &scratch], &env);
+    pod.wait_ready(&client).await;
+    let (status, _, body) = invoke(&client, &pod.url, request.clone()).await;
+    assert_eq!(status, 400, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains(&*input.to_string_lossy()) && message.contains("local path"),
+        "{message}"
+    );
+    assert!(!out.exists());
+    drop(pod);
+    // Started for the local backend: the user's own files.
+    let local = Runtime::start(
+        dir.path(),
+        &["--scratch-dir", &scratch, "--allow-local-paths"],
+        &env,
+    );
+    local.wait_ready(&client).await;
+    let (status, _, body) = invoke(&client, &local.url, request).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         std::fs::read(out.join("000-clip.bin")).expect("output"),
         b"local bytes"
     );
+}
+
+// Issue 17: any pod could drive a function pod, on any object its credentials reach.
+#[tokio::test]
+async fn a_pods_runtime_answers_its_workflows_token_on_its_workflows_objects_only() {
+    let s = setup();
+    s.put("in/a.mp4", b"frames").await;
+    let token = s.dir.path().join("token");
+    std::fs::write(&token, "t0ken\n").expect("token");
+    let token_arg = token.to_string_lossy().into_owned();
+    let rt = s.runtime(&[
+        "--bucket",
+        "videos",
+        "--output-prefix",
+        "outputs/wf/",
+        "--token-file",
+        &token_arg,
+    ]);
+    rt.wait_ready(&s.client).await;
+    let call = |body: serde_json::Value, token: Option<&'static str>| {
+        let mut post = s.client.post(format!("{}/invoke", rt.url)).json(&body);
+        if let Some(t) = token {
+            post = post.bearer_auth(t);
+        }
+        post.send()
+    };
+    let good = json!({"run": "r", "stage": "s", "inputs": ["s3://videos/in/a.mp4"],
+        "outputPrefix": "s3://videos/outputs/wf/r/s/", "params": {"mode": "copy"}});
+    for token in [None, Some("wrong"), Some("t0ke")] {
+        let r = call(good.clone(), token).await.expect("post");
+        assert_eq!(r.status(), 401, "{token:?}");
+    }
+    let r = s
+        .client
+        .post(format!("{}/release", rt.url))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 401, "release");
+    for (field, value) in [
+        ("inputs", json!(["s3://other/in/a.mp4"])),
+        ("inputs", json!(["/etc/passwd"])),
+        ("outputPrefix", json!("s3://videos/outputs/other-wf/r/")),
+        ("outputPrefix", json!("s3://other/outputs/wf/r/")),
+    ] {
+        let mut bad = good.clone();
+        bad[field] = value.clone();
+        let r = call(bad, Some("t0ken")).await.expect("post");
+        let status = r.status();
+        let body: serde_json::Value = r.json().await.expect("json");
+        assert_eq!(status, 400, "{field} {value}: {body}");
+    }
+    assert!(s.keys("outputs/").await.is_empty(), "nothing was written");
+    let r = call(good, Some("t0ken")).await.expect("post");
+    assert_eq!(r.status(), 200);
+    assert!(!s.keys("outputs/wf/r/s/").await.is_empty());
 }
 
 #[tokio::test]

@@ -57,7 +57,7 @@ async fn the_sidecar_sees_the_function_s_cpu_and_memory() {
     let command = serde_json::to_string(&[testfn()]).expect("json");
     let rt = Runtime::start(
         dir.path(),
-        &["--scratch-dir", &scratch],
+        &["--scratch-dir", &scratch, "--allow-local-paths"],
         &[("VFLOW_COMMAND".into(), command)],
     );
     let client = reqwest::Client::new();

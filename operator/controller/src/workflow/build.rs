@@ -13,7 +13,12 @@
 //!   (`metrics`), observing the function through the shared process namespace;
 //! - restricted security: non-root (uid 10001, the images' `vflow` user), read-only
 //!   root filesystem, emptyDirs for /scratch and /tmp, no privilege escalation, all
-//!   capabilities dropped, seccomp RuntimeDefault, no service account token.
+//!   capabilities dropped, seccomp RuntimeDefault, no service account token;
+//! - what a runtime may be made to do (docs/operations.md, security model): it requires
+//!   the workflow's token (Secret `<workflow>-vflow-invoke`, mounted), reads and writes
+//!   only the workflow's bucket, writes only under its outputPrefix, and reads no local
+//!   file but its own scratch; only the two S3 credential keys of `secretRef` are
+//!   mounted.
 
 use std::collections::BTreeMap;
 
@@ -22,9 +27,10 @@ use k8s_openapi::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
         core::v1::{
             Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-            HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec,
-            Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext,
-            Service, ServicePort, ServiceSpec, Toleration, Volume, VolumeMount,
+            HTTPGetAction, KeyToPath, ObjectFieldSelector, PodSecurityContext, PodSpec,
+            PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret,
+            SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Toleration,
+            Volume, VolumeMount,
         },
     },
     apimachinery::pkg::{
@@ -36,6 +42,7 @@ use k8s_openapi::{
 use kube::Resource;
 use serde::Serialize;
 use vflow_api::{FunctionProfile, Stage, VideoWorkflow};
+use vflow_contract::auth;
 use vflow_planner::plan::StageDecision;
 
 use crate::error::{Error, Result};
@@ -95,6 +102,42 @@ pub fn labels(workflow: &str, stage: &str, function: &str) -> BTreeMap<String, S
     l.insert("app.kubernetes.io/part-of".into(), "vflow".into());
     l.insert(LABEL_MANAGED_BY.into(), MANAGED_BY.into());
     l
+}
+
+/// Where the workflow's token Secret is mounted (`auth::INVOKE_TOKEN_FILE` is in it).
+const INVOKE_TOKEN_DIR: &str = "/var/run/secrets/vflow/invoke";
+
+/// The Secret holding the token the run engine sends to the workflow's function pods
+/// (and they require): `token`, 32 random bytes in hex, made once; deleting the Secret
+/// makes a new one (and rolls nothing: pods read the file at start).
+pub fn token_secret(wf: &VideoWorkflow, token: String) -> Result<Secret> {
+    let wf_name = wf.metadata.name.clone().unwrap_or_default();
+    Ok(Secret {
+        metadata: ObjectMeta {
+            name: Some(auth::invoke_token_secret(&wf_name)),
+            namespace: wf.metadata.namespace.clone(),
+            labels: Some(BTreeMap::from([
+                (LABEL_WORKFLOW.to_string(), wf_name.clone()),
+                (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
+            ])),
+            owner_references: Some(vec![owner_reference(wf)?]),
+            ..ObjectMeta::default()
+        },
+        string_data: Some(BTreeMap::from([(
+            auth::INVOKE_TOKEN_KEY.to_string(),
+            token,
+        )])),
+        type_: Some("Opaque".into()),
+        ..Secret::default()
+    })
+}
+
+/// A new token: 32 bytes from the kernel's random source, in hex.
+pub fn new_token() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// The controller owner reference to the workflow.
@@ -225,6 +268,15 @@ fn function_container(
         },
         env("VFLOW_LOG_FORMAT", "json"),
     ]);
+    // Who may call it and what it may touch: the workflow's token, bucket and outputs.
+    vars.extend([
+        env("VFLOW_BUCKET", storage.bucket.clone()),
+        env(
+            "VFLOW_OUTPUT_PREFIX",
+            input.workflow.spec.output_prefix.clone(),
+        ),
+        env("VFLOW_INVOKE_TOKEN_FILE", auth::INVOKE_TOKEN_FILE),
+    ]);
     if let Some(endpoint) = storage.endpoint.as_deref().or(input.default_endpoint) {
         vars.push(env("VFLOW_S3_ENDPOINT", endpoint.to_string()));
     }
@@ -241,6 +293,12 @@ fn function_container(
         VolumeMount {
             name: "tmp".into(),
             mount_path: "/tmp".into(),
+            ..VolumeMount::default()
+        },
+        VolumeMount {
+            name: "invoke-token".into(),
+            mount_path: INVOKE_TOKEN_DIR.into(),
+            read_only: Some(true),
             ..VolumeMount::default()
         },
     ];
@@ -405,12 +463,38 @@ fn volumes(input: &StageInput<'_>) -> Vec<Volume> {
         empty_dir: Some(EmptyDirVolumeSource::default()),
         ..Volume::default()
     };
-    let mut v = vec![empty("scratch"), empty("tmp")];
+    let wf_name = input.workflow.metadata.name.clone().unwrap_or_default();
+    let mut v = vec![
+        empty("scratch"),
+        empty("tmp"),
+        Volume {
+            name: "invoke-token".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(auth::invoke_token_secret(&wf_name)),
+                items: Some(vec![KeyToPath {
+                    key: auth::INVOKE_TOKEN_KEY.into(),
+                    path: auth::INVOKE_TOKEN_KEY.into(),
+                    ..KeyToPath::default()
+                }]),
+                default_mode: Some(0o440),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+    ];
     if let Some(secret) = &input.workflow.spec.storage.secret_ref {
+        // Only the two keys the runtime reads: the pod runs an image the workflow's
+        // author picks, and the Secret may hold more.
+        let key = |k: &str| KeyToPath {
+            key: k.into(),
+            path: k.into(),
+            ..KeyToPath::default()
+        };
         v.push(Volume {
             name: "s3-credentials".into(),
             secret: Some(SecretVolumeSource {
                 secret_name: Some(secret.name.clone()),
+                items: Some(vec![key("AWS_ACCESS_KEY_ID"), key("AWS_SECRET_ACCESS_KEY")]),
                 default_mode: Some(0o440),
                 ..SecretVolumeSource::default()
             }),

@@ -20,7 +20,10 @@ use std::{
 };
 
 use k8s_openapi::{
-    api::{apps::v1::Deployment, core::v1::Service},
+    api::{
+        apps::v1::Deployment,
+        core::v1::{Secret, Service},
+    },
     jiff::{SignedDuration, Timestamp},
 };
 use kube::{
@@ -80,6 +83,8 @@ pub struct Context {
     /// Branch outcomes as this process last wrote them to each workflow's status.
     branches: Mutex<HashMap<String, Vec<BranchObservation>>>,
     stage_counts: Mutex<HashMap<String, (StageCounts, FunctionRequests)>>,
+    /// Workflows (by uid) whose invocation token Secret this process saw or made.
+    tokens: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Context {
@@ -108,8 +113,45 @@ impl Context {
             plans: Mutex::default(),
             branches: Mutex::default(),
             stage_counts: Mutex::default(),
+            tokens: Mutex::default(),
         }
     }
+}
+
+/// Makes the workflow's invocation token Secret unless it is there: once per workflow
+/// in this process, and again whenever its pods change (a deleted Secret comes back
+/// before pods that mount it start). Never replaces a token: the running pods hold it.
+async fn ensure_token(
+    ctx: &Context,
+    wf: &VideoWorkflow,
+    ns: &str,
+    pods_change: bool,
+) -> Result<()> {
+    let uid = wf.uid().unwrap_or_default();
+    let seen = ctx.tokens.lock().is_ok_and(|t| t.contains(&uid));
+    if seen && !pods_change {
+        return Ok(());
+    }
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let name = vflow_contract::auth::invoke_token_secret(&wf.name_any());
+    if secrets.get_opt(&name).await?.is_none() {
+        let token = build::new_token().map_err(|e| {
+            crate::error::Error::Config(format!("no random source for the invocation token: {e}"))
+        })?;
+        match secrets
+            .create(&Default::default(), &build::token_secret(wf, token)?)
+            .await
+        {
+            Ok(_) => info!(secret = %name, "made the workflow's invocation token"),
+            // Another reconcile made it meanwhile: keep that one.
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if let Ok(mut t) = ctx.tokens.lock() {
+        t.insert(uid);
+    }
+    Ok(())
 }
 
 /// Stages by state and their instances, for the `vflow_operator_stages` and
@@ -652,6 +694,13 @@ async fn reconcile_inner(wf: &VideoWorkflow, ctx: &Context) -> Result<(Action, b
     let uid = wf.uid().unwrap_or_default();
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
+    // The token the pods mount (and the run engine sends) first.
+    let pods_change = want.deployments.iter().any(|(stage, d)| {
+        !apply::deployment_is_current(children.deployments.get(stage).map(|d| d.as_ref()), d, &uid)
+    });
+    if !want.deployments.is_empty() {
+        ensure_token(ctx, wf, &ns, pods_change).await?;
+    }
     // Children that differ from the cache, applied concurrently (one round trip, not 2N).
     let mut writes = Vec::new();
     for (stage, d) in &want.deployments {
@@ -759,6 +808,9 @@ fn forget(ctx: &Context, wf: &VideoWorkflow) {
     }
     if let Ok(mut b) = ctx.branches.lock() {
         b.remove(&k);
+    }
+    if let Ok(mut t) = ctx.tokens.lock() {
+        t.remove(&wf.uid().unwrap_or_default());
     }
     update_stage_gauge(ctx, &k, StageCounts::default(), FunctionRequests::new());
 }

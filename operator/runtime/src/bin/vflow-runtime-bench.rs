@@ -284,6 +284,7 @@ fn main() -> Result<(), Error> {
         dir,
         "serve",
         &[
+            "--allow-local-paths",
             "--scratch-dir",
             &scratch_arg,
             "--function",
