@@ -282,7 +282,10 @@ cannot() { # VERB RESOURCE [ARGS]
 }
 cannot list secrets --all-namespaces
 cannot watch secrets --all-namespaces
-cannot create secrets -n "$APPS"
+# It makes each workflow's token Secret (create), but can change or remove none.
+cannot update secrets -n "$APPS"
+cannot patch secrets -n "$APPS"
+cannot delete secrets -n "$APPS"
 cannot delete pods -n "$APPS"
 cannot create pods -n "$APPS"
 cannot create pods/exec -n "$APPS"

@@ -512,11 +512,9 @@ async fn a_stage_at_zero_is_scaled_by_the_operator_and_the_invocation_waits_for_
         "wf",
         capacity,
         Arc::new(resolver),
-        KubeBackendConfig {
-            token: Some(env.invoke_token().await),
-            ..KubeBackendConfig::default()
-        },
+        KubeBackendConfig::default(),
     );
+    backend.use_token(env.invoke_token().await);
     let request = InvokeRequest {
         run: "r1".into(),
         stage: "split".into(),

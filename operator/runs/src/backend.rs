@@ -50,9 +50,6 @@ pub struct KubeBackendConfig {
     /// more), and a refused request never reached a function, so sending it again is
     /// safe. The wait counts as cold start.
     pub route_grace: Duration,
-    /// The workflow's invocation token, sent as `Authorization: Bearer` (its function
-    /// pods require it; the run controller reads it from the workflow's Secret).
-    pub token: Option<String>,
 }
 
 impl Default for KubeBackendConfig {
@@ -61,7 +58,6 @@ impl Default for KubeBackendConfig {
             activation_timeout: Duration::from_secs(300),
             ready_ttl: Duration::from_secs(5),
             route_grace: Duration::from_secs(15),
-            token: None,
         }
     }
 }
@@ -95,9 +91,18 @@ pub struct KubeBackend<C: Capacity> {
     gates: std::sync::Mutex<HashMap<String, Arc<StageGate>>>,
     cancelled: AtomicBool,
     cancel: Notify,
+    /// The workflow's invocation token, sent as `Authorization: Bearer` (its function
+    /// pods require it; the run controller reads it from the workflow's Secret).
+    token: std::sync::OnceLock<String>,
 }
 
 impl<C: Capacity> KubeBackend<C> {
+    /// Sends `token` with every invocation from now on (set once; later calls are
+    /// ignored).
+    pub fn use_token(&self, token: String) {
+        let _ = self.token.set(token);
+    }
+
     pub fn new(
         namespace: &str,
         workflow: &str,
@@ -115,6 +120,7 @@ impl<C: Capacity> KubeBackend<C> {
             gates: std::sync::Mutex::new(HashMap::new()),
             cancelled: AtomicBool::new(false),
             cancel: Notify::new(),
+            token: std::sync::OnceLock::new(),
         })
     }
 
@@ -188,7 +194,7 @@ impl<C: Capacity> KubeBackend<C> {
         timeout: Duration,
     ) -> Result<reqwest::Response, reqwest::Error> {
         let mut post = self.client.post(url).timeout(timeout);
-        if let Some(token) = &self.config.token {
+        if let Some(token) = self.token.get() {
             post = post.bearer_auth(token);
         }
         post.json(request).send().await

@@ -23,7 +23,7 @@ use vflow_engine::{Engine, RunGraph, RunOptions};
 use vflow_planner::{PlannerConfig, WorkflowPlan, plan_workflow};
 use vflow_storage::{Location, Store};
 
-use crate::backend::{KubeBackend, KubeBackendConfig};
+use crate::backend::KubeBackend;
 use crate::capacity::KubeCapacity;
 use crate::config::RunsConfig;
 use crate::metrics::ActiveGuard;
@@ -366,13 +366,12 @@ async fn drive_engine(
         wf_name,
         capacity,
         ctx.config.resolver.clone(),
-        KubeBackendConfig {
-            token: Some(invoke_token(&ctx.client, &ns, wf_name).await?),
-            ..ctx.config.backend.clone()
-        },
+        ctx.config.backend.clone(),
     );
     let mut engine = Engine::new(&wf, profiles, backend.clone(), store.clone())
         .map_err(|e| Problem::Fatal(format!("VideoWorkflow {ns}/{wf_name}: {e}")))?;
+    // A workflow that runs has pods, and the operator made their token before them.
+    backend.use_token(invoke_token(&ctx.client, &ns, wf_name).await?);
     engine.drain_on(ctx.drain.subscribe());
     let graph = engine.graph.clone();
     let (record_tx, record_rx) = watch::channel(None::<RunRecord>);
