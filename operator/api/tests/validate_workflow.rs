@@ -373,6 +373,33 @@ fn outputs_inside_the_trigger_prefix_would_loop() {
     );
 }
 
+// Issue 17: `outputPrefix: ../../x/` passed validation and failed mid-run.
+#[test]
+fn an_output_prefix_that_leaves_the_bucket_or_is_ambiguous_is_refused() {
+    for (prefix, why) in [
+        ("../../x/", "must not contain a '.' or '..' part"),
+        ("out/./x/", "must not contain a '.' or '..' part"),
+        ("/abs/", "must be relative to the bucket (no leading '/')"),
+        ("out//x/", "must not contain an empty part ('//')"),
+        (
+            "out\\\\x/",
+            "must not contain a backslash or a control character",
+        ),
+    ] {
+        let spec = format!("outputPrefix: {prefix:?}\n{}", stages(CHAIN));
+        let got = problems(&spec);
+        assert_eq!(got.len(), 1, "{prefix}: {got:?}");
+        assert!(
+            got[0].starts_with("spec.outputPrefix: ") && got[0].ends_with(why),
+            "{prefix}: {got:?}"
+        );
+    }
+    for fine in ["", "outputs/", "a/b-c_d.e/", "out"] {
+        let spec = format!("outputPrefix: {fine:?}\n{}", stages(CHAIN));
+        assert_eq!(problems(&spec), Vec::<String>::new(), "{fine:?}");
+    }
+}
+
 #[test]
 fn prefix_on_a_manual_trigger() {
     let spec = format!("trigger: {{type: Manual, suffix: .mp4}}\n{}", stages(CHAIN));

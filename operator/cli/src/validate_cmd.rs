@@ -65,7 +65,13 @@ pub fn run(files: &[PathBuf], profile_dirs: &[PathBuf]) -> Report {
             _ => {}
         }
     }
-    let profiles = ProfileSet::partial(profiles);
+    // With --profiles the user says where every profile is: a function without one
+    // is a problem (as `vflow plan` finds); without, only the files given are known.
+    let profiles = if profile_dirs.is_empty() {
+        ProfileSet::partial(profiles)
+    } else {
+        ProfileSet::complete(profiles)
+    };
     let mut lines = Vec::new();
     for doc in &docs {
         let mut problems = doc.problems.clone();

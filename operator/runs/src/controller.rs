@@ -495,6 +495,11 @@ async fn status_writer(
         let Some(record) = records.borrow_and_update().clone() else {
             continue;
         };
+        // The end is written once, by the run's task, after what the run measured is in
+        // the profiles: a reader who sees Succeeded finds the run learned.
+        if record.phase.is_finished() {
+            return;
+        }
         let status = status(&StatusInput {
             graph: &graph,
             record: &record,

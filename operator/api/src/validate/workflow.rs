@@ -146,6 +146,7 @@ fn check_storage_and_trigger(p: &mut Problems, spec: &VideoWorkflowSpec) {
             );
         }
     }
+    check_output_prefix(p, &spec.output_prefix);
     let t = &spec.trigger;
     match t.type_ {
         TriggerType::Manual => {
@@ -168,6 +169,30 @@ fn check_storage_and_trigger(p: &mut Problems, spec: &VideoWorkflowSpec) {
                 );
             }
         }
+    }
+}
+
+/// A key prefix every store takes the same way: relative, no `.` or `..` part, no
+/// empty part (`//`), no backslash or control character. The local store would refuse
+/// `../x/` only mid-run, and S3 would take it as a literal key.
+fn check_output_prefix(p: &mut Problems, prefix: &str) {
+    let bad = if prefix.starts_with('/') {
+        Some("must be relative to the bucket (no leading '/')")
+    } else if prefix.contains(|c: char| c == '\\' || c.is_control()) {
+        Some("must not contain a backslash or a control character")
+    } else if prefix
+        .trim_end_matches('/')
+        .split('/')
+        .any(|part| part == "." || part == "..")
+    {
+        Some("must not contain a '.' or '..' part")
+    } else if !prefix.is_empty() && prefix.trim_end_matches('/').split('/').any(str::is_empty) {
+        Some("must not contain an empty part ('//')")
+    } else {
+        None
+    };
+    if let Some(why) = bad {
+        p.add("spec.outputPrefix", format!("{prefix:?} {why}"));
     }
 }
 
