@@ -431,6 +431,9 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
     if interactive {
         eprintln!();
     }
+    if let Some(e) = outcome.unreadable {
+        return Err(bad(e));
+    }
     let record = outcome.record;
 
     // Report: a table here, JSON and a timeline beside the run's state.

@@ -59,6 +59,10 @@ pub fn prewarm_schedule(plan: &WorkflowPlan) -> Vec<(String, f64, u32)> {
 #[derive(Debug, Clone)]
 pub struct RunOutcome {
     pub record: RunRecord,
+    /// The run's record is there but could not be read, or is not a run record:
+    /// nothing ran and nothing was written (a new record would destroy the run's
+    /// progress). Trying again later may read it.
+    pub unreadable: Option<String>,
 }
 
 /// Called with the record after every change.
@@ -212,16 +216,24 @@ impl<B: Backend> Engine<B> {
         target
     }
 
-    async fn load(&self, opts: &RunOptions) -> RunRecord {
+    /// The run's record, or a new one when there is none (or it is another
+    /// workflow's or input's). Err when one is there that cannot be read.
+    async fn load(&self, opts: &RunOptions) -> Result<RunRecord, String> {
         let location = opts.prefix.join(RUN_RECORD);
-        if let Ok(Some(bytes)) = self.store.get_bytes(&location).await
-            && let Ok(record) = serde_json::from_slice::<RunRecord>(&bytes)
-            && record.workflow == self.workflow
-            && record.input == opts.input
-        {
-            return record;
+        let bytes = self
+            .store
+            .get_bytes(&location)
+            .await
+            .map_err(|e| format!("could not read the run's record {location}: {e}"))?;
+        if let Some(bytes) = bytes {
+            let record = serde_json::from_slice::<RunRecord>(&bytes).map_err(|e| {
+                format!("{location} is not a run record ({e}): move it away to start the run over")
+            })?;
+            if record.workflow == self.workflow && record.input == opts.input {
+                return Ok(record);
+            }
         }
-        RunRecord {
+        Ok(RunRecord {
             run: opts.run.clone(),
             workflow: self.workflow.clone(),
             input: opts.input.clone(),
@@ -233,7 +245,7 @@ impl<B: Backend> Engine<B> {
             finished_at: None,
             message: None,
             sessions: 0,
-        }
+        })
     }
 
     async fn persist(&self, opts: &RunOptions, record: &RunRecord) {
@@ -256,9 +268,34 @@ impl<B: Backend> Engine<B> {
 
     /// Runs (or resumes) one run to its end, or until `cancel` turns true.
     pub async fn run(&self, opts: &RunOptions, mut cancel: watch::Receiver<bool>) -> RunOutcome {
-        let mut record = self.load(opts).await;
+        let mut record = match self.load(opts).await {
+            Ok(record) => record,
+            Err(e) => {
+                tracing::warn!(run = %opts.run, error = %e, "not running: the run's record is unreadable");
+                let record = RunRecord {
+                    run: opts.run.clone(),
+                    workflow: self.workflow.clone(),
+                    input: opts.input.clone(),
+                    prefix: opts.prefix.to_string(),
+                    phase: RunPhase::Pending,
+                    segments: None,
+                    units: Vec::new(),
+                    started_at: unix_now(),
+                    finished_at: None,
+                    message: Some(e.clone()),
+                    sessions: 0,
+                };
+                return RunOutcome {
+                    record,
+                    unreadable: Some(e),
+                };
+            }
+        };
         if record.phase == RunPhase::Succeeded {
-            return RunOutcome { record };
+            return RunOutcome {
+                record,
+                unreadable: None,
+            };
         }
         let scheduler = Scheduler::new(&self.graph, &opts.prefix, &opts.params, |i| {
             self.target(i, opts)
@@ -305,7 +342,10 @@ impl<B: Backend> Engine<B> {
             if draining(&drain) && tasks.is_empty() {
                 // Nothing runs any more: the next session goes on from here.
                 self.persist(opts, &record).await;
-                return RunOutcome { record };
+                return RunOutcome {
+                    record,
+                    unreadable: None,
+                };
             }
             if failure.is_none() && !draining(&drain) {
                 let next = scheduler.next(&mut record);
@@ -387,7 +427,10 @@ impl<B: Backend> Engine<B> {
         scheduler.conclude(&mut record, failure);
         record.finished_at = Some(unix_now());
         self.persist(opts, &record).await;
-        RunOutcome { record }
+        RunOutcome {
+            record,
+            unreadable: None,
+        }
     }
 
     /// Sends the pre-warm requests that are due.

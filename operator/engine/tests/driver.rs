@@ -66,8 +66,9 @@ fn options(dir: &tempfile::TempDir) -> RunOptions {
 
 async fn run(engine: &Engine<Fake>, opts: &RunOptions) -> RunRecord {
     let (_cancel, rx) = watch::channel(false);
-    let RunOutcome { record } = engine.run(opts, rx).await;
-    record
+    let outcome: RunOutcome = engine.run(opts, rx).await;
+    assert_eq!(outcome.unreadable, None);
+    outcome.record
 }
 
 fn record_path(opts: &RunOptions) -> PathBuf {
@@ -446,6 +447,33 @@ async fn an_attempt_killed_for_memory_fails_naming_its_input_and_is_counted_as_a
         (scale.invocations, scale.failures, scale.oom_kills),
         (1, 1, 1)
     );
+}
+
+// Issue 17: any error reading the run's record counted as "no record", and the run
+// started over, writing a new record over the old one's progress.
+#[tokio::test]
+async fn a_record_that_cannot_be_read_is_never_overwritten_and_nothing_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = options(&dir);
+    let backend = Arc::new(Fake::new().outputs("split", 1));
+    let engine = engine(&common::split_scale_stitch(), &backend);
+    let path = record_path(&opts);
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
+    // Not a run record (a torn write, another tool's file): kept as it is.
+    std::fs::write(&path, b"{not json").expect("write");
+    let (_cancel, rx) = watch::channel(false);
+    let outcome = engine.run(&opts, rx).await;
+    let why = outcome.unreadable.expect("refused");
+    assert!(why.contains("is not a run record"), "{why}");
+    assert_eq!(std::fs::read(&path).expect("kept"), b"{not json");
+    // Unreadable (here a directory where the record should be): the same.
+    std::fs::remove_file(&path).expect("rm");
+    std::fs::create_dir(&path).expect("dir in the way");
+    let (_cancel, rx) = watch::channel(false);
+    let outcome = engine.run(&opts, rx).await;
+    let why = outcome.unreadable.expect("refused");
+    assert!(why.contains("could not read the run's record"), "{why}");
+    assert!(backend.calls().is_empty(), "nothing ran");
 }
 
 // Issue 17: a function that failed on its input (exit 1) was retried twice.

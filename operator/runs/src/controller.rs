@@ -406,6 +406,10 @@ async fn drive_engine(
     let outcome = engine.run(&opts, cancel_rx).await;
     drop(active);
     writer.abort();
+    if let Some(e) = outcome.unreadable {
+        // Its progress is in that record: never start it over on top of it.
+        return Err(Problem::Waiting(e));
+    }
     let mut record = outcome.record;
     // What the invocations measured goes into the profiles, each attempt once: marked
     // in the record, which is saved again (a later session skips what is marked).
