@@ -233,7 +233,12 @@ impl<B: Backend> Engine<B> {
                 return Ok(record);
             }
         }
-        Ok(RunRecord {
+        Ok(self.new_record(opts))
+    }
+
+    /// A run not started yet.
+    fn new_record(&self, opts: &RunOptions) -> RunRecord {
+        RunRecord {
             run: opts.run.clone(),
             workflow: self.workflow.clone(),
             input: opts.input.clone(),
@@ -245,7 +250,7 @@ impl<B: Backend> Engine<B> {
             finished_at: None,
             message: None,
             sessions: 0,
-        })
+        }
     }
 
     async fn persist(&self, opts: &RunOptions, record: &RunRecord) {
@@ -273,17 +278,8 @@ impl<B: Backend> Engine<B> {
             Err(e) => {
                 tracing::warn!(run = %opts.run, error = %e, "not running: the run's record is unreadable");
                 let record = RunRecord {
-                    run: opts.run.clone(),
-                    workflow: self.workflow.clone(),
-                    input: opts.input.clone(),
-                    prefix: opts.prefix.to_string(),
-                    phase: RunPhase::Pending,
-                    segments: None,
-                    units: Vec::new(),
-                    started_at: unix_now(),
-                    finished_at: None,
                     message: Some(e.clone()),
-                    sessions: 0,
+                    ..self.new_record(opts)
                 };
                 return RunOutcome {
                     record,
