@@ -183,17 +183,45 @@ def _tail(text: str, n: int = TAIL_LINES) -> list[str]:
     return [ln for ln in text.splitlines() if ln.strip()][-n:]
 
 
-def ffmpeg(args: list[str], what: str, on: str, cwd: str | None = None) -> None:
-    """Run ffmpeg; the last arg must be the output. Raises FnError naming `on`."""
+# What an input may be. Only local files (no http, no pipes to other protocols), only
+# single-file media containers: a playlist (hls, dash) or a concat list would make
+# ffmpeg open other files it names, e.g. another invocation's scratch. `mov` covers
+# mp4/m4a/3gp, `matroska` webm. image2 reads one still image, as long as the name has
+# no '%' (a sequence pattern): main() refuses such names.
+MEDIA_FORMATS = ("mov,matroska,avi,mpegts,mpeg,flv,ogg,asf,mxf,m4v,h264,hevc,ivf,yuv4mpegpipe,"
+                 "wav,w64,mp3,aac,flac,gif,image2,png_pipe,jpeg_pipe,webp_pipe,bmp_pipe,tiff_pipe")
+# Caps against forged headers: pictures beyond 8192x8192 and single allocations beyond
+# 1 GiB are refused by the decoder instead of exhausting the pod's memory.
+MAX_PIXELS = 8192 * 8192
+MAX_ALLOC = 1 << 30
+# Bounds on what a tool's output may cost the function: the stderr tail is read from
+# the end of a file, and stdout (ffprobe's JSON) is refused beyond this size.
+STDERR_TAIL_BYTES = 64 * 1024
+MAX_STDOUT_BYTES = 256 * 1024 * 1024
+
+
+def input_guard(formats: str = MEDIA_FORMATS) -> list[str]:
+    """Input options (they go before each -i) that confine what ffmpeg/ffprobe may open."""
+    return ["-protocol_whitelist", "file", "-format_whitelist", formats, "-max_pixels", str(MAX_PIXELS)]
+
+
+def ffmpeg(args: list[str], what: str, on: str, cwd: str | None = None, listing: bool = False) -> None:
+    """Run ffmpeg; the last arg must be the output. Raises FnError naming `on`.
+
+    `listing` allows a concat list as input; only for lists the function wrote itself,
+    of inputs it has probed already (the list's files inherit the whitelist).
+    """
     threads = ffmpeg_threads()
+    guard = input_guard(MEDIA_FORMATS + ",concat" if listing else MEDIA_FORMATS)
+    # -threads before each -i sets the decoder's, before the output the encoder's.
+    t = ["-threads", str(threads)] if threads else []
+    out = []
+    for a in args[:-1]:
+        out += guard + t + [a] if a == "-i" else [a]
     if threads:
-        # -threads before each -i sets the decoder's, before the output the encoder's.
-        t = ["-threads", str(threads)]
-        out = []
-        for a in args[:-1]:
-            out += t + [a] if a == "-i" else [a]
-        args = ["-filter_threads", str(threads), "-filter_complex_threads", str(threads)] + out + t + args[-1:]
-    cmd = ["ffmpeg", "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error", "-y"] + args
+        out = ["-filter_threads", str(threads), "-filter_complex_threads", str(threads)] + out + t
+    cmd = ["ffmpeg", "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error", "-y",
+           "-max_alloc", str(MAX_ALLOC)] + out + args[-1:]
     stderr = _run(cmd, what, on, cwd=cwd, want="stderr")
     # ffmpeg exits 0 on a cut-off mp4 whose index comes first; its demuxer says so, though.
     if ": partial file" in stderr:
@@ -201,26 +229,61 @@ def ffmpeg(args: list[str], what: str, on: str, cwd: str | None = None) -> None:
                       _tail(stderr))
 
 
+def _read_tail(f, limit: int) -> str:
+    f.seek(0, os.SEEK_END)
+    size = f.tell()
+    f.seek(max(0, size - limit))
+    return f.read().decode("utf-8", "replace")
+
+
+def _refusal(stderr: str) -> str | None:
+    """A plain reason when ffmpeg stopped at one of the input guards."""
+    m = re.search(r"\[(\w+) @ [^\]]*\] Format not on whitelist", stderr)
+    if m or "Format not on whitelist" in stderr:
+        fmt = m.group(1) if m else "unknown"
+        return (f"its format ({fmt}) is not one vflow reads: playlists, concat lists and image "
+                f"sequences are refused, as they make ffmpeg open other files")
+    if "Protocol not on whitelist" in stderr:
+        return "it refers to a protocol other than a local file, which vflow refuses"
+    if "exceeds specified max pixel count" in stderr:
+        return f"its pictures are larger than the limit of {MAX_PIXELS} pixels"
+    return None
+
+
 def _run(cmd: list[str], what: str, on: str, cwd: str | None = None, want: str = "stdout") -> str:
     if os.environ.get("VFLOW_FN_DEBUG"):
         print("+ " + " ".join(cmd), file=sys.stderr)
-    try:
-        # SIGXFSZ is ignored in the child so that a file-size limit reads as a write error.
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd,
-                              preexec_fn=lambda: signal.signal(signal.SIGXFSZ, signal.SIG_IGN))
-    except FileNotFoundError:
-        raise FnError(f"{what} failed on input {on}: {cmd[0]} is not installed") from None
-    stderr = proc.stderr.decode("utf-8", "replace")
-    if proc.returncode != 0:
-        how = (f"killed by signal {-proc.returncode}" if proc.returncode < 0
-               else f"exit status {proc.returncode}")
-        raise FnError(f"{what} failed on input {on}: {cmd[0]} {how}", _tail(stderr))
-    return stderr if want == "stderr" else proc.stdout.decode("utf-8", "replace")
+    # Output goes to files, not pipes, so that a flood of warnings or a huge JSON costs
+    # disk that the scratch limit bounds rather than this process's memory.
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        try:
+            # SIGXFSZ is ignored in the child so that a file-size limit reads as a write error.
+            proc = subprocess.run(cmd, stdout=out, stderr=err, cwd=cwd,
+                                  preexec_fn=lambda: signal.signal(signal.SIGXFSZ, signal.SIG_IGN))
+        except FileNotFoundError:
+            raise FnError(f"{what} failed on input {on}: {cmd[0]} is not installed") from None
+        stderr = _read_tail(err, STDERR_TAIL_BYTES)
+        if proc.returncode != 0:
+            reason = _refusal(stderr)
+            if reason:
+                raise FnError(f"{what} failed on input {on}: {reason}", _tail(stderr))
+            how = (f"killed by signal {-proc.returncode}" if proc.returncode < 0
+                   else f"exit status {proc.returncode}")
+            raise FnError(f"{what} failed on input {on}: {cmd[0]} {how}", _tail(stderr))
+        if want == "stderr":
+            return stderr
+        size = out.seek(0, os.SEEK_END)
+        if size > MAX_STDOUT_BYTES:
+            raise FnError(f"{what} failed on input {on}: {cmd[0]} wrote {size} bytes, more than the "
+                          f"{MAX_STDOUT_BYTES} vflow reads")
+        out.seek(0)
+        return out.read().decode("utf-8", "replace")
 
 
 def ffprobe(path: str, extra: list[str] | None = None) -> dict:
     """Format and streams of a media file, or FnError saying the input is unreadable."""
-    cmd = ["ffprobe", "-hide_banner", "-v", "error", "-of", "json", "-show_format", "-show_streams"]
+    cmd = ["ffprobe", "-hide_banner", "-v", "error", "-max_alloc", str(MAX_ALLOC), *input_guard(),
+           "-of", "json", "-show_format", "-show_streams"]
     out = _run(cmd + (extra or []) + [path], "reading", path)
     info = json.loads(out or "{}")
     if not info.get("streams"):
@@ -230,7 +293,8 @@ def ffprobe(path: str, extra: list[str] | None = None) -> dict:
 
 def probe_packets(path: str, stream_index: int) -> list[dict]:
     """Packets (pts_time, duration_time, flags) of one stream, without decoding."""
-    cmd = ["ffprobe", "-hide_banner", "-v", "error", "-of", "json", "-select_streams", str(stream_index),
+    cmd = ["ffprobe", "-hide_banner", "-v", "error", "-max_alloc", str(MAX_ALLOC), *input_guard(),
+           "-of", "json", "-select_streams", str(stream_index),
            "-show_entries", "packet=pts_time,duration_time,flags", path]
     return json.loads(_run(cmd, "reading packets", path) or "{}").get("packets", [])
 
@@ -483,6 +547,9 @@ def main(fn: Function, argv: list[str]) -> int:
                 raise FnError(f"input {path} does not exist or is not a file")
             if os.path.getsize(path) == 0:
                 raise FnError(f"input {path} is empty")
+            if "%" in os.path.basename(path):
+                raise FnError(f"input {path}: a '%' in the file name makes ffmpeg read it as a "
+                              f"numbered image sequence (other files); rename it")
         output_dir = os.path.abspath(output_dir)
         os.makedirs(output_dir, exist_ok=True)
         stage = tempfile.mkdtemp(prefix=".partial-", dir=output_dir)

@@ -18,8 +18,8 @@ import subprocess
 import sys
 import tempfile
 
-from vflowfn import (Context, FnError, Function, Param, UsageError, _tail, ffmpeg_threads, ffprobe,
-                     frame_rate, video_stream, write_json_atomic)
+from vflowfn import (MAX_ALLOC, Context, FnError, Function, Param, UsageError, _refusal, _tail, ffmpeg_threads,
+                     ffprobe, input_guard, frame_rate, video_stream, write_json_atomic)
 
 MODELS = ["fasterrcnn_mobilenet_v3_large_320_fpn", "fasterrcnn_mobilenet_v3_large_fpn",
           "ssdlite320_mobilenet_v3_large"]
@@ -122,7 +122,8 @@ def frames(src: str, width: int, height: int, every: int):
     if shutil.which("ffmpeg"):
         threads = ffmpeg_threads()
         t = ["-threads", str(threads)] if threads else []
-        cmd = ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", *t, "-i", src, "-map", "0:v:0",
+        cmd = ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-max_alloc", str(MAX_ALLOC),
+               *input_guard(), *t, "-i", src, "-map", "0:v:0",
                "-vf", f"select=not(mod(n\\,{every}))", "-fps_mode", "passthrough", "-f", "rawvideo",
                "-pix_fmt", "rgb24", "-"]
         size = width * height * 3
@@ -142,7 +143,7 @@ def frames(src: str, width: int, height: int, every: int):
             err.seek(0)
             text = err.read().decode("utf-8", "replace")
             if rc != 0 or ": partial file" in text:
-                why = f"ffmpeg exit status {rc}" if rc else "the input is truncated (shorter than its index says)"
+                why = (_refusal(text) or f"ffmpeg exit status {rc}") if rc else "the input is truncated (shorter than its index says)"
                 raise FnError(f"decoding failed on input {src}: {why}", _tail(text))
         return
     import cv2  # no ffmpeg here (e.g. a bare GPU host): OpenCV's own decoder

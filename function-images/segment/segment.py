@@ -57,13 +57,17 @@ def run(ctx: Context) -> dict:
         cuts = ["-segment_time", str(seconds)]
     else:
         container = pick_container("h264", acodec)
-        # Keyframes forced at the cut times make every cut land where it was asked for;
-        # no cut in the last half segment, so the tail is never a sliver.
-        times = ",".join(f"{k * seconds:.6f}" for k in range(1, int(total / seconds) + 1)
-                         if k * seconds < total - seconds / 2) or f"{total + 1:.6f}"
-        codecs = (video_encoder_args("h264", 18, "veryfast") + ["-force_key_frames", times]
+        # Keyframes forced at k*N make every cut land where it was asked for; no cut in
+        # the last half segment, so the tail is never a sliver. An expression, not a list
+        # of times: a long input (or a forged duration) with short segments made a list
+        # longer than the kernel's 128 KiB limit on one argument. No other keyframes (no
+        # scene cuts, no GOP limit), so the muxer's cut at each k*N finds only these.
+        last = total - seconds / 2
+        force = f"expr:lt(n_forced*{seconds:.6f},{last:.6f})*gte(t,n_forced*{seconds:.6f})"
+        codecs = (video_encoder_args("h264", 18, "veryfast") + ["-force_key_frames", force]
+                  + ["-g", str(1 << 30), "-sc_threshold", "0"]
                   + ["-fps_mode", "passthrough", "-enc_time_base:v", "-1"] + audio_args(acodec, container))
-        cuts = ["-segment_times", times]
+        cuts = ["-segment_time", str(seconds)]
     seg_list = os.path.join(ctx.work, "list.csv")
     # Timestamps. The segment muxer cuts the interleaved packets at each cut's video
     # keyframe, so every audio packet lands in exactly one segment (the one that

@@ -43,7 +43,7 @@ def run(ctx: Context) -> dict:
                f"pad={p['width']}:{tile_h}:(ow-iw)/2:(oh-ih)/2")
     ffmpeg(["-f", "concat", "-safe", "0", "-i", listing, "-vf", f"{box},tile={cols}x{rows}",
             "-frames:v", "1", "-q:v", "3", "-update", "1", ctx.out("sprite.jpg")],
-           f"tiling {len(tiles)} frames", ctx.inputs[0])
+           f"tiling {len(tiles)} frames", ctx.inputs[0], listing=True)
     return {"tiles": len(tiles), "rows": rows}
 
 

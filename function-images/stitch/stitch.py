@@ -196,7 +196,7 @@ def run(ctx: Context) -> None:
     # edit list), so everything moved by it and the priming samples became audible.
     ffmpeg(["-copyts", "-f", "concat", "-safe", "0", "-i", listing,
             "-map", "0:v:0", *(["-map", "0:a:0"] if a0 else []), "-c:v", "copy", *aout, "-metadata", "comment=",
-            *muxer_args(container, a0), out], f"joining {len(ctx.inputs)} segments", ctx.inputs[0])
+            *muxer_args(container, a0), out], f"joining {len(ctx.inputs)} segments", ctx.inputs[0], listing=True)
 
 
 FUNCTION = Function(

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import FN, gen_clip
+from conftest import FN, ffmpeg, gen_clip
 
 
 def failed_cleanly(r, names):
@@ -102,3 +102,56 @@ def test_sigterm_leaves_nothing(tmp_path, clips):
     _, err = proc.communicate(timeout=30)
     assert proc.returncode != 0 and "stopped by a signal" in err
     assert os.listdir(out) == []
+
+
+# ---------------------------------------------------------------- hostile media (issue 17 item 9)
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory, clips):
+    """Inputs that would make ffmpeg open other local files, and a forged picture size."""
+    import struct
+    import zlib
+    d = tmp_path_factory.mktemp("hostile")
+    secret = clips["gop25"]  # stands for another invocation's scratch file
+    (d / "playlist.m3u8").write_text("#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\n"
+                                     f"{secret}\n#EXT-X-ENDLIST\n")
+    (d / "list.ffconcat").write_text(f"ffconcat version 1.0\nfile {secret}\n")
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48", "-frames:v", 1, d / "frame1.png")
+    (d / "frame%d.png").write_bytes((d / "frame1.png").read_bytes())  # would read frame1.png too
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", 9000, 9000, 8, 2, 0, 0, 0)  # 81 Mpx, over the 67 Mpx cap
+    (d / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+                                 + chunk(b"IDAT", zlib.compress(b"\0" * 49)) + chunk(b"IEND", b""))
+    return d
+
+
+@pytest.mark.parametrize("name, fmt", [("playlist.m3u8", "hls"), ("list.ffconcat", "concat")])
+@pytest.mark.parametrize("function, params", [("probe", {}), ("scale", {"height": 120, "preset": "ultrafast"}),
+                                              ("segment", {"seconds": 2}), ("thumbnail", {}), ("detect", {})])
+def test_a_playlist_input_cannot_open_other_local_files(fn, hostile, name, fmt, function, params):
+    r = fn(function, [hostile / name], env={"VFLOW_DETECT_BACKEND": "haar"}, **params)
+    failed_cleanly(r, [hostile / name])
+    assert f"its format ({fmt}) is not one vflow reads" in r.stderr, r.stderr
+
+
+def test_a_concat_list_is_refused_by_the_functions_that_use_concat_themselves(fn, clips, hostile):
+    """stitch and sprite feed ffmpeg a concat list of their own: an input that is one is still refused."""
+    for function in ("stitch", "sprite"):
+        r = fn(function, [clips["gop25"], hostile / "list.ffconcat"])
+        failed_cleanly(r, [hostile / "list.ffconcat"])
+        assert "its format (concat) is not one vflow reads" in r.stderr, r.stderr
+
+
+def test_an_image_sequence_pattern_is_refused(fn, hostile):
+    r = fn("thumbnail", [hostile / "frame%d.png"])
+    failed_cleanly(r, [hostile / "frame%d.png"])
+    assert "numbered image sequence" in r.stderr, r.stderr
+
+
+def test_a_forged_picture_size_is_refused_before_decoding(fn, hostile):
+    r = fn("thumbnail", [hostile / "huge.png"])
+    failed_cleanly(r, [hostile / "huge.png"])
+    assert "larger than the limit of 67108864 pixels" in r.stderr, r.stderr

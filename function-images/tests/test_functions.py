@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from conftest import astream, count_frames, fps, packets, probe, pts_list, span, stream_duration, vstream
+from conftest import astream, count_frames, ffmpeg, fps, packets, probe, pts_list, span, stream_duration, vstream
 
 
 def frame_tol(path):
@@ -64,6 +64,21 @@ def test_segment_reencodes_when_gop_too_long(fn, segmented, clips):
     assert all(d == pytest.approx(2.0, abs=0.05) for d in durs)
     never = fn("segment", [clips["longgop"]], seconds=2, reencode="never")
     assert never.rc == 0 and never.meta["segments"] == 1
+
+
+def test_segment_two_hours_in_half_second_segments(fn, tmp_path):
+    """A 2-hour input cut every 0.5 s: the forced keyframe times no longer go into one
+    argument (14,400 times overflowed the kernel's 128 KiB limit). Its frames are 720 s
+    apart, so the test encodes 11 frames, not 2 hours."""
+    src = tmp_path / "two-hours.mp4"
+    ffmpeg("-f", "lavfi", "-t", 11, "-i", "testsrc=size=64x48:rate=1", "-vf", "setpts=PTS*720",
+           "-c:v", "libx264", "-preset", "ultrafast", "-g", 1, "-fps_mode", "passthrough", src)
+    assert float(probe(src)["format"]["duration"]) > 7200
+    r = fn("segment", [src], seconds=0.5)
+    assert r.rc == 0, r
+    segs = sorted(r.out.iterdir())
+    assert r.meta["segments"] == len(segs) == 11, r
+    assert sum(count_frames(s) for s in segs) == 11
 
 
 def test_segment_multistream_keeps_first_video_and_audio(fn, videos):
