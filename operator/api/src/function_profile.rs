@@ -192,6 +192,12 @@ pub struct ResourceRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("minimum" = 0, "exclusiveMinimum" = true, "maximum" = 8))]
     pub gpu: Option<f64>,
+    /// Disk for one invocation's inputs and outputs (the pod's /scratch), e.g. 10Gi.
+    /// The pod's scratch is this times the invocations it runs at once. Unset: twice
+    /// the most an invocation was seen to read and write, else 2Gi; set, it is the
+    /// least vflow gives however small the observations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scratch: Option<Quantity>,
 }
 
 /// Limits for automatic sizing.
@@ -325,6 +331,9 @@ pub struct FunctionProfileStatus {
     /// why there is none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub split: Option<String>,
+    /// Bytes an invocation read plus wrote: what it needed on the scratch disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scratch_bytes: Option<Distribution>,
     /// Bytes written per byte read, averaged over the window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_input_ratio: Option<f64>,

@@ -204,6 +204,33 @@ fn cpu_stage_pod_has_the_runtime_contract_and_restricted_security() {
     assert_eq!(req["memory"], "1024Mi");
     assert_eq!(lim.get("memory"), req.get("memory"));
     assert!(!lim.contains_key("cpu"));
+    // Bounded disk: scratch = 2 GiB per invocation (the default) x the invocations at
+    // once; /tmp 256 MiB; the first container's ephemeral-storage covers both plus
+    // its own 64 MiB, the sidecar's its own; the runtime is told the scratch limit.
+    let concurrency: u64 = e["VFLOW_CONCURRENCY"].parse().expect("n");
+    let scratch = concurrency * 2048 * 1024 * 1024;
+    let size_limit = |name: &str| {
+        pod.volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == name)
+            .and_then(|v| v.empty_dir.as_ref())
+            .and_then(|e| e.size_limit.as_ref())
+            .map(|q| q.0.clone())
+    };
+    assert_eq!(size_limit("scratch"), Some(scratch.to_string()));
+    assert_eq!(size_limit("tmp"), Some((256u64 << 20).to_string()));
+    assert_eq!(e["VFLOW_SCRATCH_LIMIT"], scratch.to_string());
+    let disk = (scratch + (256 << 20) + (64 << 20)).to_string();
+    assert_eq!(req["ephemeral-storage"], disk);
+    assert_eq!(lim["ephemeral-storage"], disk);
+    for c in &pod.containers[1..] {
+        let r = c.resources.as_ref().expect("resources");
+        for side in [&r.requests, &r.limits] {
+            let got = side.as_ref().and_then(|m| m.get("ephemeral-storage"));
+            assert_eq!(got.map(|q| q.0.as_str()), Some("67108864"), "{}", c.name);
+        }
+    }
     // The sidecar.
     let m = &pod.containers[1];
     assert_eq!(
@@ -982,6 +1009,12 @@ fn a_fused_chain_is_one_deployment_with_a_runtime_per_stage() {
         resources(crop, "requests")["memory"],
         vflow_api::Quantity::from_bytes(larger).as_str()
     );
+    // The chain shares one scratch: both steps' disk, for the chain's invocations.
+    let concurrency = f64::from(crop_plan.concurrency);
+    let each = crop_plan.size.scratch_bytes_each + scale_plan.size.scratch_bytes_each;
+    let scratch = (each * concurrency).ceil() as u64;
+    assert_eq!(head["VFLOW_SCRATCH_LIMIT"], scratch.to_string());
+    assert_eq!(member["VFLOW_SCRATCH_LIMIT"], scratch.to_string());
     // Probes reach each runtime on its own port.
     let probe_port = pod.containers[1]
         .readiness_probe

@@ -200,6 +200,11 @@ pub fn fold(profile: &mut FunctionProfile, attempts: &[&Attempt]) {
         .map(|a| a.cpu_seconds / a.function_seconds)
         .collect();
     let memory: Vec<f64> = ok.iter().map(|a| a.peak_rss_bytes as f64).collect();
+    // What an invocation held on its scratch disk: its inputs and its outputs.
+    let scratch: Vec<f64> = ok
+        .iter()
+        .map(|a| (a.bytes_in + a.bytes_out) as f64)
+        .collect();
     let cold: Vec<f64> = attempts
         .iter()
         .filter_map(|a| a.cold_start_seconds)
@@ -207,6 +212,7 @@ pub fn fold(profile: &mut FunctionProfile, attempts: &[&Attempt]) {
     status.exec_seconds = merge(status.exec_seconds.as_ref(), old_n, &exec);
     status.cpu_cores = merge(status.cpu_cores.as_ref(), old_n, &cores);
     status.memory_bytes = merge(status.memory_bytes.as_ref(), old_n, &memory);
+    status.scratch_bytes = merge(status.scratch_bytes.as_ref(), old_n, &scratch);
     status.cold_start_seconds = merge(
         status.cold_start_seconds.as_ref(),
         status.cold_starts,

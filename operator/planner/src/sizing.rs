@@ -23,6 +23,12 @@ pub struct SizingConfig {
     /// CPU and memory when a quantity cannot be read (it passed validation, so rare).
     pub fallback_cpu: f64,
     pub fallback_memory_bytes: f64,
+    /// Multiplier on the most an invocation read plus wrote, for its scratch disk.
+    pub scratch_headroom: f64,
+    /// Scratch per invocation when the profile sets none and nothing is observed.
+    pub default_scratch_bytes: f64,
+    /// Scratch per invocation is never below this.
+    pub min_scratch_bytes: f64,
 }
 
 impl Default for SizingConfig {
@@ -34,6 +40,9 @@ impl Default for SizingConfig {
             oom_raise: 1.5,
             fallback_cpu: 1.0,
             fallback_memory_bytes: 512.0 * MIB,
+            scratch_headroom: 2.0,
+            default_scratch_bytes: 2048.0 * MIB,
+            min_scratch_bytes: 64.0 * MIB,
         }
     }
 }
@@ -69,6 +78,8 @@ pub struct StageSize {
     /// invocation's use (the runtime measures each function process), written ones
     /// are for the profile's `concurrency`.
     pub sized_for: u32,
+    /// Scratch disk one invocation needs (its inputs and outputs), in bytes.
+    pub scratch_bytes_each: f64,
     pub source: SizeSource,
     /// Why these numbers, in a sentence or two.
     pub reason: String,
@@ -81,6 +92,48 @@ impl StageSize {
     pub fn memory(&self) -> Quantity {
         Quantity::from_bytes(self.memory_bytes)
     }
+    /// The scratch disk of an instance running `invocations` at once.
+    pub fn scratch_bytes(&self, invocations: u32) -> f64 {
+        self.scratch_bytes_each * f64::from(invocations.max(1))
+    }
+}
+
+/// Scratch disk for one invocation, and why: the profile's `resources.scratch` is a
+/// floor; under sizing Auto, trusted observations raise it to the most an invocation
+/// read plus wrote, with headroom (a download that does not fit fails, and a failed
+/// invocation teaches nothing, so this errs large).
+fn scratch_each(profile: &FunctionProfile, cfg: &SizingConfig) -> (f64, String) {
+    let spec = profile
+        .spec
+        .resources
+        .scratch
+        .as_ref()
+        .and_then(|q| q.value().ok());
+    let observed = profile
+        .status
+        .as_ref()
+        .filter(|s| {
+            profile.spec.sizing == SizingMode::Auto && s.invocations >= cfg.min_observations
+        })
+        .and_then(|s| s.scratch_bytes.as_ref())
+        .map(|d| d.max * cfg.scratch_headroom);
+    let (bytes, why) = match (spec, observed) {
+        (Some(s), Some(o)) if o > s => (
+            o,
+            format!("scratch = max in+out x {} headroom", cfg.scratch_headroom),
+        ),
+        (Some(s), _) => (s, "scratch from the profile's resources".to_string()),
+        (None, Some(o)) => (
+            o,
+            format!("scratch = max in+out x {} headroom", cfg.scratch_headroom),
+        ),
+        (None, None) => (cfg.default_scratch_bytes, "scratch default".to_string()),
+    };
+    // Whole powers of two MiB: observations that drift a little do not change the
+    // pod template (and roll the stage's pods) on every plan.
+    let mib = (bytes.max(cfg.min_scratch_bytes) / MIB).ceil().max(1.0);
+    let bytes = 2f64.powi(mib.log2().ceil() as i32) * MIB;
+    (bytes, format!("{why}: {:.0} MiB each", bytes / MIB))
 }
 
 /// What the observations say, whatever the sizing mode.
@@ -226,6 +279,8 @@ pub fn size_stage(
         SizingMode::Off => notes.push("sizing Off: spec values".into()),
     }
     notes.extend(obs.notes.iter().cloned());
+    let (scratch_bytes_each, scratch_note) = scratch_each(profile, cfg);
+    notes.push(scratch_note);
     let mut gpu = spec.resources.gpu;
     let concurrency = spec.concurrency.max(1);
     if let Some(o) = overrides {
@@ -261,6 +316,7 @@ pub fn size_stage(
         } else {
             concurrency
         },
+        scratch_bytes_each,
         source,
         reason: notes.join("; "),
     }
@@ -320,6 +376,7 @@ mod tests {
                     cpu: "2".parse().expect("q"),
                     memory: "1Gi".parse().expect("q"),
                     gpu: None,
+                    scratch: None,
                 },
                 bounds: Some(ResourceBounds {
                     min_cpu: Some("500m".parse().expect("q")),
@@ -439,5 +496,35 @@ mod tests {
         // The override's concurrency is a packing degree (the plan's): the size is
         // still the profile's, observed for one invocation.
         assert_eq!((s.gpu, s.concurrency, s.sized_for), (Some(0.5), 1, 1));
+    }
+
+    #[test]
+    fn scratch_follows_the_bytes_an_invocation_moved() {
+        let cfg = SizingConfig::default();
+        // Nothing observed, nothing set: the default, 2 GiB each.
+        let p = profile(SizingMode::Auto, None);
+        let s = size_stage(&p, None, &cfg);
+        assert_eq!(s.scratch_bytes_each, 2048.0 * MIB);
+        assert_eq!(s.scratch_bytes(4), 4.0 * 2048.0 * MIB);
+        // Observed: at most 300 MiB in+out, x 2 = 600 MiB, up to a power of two.
+        let mut status = observed(50, 1.0, 500.0, 0);
+        status.scratch_bytes = Some(Distribution {
+            p50: 100.0 * MIB,
+            p95: 250.0 * MIB,
+            max: 300.0 * MIB,
+        });
+        let p = profile(SizingMode::Auto, Some(status.clone()));
+        let s = size_stage(&p, None, &cfg);
+        assert_eq!(s.scratch_bytes_each, 1024.0 * MIB, "{}", s.reason);
+        assert!(s.reason.contains("max in+out x 2 headroom"), "{}", s.reason);
+        // The profile's value is a floor that observations only raise.
+        let mut p = profile(SizingMode::Auto, Some(status.clone()));
+        p.spec.resources.scratch = Some("8Gi".parse().expect("q"));
+        assert_eq!(size_stage(&p, None, &cfg).scratch_bytes_each, 8192.0 * MIB);
+        p.spec.resources.scratch = Some("100Mi".parse().expect("q"));
+        assert_eq!(size_stage(&p, None, &cfg).scratch_bytes_each, 1024.0 * MIB);
+        // Sizing Off: observations are not applied.
+        let p = profile(SizingMode::Off, Some(status));
+        assert_eq!(size_stage(&p, None, &cfg).scratch_bytes_each, 2048.0 * MIB);
     }
 }

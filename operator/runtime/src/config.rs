@@ -125,6 +125,12 @@ pub struct ServeArgs {
     /// Where inputs and outputs are staged (an emptyDir in a pod).
     #[arg(long, env = "VFLOW_SCRATCH_DIR", default_value = "/tmp/vflow-scratch")]
     pub scratch_dir: PathBuf,
+    /// The scratch disk's size (the pod's emptyDir sizeLimit, which the kubelet
+    /// enforces by eviction): a download that would pass it is refused, naming the
+    /// input, before anything is written. Bytes or e.g. 10Gi. Unset: the filesystem's
+    /// free space is the limit.
+    #[arg(long, env = "VFLOW_SCRATCH_LIMIT", value_parser = parse_memory)]
+    pub scratch_limit: Option<u64>,
     /// The longest one invocation may run.
     #[arg(long, env = "VFLOW_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
     pub timeout: Duration,

@@ -15,6 +15,7 @@ use crate::invocation::{
 use crate::metrics::RuntimeMetrics;
 use crate::observations::{InstanceObservations, Window};
 use crate::process::{self, Exit};
+use crate::scratch_space::ScratchSpace;
 
 /// Transfers in flight at once within one invocation.
 const TRANSFER_CONCURRENCY: usize = 4;
@@ -35,6 +36,7 @@ pub struct Executor {
     pub metrics: RuntimeMetrics,
     observed: Mutex<Observed>,
     next_id: AtomicU64,
+    space: Arc<ScratchSpace>,
     served: AtomicBool,
     cold_start: OnceLock<f64>,
     /// Set when the drain deadline passes: running functions are killed.
@@ -58,6 +60,8 @@ pub struct ExecutorConfig {
     pub function: String,
     pub command: Vec<String>,
     pub scratch: PathBuf,
+    /// The scratch disk's size in a pod (see `scratch_space`).
+    pub scratch_limit: Option<u64>,
     pub timeout: Duration,
     /// Enforced by the runtime (the local mode has no cgroup); see `process::run`.
     pub memory_limit: Option<u64>,
@@ -126,7 +130,7 @@ impl Executor {
         Self {
             function: config.function,
             command: config.command,
-            scratch: config.scratch,
+            scratch: config.scratch.clone(),
             timeout: config.timeout,
             memory_limit: config.memory_limit,
             next: config.next,
@@ -146,6 +150,7 @@ impl Executor {
                 bytes_out: 0,
             }),
             next_id: AtomicU64::new(0),
+            space: ScratchSpace::new(config.scratch.clone(), config.scratch_limit),
             served: AtomicBool::new(false),
             cold_start: OnceLock::new(),
             cancel: Arc::new(AtomicBool::new(false)),
@@ -280,6 +285,9 @@ impl Executor {
             .map_err(|e| failure(Phase::Download, e.to_string(), true))?
             .map_err(|e| failure(Phase::Download, e, true))?;
         }
+
+        // Room on the scratch disk for the inputs, before a byte is written.
+        let _admission = self.admit_inputs(&inputs).await?;
 
         // Inputs, in parallel, each verified.
         let download_started = Instant::now();
@@ -734,6 +742,62 @@ struct HandedOff<'a> {
     download_seconds: f64,
     function_seconds: f64,
     measured: &'a process::Measured,
+}
+
+impl Executor {
+    /// Sizes the inputs and admits them to the scratch disk; a refusal names the
+    /// largest input. Inputs whose size cannot be read are left to the download,
+    /// which says why.
+    async fn admit_inputs(
+        &self,
+        inputs: &[Location],
+    ) -> Result<crate::scratch_space::Admission, InvokeFailure> {
+        // Futures built first (owned), then run a few at a time (see the downloads).
+        let lookups: Vec<_> = inputs
+            .iter()
+            .map(|location| {
+                let store = self.store.clone();
+                let location = location.clone();
+                async move {
+                    match store.size(&location).await {
+                        Ok(size) => Ok((size.unwrap_or(0), location)),
+                        Err(e) => Err(InvokeFailure {
+                            input: Some(location.to_string()),
+                            ..storage_failure(Phase::Download, &e)
+                        }),
+                    }
+                }
+            })
+            .collect();
+        let sizes: Vec<(u64, Location)> = stream::iter(lookups)
+            .buffered(TRANSFER_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let need: u64 = sizes.iter().map(|(b, _)| *b).sum();
+        let space = Arc::clone(&self.space);
+        let admitted = tokio::task::spawn_blocking(move || space.admit(need))
+            .await
+            .map_err(|e| failure(Phase::Download, e.to_string(), true))?;
+        admitted.map_err(|no_room| {
+            let largest = sizes
+                .iter()
+                .max_by_key(|(b, _)| *b)
+                .map(|(_, l)| l.to_string())
+                .unwrap_or_default();
+            let named = match sizes.len() {
+                1 => format!("input {largest}"),
+                n => format!("inputs {largest} and {} more", n - 1),
+            };
+            InvokeFailure {
+                input: Some(largest),
+                ..failure(
+                    Phase::Download,
+                    no_room.describe(&named),
+                    no_room.retryable(),
+                )
+            }
+        })
+    }
 }
 
 fn storage_failure(phase: Phase, err: &StorageError) -> InvokeFailure {

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod overlap;
 pub mod proc_stats;
 pub mod process;
+pub mod scratch_space;
 pub mod server;
 pub mod sidecar;
 pub mod tail;

@@ -305,12 +305,21 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
     tokio::fs::create_dir_all(&args.scratch_dir)
         .await
         .map_err(|e| format!("scratch directory {}: {e}", args.scratch_dir.display()))?;
+    let scratch_dir = args.scratch_dir.clone();
+    let removed =
+        tokio::task::spawn_blocking(move || crate::scratch_space::remove_leftovers(&scratch_dir))
+            .await
+            .unwrap_or(0);
+    if removed > 0 {
+        tracing::info!(removed, "removed the scratch of runtimes that are gone");
+    }
     let metrics = RuntimeMetrics::new(&args.function).map_err(|e| format!("metrics: {e}"))?;
     let executor = Executor::new(
         ExecutorConfig {
             function: args.function.clone(),
             command,
             scratch: args.scratch_dir.clone(),
+            scratch_limit: args.scratch_limit,
             timeout: args.timeout,
             memory_limit: args.memory_limit,
             instance: args.instance_name(),

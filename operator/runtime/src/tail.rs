@@ -1,7 +1,7 @@
 //! The last lines of a process's output, kept in bounded memory.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::sync::{Arc, Mutex};
 
 /// Keeps at most `max_lines` lines of at most `max_line` bytes each.
@@ -39,17 +39,43 @@ impl Tail {
         }
     }
 
-    /// Reads a pipe to its end on the calling thread.
-    pub fn drain(&self, pipe: impl Read) {
-        let mut reader = BufReader::new(pipe);
-        let mut buf = Vec::new();
-        while let Ok(n) = reader.read_until(b'\n', &mut buf) {
-            if n == 0 {
-                break;
+    /// Reads a pipe to its end on the calling thread. A line is cut at `MAX_LINE`
+    /// bytes as it is read: a tool that writes megabytes without a newline costs
+    /// no more memory than one that writes short lines.
+    pub fn drain(&self, mut pipe: impl Read) {
+        let mut chunk = [0u8; 8192];
+        let mut line: Vec<u8> = Vec::with_capacity(256);
+        let mut cut = false;
+        loop {
+            let n = match pipe.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            };
+            for &b in &chunk[..n] {
+                if b == b'\n' {
+                    self.push_bytes(&line, cut);
+                    line.clear();
+                    cut = false;
+                } else if line.len() < MAX_LINE {
+                    line.push(b);
+                } else {
+                    cut = true;
+                }
             }
-            self.push(&String::from_utf8_lossy(&buf));
-            buf.clear();
         }
+        if !line.is_empty() {
+            self.push_bytes(&line, cut);
+        }
+    }
+
+    fn push_bytes(&self, line: &[u8], cut: bool) {
+        let mut text = String::from_utf8_lossy(line).into_owned();
+        if cut {
+            text.push('…');
+        }
+        self.push(&text);
     }
 
     pub fn text(&self) -> String {
@@ -69,5 +95,18 @@ mod tests {
         let tail = Tail::new(2);
         tail.drain("one\ntwo\nthree\n".as_bytes());
         assert_eq!(tail.text(), "two\nthree");
+    }
+
+    #[test]
+    fn a_line_without_end_is_cut_as_it_is_read() {
+        let tail = Tail::new(2);
+        let mut flood = vec![b'x'; 10 * MAX_LINE];
+        flood.extend_from_slice(b"\nlast");
+        tail.drain(flood.as_slice());
+        let text = tail.text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].len() <= MAX_LINE + '…'.len_utf8() && lines[0].ends_with('…'));
+        assert_eq!(lines[1], "last");
     }
 }

@@ -508,15 +508,17 @@ async fn a_full_scratch_disk_fails_the_download_and_is_cleaned_up() {
                "outputPrefix": "s3://videos/full/", "params": {"mode": "copy"}}),
     )
     .await;
+    // Refused before a byte is written (the filesystem has 2 MiB, the input is 4),
+    // naming the input; another instance may have room, so it may be retried.
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["phase"], "download");
+    assert_eq!(body["error"]["input"], "s3://videos/in/big.bin");
+    let message = body["error"]["message"].as_str().unwrap_or("");
     assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("scratch disk is full"),
+        message.contains("s3://videos/in/big.bin (4.0 MiB) does not fit in the scratch disk"),
         "{body}"
     );
+    assert_eq!(std::fs::read_dir(&scratch).expect("scratch").count(), 0);
     assert!(s.keys("full/").await.is_empty());
     // The space is given back: the next invocation fits.
     let (status, _, body) = invoke(
@@ -524,6 +526,58 @@ async fn a_full_scratch_disk_fails_the_download_and_is_cleaned_up() {
         &rt.url,
         json!({"run": "r", "stage": "s", "inputs": ["s3://videos/in/small.bin"],
                "outputPrefix": "s3://videos/fits/", "params": {"mode": "copy"}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+// Issue 17 item 5: in a pod the scratch emptyDir's sizeLimit is enforced by eviction,
+// so the runtime is told the limit and refuses what cannot fit, before downloading.
+#[tokio::test]
+async fn an_input_larger_than_the_scratch_limit_is_refused_before_downloading() {
+    let s = setup();
+    s.put("in/big.bin", &vec![7u8; 3 << 20]).await;
+    s.put("in/small.bin", b"small").await;
+    // A dead runtime's leftovers (pid_max is at most 2^22: no such process).
+    let leftover = s.dir.path().join("scratch/inv-4194305-0/in");
+    std::fs::create_dir_all(&leftover).expect("mkdir");
+    std::fs::write(leftover.join("orphan.bin"), vec![1u8; 1 << 20]).expect("write");
+    let rt = s.runtime(&["--scratch-limit", "2Mi"]);
+    rt.wait_ready(&s.client).await;
+    assert!(
+        !s.dir.path().join("scratch/inv-4194305-0").exists(),
+        "the dead runtime's scratch is removed at start"
+    );
+    let (status, _, body) = invoke(
+        &s.client,
+        &rt.url,
+        json!({"run": "r", "stage": "s", "inputs": ["s3://videos/in/small.bin", "s3://videos/in/big.bin"],
+               "outputPrefix": "s3://videos/big/", "params": {"mode": "copy"}}),
+    )
+    .await;
+    // No instance of this size can take it: not retryable, and the message says what to change.
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["phase"], "download");
+    assert_eq!(body["error"]["retryable"], false);
+    assert_eq!(body["error"]["input"], "s3://videos/in/big.bin");
+    let message = body["error"]["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("inputs s3://videos/in/big.bin and 1 more (3.0 MiB) is larger")
+            && message.contains("resources.scratch"),
+        "{body}"
+    );
+    assert_eq!(
+        std::fs::read_dir(s.dir.path().join("scratch"))
+            .expect("scratch")
+            .count(),
+        0,
+        "nothing was downloaded"
+    );
+    let (status, _, body) = invoke(
+        &s.client,
+        &rt.url,
+        json!({"run": "r", "stage": "s", "inputs": ["s3://videos/in/small.bin"],
+               "outputPrefix": "s3://videos/small/", "params": {"mode": "copy"}}),
     )
     .await;
     assert_eq!(status, 200, "{body}");

@@ -30,6 +30,13 @@ pub fn validate_profile(profile: &FunctionProfile) -> Vec<super::Problem> {
         "spec.resources.memory",
         Some(&spec.resources.memory),
     );
+    if spec.resources.scratch.is_some() {
+        positive_quantity(
+            &mut p,
+            "spec.resources.scratch",
+            spec.resources.scratch.as_ref(),
+        );
+    }
     if let Some(gpu) = spec.resources.gpu {
         check_gpu(&mut p, "spec.resources.gpu", gpu);
     }

@@ -14,6 +14,11 @@
 //! - restricted security: non-root (uid 10001, the images' `vflow` user), read-only
 //!   root filesystem, emptyDirs for /scratch and /tmp, no privilege escalation, all
 //!   capabilities dropped, seccomp RuntimeDefault, no service account token;
+//! - bounded disk: /scratch's sizeLimit is the plan's scratch per invocation times the
+//!   invocations at once (summed over a fused chain), /tmp's 256Mi, and every
+//!   container requests and limits ephemeral-storage (the first one the emptyDirs), so
+//!   the kubelet places the pod where the disk is and evicts it past its share; the
+//!   runtime is told the scratch limit and refuses a download that would not fit;
 //! - what a runtime may be made to do (docs/operations.md, security model): it requires
 //!   the workflow's token (Secret `<workflow>-vflow-invoke`, mounted), reads and writes
 //!   only the workflow's bucket, writes only under its outputPrefix, and reads no local
@@ -194,6 +199,39 @@ struct Position {
     concurrency: u32,
     /// This step's timeout and those after it: how long a chain in flight here may take.
     drain_seconds: u64,
+    /// The pod's scratch disk, shared by its runtimes (`pod_scratch_bytes`).
+    scratch_bytes: u64,
+}
+
+/// /tmp is for the tools' small temporary files; media goes to /scratch.
+const TMP_LIMIT_BYTES: u64 = 256 * 1024 * 1024;
+/// A container's own writable layer and logs.
+const CONTAINER_DISK_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The pod's scratch: each step's disk per invocation times the invocations the
+/// chain runs at once, summed (a fused step's inputs are the previous step's
+/// outputs, both on the shared scratch).
+fn pod_scratch_bytes(chain: &[&StageInput<'_>], concurrency: u32) -> u64 {
+    chain
+        .iter()
+        .map(|s| s.decision.size.scratch_bytes(concurrency))
+        .sum::<f64>()
+        .ceil() as u64
+}
+
+/// Bytes as a Kubernetes quantity, exact.
+fn bytes_quantity(bytes: u64) -> K8sQuantity {
+    quantity(bytes.to_string())
+}
+
+/// Adds an ephemeral-storage request and limit of `bytes` (the kubelet evicts a pod
+/// whose emptyDirs, layers and logs pass the sum of its containers' limits).
+fn with_disk(mut r: ResourceRequirements, bytes: u64) -> ResourceRequirements {
+    for side in [&mut r.requests, &mut r.limits] {
+        side.get_or_insert_with(BTreeMap::new)
+            .insert("ephemeral-storage".into(), bytes_quantity(bytes));
+    }
+    r
 }
 
 /// The invocation port of the pod's `index`-th runtime.
@@ -253,6 +291,7 @@ fn function_container(
         env("VFLOW_PORT", port.to_string()),
         env("VFLOW_CONCURRENCY", at.concurrency.max(1).to_string()),
         env("VFLOW_SCRATCH_DIR", SCRATCH_DIR),
+        env("VFLOW_SCRATCH_LIMIT", at.scratch_bytes.to_string()),
         env("VFLOW_TIMEOUT", format!("{timeout}s")),
         env("VFLOW_DRAIN_TIMEOUT", format!("{}s", at.drain_seconds)),
         EnvVar {
@@ -431,14 +470,17 @@ fn sidecar_container(input: &StageInput<'_>) -> Container {
             protocol: Some("TCP".into()),
             ..ContainerPort::default()
         }]),
-        resources: Some(ResourceRequirements {
-            requests: Some(BTreeMap::from([
-                ("cpu".to_string(), quantity("10m")),
-                ("memory".to_string(), quantity("32Mi")),
-            ])),
-            limits: Some(BTreeMap::from([("memory".to_string(), quantity("64Mi"))])),
-            ..ResourceRequirements::default()
-        }),
+        resources: Some(with_disk(
+            ResourceRequirements {
+                requests: Some(BTreeMap::from([
+                    ("cpu".to_string(), quantity("10m")),
+                    ("memory".to_string(), quantity("32Mi")),
+                ])),
+                limits: Some(BTreeMap::from([("memory".to_string(), quantity("64Mi"))])),
+                ..ResourceRequirements::default()
+            },
+            CONTAINER_DISK_BYTES,
+        )),
         security_context: Some(container_security()),
         ..Container::default()
     }
@@ -457,16 +499,19 @@ fn container_security() -> SecurityContext {
     }
 }
 
-fn volumes(input: &StageInput<'_>) -> Vec<Volume> {
-    let empty = |name: &str| Volume {
+fn volumes(input: &StageInput<'_>, scratch_bytes: u64) -> Vec<Volume> {
+    let empty = |name: &str, bytes: u64| Volume {
         name: name.into(),
-        empty_dir: Some(EmptyDirVolumeSource::default()),
+        empty_dir: Some(EmptyDirVolumeSource {
+            size_limit: Some(bytes_quantity(bytes)),
+            ..EmptyDirVolumeSource::default()
+        }),
         ..Volume::default()
     };
     let wf_name = input.workflow.metadata.name.clone().unwrap_or_default();
     let mut v = vec![
-        empty("scratch"),
-        empty("tmp"),
+        empty("scratch", scratch_bytes),
+        empty("tmp", TMP_LIMIT_BYTES),
         Volume {
             name: "invoke-token".into(),
             secret: Some(SecretVolumeSource {
@@ -532,6 +577,7 @@ pub fn deployment(
     let chain: Vec<&StageInput<'_>> = std::iter::once(input).chain(fused).collect();
     let timeouts: Vec<u64> = chain.iter().map(|s| timeout_seconds(s)).collect();
     let resources = chain_resources(&chain.iter().map(|s| s.decision).collect::<Vec<_>>());
+    let scratch_bytes = pod_scratch_bytes(&chain, input.decision.concurrency);
     let mut containers = Vec::with_capacity(chain.len() + 1);
     for (index, (stage, resources)) in chain.iter().zip(resources).enumerate() {
         let at = Position {
@@ -539,8 +585,15 @@ pub fn deployment(
             of: chain.len(),
             concurrency: input.decision.concurrency,
             drain_seconds: timeouts[index..].iter().sum(),
+            scratch_bytes,
         };
-        containers.push(function_container(stage, at, resources)?);
+        // The pod's emptyDirs are counted on its first container.
+        let disk = if index == 0 {
+            scratch_bytes + TMP_LIMIT_BYTES + CONTAINER_DISK_BYTES
+        } else {
+            CONTAINER_DISK_BYTES
+        };
+        containers.push(function_container(stage, at, with_disk(resources, disk))?);
     }
     containers.push(sidecar_container(input));
     let grace = timeouts.iter().sum::<u64>() + GRACE_EXTRA_SECONDS;
@@ -584,7 +637,7 @@ pub fn deployment(
                         ..PodSecurityContext::default()
                     }),
                     tolerations,
-                    volumes: Some(volumes(input)),
+                    volumes: Some(volumes(input, scratch_bytes)),
                     ..PodSpec::default()
                 }),
             },

@@ -101,6 +101,7 @@ mod tests {
             gpu_memory_bytes: None,
             concurrency: 1,
             sized_for: 1,
+            scratch_bytes_each: 2.0 * GIB,
             source,
             reason: String::new(),
         }

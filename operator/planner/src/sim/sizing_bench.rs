@@ -163,6 +163,7 @@ fn profile(c: &SizingCase, obs: &[(f64, f64)], ooms: u64) -> FunctionProfile {
                 cpu: Quantity::from_cores(c.spec_cpu),
                 memory: Quantity::from_bytes(c.spec_mem_mib * MIB),
                 gpu: None,
+                scratch: None,
             },
             bounds: Some(ResourceBounds {
                 min_cpu: q(format!("{}", c.min_cpu)),
