@@ -670,6 +670,23 @@ mod scrape_tests {
     }
 
     #[test]
+    fn the_scratch_an_invocation_needed_is_its_bytes_in_plus_out() {
+        let mut p = profile();
+        let run = |bytes_in: u64, bytes_out: u64| Attempt {
+            bytes_in,
+            bytes_out,
+            ..Default::default()
+        };
+        let failed = Attempt {
+            error: Some("boom".into()),
+            ..run(1 << 40, 0)
+        };
+        fold(&mut p, &[&run(100, 50), &run(300, 100), &failed]);
+        let d = p.status.unwrap_or_default().scratch_bytes.expect("scratch");
+        assert_eq!(d.max, 400.0, "a failed attempt does not count: {d:?}");
+    }
+
+    #[test]
     fn invocations_are_counted_per_bucket_and_old_buckets_go() {
         let mut status = FunctionProfileStatus::default();
         let t0 = 1_800_000_000.0;

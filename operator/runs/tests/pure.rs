@@ -340,7 +340,7 @@ fn run_names_are_stable_per_object_and_differ_per_content() {
     );
     assert_ne!(a, run_name("ns", "wf", &o("in/a.mp4", "e2")));
     assert_ne!(a, run_name("ns2", "wf", &o("in/a.mp4", "e1")));
-    assert!(a.starts_with("wf-") && a.len() == 13, "{a}");
+    assert!(a.starts_with("wf-") && a.len() == 23, "80 bits in hex: {a}");
     let long = "w".repeat(200);
     assert!(run_name("ns", &long, &o("k", "")).len() <= 63);
     let wf = common::workflow(

@@ -12,7 +12,7 @@ use vflow_api::{VideoWorkflow, VideoWorkflowRun};
 use vflow_runs::storage::FixedStorage;
 use vflow_runs::trigger::poller::{PollOutcome, Poller, PollerConfig, cursor_key};
 use vflow_runs::trigger::webhook::{WebhookState, decode_key, router};
-use vflow_runs::trigger::{Created, RunSink};
+use vflow_runs::trigger::{Created, NewObject, RunSink, create_run, run_name, same_trigger};
 use vflow_storage::S3Store;
 use vflow_storage::test_server::TestS3;
 
@@ -32,8 +32,12 @@ impl RunSink for Sink {
     async fn create(&self, run: VideoWorkflowRun) -> Result<Created, String> {
         let name = run.metadata.name.clone().ok_or("no name")?;
         let mut runs = self.0.lock().map_err(|e| e.to_string())?;
-        if runs.contains_key(&name) {
-            return Ok(Created::Existed);
+        if let Some(there) = runs.get(&name) {
+            return Ok(if same_trigger(there, &run) {
+                Created::Existed
+            } else {
+                Created::Collision
+            });
         }
         runs.insert(name, run);
         Ok(Created::New)
@@ -331,4 +335,52 @@ fn event_keys_are_url_decoded() {
     assert_eq!(decode_key("100%"), "100%");
     assert_eq!(decode_key("%zz%+1"), "%zz%+1".replace('+', " "));
     assert_eq!(decode_key("caf%C3%A9.mp4"), "café.mp4");
+}
+
+// Issue 17 item 7: a run name carried 40 bits, and any 409 counted as "this object ran
+// already", so a collision silently dropped an object.
+#[tokio::test]
+async fn a_name_taken_by_another_objects_run_moves_on_to_the_next_name() {
+    let sink = Sink::default();
+    let wf = s3_workflow("http://127.0.0.1:9");
+    let object = |key: &str, etag: &str| NewObject {
+        bucket: "videos".into(),
+        key: key.into(),
+        etag: etag.into(),
+    };
+    let wanted = object("incoming/a.mp4", "e1");
+    // Another object's run already holds the name this object hashes to first.
+    let mut squatter =
+        vflow_runs::trigger::run_for(&wf, &object("incoming/b.mp4", "e9"), "webhook");
+    let first = run_name("ns", "wf", &wanted);
+    squatter.metadata.name = Some(first.clone());
+    assert_eq!(sink.create(squatter).await, Ok(Created::New));
+
+    let (created, name) = create_run(&sink, &wf, &wanted, "webhook")
+        .await
+        .expect("created");
+    assert_eq!(created, Created::New);
+    assert_ne!(name, first, "the object got its next name");
+    assert!(
+        name.starts_with("wf-") && name.len() == 23,
+        "80 bits: {name}"
+    );
+    // Delivered again: found under that name, not run twice.
+    let again = create_run(&sink, &wf, &wanted, "webhook")
+        .await
+        .expect("again");
+    assert_eq!(again, (Created::Existed, name));
+    // The same key with new content (a new ETag) is a new run.
+    let changed = create_run(&sink, &wf, &object("incoming/a.mp4", "e2"), "webhook")
+        .await
+        .expect("changed");
+    assert_eq!(changed.0, Created::New);
+    assert_eq!(
+        sink.inputs(),
+        [
+            "s3://videos/incoming/a.mp4",
+            "s3://videos/incoming/a.mp4",
+            "s3://videos/incoming/b.mp4"
+        ]
+    );
 }

@@ -1,9 +1,11 @@
 //! Runs started by objects arriving in a workflow's bucket: S3 prefix polling
 //! ([`poller`]) and MinIO-style bucket notifications ([`webhook`]).
 //!
-//! Both name a run after the object (`<workflow>-<hash of namespace, workflow, bucket,
-//! key, ETag>`), so creating it twice is a 409 and the same object never runs twice,
-//! whichever path saw it first and however often it was delivered.
+//! Both name a run after the object (`<workflow>-<80 bits of a hash of namespace,
+//! workflow, bucket, key, ETag>`), so creating it twice is a 409 and the same object
+//! never runs twice, whichever path saw it first and however often it was delivered.
+//! A 409 counts as "seen before" only if the run there is for the same object and
+//! ETag; a different one (a hash collision) moves on to the object's next name.
 
 pub mod cursor;
 pub mod poller;
@@ -20,6 +22,9 @@ use vflow_api::{TriggerType, VideoWorkflow, VideoWorkflowRun, VideoWorkflowRunSp
 pub use vflow_contract::naming::LABEL_WORKFLOW;
 pub const LABEL_TRIGGER: &str = "vflow.io/trigger";
 pub const ANNOTATION_OBJECT: &str = "vflow.io/trigger-object";
+pub const ANNOTATION_ETAG: &str = "vflow.io/trigger-etag";
+/// Names tried per object before giving up (each a different hash).
+const NAME_CANDIDATES: u32 = 4;
 /// Where the poller keeps its cursors in each bucket; never a trigger itself.
 pub const INTERNAL_PREFIX: &str = ".vflow/";
 
@@ -54,6 +59,11 @@ pub fn matches(wf: &VideoWorkflow, bucket: &str, key: &str) -> bool {
 
 /// The run's name for an object: the same object gives the same name.
 pub fn run_name(namespace: &str, workflow: &str, object: &NewObject) -> String {
+    candidate_name(namespace, workflow, object, 0)
+}
+
+/// The object's `n`-th name (0 unless names collided).
+fn candidate_name(namespace: &str, workflow: &str, object: &NewObject, n: u32) -> String {
     let mut h = Sha256::new();
     for part in [
         namespace,
@@ -65,11 +75,62 @@ pub fn run_name(namespace: &str, workflow: &str, object: &NewObject) -> String {
         h.update(part.as_bytes());
         h.update([0]);
     }
+    if n > 0 {
+        h.update(n.to_be_bytes());
+    }
     let digest = h.finalize();
-    let hex: String = digest.iter().take(5).map(|b| format!("{b:02x}")).collect();
-    // Run names end up in object keys and labels: keep them short.
-    let base: String = workflow.chars().take(52).collect();
+    // 80 bits: a collision among a million objects of one workflow is about 1 in 10^12.
+    let hex: String = digest.iter().take(10).map(|b| format!("{b:02x}")).collect();
+    // Run names end up in object keys and labels (63 characters at most).
+    let base: String = workflow.chars().take(42).collect();
     format!("{}-{hex}", base.trim_end_matches('-'))
+}
+
+/// Whether two runs were started by the same object (same workflow, object and ETag).
+pub fn same_trigger(a: &VideoWorkflowRun, b: &VideoWorkflowRun) -> bool {
+    let identity = |r: &VideoWorkflowRun| {
+        let annotation = |k: &str| {
+            r.metadata
+                .annotations
+                .as_ref()
+                .and_then(|m| m.get(k))
+                .cloned()
+        };
+        (
+            r.spec.workflow_ref.name.clone(),
+            annotation(ANNOTATION_OBJECT),
+            annotation(ANNOTATION_ETAG),
+        )
+    };
+    identity(a) == identity(b)
+}
+
+/// Creates the run for an object under its first name that is free or already its
+/// own. Returns what happened and the run's name.
+pub async fn create_run<S: RunSink>(
+    sink: &S,
+    wf: &VideoWorkflow,
+    object: &NewObject,
+    trigger: &str,
+) -> Result<(Created, String), String> {
+    let namespace = wf.namespace().unwrap_or_default();
+    for n in 0..NAME_CANDIDATES {
+        let mut run = run_for(wf, object, trigger);
+        let name = candidate_name(&namespace, &wf.name_any(), object, n);
+        run.metadata.name = Some(name.clone());
+        match sink.create(run).await? {
+            Created::Collision => tracing::warn!(
+                run = %name,
+                object = %format!("s3://{}/{}", object.bucket, object.key),
+                "a run of this name is for another object: trying the next name"
+            ),
+            created => return Ok((created, name)),
+        }
+    }
+    Err(format!(
+        "s3://{}/{}: the first {NAME_CANDIDATES} run names for it are all taken by other objects",
+        object.bucket, object.key
+    ))
 }
 
 /// The VideoWorkflowRun for an object.
@@ -84,10 +145,16 @@ pub fn run_for(wf: &VideoWorkflow, object: &NewObject, trigger: &str) -> VideoWo
                 (LABEL_WORKFLOW.to_string(), name.clone()),
                 (LABEL_TRIGGER.to_string(), trigger.to_string()),
             ])),
-            annotations: Some(BTreeMap::from([(
-                ANNOTATION_OBJECT.to_string(),
-                format!("s3://{}/{}", object.bucket, object.key),
-            )])),
+            annotations: Some(BTreeMap::from([
+                (
+                    ANNOTATION_OBJECT.to_string(),
+                    format!("s3://{}/{}", object.bucket, object.key),
+                ),
+                (
+                    ANNOTATION_ETAG.to_string(),
+                    object.etag.trim_matches('"').to_string(),
+                ),
+            ])),
             ..Default::default()
         },
         spec: VideoWorkflowRunSpec {
@@ -103,8 +170,10 @@ pub fn run_for(wf: &VideoWorkflow, object: &NewObject, trigger: &str) -> VideoWo
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Created {
     New,
-    /// A run of that name exists: this object was seen before.
+    /// A run of that name exists for this object: it was seen before.
     Existed,
+    /// A run of that name exists for another object (see [`same_trigger`]).
+    Collision,
 }
 
 /// Where runs are created (the API server; a list in tests).
@@ -123,7 +192,16 @@ impl RunSink for KubeRunSink {
         let api: Api<VideoWorkflowRun> = Api::namespaced(self.0.clone(), &ns);
         match api.create(&PostParams::default(), &run).await {
             Ok(_) => Ok(Created::New),
-            Err(kube::Error::Api(e)) if e.code == 409 => Ok(Created::Existed),
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                let there = api.get(&run.name_any()).await.map_err(|e| {
+                    format!("reading VideoWorkflowRun {ns}/{}: {e}", run.name_any())
+                })?;
+                Ok(if same_trigger(&there, &run) {
+                    Created::Existed
+                } else {
+                    Created::Collision
+                })
+            }
             Err(e) => Err(format!(
                 "creating VideoWorkflowRun {ns}/{}: {e}",
                 run.name_any()

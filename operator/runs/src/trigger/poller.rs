@@ -15,7 +15,7 @@ use vflow_api::{TriggerType, VideoWorkflow};
 use vflow_storage::{S3Settings, S3Store};
 
 use super::cursor::{Cursor, Listed};
-use super::{INTERNAL_PREFIX, NewObject, RunSink, Workflows, matches, run_for};
+use super::{INTERNAL_PREFIX, NewObject, RunSink, Workflows, matches};
 use crate::storage::Storage;
 
 #[derive(Debug, Clone)]
@@ -167,11 +167,11 @@ impl<W: Workflows, S: RunSink, St: Storage> Poller<W, S, St> {
                 key: object.key.clone(),
                 etag: object.etag.clone(),
             };
-            match self.sink.create(run_for(wf, &new, "s3-poll")).await {
-                Ok(c) => {
+            match super::create_run(&self.sink, wf, &new, "s3-poll").await {
+                Ok((c, _)) => {
                     match c {
                         super::Created::New => outcome.created += 1,
-                        super::Created::Existed => outcome.existed += 1,
+                        super::Created::Existed | super::Created::Collision => outcome.existed += 1,
                     }
                     created.push(object.clone());
                 }

@@ -17,7 +17,7 @@ use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
 use vflow_api::VideoWorkflow;
 
-use super::{Created, NewObject, RunSink, Workflows, matches, run_for};
+use super::{Created, NewObject, RunSink, Workflows, create_run, matches};
 
 #[derive(Debug, Deserialize)]
 pub struct Event {
@@ -159,11 +159,10 @@ async fn handle<W: Workflows, S: RunSink>(
         ..Default::default()
     };
     for (wf, object) in runs {
-        let run = run_for(&wf, &object, "webhook");
-        let name = format!("{}/{}", run.namespace().unwrap_or_default(), run.name_any());
-        match state.sink.create(run).await {
-            Ok(Created::New) => answer.created.push(name),
-            Ok(Created::Existed) => answer.existed.push(name),
+        let namespace = wf.namespace().unwrap_or_default();
+        match create_run(&state.sink, &wf, &object, "webhook").await {
+            Ok((Created::New, name)) => answer.created.push(format!("{namespace}/{name}")),
+            Ok((_, name)) => answer.existed.push(format!("{namespace}/{name}")),
             Err(e) => answer.errors.push(e),
         }
     }
