@@ -70,9 +70,23 @@ pub type ProgressFn = Arc<dyn Fn(&RunRecord) + Send + Sync>;
 
 pub const RUN_RECORD: &str = "_vflow-run.json";
 
-/// Backoff before retry `n` (1-based): 0.5 s, 1 s, 2 s ... capped at 10 s.
+/// Backoff before retry `n` (1-based): 0.5 s, 1 s, 2 s ... capped at 10 s, each
+/// spread over 75-125%: the units of a burst that failed together (a pod going
+/// away) do not all come back in the same instant.
 pub fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis((500u64 << attempt.saturating_sub(1).min(5)).min(10_000))
+    let base = (500u64 << attempt.saturating_sub(1).min(5)).min(10_000) as f64;
+    Duration::from_millis((base * (0.75 + 0.5 * jitter())) as u64)
+}
+
+/// A number in [0, 1) that differs from call to call (the clock's nanoseconds,
+/// mixed): enough to spread waits, no randomness needed.
+pub fn jitter() -> f64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let mixed = u64::from(nanos).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11;
+    mixed as f64 / (1u64 << 53) as f64
 }
 
 pub struct Engine<B: Backend> {
@@ -465,10 +479,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_and_is_capped() {
-        assert_eq!(backoff(1), Duration::from_millis(500));
-        assert_eq!(backoff(2), Duration::from_secs(1));
-        assert_eq!(backoff(3), Duration::from_secs(2));
-        assert_eq!(backoff(20), Duration::from_secs(10));
+    fn backoff_doubles_is_capped_and_spread() {
+        let within = |attempt: u32, base_ms: u64| {
+            let ms: Vec<u64> = (0..200)
+                .map(|_| backoff(attempt).as_millis() as u64)
+                .collect();
+            assert!(
+                ms.iter()
+                    .all(|m| *m >= base_ms * 3 / 4 && *m <= base_ms * 5 / 4),
+                "attempt {attempt}: {ms:?}"
+            );
+            ms
+        };
+        within(1, 500);
+        within(2, 1000);
+        within(3, 2000);
+        let capped = within(20, 10_000);
+        let distinct: std::collections::BTreeSet<u64> = capped.into_iter().collect();
+        assert!(distinct.len() > 1, "waits are spread, not equal");
     }
 }

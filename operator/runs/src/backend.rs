@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use vflow_contract::invocation::{ErrorBody, InvokeRequest, InvokeResponse};
 use vflow_engine::backend::{Backend, BackendError, Invoked, StageTarget, StartSignal};
+use vflow_engine::engine::jitter;
 
 use crate::capacity::Capacity;
 
@@ -210,17 +211,6 @@ fn refused(status: reqwest::StatusCode, body: &[u8]) -> bool {
         || (status == reqwest::StatusCode::SERVICE_UNAVAILABLE
             && serde_json::from_slice::<ErrorBody>(body)
                 .is_ok_and(|b| b.error.phase == Phase::Request && b.error.retryable))
-}
-
-/// A number in [0, 1) that differs from call to call (the clock's nanoseconds,
-/// mixed): enough to spread waits, no randomness needed.
-fn jitter() -> f64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let mixed = u64::from(nanos).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11;
-    mixed as f64 / (1u64 << 53) as f64
 }
 
 impl<C: Capacity> Backend for KubeBackend<C> {
