@@ -216,18 +216,28 @@ pub async fn run_with(
     let observe = async {
         if args.observe_seconds > 0 {
             let observer =
-                observer::Observer::new(client.clone(), std::sync::Arc::new(observer::pod_ip));
+                observer::Observer::new(client.clone(), std::sync::Arc::new(observer::pod_ip))
+                    .in_namespace(args.watch_namespace.clone());
             observer
                 .run(Duration::from_secs(args.observe_seconds))
                 .await;
         }
         future::pending::<()>().await
     };
+    // On a task of its own: the renewal keeps its schedule however busy the
+    // controllers are, and its deadline holds even if a call hangs.
+    let keeper = args.leader_elect.then(|| {
+        let (api, lease) = (lease_api.clone(), lease.clone());
+        AbortOnDrop(tokio::spawn(
+            async move { leader::keep(&api, &lease).await },
+        ))
+    });
     let keep = async {
-        if args.leader_elect {
-            leader::keep(&lease_api, &lease).await
-        } else {
-            future::pending::<Error>().await
+        match keeper {
+            Some(mut task) => (&mut task.0)
+                .await
+                .unwrap_or_else(|e| Error::LostLease(format!("the Lease's task failed: {e}"))),
+            None => future::pending::<Error>().await,
         }
     };
     // Runs are driven by the leader only: two engines on one run would run it twice.
@@ -256,11 +266,17 @@ pub async fn run_with(
         }
     };
     tokio::pin!(runs, keep);
+    let mut lost = false;
     let result = tokio::select! {
         r = controllers => r,
         r = &mut runs => r,
         _ = observe => Ok(()),
-        e = &mut keep => Err(e),
+        e = &mut keep => {
+            // Leaving this select drops every controller, and with the run controller
+            // its runs' engines (vflow_runs::fence): nothing writes after this.
+            lost = true;
+            Err(e)
+        }
         r = &mut webhook => Err(webhook_failed(r)),
         _ = &mut shutdown => {
             info!("shutting down: letting the runs' invocations in flight finish");
@@ -270,7 +286,10 @@ pub async fn run_with(
                 // meanwhile.
                 tokio::select! {
                     _ = &mut runs => {}
-                    e = &mut keep => warn!(error = %e, "lost the Lease while draining"),
+                    e = &mut keep => {
+                        lost = true;
+                        warn!(error = %e, "lost the Lease while draining");
+                    }
                     _ = tokio::time::sleep(limit) => warn!("the runs did not drain in time"),
                 }
             }
@@ -279,10 +298,19 @@ pub async fn run_with(
     };
     metrics.leader.set(0);
     webhook.abort();
-    if args.leader_elect {
+    if args.leader_elect && !lost {
         leader::release(&lease_api, &lease).await;
     }
     result
+}
+
+/// A spawned task that is aborted when this is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Drops what the workflow controller never reads from cached Deployments (the pod

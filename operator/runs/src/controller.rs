@@ -37,6 +37,8 @@ pub struct Ctx {
     active: Mutex<HashMap<String, ()>>,
     /// True once this process is going away: engines start nothing more.
     drain: watch::Sender<bool>,
+    /// The per-run tasks, aborted together when the controller stops (see `fence`).
+    pub tasks: crate::fence::Tasks,
 }
 
 impl Ctx {
@@ -46,6 +48,7 @@ impl Ctx {
             config,
             active: Mutex::new(HashMap::new()),
             drain: watch::channel(false).0,
+            tasks: crate::fence::Tasks::default(),
         })
     }
 
@@ -133,7 +136,7 @@ pub async fn reconcile(run: Arc<VideoWorkflowRun>, ctx: Arc<Ctx>) -> Result<Acti
     };
     if start {
         let ctx = ctx.clone();
-        tokio::spawn(async move {
+        ctx.clone().tasks.spawn(async move {
             drive(&ctx, &run).await;
             ctx.active
                 .lock()
@@ -379,7 +382,7 @@ async fn drive_engine(
         record_tx.send_replace(Some(r.clone()));
     });
     let (cancel_tx, cancel_rx) = watch::channel(false);
-    let writer = tokio::spawn(status_writer(
+    let writer = crate::fence::AbortOnDrop(tokio::spawn(status_writer(
         ctx.clone(),
         api.clone(),
         name.clone(),
@@ -388,7 +391,7 @@ async fn drive_engine(
         stage_resources.clone(),
         record_rx,
         cancel_tx,
-    ));
+    )));
     let prewarmed: std::collections::BTreeSet<String> =
         prewarm.iter().map(|(stage, _, _)| stage.clone()).collect();
     let opts = RunOptions {
@@ -405,7 +408,7 @@ async fn drive_engine(
     let active = ActiveGuard::new(ctx.config.metrics.as_ref());
     let outcome = engine.run(&opts, cancel_rx).await;
     drop(active);
-    writer.abort();
+    drop(writer);
     if let Some(e) = outcome.unreadable {
         // Its progress is in that record: never start it over on top of it.
         return Err(Problem::Waiting(e));

@@ -16,6 +16,7 @@ pub mod capacity;
 pub mod config;
 pub mod controller;
 pub mod demand;
+pub mod fence;
 pub mod learn;
 pub mod metrics;
 pub mod status;
@@ -108,6 +109,9 @@ pub async fn run_controller(
     let shutdown = shutdown.boxed().shared();
     let ns = config.namespace.clone();
     let ctx = controller::Ctx::new(client.clone(), config.clone());
+    // However this function ends or is dropped (the leader lost its Lease), no run's
+    // engine goes on.
+    let _fence = fence::Fence(ctx.tasks.clone());
 
     // The triggers read workflows from one cache.
     let (wf_store, wf_writer) = reflector::store::<VideoWorkflow>();
