@@ -77,6 +77,8 @@ type PodReport = (String, InstanceObservations, Option<ContainerObservations>);
 
 pub struct Observer {
     client: Client,
+    /// The watched namespace (the operator's RBAC may be a Role there); None: all.
+    namespace: Option<String>,
     http: reqwest::Client,
     resolve: Resolve,
     runtime_port: u16,
@@ -93,6 +95,7 @@ impl Observer {
     pub fn new(client: Client, resolve: Resolve) -> Self {
         Self {
             client,
+            namespace: None,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))
                 .build()
@@ -104,6 +107,12 @@ impl Observer {
             restarts: HashMap::new(),
             first_scrape_done: false,
         }
+    }
+
+    /// Looks at the function pods of `namespace` only.
+    pub fn in_namespace(mut self, namespace: Option<String>) -> Self {
+        self.namespace = namespace;
+        self
     }
 
     async fn get<T: serde::de::DeserializeOwned>(&self, base: &str) -> Option<T> {
@@ -121,7 +130,10 @@ impl Observer {
 
     /// One pass over every function pod; returns how many profiles were updated.
     pub async fn scrape_once(&mut self) -> Result<usize, kube::Error> {
-        let pods: Api<Pod> = Api::all(self.client.clone());
+        let pods: Api<Pod> = match &self.namespace {
+            Some(ns) => Api::namespaced(self.client.clone(), ns),
+            None => Api::all(self.client.clone()),
+        };
         let pods = pods
             .list(&ListParams::default().labels(LABEL_FUNCTION))
             .await?;

@@ -201,7 +201,15 @@ async fn pod_observations_land_in_the_profile_status() {
             _ => None,
         }
     });
+    // Scoped to another namespace (the chart's Role with operator.watchNamespace), it
+    // lists no pod here: nothing is scraped, nothing is written.
+    let mut elsewhere = Observer::new(client.clone(), resolve.clone())
+        .in_namespace(Some("vflow-not-watched".into()));
     let mut observer = Observer::new(client.clone(), resolve);
+    set(&runtime_a, instance("a", 7, 0));
+    assert_eq!(elsewhere.scrape_once().await.expect("scrape elsewhere"), 0);
+    set(&runtime_a, instance("a", 9, 0));
+    assert_eq!(elsewhere.scrape_once().await.expect("scrape elsewhere"), 0);
     // The first pass only sets the baseline of pods that already run.
     set(&runtime_a, instance("a", 7, 0));
     assert_eq!(observer.scrape_once().await.expect("scrape"), 0);

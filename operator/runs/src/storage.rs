@@ -41,6 +41,28 @@ pub fn apply_spec(
     settings
 }
 
+/// The operator's own credentials for a workflow that names no Secret: only with the
+/// operator's own endpoint. A spec's endpoint with them would let whoever writes a
+/// workflow send the operator's credentials (signed requests) to any server.
+pub fn with_operator_credentials(
+    wf: &VideoWorkflow,
+    env: S3Settings,
+) -> Result<S3Settings, String> {
+    let own = env.endpoint.clone();
+    if let Some(asked) = &wf.spec.storage.endpoint
+        && own.as_deref().map(|e| e.trim_end_matches('/')) != Some(asked.trim_end_matches('/'))
+    {
+        return Err(format!(
+            "VideoWorkflow {}/{}: storage.endpoint {asked} needs storage.secretRef: the operator's own \
+             credentials are used only with its own endpoint ({})",
+            wf.namespace().unwrap_or_default(),
+            wf.name_any(),
+            own.as_deref().unwrap_or("AWS S3")
+        ));
+    }
+    Ok(apply_spec(wf, env, None))
+}
+
 /// The operator's `VFLOW_S3_ENDPOINT`, the endpoint of workflows that name none.
 fn default_endpoint() -> Option<String> {
     std::env::var("VFLOW_S3_ENDPOINT")
@@ -58,7 +80,7 @@ impl Storage for KubeStorage {
                     wf.name_any()
                 )
             })?;
-            return Ok(apply_spec(wf, env, None));
+            return with_operator_credentials(wf, env);
         };
         let api: Api<Secret> = Api::namespaced(self.0.clone(), &ns);
         let secret = api.get(&secret_ref.name).await.map_err(|e| {

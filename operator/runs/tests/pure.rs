@@ -354,6 +354,50 @@ fn run_names_are_stable_per_object_and_differ_per_content() {
     assert_eq!(run.spec.workflow_ref.name, "wf");
 }
 
+// Issue 17 item 6: a workflow without a secretRef got the operator's credentials
+// combined with the endpoint its own spec names.
+#[test]
+fn the_operators_credentials_go_only_to_the_operators_endpoint() {
+    use vflow_runs::storage::with_operator_credentials;
+    use vflow_storage::S3Settings;
+    let operator = || {
+        S3Settings::new(
+            Some("http://minio.vflow-system.svc:9000".into()),
+            "k".into(),
+            "s".into(),
+        )
+    };
+    let elsewhere = common::workflow("wf", "ns", "http://attacker.example:9000", json!({}));
+    let err = with_operator_credentials(&elsewhere, operator()).expect_err("refused");
+    assert!(
+        err.contains("VideoWorkflow ns/wf: storage.endpoint http://attacker.example:9000 needs storage.secretRef")
+            && err.contains("(http://minio.vflow-system.svc:9000)"),
+        "{err}"
+    );
+    // The operator on AWS S3 (no endpoint): any endpoint in a spec is refused.
+    let aws = S3Settings::new(None, "k".into(), "s".into());
+    assert!(with_operator_credentials(&elsewhere, aws.clone()).is_err());
+    // Its own endpoint, named or not, is fine.
+    let same = common::workflow("wf", "ns", "http://minio.vflow-system.svc:9000/", json!({}));
+    let ok = with_operator_credentials(&same, operator()).expect("same endpoint");
+    assert_eq!(ok.access_key_id, "k");
+    let mut unnamed = same.clone();
+    unnamed.spec.storage.endpoint = None;
+    assert_eq!(
+        with_operator_credentials(&unnamed, operator())
+            .expect("no endpoint")
+            .endpoint
+            .as_deref(),
+        Some("http://minio.vflow-system.svc:9000")
+    );
+    assert_eq!(
+        with_operator_credentials(&unnamed, aws)
+            .expect("aws")
+            .endpoint,
+        None
+    );
+}
+
 #[test]
 fn a_workflow_without_an_endpoint_gets_the_operators_default() {
     use vflow_runs::storage::apply_spec;

@@ -12,13 +12,13 @@ use clap::{Parser, Subcommand};
     version,
     about = "Runs a vflow function inside its pod"
 )]
-struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     mode: Mode,
 }
 
 #[derive(Subcommand)]
-enum Mode {
+pub(crate) enum Mode {
     /// Serve invocations of the function (POST /invoke)
     Serve(Box<ServeArgs>),
     /// Sample the function container's CPU, memory and GPU (the sidecar)

@@ -11,6 +11,7 @@ pub mod access;
 pub mod cli;
 pub mod config;
 pub mod executor;
+pub mod function_env;
 pub mod gpu;
 pub mod metrics;
 pub mod overlap;

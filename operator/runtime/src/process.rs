@@ -102,6 +102,8 @@ pub struct Measured {
 pub struct Spec<'a> {
     pub argv: &'a [String],
     pub cwd: &'a Path,
+    /// Set for the function on top of the passing part of the runtime's environment
+    /// (`function_env`).
     pub env: &'a [(String, String)],
     pub timeout: Duration,
     pub cancel: Arc<AtomicBool>,
@@ -152,9 +154,10 @@ pub fn run(spec: Spec<'_>) -> std::io::Result<Measured> {
         .stderr(Stdio::piped())
         // Its own process group, so a timeout kills ffmpeg too, not only the wrapper.
         .process_group(0);
-    for (key, value) in spec.env {
-        command.env(key, value);
-    }
+    // A clean environment: the runtime's settings and credentials stay with it.
+    command
+        .env_clear()
+        .envs(crate::function_env::for_function(spec.env));
     let started = Instant::now();
     let mut child = command.spawn()?;
     let pid = child.id() as i32;

@@ -385,7 +385,7 @@ async fn readiness_waits_for_the_warm_up() {
     let mut env = s.s3.env();
     env.push(("VFLOW_COMMAND".into(), command(&[])));
     env.push(("VFLOW_WARMUP_COMMAND".into(), warmup));
-    env.push(("TESTFN_WARMUP_SECONDS".into(), "1.5".into()));
+    env.push(("VFLOW_TESTFN_WARMUP_SECONDS".into(), "1.5".into()));
     let rt = Runtime::start(s.dir.path(), &["--scratch-dir", &scratch], &env);
     let early = s
         .client
@@ -430,7 +430,7 @@ async fn a_failed_warm_up_stops_the_instance_with_the_reason() {
     let env = vec![
         ("VFLOW_COMMAND".to_string(), command(&[])),
         ("VFLOW_WARMUP_COMMAND".to_string(), command(&["--warmup"])),
-        ("TESTFN_WARMUP_FAIL".to_string(), "1".to_string()),
+        ("VFLOW_TESTFN_WARMUP_FAIL".to_string(), "1".to_string()),
     ];
     let mut rt = Runtime::start(s.dir.path(), &["--scratch-dir", &scratch], &env);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -581,6 +581,62 @@ async fn an_input_larger_than_the_scratch_limit_is_refused_before_downloading() 
     )
     .await;
     assert_eq!(status, 200, "{body}");
+}
+
+// Issue 17 item 6: the function ran with the runtime's whole environment, S3
+// credentials included.
+#[tokio::test]
+async fn the_function_gets_a_clean_environment() {
+    let s = setup();
+    s.put("in/a.bin", b"a").await;
+    let scratch = s.dir.path().join("scratch").to_string_lossy().into_owned();
+    let mut env = s.s3.env();
+    assert!(
+        env.iter().any(|(k, _)| k == "AWS_SECRET_ACCESS_KEY"),
+        "the runtime has credentials"
+    );
+    env.push(("VFLOW_COMMAND".into(), command(&[])));
+    env.push(("VFLOW_FFMPEG_THREADS".into(), "2".into()));
+    env.push(("DATABASE_PASSWORD".into(), "hunter2".into()));
+    let rt = Runtime::start(
+        s.dir.path(),
+        &["--scratch-dir", &scratch, "--function", "testfn"],
+        &env,
+    );
+    rt.wait_ready(&s.client).await;
+    let (status, _, body) = invoke(
+        &s.client,
+        &rt.url,
+        json!({"run": "r1", "stage": "st", "inputs": ["s3://videos/in/a.bin"],
+               "outputPrefix": "s3://videos/env/", "params": {"mode": "env"}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let seen = s
+        .store
+        .get_bytes(&loc("s3://videos/env/env.json"))
+        .await
+        .expect("get")
+        .expect("env.json");
+    let seen: std::collections::BTreeMap<String, String> =
+        serde_json::from_slice(&seen).expect("json");
+    for hidden in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "VFLOW_COMMAND",
+        "VFLOW_SCRATCH_DIR",
+        "DATABASE_PASSWORD",
+    ] {
+        assert!(!seen.contains_key(hidden), "{hidden} reached the function");
+    }
+    assert!(!seen.keys().any(|k| k.starts_with("VFLOW_S3_")), "{seen:?}");
+    assert_eq!(
+        seen.get("VFLOW_FFMPEG_THREADS").map(String::as_str),
+        Some("2")
+    );
+    assert_eq!(seen.get("VFLOW_RUN").map(String::as_str), Some("r1"));
+    assert_eq!(seen.get("VFLOW_STAGE").map(String::as_str), Some("st"));
+    assert!(seen.contains_key("PATH"));
 }
 
 // Issue 17: any caller could make a pod's runtime read the pod's files.
@@ -786,8 +842,8 @@ async fn the_memory_limit_applies_to_the_warm_up_too() {
         ("VFLOW_COMMAND".to_string(), command(&[])),
         ("VFLOW_WARMUP_COMMAND".to_string(), command(&["--warmup"])),
         ("VFLOW_MEMORY_LIMIT".to_string(), "64Mi".to_string()),
-        ("TESTFN_WARMUP_MIB".to_string(), "300".to_string()),
-        ("TESTFN_WARMUP_SECONDS".to_string(), "5".to_string()),
+        ("VFLOW_TESTFN_WARMUP_MIB".to_string(), "300".to_string()),
+        ("VFLOW_TESTFN_WARMUP_SECONDS".to_string(), "5".to_string()),
     ];
     let mut rt = Runtime::start(s.dir.path(), &["--scratch-dir", &scratch], &env);
     let deadline = Instant::now() + Duration::from_secs(4);
