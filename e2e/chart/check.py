@@ -182,6 +182,29 @@ def cmd_rbac(args):
         print(f"  ok  {kind}: {len(chart[kind])} (group, resource, verb) grants, the same as {args.manifest}")
 
 
+def cmd_rbac_scoped(args):
+    """With operator.watchNamespace: no cluster-wide grant; the manifest's ClusterRole
+    rules are a Role in that namespace, bound to the operator's ServiceAccount."""
+    docs = load_docs(args.rendered)
+    manifest = roles(load_docs(args.manifest))["ClusterRole"]
+    cluster = [d for d in docs if d.get("kind") in ("ClusterRole", "ClusterRoleBinding")]
+    if cluster:
+        fail(f"cluster-wide grants with watchNamespace {args.namespace}: "
+             f"{[d['metadata']['name'] for d in cluster]}")
+    scoped = [d for d in docs if d.get("kind") == "Role" and d["metadata"].get("namespace") == args.namespace]
+    if len(scoped) != 1:
+        fail(f"want one Role in {args.namespace}, rendered {len(scoped)}")
+    rules = normalized_rules(scoped[0].get("rules"))
+    if rules != manifest:
+        fail(f"the Role in {args.namespace} differs from the manifest's ClusterRole:\n"
+             f"  more:\n{show(rules - manifest)}\n  less:\n{show(manifest - rules)}")
+    bound = [d for d in docs if d.get("kind") == "RoleBinding" and d["metadata"].get("namespace") == args.namespace
+             and d.get("roleRef", {}).get("name") == scoped[0]["metadata"]["name"]]
+    if len(bound) != 1:
+        fail(f"want one RoleBinding of that Role in {args.namespace}, rendered {len(bound)}")
+    print(f"  ok  Role in {args.namespace}: {len(rules)} grants, the manifest's ClusterRole rules; nothing cluster-wide")
+
+
 # ---------------------------------------------------------------- deployment
 
 def one(docs, kind):
@@ -376,6 +399,10 @@ def main():
     r = sub.add_parser("rbac")
     r.add_argument("rendered")
     r.add_argument("manifest")
+    rs = sub.add_parser("rbac-scoped")
+    rs.add_argument("rendered")
+    rs.add_argument("manifest")
+    rs.add_argument("namespace")
     d = sub.add_parser("deployment")
     d.add_argument("rendered")
     d.add_argument("env", nargs="*")
@@ -392,6 +419,7 @@ def main():
     {
         "validate": cmd_validate,
         "rbac": cmd_rbac,
+        "rbac-scoped": cmd_rbac_scoped,
         "deployment": cmd_deployment,
         "files": cmd_files,
         "env": cmd_env,

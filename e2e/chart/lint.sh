@@ -6,7 +6,8 @@
 #     (check.py validate: Kubernetes 1.37 schemas, strict; CRD-typed objects against
 #     their CRDs) and the operator Deployment checked (check.py deployment);
 #  3. the chart's ClusterRole and Role have exactly the rules of
-#     manifests/rbac/operator.yaml;
+#     manifests/rbac/operator.yaml; with operator.watchNamespace, those rules are a Role
+#     in that namespace and nothing is cluster-wide;
 #  4. the PrometheusRule and dashboards are the files under charts/vflow/files/, verbatim;
 #  5. every e2e/chart/bad-values/*.yaml fails with the message its "# expect:" line names;
 #  6. the packaged chart renders the same as the directory;
@@ -48,11 +49,13 @@ template() { # NAME ARGS...: renders into $work/NAME.yaml
 	"$HELM" template vflow "$CHART" --namespace vflow-system --kube-version 1.37.0 --include-crds "$@" >"$work/$name.yaml"
 }
 base_kinds=(CustomResourceDefinition ServiceAccount ClusterRole ClusterRoleBinding Role RoleBinding Service Deployment)
+# With operator.watchNamespace the operator's rules are a Role there: nothing cluster-wide.
+scoped_kinds=(CustomResourceDefinition ServiceAccount Role RoleBinding Service Deployment)
 declare -A kinds=(
 	[default]="${base_kinds[*]} NetworkPolicy"
 	[ha]="${base_kinds[*]} NetworkPolicy PodDisruptionBudget"
 	[monitoring]="${base_kinds[*]} NetworkPolicy ServiceMonitor PodMonitor PrometheusRule ConfigMap"
-	[gpu-storage-webhook]="${base_kinds[*]} NetworkPolicy PodMonitor"
+	[gpu-storage-webhook]="${scoped_kinds[*]} NetworkPolicy PodMonitor"
 	[gpu-modes]="${base_kinds[*]}"
 )
 declare -A env=(
@@ -93,6 +96,8 @@ done
 # 3. RBAC: the same rules as manifests/rbac/operator.yaml
 log "RBAC rules against manifests/rbac/operator.yaml"
 "$PY" "$CHART_TESTS/check.py" rbac "$work/default.yaml" "$REPO_ROOT/manifests/rbac/operator.yaml" || failed "rbac"
+"$PY" "$CHART_TESTS/check.py" rbac-scoped "$work/gpu-storage-webhook.yaml" "$REPO_ROOT/manifests/rbac/operator.yaml" videos ||
+	failed "rbac (watchNamespace)"
 
 # 4. The observability files, verbatim
 if [[ -f $work/monitoring.yaml ]]; then

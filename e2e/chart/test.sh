@@ -125,8 +125,6 @@ k create namespace "$NS" >/dev/null
 k label namespace "$NS" pod-security.kubernetes.io/enforce=restricted pod-security.kubernetes.io/enforce-version=latest >/dev/null
 k create namespace monitoring >/dev/null
 k create namespace "$APPS" >/dev/null
-# ci/gpu-storage-webhook-values.yaml watches this namespace: its Role is made there.
-k create namespace videos >/dev/null
 check "Pod Security admission is enforcing in $NS (a privileged pod is refused)" \
 	bash -c "! '$KUBECTL' -n '$NS' run psa-probe --image=busybox --privileged --dry-run=server >/dev/null 2>&1"
 
