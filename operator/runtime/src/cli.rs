@@ -37,6 +37,9 @@ fn init_logs(format: LogFormat) {
     }
 }
 
+/// Blocking threads beyond one per running function (scratch and file work).
+const BLOCKING_SPARE: usize = 32;
+
 /// Processes started by `vflow run` must not outlive it, even when it is SIGKILLed.
 fn exit_with_parent() {
     if std::env::var("VFLOW_EXIT_WITH_PARENT").is_ok_and(|v| v == "1") {
@@ -60,9 +63,17 @@ pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Exi
     };
     init_logs(format);
     // Two workers: the function does the heavy work; the runtime should stay small.
+    // Each running function holds one blocking thread (its supervision: waiting on
+    // it, sampling its tree), so the pool grows with the concurrency, with room for
+    // the file work of the invocations around it: with a fixed 64, invocations past
+    // the 64th waited for a thread while their slot said they ran.
+    let blocking = match &cli.mode {
+        Mode::Serve(a) => a.concurrency as usize + BLOCKING_SPARE,
+        Mode::Metrics(_) => BLOCKING_SPARE,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .max_blocking_threads(64)
+        .max_blocking_threads(blocking)
         .enable_all()
         .build()
     {

@@ -583,6 +583,74 @@ async fn an_input_larger_than_the_scratch_limit_is_refused_before_downloading() 
     assert_eq!(status, 200, "{body}");
 }
 
+// Issue 17 item 7: the runtime had 64 blocking threads, one held by each running
+// function, while its concurrency may be 1000: invocations past the 64th waited for a
+// thread. 100 at once on an instance set to 100 now all run at once.
+#[tokio::test]
+async fn a_hundred_invocations_on_an_instance_set_to_a_hundred_all_run_at_once() {
+    let s = setup();
+    let log = s.dir.path().join("overlap.log");
+    let scratch = s.dir.path().join("scratch").to_string_lossy().into_owned();
+    // sh, not python: a hundred processes start in milliseconds. It notes its start,
+    // sleeps 4 s, notes its end ($1 is the output folder; the runtime appends argv).
+    let script = r#"echo "start $(date +%s.%N)" >> "$VFLOW_TEST_OVERLAP_LOG"; sleep 4; echo "end $(date +%s.%N)" >> "$VFLOW_TEST_OVERLAP_LOG""#;
+    let mut env = s.s3.env();
+    env.push((
+        "VFLOW_COMMAND".into(),
+        serde_json::to_string(&["/bin/sh", "-c", script, "sh"]).expect("json"),
+    ));
+    env.push((
+        "VFLOW_TEST_OVERLAP_LOG".into(),
+        log.to_string_lossy().into_owned(),
+    ));
+    let rt = Runtime::start(
+        s.dir.path(),
+        &[
+            "--scratch-dir",
+            &scratch,
+            "--function",
+            "sleepy",
+            "--concurrency",
+            "100",
+        ],
+        &env,
+    );
+    rt.wait_ready(&s.client).await;
+    let calls = (0..100).map(|i| {
+        let client = s.client.clone();
+        let url = rt.url.clone();
+        async move {
+            invoke(
+                &client,
+                &url,
+                json!({"run": "r", "stage": "s", "segment": i, "inputs": [],
+                       "outputPrefix": format!("s3://videos/overlap/{i}/"), "params": {}}),
+            )
+            .await
+        }
+    });
+    let answers = futures_util::future::join_all(calls).await;
+    for (status, _, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+    }
+    let text = std::fs::read_to_string(&log).expect("log");
+    let times = |what: &str| -> Vec<f64> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix(what))
+            .filter_map(|t| t.trim().parse::<f64>().ok())
+            .collect()
+    };
+    let (starts, ends) = (times("start "), times("end "));
+    assert_eq!((starts.len(), ends.len()), (100, 100), "{text}");
+    let last_start = starts.iter().cloned().fold(f64::MIN, f64::max);
+    let first_end = ends.iter().cloned().fold(f64::MAX, f64::min);
+    assert!(
+        last_start < first_end,
+        "the last function started {:.2} s after the first one ended: they did not all run at once",
+        last_start - first_end
+    );
+}
+
 // Issue 17 item 6: the function ran with the runtime's whole environment, S3
 // credentials included.
 #[tokio::test]

@@ -237,6 +237,16 @@ impl S3Store {
             .await
             .map_err(|e| classify(e, target.clone(), "CreateMultipartUpload"))?;
         let upload_id = created.upload_id().unwrap_or_default().to_string();
+        // Whatever ends this upload short of completion (a part or the completion
+        // failing, the caller going away) aborts it: orphaned parts cost storage and
+        // stay invisible.
+        let mut pending = PendingUpload {
+            client: self.client.clone(),
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            upload_id: upload_id.clone(),
+            done: false,
+        };
         let part_size = self.settings.part_size.max(5 << 20);
         let part_count = size.div_ceil(part_size);
         let uploads = stream::iter(0..part_count)
@@ -280,37 +290,36 @@ impl S3Store {
                 }
             })
             .buffer_unordered(self.settings.part_concurrency.max(1));
-        let parts: Result<Vec<CompletedPart>, StorageError> = uploads.try_collect().await;
-        let mut parts = match parts {
-            Ok(parts) => parts,
-            Err(err) => {
-                // Leave no orphaned parts behind (they cost storage and hide the object).
-                let _ = self
-                    .client
-                    .abort_multipart_upload()
-                    .bucket(bucket)
-                    .key(key)
-                    .upload_id(&upload_id)
-                    .send()
-                    .await;
-                return Err(err);
+        let outcome = async {
+            let mut parts: Vec<CompletedPart> = uploads.try_collect().await?;
+            parts.sort_by_key(|p| p.part_number());
+            self.client
+                .complete_multipart_upload()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(|e| classify(e, target.clone(), "CompleteMultipartUpload"))?;
+            Ok::<(), StorageError>(())
+        }
+        .await;
+        match outcome {
+            Ok(()) => {
+                pending.done = true;
+                Ok(())
             }
-        };
-        parts.sort_by_key(|p| p.part_number());
-        self.client
-            .complete_multipart_upload()
-            .bucket(bucket)
-            .key(key)
-            .upload_id(&upload_id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(parts))
-                    .build(),
-            )
-            .send()
-            .await
-            .map_err(|e| classify(e, target, "CompleteMultipartUpload"))?;
-        Ok(())
+            Err(err) => {
+                pending.done = true;
+                pending.abort().await;
+                Err(err)
+            }
+        }
     }
 
     pub async fn put_bytes(
@@ -432,6 +441,50 @@ impl S3Store {
                 StorageError::NotFound { .. } => Ok(()),
                 other => Err(other),
             },
+        }
+    }
+}
+
+/// A multipart upload not completed yet: aborted when dropped unless `done`.
+struct PendingUpload {
+    client: Client,
+    bucket: String,
+    key: String,
+    upload_id: String,
+    done: bool,
+}
+
+impl PendingUpload {
+    async fn abort(&self) {
+        if let Err(e) = self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .send()
+            .await
+        {
+            tracing::warn!(error = %e, bucket = %self.bucket, key = %self.key, "could not abort a multipart upload");
+        }
+    }
+}
+
+impl Drop for PendingUpload {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        // Cancelled mid-upload: abort in the background (nothing to await in a drop).
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let pending = PendingUpload {
+                client: self.client.clone(),
+                bucket: std::mem::take(&mut self.bucket),
+                key: std::mem::take(&mut self.key),
+                upload_id: std::mem::take(&mut self.upload_id),
+                done: true,
+            };
+            runtime.spawn(async move { pending.abort().await });
         }
     }
 }

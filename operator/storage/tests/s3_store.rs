@@ -252,3 +252,104 @@ async fn errors_that_retrying_cannot_fix_are_not_retried() {
     }
     assert_eq!(seen.load(Ordering::SeqCst), 1);
 }
+
+/// A proxy to `upstream` that records every request ("METHOD path?query") and fails
+/// CompleteMultipartUpload (POST ...?uploadId=) with a 500.
+async fn failing_completion_proxy(
+    upstream: String,
+) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    use axum::body::{Body, to_bytes};
+    use axum::extract::{Request, State};
+    use axum::response::Response;
+    type Seen = Arc<std::sync::Mutex<Vec<String>>>;
+    async fn forward(State((upstream, seen)): State<(String, Seen)>, req: Request) -> Response {
+        let (parts, body) = req.into_parts();
+        let target = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default();
+        seen.lock()
+            .expect("lock")
+            .push(format!("{} {target}", parts.method));
+        let body = to_bytes(body, usize::MAX).await.unwrap_or_default();
+        if parts.method == axum::http::Method::POST && target.contains("uploadId=") {
+            let error = "<Error><Code>InternalError</Code><Message>injected</Message></Error>";
+            return Response::builder()
+                .status(500)
+                .header("content-type", "application/xml")
+                .body(Body::from(error))
+                .expect("response");
+        }
+        let mut headers = parts.headers.clone();
+        headers.remove("content-length");
+        headers.remove("transfer-encoding");
+        let answer = reqwest::Client::new()
+            .request(parts.method.clone(), format!("{upstream}{target}"))
+            .headers(headers)
+            .body(body)
+            .send()
+            .await
+            .expect("upstream");
+        let mut response = Response::builder().status(answer.status().as_u16());
+        for (name, value) in answer.headers() {
+            if name != "content-length" && name != "transfer-encoding" {
+                response = response.header(name.as_str(), value.as_bytes());
+            }
+        }
+        let bytes = answer.bytes().await.unwrap_or_default();
+        response.body(Body::from(bytes)).expect("response")
+    }
+    let seen: Seen = Arc::default();
+    let app = axum::Router::new()
+        .fallback(forward)
+        .with_state((upstream, seen.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), seen)
+}
+
+// Issue 17 item 3: a multipart upload whose completion failed was never aborted: its
+// parts stayed on the server, invisible and paid for.
+#[tokio::test]
+async fn a_failed_multipart_completion_is_aborted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s3 = server(&dir);
+    let upstream = s3.settings().endpoint.clone().expect("endpoint");
+    let (proxy, seen) = failing_completion_proxy(upstream).await;
+    let mut settings = s3.settings();
+    settings.endpoint = Some(proxy);
+    settings.multipart_threshold = 8 << 20;
+    settings.part_size = 5 << 20;
+    let store = Store::with_s3(&settings);
+    let src = dir.path().join("big.bin");
+    std::fs::write(&src, pattern(11 << 20)).expect("write");
+    let err = store
+        .upload(&src, &loc("s3://videos/out/big.bin"))
+        .await
+        .expect_err("the completion fails");
+    assert!(err.to_string().contains("CompleteMultipartUpload"), "{err}");
+    let seen = seen.lock().expect("lock").clone();
+    let parts = seen
+        .iter()
+        .filter(|r| r.starts_with("PUT ") && r.contains("partNumber="))
+        .count();
+    assert_eq!(parts, 3, "{seen:?}");
+    assert!(
+        seen.iter()
+            .any(|r| r.starts_with("DELETE /videos/out/big.bin?") && r.contains("uploadId=")),
+        "no AbortMultipartUpload after the failed completion: {seen:?}"
+    );
+    // Nothing is left under the key.
+    let direct = Store::with_s3(&s3.settings());
+    assert_eq!(
+        direct
+            .size(&loc("s3://videos/out/big.bin"))
+            .await
+            .expect("size"),
+        None
+    );
+}

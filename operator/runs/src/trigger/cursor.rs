@@ -5,7 +5,7 @@
 //! the trigger's prefix that have runs; it only holds keys that still exist, so it is
 //! as large as one listing. A key overwritten with new content (a new ETag) is new.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -49,9 +49,14 @@ impl Cursor {
     /// (`created`). An object whose run could not be created stays new, to be tried
     /// again at the next poll.
     pub fn advance(&mut self, listed: &[Listed], created: &[Listed]) {
+        // A set: a listing of n new objects all created is n lookups, not n^2 compares.
+        let created: HashSet<(&str, &str)> = created
+            .iter()
+            .map(|c| (c.key.as_str(), c.etag.as_str()))
+            .collect();
         let mut next = BTreeMap::new();
         for l in listed {
-            if !self.is_new(l) || created.contains(l) {
+            if !self.is_new(l) || created.contains(&(l.key.as_str(), l.etag.as_str())) {
                 next.insert(l.key.clone(), l.etag.clone());
             }
         }
