@@ -1885,3 +1885,66 @@ async fn a_leader_cut_off_from_the_api_server_stops_before_the_next_one_resumes_
     assert!(record.sessions >= 2, "resumed by b: {}", record.sessions);
     b.abort();
 }
+
+/// Issue 17 item 7: with `max_active_per_workflow` 1, a second run of the workflow waits
+/// for a slot (saying so in its status) and starts only once the first has finished.
+#[tokio::test]
+#[ignore = "needs e2e/testenv: make test-runs"]
+async fn a_run_over_the_cap_waits_for_a_slot_and_then_runs() {
+    let mut env = Env::new("caps", json!({})).await;
+    env.start_operator().await;
+    let resolver = env.start_runtimes().await;
+    env.put("in/clip.bin", "input\n").await;
+    let runs: Api<VideoWorkflowRun> = env.api();
+    for name in ["one", "two"] {
+        runs.create(
+            &PostParams::default(),
+            &run(name, "in/clip.bin", 600, json!({"copy": {"sleep": 2}})),
+        )
+        .await
+        .expect("create run");
+    }
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let cfg = RunsConfig {
+        max_active_per_workflow: 1,
+        ..config(&env, resolver)
+    };
+    let controller = tokio::spawn(run_controller(env.client.clone(), cfg, async {
+        let _ = stopped.await;
+    }));
+    let message = |r: &VideoWorkflowRun| r.status.as_ref().and_then(|s| s.message.clone());
+    wait_for(
+        "one run waiting for a slot",
+        Duration::from_secs(60),
+        || async {
+            let list = runs.list(&Default::default()).await.expect("list");
+            list.items.iter().any(|r| {
+                message(r).is_some_and(|m| {
+                    m.contains("waiting for a slot") && m.contains("maxActivePerWorkflow 1")
+                })
+            })
+        },
+    )
+    .await;
+    let one = wait_phase(&env, "one", RunPhase::Succeeded, Duration::from_secs(90)).await;
+    let two = wait_phase(&env, "two", RunPhase::Succeeded, Duration::from_secs(90)).await;
+    let span = |r: &VideoWorkflowRun| {
+        let s = r.status.as_ref().expect("status");
+        (
+            s.start_time.as_ref().expect("start").0,
+            s.completion_time.as_ref().expect("end").0,
+        )
+    };
+    let ((s1, e1), (s2, e2)) = (span(&one), span(&two));
+    assert!(
+        s2 >= e1 || s1 >= e2,
+        "the runs overlapped: one {s1}..{e1}, two {s2}..{e2}"
+    );
+    assert_eq!(
+        message(&two),
+        None,
+        "the wait's message is gone once it ran"
+    );
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), controller).await;
+}

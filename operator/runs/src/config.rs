@@ -42,6 +42,10 @@ pub struct RunsConfig {
     /// On shutdown, how long invocations in flight may take to finish (and be recorded)
     /// before the process goes; keep it under the pod's termination grace period.
     pub drain_timeout: Duration,
+    /// Runs driven at once by this operator, and per workflow; the others wait for a
+    /// slot (0: no cap).
+    pub max_active: usize,
+    pub max_active_per_workflow: usize,
 }
 
 impl Default for RunsConfig {
@@ -61,6 +65,8 @@ impl Default for RunsConfig {
             planner: PlannerConfig::default(),
             demand: Arc::default(),
             drain_timeout: Duration::from_secs(20),
+            max_active: 200,
+            max_active_per_workflow: 50,
         }
     }
 }
@@ -145,6 +151,20 @@ impl RunsConfig {
         }
         if let Some(v) = var("VFLOW_RUNS_DRAIN_SECONDS") {
             c.drain_timeout = seconds("VFLOW_RUNS_DRAIN_SECONDS", &v)?;
+        }
+        for (k, slot) in [
+            ("VFLOW_RUNS_MAX_ACTIVE", &mut c.max_active),
+            (
+                "VFLOW_RUNS_MAX_ACTIVE_PER_WORKFLOW",
+                &mut c.max_active_per_workflow,
+            ),
+        ] {
+            if let Some(v) = var(k) {
+                *slot = v
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("{k}={v}: expected a whole number (0: no cap)"))?;
+            }
         }
         Ok(c)
     }

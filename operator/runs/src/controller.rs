@@ -33,8 +33,8 @@ use crate::storage::{KubeStorage, Storage};
 pub struct Ctx {
     pub client: Client,
     pub config: RunsConfig,
-    /// Runs with an engine task in this process, by uid.
-    active: Mutex<HashMap<String, ()>>,
+    /// Runs with an engine task in this process: uid -> "namespace/workflow".
+    active: Mutex<HashMap<String, String>>,
     /// True once this process is going away: engines start nothing more.
     drain: watch::Sender<bool>,
     /// The per-run tasks, aborted together when the controller stops (see `fence`).
@@ -130,9 +130,34 @@ pub async fn reconcile(run: Arc<VideoWorkflowRun>, ctx: Arc<Ctx>) -> Result<Acti
         return Ok(Action::await_change());
     }
     let key = run.uid().unwrap_or_else(|| format!("{ns}/{name}"));
-    let start = {
+    let workflow = format!("{ns}/{}", run.spec.workflow_ref.name);
+    let admitted = {
         let mut active = ctx.active.lock().unwrap_or_else(|p| p.into_inner());
-        active.insert(key.clone(), ()).is_none()
+        if active.contains_key(&key) {
+            Ok(false)
+        } else {
+            admit(&active, &workflow, &ctx.config).map(|()| {
+                active.insert(key.clone(), workflow.clone());
+                true
+            })
+        }
+    };
+    let start = match admitted {
+        Ok(start) => start,
+        Err(wait) => {
+            // Say why it waits, once; look again soon (a slot frees when a run ends).
+            if status.message.as_deref() != Some(wait.as_str()) {
+                let api: Api<VideoWorkflowRun> = Api::namespaced(ctx.client.clone(), &ns);
+                let waiting = VideoWorkflowRunStatus {
+                    message: Some(wait),
+                    ..status.clone()
+                };
+                patch_status(&api, &name, &waiting).await?;
+            }
+            return Ok(Action::requeue(
+                ctx.config.retry_interval.min(Duration::from_secs(5)),
+            ));
+        }
     };
     if start {
         let ctx = ctx.clone();
@@ -147,6 +172,29 @@ pub async fn reconcile(run: Arc<VideoWorkflowRun>, ctx: Arc<Ctx>) -> Result<Acti
     // Look again now and then: an engine task that ended without finishing the run
     // (its workflow was missing, the bucket unreachable) is started again.
     Ok(Action::requeue(ctx.config.retry_interval))
+}
+
+/// Whether one more run of `workflow` may start now, or why it waits.
+pub fn admit(
+    active: &HashMap<String, String>,
+    workflow: &str,
+    config: &RunsConfig,
+) -> Result<(), String> {
+    if config.max_active > 0 && active.len() >= config.max_active {
+        return Err(format!(
+            "waiting for a slot: {} runs are running in this operator (runs.maxActive {})",
+            active.len(),
+            config.max_active
+        ));
+    }
+    let mine = active.values().filter(|w| *w == workflow).count();
+    if config.max_active_per_workflow > 0 && mine >= config.max_active_per_workflow {
+        return Err(format!(
+            "waiting for a slot: {mine} runs of this workflow are running (runs.maxActivePerWorkflow {})",
+            config.max_active_per_workflow
+        ));
+    }
+    Ok(())
 }
 
 pub fn error_policy(_run: Arc<VideoWorkflowRun>, error: &Error, _ctx: Arc<Ctx>) -> Action {

@@ -424,3 +424,50 @@ fn a_workflow_without_an_endpoint_gets_the_operators_default() {
         "neither: AWS S3"
     );
 }
+
+// Issue 17 item 7: nothing capped the runs driven at once.
+#[test]
+fn runs_wait_for_a_slot_per_operator_and_per_workflow() {
+    use std::collections::HashMap;
+    use vflow_runs::RunsConfig;
+    use vflow_runs::controller::admit;
+    let config = RunsConfig {
+        max_active: 3,
+        max_active_per_workflow: 2,
+        ..RunsConfig::default()
+    };
+    let mut active: HashMap<String, String> = HashMap::new();
+    assert_eq!(admit(&active, "ns/a", &config), Ok(()));
+    active.insert("r1".into(), "ns/a".into());
+    active.insert("r2".into(), "ns/a".into());
+    let err = admit(&active, "ns/a", &config).expect_err("a is at its cap");
+    assert!(
+        err.contains("2 runs of this workflow") && err.contains("runs.maxActivePerWorkflow 2"),
+        "{err}"
+    );
+    assert_eq!(
+        admit(&active, "other/a", &config),
+        Ok(()),
+        "per workflow, by namespace too"
+    );
+    active.insert("r3".into(), "ns/b".into());
+    let err = admit(&active, "ns/c", &config).expect_err("the operator is at its cap");
+    assert!(err.contains("runs.maxActive 3"), "{err}");
+    let uncapped = RunsConfig {
+        max_active: 0,
+        max_active_per_workflow: 0,
+        ..RunsConfig::default()
+    };
+    assert_eq!(admit(&active, "ns/a", &uncapped), Ok(()));
+    // From the environment; a bad number names the variable.
+    let vars = |k: &str| match k {
+        "VFLOW_RUNS_MAX_ACTIVE" => Some("10".to_string()),
+        "VFLOW_RUNS_MAX_ACTIVE_PER_WORKFLOW" => Some("many".to_string()),
+        _ => None,
+    };
+    let err = RunsConfig::from_vars(vars).err().expect("refused");
+    assert!(
+        err.contains("VFLOW_RUNS_MAX_ACTIVE_PER_WORKFLOW=many"),
+        "{err}"
+    );
+}
