@@ -72,3 +72,13 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 {{- join "," $out -}}
 {{- end -}}
+
+{{/* The selector labels as key=value,key=value (VFLOW_OPERATOR_POD_SELECTOR). */}}
+{{- define "vflow.podSelectorArg" -}}
+{{- $labels := include "vflow.selectorLabels" . | fromYaml -}}
+{{- $pairs := list -}}
+{{- range $k := keys $labels | sortAlpha -}}
+{{- $pairs = append $pairs (printf "%s=%s" $k (get $labels $k)) -}}
+{{- end -}}
+{{- join "," $pairs -}}
+{{- end -}}

@@ -110,6 +110,18 @@ pub struct Args {
     #[arg(long, env = "VFLOW_OPERATOR_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
 
+    /// The operator's own pod labels (key=value,...): set, every workflow gets a
+    /// NetworkPolicy over its stage pods that lets in only pods with these labels in
+    /// the operator's namespace (and `--stage-metrics-from`), and lets out only DNS and
+    /// the storage endpoint's port. Unset: no such policy.
+    #[arg(long, env = "VFLOW_OPERATOR_POD_SELECTOR", value_delimiter = ',')]
+    pub pod_selector: Vec<String>,
+
+    /// Who else may scrape the stage pods' metrics port: NetworkPolicy peers, as JSON
+    /// (e.g. the Prometheus namespace).
+    #[arg(long, env = "VFLOW_OPERATOR_STAGE_METRICS_FROM")]
+    pub stage_metrics_from: Option<String>,
+
     /// Log as JSON lines instead of text.
     #[arg(
         long,
@@ -133,6 +145,8 @@ pub struct Settings {
     pub default_cold_start: Duration,
     /// Endpoint for workflows whose storage names none.
     pub default_s3_endpoint: Option<String>,
+    /// Who may call stage pods; None: no stage NetworkPolicy.
+    pub stage_ingress: Option<crate::workflow::network::StageIngress>,
 }
 
 impl Default for Settings {
@@ -143,11 +157,58 @@ impl Default for Settings {
             prewarm_margin: Duration::from_secs(1),
             default_cold_start: Duration::from_secs(5),
             default_s3_endpoint: None,
+            stage_ingress: None,
         }
     }
 }
 
 impl Args {
+    /// Who may call stage pods, from --pod-selector, --stage-metrics-from and the
+    /// operator's namespace.
+    fn stage_ingress(&self) -> Result<Option<crate::workflow::network::StageIngress>, Error> {
+        let labels: Vec<&String> = self
+            .pod_selector
+            .iter()
+            .filter(|s| !s.trim().is_empty())
+            .collect();
+        if labels.is_empty() {
+            return Ok(None);
+        }
+        let mut operator_labels = BTreeMap::new();
+        for kv in labels {
+            let (k, v) = kv.split_once('=').ok_or_else(|| {
+                Error::Config(format!("--pod-selector {kv:?}: expected key=value"))
+            })?;
+            operator_labels.insert(k.trim().to_string(), v.trim().to_string());
+        }
+        let operator_namespace = std::env::var("POD_NAMESPACE")
+            .ok()
+            .filter(|n| !n.trim().is_empty())
+            .ok_or_else(|| {
+                Error::Config(
+                    "--pod-selector needs POD_NAMESPACE (the operator's namespace, from the downward API)"
+                        .into(),
+                )
+            })?;
+        let metrics_from = match self
+            .stage_metrics_from
+            .as_deref()
+            .filter(|s| !s.trim().is_empty())
+        {
+            Some(json) => serde_json::from_str(json).map_err(|e| {
+                Error::Config(format!(
+                    "--stage-metrics-from: expected a JSON list of NetworkPolicy peers: {e}"
+                ))
+            })?,
+            None => Vec::new(),
+        };
+        Ok(Some(crate::workflow::network::StageIngress {
+            operator_namespace,
+            operator_labels,
+            metrics_from,
+        }))
+    }
+
     pub fn settings(&self) -> Result<Settings, Error> {
         let sharing: GpuSharing = serde_json::from_str(&self.gpu_sharing)
             .map_err(|e| Error::Config(format!("--gpu-sharing {:?}: {e}", self.gpu_sharing)))?;
@@ -177,6 +238,7 @@ impl Args {
                 .default_s3_endpoint
                 .clone()
                 .filter(|e| !e.trim().is_empty()),
+            stage_ingress: self.stage_ingress()?,
         })
     }
 

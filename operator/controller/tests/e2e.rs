@@ -251,6 +251,10 @@ impl Operator {
         let child = Command::new(env!("CARGO_BIN_EXE_vflow-operator"))
             .env("KUBECONFIG", kubeconfig())
             .env("RUST_LOG", "info,kube=warn")
+            // As the chart runs it: its namespace and labels, so every workflow gets its
+            // stage NetworkPolicy (and the steady-state tests cover it).
+            .env("POD_NAMESPACE", &env.ns)
+            .args(["--pod-selector", "app.kubernetes.io/name=vflow-operator"])
             .args([
                 "--watch-namespace",
                 &env.ns,
@@ -463,6 +467,48 @@ async fn examples_become_deployments_and_services_with_planned_resources() {
                     .any(|o| o.kind == "VideoWorkflow" && o.controller == Some(true))
             );
         }
+    }
+    // Each workflow's stage pods: in only from the operator (runtime and metrics
+    // ports), out only to DNS and the storage endpoint's port (MinIO's 9000 here).
+    let policies: Api<k8s_openapi::api::networking::v1::NetworkPolicy> = env.api();
+    for n in names {
+        let p = policies
+            .get(&format!("{n}-vflow-stages"))
+            .await
+            .unwrap_or_else(|e| panic!("{n}'s NetworkPolicy: {e}"));
+        assert!(
+            p.owner_references()
+                .iter()
+                .any(|o| o.kind == "VideoWorkflow")
+        );
+        let spec = p.spec.expect("spec");
+        let selects = spec
+            .pod_selector
+            .and_then(|s| s.match_labels)
+            .unwrap_or_default();
+        assert_eq!(
+            selects.get("vflow.io/workflow").map(String::as_str),
+            Some(n)
+        );
+        let json = serde_json::to_value(&spec.ingress).expect("json");
+        assert_eq!(
+            json,
+            serde_json::json!([{
+                "from": [{
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": env.ns}},
+                    "podSelector": {"matchLabels": {"app.kubernetes.io/name": "vflow-operator"}}
+                }],
+                "ports": [{"port": 8080, "protocol": "TCP"}, {"port": 9091, "protocol": "TCP"}]
+            }])
+        );
+        let json = serde_json::to_value(&spec.egress).expect("json");
+        assert_eq!(
+            json,
+            serde_json::json!([
+                {"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]},
+                {"ports": [{"port": 9000, "protocol": "TCP"}]}
+            ])
+        );
     }
     let detect = env.deployments("detect").await;
     assert_eq!(

@@ -6,6 +6,7 @@
 pub mod apply;
 pub mod build;
 pub mod dereference;
+pub mod network;
 pub mod resize;
 pub mod status;
 pub mod validate;
@@ -85,6 +86,8 @@ pub struct Context {
     stage_counts: Mutex<HashMap<String, (StageCounts, FunctionRequests)>>,
     /// Workflows (by uid) whose invocation token Secret this process saw or made.
     tokens: Mutex<std::collections::HashSet<String>>,
+    /// The stage NetworkPolicy's hash, by workflow uid, as this process saw or wrote it.
+    policies: Mutex<HashMap<String, String>>,
 }
 
 impl Context {
@@ -114,6 +117,7 @@ impl Context {
             branches: Mutex::default(),
             stage_counts: Mutex::default(),
             tokens: Mutex::default(),
+            policies: Mutex::default(),
         }
     }
 }
@@ -150,6 +154,44 @@ async fn ensure_token(
     }
     if let Ok(mut t) = ctx.tokens.lock() {
         t.insert(uid);
+    }
+    Ok(())
+}
+
+/// Applies the workflow's stage NetworkPolicy unless this process saw it as it should
+/// be: one read per workflow after a start, a write only when it differs.
+async fn ensure_policy(
+    ctx: &Context,
+    wf: &VideoWorkflow,
+    ns: &str,
+    from: &network::StageIngress,
+) -> Result<()> {
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    let want = network::network_policy(wf, from, ctx.settings.default_s3_endpoint.as_deref())?;
+    let hash = want
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(build::ANNOTATION_SPEC_HASH))
+        .cloned()
+        .unwrap_or_default();
+    let uid = wf.uid().unwrap_or_default();
+    if ctx
+        .policies
+        .lock()
+        .is_ok_and(|p| p.get(&uid) == Some(&hash))
+    {
+        return Ok(());
+    }
+    let api: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), ns);
+    let name = network::policy_name(&wf.name_any());
+    let there = api.get_opt(&name).await?;
+    if !there.is_some_and(|p| apply::is_current(&p.metadata, &want.metadata, &uid)) {
+        apply::apply(&api, &want).await?;
+        info!(policy = %name, "applied the workflow's stage NetworkPolicy");
+    }
+    if let Ok(mut p) = ctx.policies.lock() {
+        p.insert(uid, hash);
     }
     Ok(())
 }
@@ -700,6 +742,9 @@ async fn reconcile_inner(wf: &VideoWorkflow, ctx: &Context) -> Result<(Action, b
     });
     if !want.deployments.is_empty() {
         ensure_token(ctx, wf, &ns, pods_change).await?;
+        if let Some(from) = &ctx.settings.stage_ingress {
+            ensure_policy(ctx, wf, &ns, from).await?;
+        }
     }
     // Children that differ from the cache, applied concurrently (one round trip, not 2N).
     let mut writes = Vec::new();
