@@ -13,6 +13,8 @@ pub struct RuntimeMetrics {
     pub seconds: HistogramVec,
     pub in_flight: IntGauge,
     pub rejected: IntCounterVec,
+    /// Requests that joined the same work already running (a resent unit).
+    pub joined: IntCounter,
     pub bytes: IntCounterVec,
     pub cpu_seconds: Histogram,
     pub peak_memory: Histogram,
@@ -83,12 +85,17 @@ impl RuntimeMetrics {
             "runtime_oom_kills_total",
             "Functions killed by SIGKILL for memory: by the OOM killer, or by the runtime over --memory-limit",
         )?;
+        let joined = IntCounter::new(
+            "runtime_joined_total",
+            "Requests for work already running here, answered with its outcome instead of running it again",
+        )?;
         let cold_start = Gauge::new("runtime_cold_start_seconds", "Process start to ready")?;
         let ready = IntGauge::new("runtime_ready", "1 once warm-up has finished")?;
         registry.register(Box::new(invocations.clone()))?;
         registry.register(Box::new(seconds.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(rejected.clone()))?;
+        registry.register(Box::new(joined.clone()))?;
         registry.register(Box::new(bytes.clone()))?;
         registry.register(Box::new(cpu_seconds.clone()))?;
         registry.register(Box::new(peak_memory.clone()))?;
@@ -101,6 +108,7 @@ impl RuntimeMetrics {
             seconds,
             in_flight,
             rejected,
+            joined,
             bytes,
             cpu_seconds,
             peak_memory,

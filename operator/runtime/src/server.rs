@@ -1,5 +1,6 @@
 //! `vflow-runtime serve`: the invocation server.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -10,12 +11,12 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use vflow_storage::{S3Settings, Store};
 
 use crate::config::ServeArgs;
 use crate::executor::{Executor, ExecutorConfig};
-use crate::invocation::{ErrorBody, InvokeFailure, InvokeRequest, Phase};
+use crate::invocation::{ErrorBody, InvokeFailure, InvokeRequest, InvokeResponse, Phase};
 use crate::metrics::RuntimeMetrics;
 use crate::proc_stats;
 use crate::process;
@@ -28,6 +29,20 @@ pub struct AppState {
     draining: AtomicBool,
     /// The runtime this one is fused after has stopped (it said so on /release).
     released: tokio::sync::Notify,
+    /// Invocations running now, by what they do (see `same_work`): a request for the
+    /// same work joins the one in flight instead of running it a second time.
+    in_flight: std::sync::Mutex<HashMap<String, watch::Receiver<Option<Outcome>>>>,
+}
+
+type Outcome = Result<InvokeResponse, InvokeFailure>;
+
+/// What an invocation does: its outputs' place, inputs, params and the fused steps
+/// after it. A resumed run engine sends a unit again when its first attempt's caller
+/// went away (the runtime finishes it all the same): that is the same work.
+fn same_work(r: &InvokeRequest) -> String {
+    let steps: Vec<(&String, &BTreeMap<String, serde_json::Value>)> =
+        r.then.iter().map(|t| (&t.stage, &t.params)).collect();
+    serde_json::to_string(&(&r.output_prefix, &r.inputs, &r.params, steps)).unwrap_or_default()
 }
 
 fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response {
@@ -115,13 +130,6 @@ async fn invoke(State(state): State<Arc<AppState>>, headers: HeaderMap, body: By
             "this instance is still warming up",
         );
     }
-    let Ok(permit) = state.slots.clone().try_acquire_owned() else {
-        metrics.rejected.with_label_values(&["busy"]).inc();
-        return refuse(
-            StatusCode::TOO_MANY_REQUESTS,
-            &format!("all {} slots are busy", state.concurrency),
-        );
-    };
     let request: InvokeRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -136,6 +144,34 @@ async fn invoke(State(state): State<Arc<AppState>>, headers: HeaderMap, body: By
             return json_response(StatusCode::BAD_REQUEST, &ErrorBody { error: failure });
         }
     };
+    let work = same_work(&request);
+    // The same work already running here: wait for its outcome, holding no slot (the
+    // first attempt holds one; with one slot a second would be turned away, then run
+    // the work again).
+    let running = state
+        .in_flight
+        .lock()
+        .ok()
+        .and_then(|m| m.get(&work).cloned());
+    if let Some(mut running) = running {
+        metrics.joined.inc();
+        tracing::info!(run = %request.run, stage = %request.stage, segment = ?request.segment, "the same work is running here: joining it");
+        return match running.wait_for(Option::is_some).await {
+            Ok(outcome) => respond(outcome.clone()),
+            Err(_) => respond(None),
+        };
+    }
+    let Ok(permit) = state.slots.clone().try_acquire_owned() else {
+        metrics.rejected.with_label_values(&["busy"]).inc();
+        return refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!("all {} slots are busy", state.concurrency),
+        );
+    };
+    let (done, running) = watch::channel(None::<Outcome>);
+    if let Ok(mut m) = state.in_flight.lock() {
+        m.insert(work.clone(), running);
+    }
     // Its own task: a caller that hangs up does not abandon a half-done invocation.
     let task_state = state.clone();
     let task = tokio::spawn(async move {
@@ -143,14 +179,29 @@ async fn invoke(State(state): State<Arc<AppState>>, headers: HeaderMap, body: By
         task_state.executor.metrics.in_flight.inc();
         let result = task_state.executor.invoke(request).await;
         task_state.executor.metrics.in_flight.dec();
+        if let Ok(mut m) = task_state.in_flight.lock() {
+            m.remove(&work);
+        }
+        done.send_replace(Some(result.clone()));
         result
     });
     match task.await {
-        Ok(Ok(response)) => json_response(StatusCode::OK, &response),
-        Ok(Err(failure)) => json_response(status_for(&failure), &ErrorBody { error: failure }),
+        Ok(outcome) => respond(Some(outcome)),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("invocation task failed: {e}"),
+        )
+            .into_response(),
+    }
+}
+
+fn respond(outcome: Option<Outcome>) -> Response {
+    match outcome {
+        Some(Ok(response)) => json_response(StatusCode::OK, &response),
+        Some(Err(failure)) => json_response(status_for(&failure), &ErrorBody { error: failure }),
+        None => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the invocation this request joined ended without an outcome",
         )
             .into_response(),
     }
@@ -336,6 +387,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         ready: AtomicBool::new(false),
         draining: AtomicBool::new(false),
         released: tokio::sync::Notify::new(),
+        in_flight: std::sync::Mutex::default(),
     });
 
     let (listener, address) =

@@ -651,6 +651,60 @@ async fn a_hundred_invocations_on_an_instance_set_to_a_hundred_all_run_at_once()
     );
 }
 
+// Issue 17 item 3: a resumed run engine sends a unit again when the caller of its first
+// attempt went away; the runtime finishes that attempt all the same, and both ran the
+// function and wrote the same keys. The same work now joins the one running.
+#[tokio::test]
+async fn the_same_work_sent_again_while_it_runs_joins_it_instead_of_running_twice() {
+    let s = setup();
+    s.put("in/a.bin", b"a").await;
+    // One slot: the resend must not need one (the first attempt holds it).
+    let rt = s.runtime(&["--concurrency", "1"]);
+    rt.wait_ready(&s.client).await;
+    let body = json!({"run": "r", "stage": "s", "inputs": ["s3://videos/in/a.bin"],
+                      "outputPrefix": "s3://videos/joined/", "params": {"mode": "sleep", "seconds": 2}});
+    // The first caller hangs up after half a second (an engine that was stopped).
+    let hung_up = s
+        .client
+        .post(format!("{}/invoke", rt.url))
+        .json(&body)
+        .timeout(Duration::from_millis(500))
+        .send()
+        .await;
+    assert!(hung_up.is_err(), "the first caller was meant to give up");
+    let (status, _, answer) = invoke(&s.client, &rt.url, body.clone()).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["outputs"][0]["uri"], "s3://videos/joined/slept.txt");
+    let seen: serde_json::Value = s
+        .client
+        .get(format!("{}/observations", rt.url))
+        .send()
+        .await
+        .expect("observations")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(seen["invocations"], 1, "the function ran once: {seen}");
+    let metrics = s
+        .client
+        .get(format!("{}/metrics", rt.url))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("vflow_runtime_joined_total{function=\"testfn\"} 1"),
+        "{metrics}"
+    );
+    // Other work is not joined: a different param runs on its own (the slot is free now).
+    let other = json!({"run": "r", "stage": "s", "inputs": ["s3://videos/in/a.bin"],
+                       "outputPrefix": "s3://videos/joined/", "params": {"mode": "sleep", "seconds": 0.1}});
+    let (status, _, answer) = invoke(&s.client, &rt.url, other).await;
+    assert_eq!(status, 200, "{answer}");
+}
+
 // Issue 17 item 6: the function ran with the runtime's whole environment, S3
 // credentials included.
 #[tokio::test]
