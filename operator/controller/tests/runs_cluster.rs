@@ -1948,3 +1948,147 @@ async fn a_run_over_the_cap_waits_for_a_slot_and_then_runs() {
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(10), controller).await;
 }
+
+/// A run controller in a runtime of its own, dropped whole when `kill` is called: as a
+/// killed operator process, nothing of it drains or says goodbye.
+struct Killable {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Killable {
+    fn start(cfg: RunsConfig) -> Killable {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().expect("runtime");
+            rt.block_on(async move {
+                let killed = async move {
+                    let _ = tokio::task::spawn_blocking(move || stopped.recv()).await;
+                };
+                tokio::select! {
+                    _ = run_controller(client().await, cfg, std::future::pending::<()>()) => {}
+                    _ = killed => {}
+                }
+            });
+            drop(rt);
+        });
+        Killable { stop, thread }
+    }
+
+    async fn kill(self) {
+        let _ = self.stop.send(());
+        let thread = self.thread;
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
+}
+
+/// Issue 17: a chaos run. 50 runs while the run controller is killed every 10 s: every
+/// run succeeds, no invocation runs twice (counted by the runtimes), and every output
+/// is byte for byte that of an undisturbed run.
+#[tokio::test]
+#[ignore = "needs e2e/testenv: make test-runs"]
+async fn fifty_runs_survive_a_controller_killed_every_ten_seconds() {
+    let mut env = Env::new("chaos", json!({})).await;
+    env.start_operator().await;
+    let resolver = env.start_runtimes().await;
+    env.put("in/clip.bin", "input\n").await;
+    let runs: Api<VideoWorkflowRun> = env.api();
+    let output = |run: &str| format!("outputs/{run}/join/all/joined.bin");
+
+    // The reference: one run, undisturbed.
+    runs.create(
+        &PostParams::default(),
+        &run(
+            "reference",
+            "in/clip.bin",
+            3600,
+            json!({"copy": {"sleep": 1}}),
+        ),
+    )
+    .await
+    .expect("create run");
+    let quiet = Killable::start(config(&env, resolver.clone()));
+    wait_phase(
+        &env,
+        "reference",
+        RunPhase::Succeeded,
+        Duration::from_secs(90),
+    )
+    .await;
+    quiet.kill().await;
+    let reference = env
+        .store
+        .get_bytes("videos", &output("reference"))
+        .await
+        .expect("get")
+        .expect("the reference output");
+    let urls: Vec<String> = resolver.0.values().cloned().collect();
+    let before = invocations(&urls).await;
+
+    let names: Vec<String> = (0..50).map(|i| format!("chaos-{i:02}")).collect();
+    for name in &names {
+        runs.create(
+            &PostParams::default(),
+            &run(name, "in/clip.bin", 3600, json!({"copy": {"sleep": 1}})),
+        )
+        .await
+        .expect("create run");
+    }
+    let succeeded = || async {
+        let list = runs.list(&Default::default()).await.expect("list");
+        list.items
+            .iter()
+            .filter(|r| r.name_any().starts_with("chaos-"))
+            .filter(|r| {
+                r.status
+                    .as_ref()
+                    .is_some_and(|s| s.phase == RunPhase::Succeeded)
+            })
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(480);
+    let mut kills = 0;
+    loop {
+        let controller = Killable::start(config(&env, resolver.clone()));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let done = succeeded().await;
+        if done == names.len() {
+            controller.kill().await;
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{done} of {} runs succeeded within 8 minutes",
+            names.len()
+        );
+        controller.kill().await;
+        kills += 1;
+    }
+    assert!(
+        kills >= 3,
+        "the controller was killed only {kills} times: not much chaos"
+    );
+    for name in &names {
+        let r = runs.get(name).await.expect("run");
+        let phase = r.status.as_ref().map(|s| s.phase);
+        assert_eq!(phase, Some(RunPhase::Succeeded), "{name}");
+        let bytes = env
+            .store
+            .get_bytes("videos", &output(name))
+            .await
+            .expect("get")
+            .unwrap_or_else(|| panic!("{name}: no output"));
+        assert_eq!(
+            bytes, reference,
+            "{name}: output differs from the undisturbed run's"
+        );
+    }
+    // Every invocation ran once: by stage (copy, join, split), 3, 1 and 1 per run.
+    let after = invocations(&urls).await;
+    let ran: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert_eq!(
+        ran,
+        [150, 50, 50],
+        "invocations by stage (copy, join, split) after {kills} kills"
+    );
+}

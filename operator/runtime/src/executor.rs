@@ -183,6 +183,35 @@ impl Executor {
         }
     }
 
+    /// The outcome of this same work when an earlier attempt completed it (its
+    /// completion record is there: same inputs, params and fused steps), e.g. one whose
+    /// caller went away before the answer. Only under a prefix this runtime may write.
+    pub async fn completed(&self, request: &InvokeRequest) -> Option<InvokeResponse> {
+        let prefix = Location::parse(&request.output_prefix).ok()?;
+        self.access.check_output_prefix(&prefix).ok()?;
+        let bytes = self
+            .store
+            .get_bytes(&prefix.join(COMPLETION_RECORD))
+            .await
+            .ok()??;
+        let previous: CompletionRecord = serde_json::from_slice(&bytes).ok()?;
+        let steps = |r: &InvokeRequest| -> Vec<(String, serde_json::Value)> {
+            r.then
+                .iter()
+                .map(|t| {
+                    (
+                        t.stage.clone(),
+                        serde_json::to_value(&t.params).unwrap_or_default(),
+                    )
+                })
+                .collect()
+        };
+        let same = previous.request.inputs == request.inputs
+            && previous.request.params == request.params
+            && steps(&previous.request) == steps(request);
+        same.then_some(previous.response)
+    }
+
     pub async fn invoke(&self, request: InvokeRequest) -> Result<InvokeResponse, InvokeFailure> {
         let started = Instant::now();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);

@@ -31,7 +31,7 @@ pub struct AppState {
     released: tokio::sync::Notify,
     /// Invocations running now, by what they do (see `same_work`): a request for the
     /// same work joins the one in flight instead of running it a second time.
-    in_flight: std::sync::Mutex<HashMap<String, watch::Receiver<Option<Outcome>>>>,
+    in_flight: std::sync::Mutex<HashMap<String, watch::Receiver<Option<Answer>>>>,
 }
 
 type Outcome = Result<InvokeResponse, InvokeFailure>;
@@ -145,48 +145,68 @@ async fn invoke(State(state): State<Arc<AppState>>, headers: HeaderMap, body: By
         }
     };
     let work = same_work(&request);
-    // The same work already running here: wait for its outcome, holding no slot (the
-    // first attempt holds one; with one slot a second would be turned away, then run
-    // the work again).
-    let running = state
-        .in_flight
-        .lock()
-        .ok()
-        .and_then(|m| m.get(&work).cloned());
+    // Who does this work: a request for work already running here waits for its
+    // answer, holding no slot (the running one holds one; with one slot a second would
+    // be turned away, then run the work again). Taken under the lock, so of two such
+    // requests at once one does the work.
+    let (answer, mine) = watch::channel(None::<Answer>);
+    let running = match state.in_flight.lock() {
+        Ok(mut m) => match m.get(&work) {
+            Some(running) => Some(running.clone()),
+            None => {
+                m.insert(work.clone(), mine);
+                None
+            }
+        },
+        Err(_) => None,
+    };
     if let Some(mut running) = running {
         metrics.joined.inc();
         tracing::info!(run = %request.run, stage = %request.stage, segment = ?request.segment, "the same work is running here: joining it");
-        return match running.wait_for(Option::is_some).await {
-            Ok(outcome) => respond(outcome.clone()),
-            Err(_) => respond(None),
-        };
+        let joined = running
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|a| a.clone());
+        return respond(&state, joined);
+    }
+    let finish = |a: Answer| {
+        if let Ok(mut m) = state.in_flight.lock() {
+            m.remove(&work);
+        }
+        answer.send_replace(Some(a.clone()));
+        a
+    };
+    // An earlier attempt completed it (its caller went away before the answer): that
+    // is the outcome. Checked after the running ones, which write their record before
+    // they leave `in_flight`, so no attempt slips between the two.
+    if let Some(response) = state.executor.completed(&request).await {
+        metrics.joined.inc();
+        tracing::info!(run = %request.run, stage = %request.stage, segment = ?request.segment, "the same work completed here before: its outcome");
+        return respond(&state, Some(finish(Answer::Done(Ok(response)))));
     }
     let Ok(permit) = state.slots.clone().try_acquire_owned() else {
         metrics.rejected.with_label_values(&["busy"]).inc();
-        return refuse(
-            StatusCode::TOO_MANY_REQUESTS,
-            &format!("all {} slots are busy", state.concurrency),
-        );
+        return respond(&state, Some(finish(Answer::Busy)));
     };
-    let (done, running) = watch::channel(None::<Outcome>);
-    if let Ok(mut m) = state.in_flight.lock() {
-        m.insert(work.clone(), running);
-    }
     // Its own task: a caller that hangs up does not abandon a half-done invocation.
     let task_state = state.clone();
+    let task_work = work.clone();
     let task = tokio::spawn(async move {
         let _permit = permit;
         task_state.executor.metrics.in_flight.inc();
         let result = task_state.executor.invoke(request).await;
         task_state.executor.metrics.in_flight.dec();
+        // The completion record is written (inside invoke) before the work leaves
+        // `in_flight`.
         if let Ok(mut m) = task_state.in_flight.lock() {
-            m.remove(&work);
+            m.remove(&task_work);
         }
-        done.send_replace(Some(result.clone()));
+        answer.send_replace(Some(Answer::Done(result.clone())));
         result
     });
     match task.await {
-        Ok(outcome) => respond(Some(outcome)),
+        Ok(outcome) => respond(&state, Some(Answer::Done(outcome))),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("invocation task failed: {e}"),
@@ -195,10 +215,24 @@ async fn invoke(State(state): State<Arc<AppState>>, headers: HeaderMap, body: By
     }
 }
 
-fn respond(outcome: Option<Outcome>) -> Response {
-    match outcome {
-        Some(Ok(response)) => json_response(StatusCode::OK, &response),
-        Some(Err(failure)) => json_response(status_for(&failure), &ErrorBody { error: failure }),
+/// How a request for some work was answered (and those who joined it are).
+#[derive(Clone)]
+enum Answer {
+    Done(Outcome),
+    /// Every slot was busy.
+    Busy,
+}
+
+fn respond(state: &AppState, answer: Option<Answer>) -> Response {
+    match answer {
+        Some(Answer::Done(Ok(response))) => json_response(StatusCode::OK, &response),
+        Some(Answer::Done(Err(failure))) => {
+            json_response(status_for(&failure), &ErrorBody { error: failure })
+        }
+        Some(Answer::Busy) => refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!("all {} slots are busy", state.concurrency),
+        ),
         None => (
             StatusCode::INTERNAL_SERVER_ERROR,
             "the invocation this request joined ended without an outcome",

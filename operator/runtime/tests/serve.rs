@@ -140,7 +140,18 @@ async fn an_invocation_moves_inputs_and_outputs_through_s3() {
     let record: serde_json::Value = serde_json::from_slice(&record).expect("json");
     assert_eq!(record["response"]["outputs"], first["outputs"]);
 
-    let (status, _, second) = invoke(&s.client, &rt.url, body).await;
+    // The same work again (a resent unit whose first answer was lost): the completed
+    // attempt's outcome, not a second run.
+    let (status, _, again) = invoke(&s.client, &rt.url, body.clone()).await;
+    assert_eq!(status, 200, "{again}");
+    for field in ["outputs", "metadata", "functionSeconds", "cpuSeconds", "instance"] {
+        assert_eq!(again[field], first[field], "the recorded outcome's {field}");
+    }
+
+    // Other work (another param) on the warm instance: runs, and is not cold.
+    let mut other = body;
+    other["params"]["text"] = json!("another");
+    let (status, _, second) = invoke(&s.client, &rt.url, other).await;
     assert_eq!(status, 200);
     assert_eq!(second["cold"], false);
     assert!(second.get("coldStartSeconds").is_none());
