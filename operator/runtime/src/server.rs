@@ -183,7 +183,7 @@ async fn invoke(State(state): State<Arc<AppState>>, headers: HeaderMap, body: By
     if let Some(response) = state.executor.completed(&request).await {
         metrics.joined.inc();
         tracing::info!(run = %request.run, stage = %request.stage, segment = ?request.segment, "the same work completed here before: its outcome");
-        return respond(&state, Some(finish(Answer::Done(Ok(response)))));
+        return respond(&state, Some(finish(Answer::Done(Box::new(Ok(response))))));
     }
     let Ok(permit) = state.slots.clone().try_acquire_owned() else {
         metrics.rejected.with_label_values(&["busy"]).inc();
@@ -202,11 +202,11 @@ async fn invoke(State(state): State<Arc<AppState>>, headers: HeaderMap, body: By
         if let Ok(mut m) = task_state.in_flight.lock() {
             m.remove(&task_work);
         }
-        answer.send_replace(Some(Answer::Done(result.clone())));
+        answer.send_replace(Some(Answer::Done(Box::new(result.clone()))));
         result
     });
     match task.await {
-        Ok(outcome) => respond(&state, Some(Answer::Done(outcome))),
+        Ok(outcome) => respond(&state, Some(Answer::Done(Box::new(outcome)))),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("invocation task failed: {e}"),
@@ -218,17 +218,17 @@ async fn invoke(State(state): State<Arc<AppState>>, headers: HeaderMap, body: By
 /// How a request for some work was answered (and those who joined it are).
 #[derive(Clone)]
 enum Answer {
-    Done(Outcome),
+    Done(Box<Outcome>),
     /// Every slot was busy.
     Busy,
 }
 
 fn respond(state: &AppState, answer: Option<Answer>) -> Response {
     match answer {
-        Some(Answer::Done(Ok(response))) => json_response(StatusCode::OK, &response),
-        Some(Answer::Done(Err(failure))) => {
-            json_response(status_for(&failure), &ErrorBody { error: failure })
-        }
+        Some(Answer::Done(outcome)) => match *outcome {
+            Ok(response) => json_response(StatusCode::OK, &response),
+            Err(failure) => json_response(status_for(&failure), &ErrorBody { error: failure }),
+        },
         Some(Answer::Busy) => refuse(
             StatusCode::TOO_MANY_REQUESTS,
             &format!("all {} slots are busy", state.concurrency),

@@ -144,7 +144,13 @@ async fn an_invocation_moves_inputs_and_outputs_through_s3() {
     // attempt's outcome, not a second run.
     let (status, _, again) = invoke(&s.client, &rt.url, body.clone()).await;
     assert_eq!(status, 200, "{again}");
-    for field in ["outputs", "metadata", "functionSeconds", "cpuSeconds", "instance"] {
+    for field in [
+        "outputs",
+        "metadata",
+        "functionSeconds",
+        "cpuSeconds",
+        "instance",
+    ] {
         assert_eq!(again[field], first[field], "the recorded outcome's {field}");
     }
 
