@@ -47,6 +47,33 @@ pub struct FusedStep {
 }
 
 impl InvokeRequest {
+    /// The fused steps' stages and params: what they do, without where they write.
+    fn steps(&self) -> Vec<(&str, &BTreeMap<String, serde_json::Value>)> {
+        self.then
+            .iter()
+            .map(|t| (t.stage.as_str(), &t.params))
+            .collect()
+    }
+
+    /// Whether `other` does the same work: the same inputs, params and fused steps.
+    /// (Its outputs' place is the caller's to compare: a completion record is found
+    /// under it.) A completed attempt of the same work is reused, not run again.
+    pub fn same_work_as(&self, other: &InvokeRequest) -> bool {
+        self.inputs == other.inputs && self.params == other.params && self.steps() == other.steps()
+    }
+
+    /// The same work, with its outputs' place, as a key: two requests with equal keys
+    /// would write the same objects from the same inputs.
+    pub fn work_key(&self) -> String {
+        serde_json::to_string(&(
+            &self.output_prefix,
+            &self.inputs,
+            &self.params,
+            self.steps(),
+        ))
+        .unwrap_or_default()
+    }
+
     /// The request the next runtime of a fused chain gets: the first of `then`, reading
     /// `inputs` (this step's outputs on the shared scratch volume).
     pub fn next_step(&self, inputs: Vec<String>) -> Option<InvokeRequest> {

@@ -832,24 +832,7 @@ async fn a_restarted_controller_resumes_the_run_without_redoing_finished_work() 
 
     // The first controller in its own runtime, dropped whole (like a killed process)
     // once split is done and the copies are running.
-    // Its own client too: a kube client's worker lives on the runtime that made it.
-    let cfg = config(&env, resolver.clone());
-    let (stop, stopped) = std::sync::mpsc::channel::<()>();
-    let first = std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().expect("runtime");
-        rt.block_on(async move {
-            // Not a shutdown (which would drain): the runtime goes with whatever runs on
-            // it, as a killed process's would.
-            let killed = async move {
-                let _ = tokio::task::spawn_blocking(move || stopped.recv()).await;
-            };
-            tokio::select! {
-                _ = run_controller(client().await, cfg, std::future::pending::<()>()) => {}
-                _ = killed => {}
-            }
-        });
-        drop(rt);
-    });
+    let first = Killable::start(config(&env, resolver.clone()));
     wait_for(
         "split done, copies running",
         Duration::from_secs(60),
@@ -864,8 +847,7 @@ async fn a_restarted_controller_resumes_the_run_without_redoing_finished_work() 
         },
     )
     .await;
-    let _ = stop.send(());
-    let _ = tokio::task::spawn_blocking(move || first.join()).await;
+    first.kill().await;
 
     let second = RunController::start(&env, env.client.clone(), resolver);
     wait_phase(&env, "slow", RunPhase::Succeeded, Duration::from_secs(90)).await;
@@ -1949,7 +1931,8 @@ async fn a_run_over_the_cap_waits_for_a_slot_and_then_runs() {
     let _ = tokio::time::timeout(Duration::from_secs(10), controller).await;
 }
 
-/// A run controller in a runtime of its own, dropped whole when `kill` is called: as a
+/// A run controller in a runtime of its own (with its own client: a kube client's worker
+/// lives on the runtime that made it), dropped whole when `kill` is called: as with a
 /// killed operator process, nothing of it drains or says goodbye.
 struct Killable {
     stop: std::sync::mpsc::Sender<()>,

@@ -74,9 +74,17 @@ pub const RUN_RECORD: &str = "_vflow-run.json";
 /// spread over 75-125%: the units of a burst that failed together (a pod going
 /// away) do not all come back in the same instant.
 pub fn backoff(attempt: u32) -> Duration {
-    let base = (500u64 << attempt.saturating_sub(1).min(5)).min(10_000) as f64;
-    Duration::from_millis((base * (0.75 + 0.5 * jitter())) as u64)
+    backoff_base(attempt)
+        .mul_f64(BACKOFF_SPREAD.0 + (BACKOFF_SPREAD.1 - BACKOFF_SPREAD.0) * jitter())
 }
+
+/// The backoff before retry `n` before its spread.
+pub fn backoff_base(attempt: u32) -> Duration {
+    Duration::from_millis((500u64 << attempt.saturating_sub(1).min(5)).min(10_000))
+}
+
+/// A backoff is its base times a factor in this range.
+pub const BACKOFF_SPREAD: (f64, f64) = (0.75, 1.25);
 
 /// A number in [0, 1) that differs from call to call (the clock's nanoseconds,
 /// mixed): enough to spread waits, no randomness needed.

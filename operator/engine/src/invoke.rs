@@ -96,16 +96,7 @@ async fn reuse(store: &Store, d: &Dispatch) -> Option<UnitOutcome> {
         .await
         .ok()??;
     let previous = serde_json::from_slice::<CompletionRecord>(&bytes).ok()?;
-    let steps = |r: &vflow_contract::invocation::InvokeRequest| -> Vec<_> {
-        r.then
-            .iter()
-            .map(|t| (t.stage.clone(), t.params.clone()))
-            .collect()
-    };
-    if previous.request.inputs != d.request.inputs
-        || previous.request.params != d.request.params
-        || steps(&previous.request) != steps(&d.request)
-    {
+    if !previous.request.same_work_as(&d.request) {
         return None;
     }
     let now = unix_now();

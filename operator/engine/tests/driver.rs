@@ -13,7 +13,7 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use vflow_api::{FunctionProfile, VideoWorkflow};
-use vflow_engine::engine::{RUN_RECORD, backoff};
+use vflow_engine::engine::{BACKOFF_SPREAD, RUN_RECORD, backoff_base};
 use vflow_engine::record::{RunRecord, UnitRecord, UnitStatus};
 use vflow_engine::{Engine, RunOptions, RunOutcome, RunPhase};
 use vflow_storage::{Location, Store};
@@ -175,10 +175,16 @@ async fn retryable_failures_are_retried_with_backoff_until_one_succeeds() {
         vec![Some("instance went away"), Some("instance went away"), None]
     );
     assert_eq!(attempts[2].instance, "fake-0");
-    let backoffs = backoff(1) + backoff(2);
+    // Each backoff is spread over 75-125% of its base (so a burst does not retry in
+    // lockstep).
+    let base = backoff_base(1) + backoff_base(2);
+    let (least, most) = (
+        base.mul_f64(BACKOFF_SPREAD.0),
+        base.mul_f64(BACKOFF_SPREAD.1),
+    );
     assert!(
-        waited >= backoffs && waited < backoffs + Duration::from_secs(1),
-        "waited {waited:?}, backoff is {backoffs:?}"
+        waited >= least && waited < most + Duration::from_secs(1),
+        "waited {waited:?}, backoff between {least:?} and {most:?}"
     );
 }
 
@@ -221,7 +227,10 @@ async fn a_non_retryable_error_is_not_retried_and_the_message_names_the_stage() 
         )
     );
     assert_eq!(backend.calls_to("scale").len(), 1);
-    assert!(started.elapsed() < backoff(1), "no backoff was waited");
+    assert!(
+        started.elapsed() < backoff_base(1).mul_f64(BACKOFF_SPREAD.0),
+        "no backoff was waited"
+    );
     assert_eq!(stored_record(&opts).phase, RunPhase::Failed);
 }
 

@@ -195,21 +195,10 @@ impl Executor {
             .await
             .ok()??;
         let previous: CompletionRecord = serde_json::from_slice(&bytes).ok()?;
-        let steps = |r: &InvokeRequest| -> Vec<(String, serde_json::Value)> {
-            r.then
-                .iter()
-                .map(|t| {
-                    (
-                        t.stage.clone(),
-                        serde_json::to_value(&t.params).unwrap_or_default(),
-                    )
-                })
-                .collect()
-        };
-        let same = previous.request.inputs == request.inputs
-            && previous.request.params == request.params
-            && steps(&previous.request) == steps(request);
-        same.then_some(previous.response)
+        previous
+            .request
+            .same_work_as(request)
+            .then_some(previous.response)
     }
 
     pub async fn invoke(&self, request: InvokeRequest) -> Result<InvokeResponse, InvokeFailure> {

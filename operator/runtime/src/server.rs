@@ -1,6 +1,6 @@
 //! `vflow-runtime serve`: the invocation server.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -29,21 +29,12 @@ pub struct AppState {
     draining: AtomicBool,
     /// The runtime this one is fused after has stopped (it said so on /release).
     released: tokio::sync::Notify,
-    /// Invocations running now, by what they do (see `same_work`): a request for the
+    /// Invocations running now, by what they do (`InvokeRequest::work_key`): a request for the
     /// same work joins the one in flight instead of running it a second time.
     in_flight: std::sync::Mutex<HashMap<String, watch::Receiver<Option<Answer>>>>,
 }
 
 type Outcome = Result<InvokeResponse, InvokeFailure>;
-
-/// What an invocation does: its outputs' place, inputs, params and the fused steps
-/// after it. A resumed run engine sends a unit again when its first attempt's caller
-/// went away (the runtime finishes it all the same): that is the same work.
-fn same_work(r: &InvokeRequest) -> String {
-    let steps: Vec<(&String, &BTreeMap<String, serde_json::Value>)> =
-        r.then.iter().map(|t| (&t.stage, &t.params)).collect();
-    serde_json::to_string(&(&r.output_prefix, &r.inputs, &r.params, steps)).unwrap_or_default()
-}
 
 fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response {
     match serde_json::to_vec(body) {
@@ -144,7 +135,9 @@ async fn invoke(State(state): State<Arc<AppState>>, headers: HeaderMap, body: By
             return json_response(StatusCode::BAD_REQUEST, &ErrorBody { error: failure });
         }
     };
-    let work = same_work(&request);
+    // A resumed run engine sends a unit again when its first attempt's caller went
+    // away (the runtime finishes it all the same): that is the same work.
+    let work = request.work_key();
     // Who does this work: a request for work already running here waits for its
     // answer, holding no slot (the running one holds one; with one slot a second would
     // be turned away, then run the work again). Taken under the lock, so of two such
