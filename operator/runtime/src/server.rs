@@ -163,49 +163,64 @@ async fn invoke(State(state): State<Arc<AppState>>, headers: HeaderMap, body: By
             .and_then(|a| a.clone());
         return respond(&state, joined);
     }
-    let finish = |a: Answer| {
-        if let Ok(mut m) = state.in_flight.lock() {
-            m.remove(&work);
-        }
-        answer.send_replace(Some(a.clone()));
-        a
-    };
-    // An earlier attempt completed it (its caller went away before the answer): that
-    // is the outcome. Checked after the running ones, which write their record before
-    // they leave `in_flight`, so no attempt slips between the two.
-    if let Some(response) = state.executor.completed(&request).await {
-        metrics.joined.inc();
-        tracing::info!(run = %request.run, stage = %request.stage, segment = ?request.segment, "the same work completed here before: its outcome");
-        return respond(&state, Some(finish(Answer::Done(Box::new(Ok(response))))));
-    }
-    let Ok(permit) = state.slots.clone().try_acquire_owned() else {
-        metrics.rejected.with_label_values(&["busy"]).inc();
-        return respond(&state, Some(finish(Answer::Busy)));
-    };
-    // Its own task: a caller that hangs up does not abandon a half-done invocation.
+    // The rest in its own task: a caller that hangs up (even during the record check)
+    // neither abandons a half-done invocation nor leaves the work registered.
     let task_state = state.clone();
-    let task_work = work.clone();
     let task = tokio::spawn(async move {
-        let _permit = permit;
-        task_state.executor.metrics.in_flight.inc();
-        let result = task_state.executor.invoke(request).await;
-        task_state.executor.metrics.in_flight.dec();
-        // The completion record is written (inside invoke) before the work leaves
-        // `in_flight`.
-        if let Ok(mut m) = task_state.in_flight.lock() {
-            m.remove(&task_work);
-        }
-        answer.send_replace(Some(Answer::Done(Box::new(result.clone()))));
-        result
+        let registered = Registered {
+            state: task_state.clone(),
+            work,
+        };
+        let answer_now = do_work(&task_state, request).await;
+        answer.send_replace(Some(answer_now.clone()));
+        drop(registered);
+        answer_now
     });
     match task.await {
-        Ok(outcome) => respond(&state, Some(Answer::Done(Box::new(outcome)))),
+        Ok(answer) => respond(&state, Some(answer)),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("invocation task failed: {e}"),
         )
             .into_response(),
     }
+}
+
+/// Work registered in `in_flight`; it leaves when this is dropped, however the task
+/// ends (after its answer is sent: a request arriving meanwhile joins and gets it).
+struct Registered {
+    state: Arc<AppState>,
+    work: String,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.state.in_flight.lock() {
+            m.remove(&self.work);
+        }
+    }
+}
+
+/// The answer to work this request registered: an earlier attempt's recorded outcome,
+/// busy, or the invocation's own outcome.
+async fn do_work(state: &AppState, request: InvokeRequest) -> Answer {
+    let metrics = &state.executor.metrics;
+    // An earlier attempt completed it (its caller went away before the answer): that
+    // is the outcome. Checked after the running ones, which write their record before
+    // they leave `in_flight`, so no attempt slips between the two.
+    if let Some(response) = state.executor.completed(&request).await {
+        metrics.joined.inc();
+        tracing::info!(run = %request.run, stage = %request.stage, segment = ?request.segment, "the same work completed here before: its outcome");
+        return Answer::Done(Box::new(Ok(response)));
+    }
+    let Ok(_permit) = state.slots.clone().try_acquire_owned() else {
+        metrics.rejected.with_label_values(&["busy"]).inc();
+        return Answer::Busy;
+    };
+    metrics.in_flight.inc();
+    let result = state.executor.invoke(request).await;
+    metrics.in_flight.dec();
+    Answer::Done(Box::new(result))
 }
 
 /// How a request for some work was answered (and those who joined it are).
