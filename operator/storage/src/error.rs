@@ -10,6 +10,9 @@ pub enum StorageError {
     NoS3 { uri: String },
     #[error("{uri}: no such object")]
     NotFound { uri: String },
+    /// A write on the condition that nothing was there found something.
+    #[error("{uri}: already exists")]
+    Exists { uri: String },
     #[error("{uri}: {operation} failed: {message}")]
     S3 {
         uri: String,

@@ -5,6 +5,7 @@
 //! streamed to disk and verified (size, and the SHA-256 that vflow records at upload);
 //! large uploads go in parts; transient S3 errors are retried with backoff.
 
+pub mod attempts;
 mod checksum;
 mod error;
 mod local;
@@ -41,6 +42,15 @@ pub struct Transfer {
 pub struct ObjectInfo {
     pub location: Location,
     pub bytes: u64,
+}
+
+/// What a conditional write expects to find.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expected {
+    /// Nothing.
+    Absent,
+    /// The version with this tag (an S3 ETag; a local file's SHA-256).
+    Tag(String),
 }
 
 /// Local paths always work; `s3://` needs S3 settings.
@@ -88,6 +98,71 @@ impl Store {
         match to {
             Location::Local(path) => local::write_atomic(path, &data).await,
             Location::S3 { bucket, key } => self.s3(to)?.put_bytes(bucket, key, data).await,
+        }
+    }
+
+    /// Writes a small object only if none is there (S3's `If-None-Match: *`, a hard
+    /// link locally), so of two writers exactly one wins; `Ok(false)` when one was.
+    pub async fn put_bytes_if_absent(
+        &self,
+        to: &Location,
+        data: Vec<u8>,
+    ) -> Result<bool, StorageError> {
+        Ok(self
+            .put_bytes_if(to, data, &Expected::Absent)
+            .await?
+            .is_some())
+    }
+
+    /// Writes a small object only if what is there is what the writer expects (nothing,
+    /// or the version it read or wrote last): its new tag, or `None` when someone else
+    /// wrote in between.
+    pub async fn put_bytes_if(
+        &self,
+        to: &Location,
+        data: Vec<u8>,
+        expected: &Expected,
+    ) -> Result<Option<String>, StorageError> {
+        match to {
+            Location::Local(path) => local::write_if(path, &data, expected).await,
+            Location::S3 { bucket, key } => {
+                self.s3(to)?.put_bytes_if(bucket, key, data, expected).await
+            }
+        }
+    }
+
+    /// Reads a small object and its tag (for `put_bytes_if`); `Ok(None)` when it does
+    /// not exist.
+    pub async fn get_tagged(
+        &self,
+        from: &Location,
+    ) -> Result<Option<(Vec<u8>, String)>, StorageError> {
+        match from {
+            Location::Local(path) => Ok(local::read_if_exists(path).await?.map(|data| {
+                let tag = local::tag_of(&data);
+                (data, tag)
+            })),
+            Location::S3 { bucket, key } => self.s3(from)?.get_tagged(bucket, key).await,
+        }
+    }
+
+    /// Copies an object to another place in the same store (server-side on S3), its
+    /// recorded SHA-256 with it.
+    pub async fn copy(&self, from: &Location, to: &Location) -> Result<(), StorageError> {
+        match (from, to) {
+            (Location::Local(src), Location::Local(dest)) => {
+                local::copy_file(src, dest).await.map(|_| ())
+            }
+            (
+                Location::S3 {
+                    bucket: from_bucket,
+                    key: from_key,
+                },
+                Location::S3 { bucket, key },
+            ) => self.s3(to)?.copy(from_bucket, from_key, bucket, key).await,
+            _ => Err(StorageError::BadUri {
+                uri: format!("{from} -> {to}: a copy stays within one store"),
+            }),
         }
     }
 

@@ -13,12 +13,15 @@ async fn ensure_parent(path: &Path) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// A name of its own per write: two writers of one path in a process must not share it.
 fn temp_name(path: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut name = path
         .file_name()
         .map(|n| n.to_os_string())
         .unwrap_or_default();
-    name.push(format!(".vflow-partial-{}", std::process::id()));
+    name.push(format!(".vflow-partial-{}-{n}", std::process::id()));
     path.with_file_name(name)
 }
 
@@ -62,6 +65,50 @@ pub async fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StorageError> 
     tokio::fs::rename(&partial, path)
         .await
         .map_err(|e| StorageError::io(path, &e))
+}
+
+/// Writes `data` at `path` only if nothing is there, atomically (a hard link fails on
+/// an existing name); `Ok(false)` when something was.
+pub async fn write_if_absent(path: &Path, data: &[u8]) -> Result<bool, StorageError> {
+    ensure_parent(path).await?;
+    let partial = temp_name(path);
+    if let Err(e) = tokio::fs::write(&partial, data).await {
+        let _ = tokio::fs::remove_file(&partial).await;
+        return Err(StorageError::io(path, &e));
+    }
+    let linked = tokio::fs::hard_link(&partial, path).await;
+    let _ = tokio::fs::remove_file(&partial).await;
+    match linked {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(StorageError::io(path, &e)),
+    }
+}
+
+/// A local file's tag: the SHA-256 of its content.
+pub fn tag_of(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// Writes `data` if the file's tag is `expected`: the new tag, or `None`. Checked, then
+/// written: atomic against other processes only for `Expected::Absent` (the local
+/// mode has one engine per run).
+pub async fn write_if(
+    path: &Path,
+    data: &[u8],
+    expected: &crate::Expected,
+) -> Result<Option<String>, StorageError> {
+    match expected {
+        crate::Expected::Absent => Ok(write_if_absent(path, data).await?.then(|| tag_of(data))),
+        crate::Expected::Tag(tag) => match read_if_exists(path).await? {
+            Some(current) if tag_of(&current) == *tag => {
+                write_atomic(path, data).await?;
+                Ok(Some(tag_of(data)))
+            }
+            _ => Ok(None),
+        },
+    }
 }
 
 pub async fn read_if_exists(path: &Path) -> Result<Option<Vec<u8>>, StorageError> {

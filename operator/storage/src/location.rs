@@ -53,6 +53,36 @@ impl Location {
         }
     }
 
+    /// This object's name under `prefix` (what `prefix.join` would take to make it),
+    /// or `None` when it is not under it.
+    pub fn relative_to(&self, prefix: &Location) -> Option<String> {
+        match (self, prefix) {
+            (
+                Location::S3 { bucket, key },
+                Location::S3 {
+                    bucket: prefix_bucket,
+                    key: prefix_key,
+                },
+            ) if bucket == prefix_bucket => {
+                let dir = if prefix_key.is_empty() || prefix_key.ends_with('/') {
+                    prefix_key.clone()
+                } else {
+                    format!("{prefix_key}/")
+                };
+                key.strip_prefix(&dir)
+                    .filter(|rest| !rest.is_empty())
+                    .map(str::to_string)
+            }
+            (Location::Local(path), Location::Local(dir)) => path
+                .strip_prefix(dir)
+                .ok()
+                .and_then(|rest| rest.to_str())
+                .filter(|rest| !rest.is_empty())
+                .map(str::to_string),
+            _ => None,
+        }
+    }
+
     /// The last part of the name, for naming the local copy.
     pub fn file_name(&self) -> &str {
         match self {

@@ -4,7 +4,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use aws_sdk_s3::Client;
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, retry::RetryConfig};
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, ResponseChecksumValidation, retry::RetryConfig,
+};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{ChecksumMode, CompletedMultipartUpload, CompletedPart};
@@ -12,7 +14,7 @@ use futures_util::{StreamExt, TryStreamExt, stream};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use crate::{Location, ObjectInfo, S3Settings, StorageError, Transfer, sha256_file};
+use crate::{Expected, Location, ObjectInfo, S3Settings, StorageError, Transfer, sha256_file};
 
 /// Object metadata key under which vflow records a file's SHA-256 at upload.
 const SHA256_METADATA: &str = "vflow-sha256";
@@ -27,6 +29,19 @@ fn uri(bucket: &str, key: &str) -> String {
     format!("s3://{bucket}/{key}")
 }
 
+/// A key as CopyObject's `x-amz-copy-source` wants it: percent-encoded, '/' kept.
+fn encode_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Turns an SDK error into ours, deciding whether a retry may help.
 fn classify<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
     err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
@@ -38,6 +53,9 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>
     if status == Some(404) || matches!(code.as_deref(), Some("NoSuchKey" | "NotFound")) {
         return StorageError::NotFound { uri };
     }
+    if status == Some(412) || code.as_deref() == Some("PreconditionFailed") {
+        return StorageError::Exists { uri };
+    }
     let transient = match &err {
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
             true
@@ -46,7 +64,14 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>
             matches!(status, Some(429) | Some(500..=599))
                 || matches!(
                     code.as_deref(),
-                    Some("SlowDown" | "Throttling" | "ThrottlingException" | "RequestTimeout")
+                    // 409 ConditionalRequestConflict: two conditional writes at once.
+                    Some(
+                        "SlowDown"
+                            | "Throttling"
+                            | "ThrottlingException"
+                            | "RequestTimeout"
+                            | "ConditionalRequestConflict"
+                    )
                 )
         }
     };
@@ -81,6 +106,12 @@ impl S3Store {
             .region(Region::new(settings.region.clone()))
             .credentials_provider(credentials)
             .force_path_style(settings.path_style)
+            // Downloads ask for the server's checksum (and verify their SHA-256);
+            // small objects read whole are checked by their readers. A server that
+            // stores the checksum after the content (s3s-fs) can keep a stale one
+            // when a writer dies between the two, and checking it on every read
+            // made such an object unreadable for good.
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
             .retry_config(retry);
         if let Some(endpoint) = &settings.endpoint {
             config = config.endpoint_url(endpoint);
@@ -339,6 +370,195 @@ impl S3Store {
             .await
             .map_err(|e| classify(e, uri(bucket, key), "PutObject"))?;
         Ok(())
+    }
+
+    /// PutObject on a condition (`If-None-Match: *` or `If-Match: <etag>`): the new
+    /// ETag, or `None` when the condition did not hold.
+    pub async fn put_bytes_if(
+        &self,
+        bucket: &str,
+        key: &str,
+        data: Vec<u8>,
+        expected: &Expected,
+    ) -> Result<Option<String>, StorageError> {
+        let sha256 = hex::encode(Sha256::digest(&data));
+        let mut put = self
+            .client
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .metadata(SHA256_METADATA, sha256)
+            .body(ByteStream::from(data));
+        put = match expected {
+            Expected::Absent => put.if_none_match("*"),
+            Expected::Tag(tag) => put.if_match(tag),
+        };
+        match put.send().await {
+            Ok(out) => Ok(Some(out.e_tag().unwrap_or_default().to_string())),
+            Err(e) => match classify(e, uri(bucket, key), "PutObject (conditional)") {
+                StorageError::Exists { .. } => Ok(None),
+                other => Err(other),
+            },
+        }
+    }
+
+    /// A small object and its ETag; `Ok(None)` when it does not exist.
+    pub async fn get_tagged(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<Option<(Vec<u8>, String)>, StorageError> {
+        let target = uri(bucket, key);
+        let response = match self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(response) => response,
+            Err(err) => {
+                return match classify(err, target, "GetObject") {
+                    StorageError::NotFound { .. } => Ok(None),
+                    other => Err(other),
+                };
+            }
+        };
+        let tag = response.e_tag().unwrap_or_default().to_string();
+        let data = response
+            .body
+            .collect()
+            .await
+            .map_err(|e| StorageError::S3 {
+                uri: target,
+                operation: "GetObject body",
+                message: e.to_string(),
+                transient: true,
+            })?;
+        Ok(Some((data.into_bytes().to_vec(), tag)))
+    }
+
+    /// A server-side copy within the store, metadata (the SHA-256) included; objects
+    /// from the multipart threshold up go part by part (CopyObject stops at 5 GiB).
+    pub async fn copy(
+        &self,
+        from_bucket: &str,
+        from_key: &str,
+        bucket: &str,
+        key: &str,
+    ) -> Result<(), StorageError> {
+        let single_max = self.settings.multipart_threshold.min(5 << 30);
+        let source = format!("{from_bucket}/{}", encode_key(from_key));
+        let size =
+            self.size(from_bucket, from_key)
+                .await?
+                .ok_or_else(|| StorageError::NotFound {
+                    uri: uri(from_bucket, from_key),
+                })?;
+        if size < single_max {
+            self.client
+                .copy_object()
+                .bucket(bucket)
+                .key(key)
+                .copy_source(source)
+                .send()
+                .await
+                .map_err(|e| classify(e, uri(bucket, key), "CopyObject"))?;
+            return Ok(());
+        }
+        self.copy_parts(&source, from_bucket, from_key, bucket, key, size)
+            .await
+    }
+
+    async fn copy_parts(
+        &self,
+        source: &str,
+        from_bucket: &str,
+        from_key: &str,
+        bucket: &str,
+        key: &str,
+        size: u64,
+    ) -> Result<(), StorageError> {
+        let part_size = self.settings.part_size.max(5 << 20);
+        let target = uri(bucket, key);
+        let head = self
+            .client
+            .head_object()
+            .bucket(from_bucket)
+            .key(from_key)
+            .send()
+            .await
+            .map_err(|e| classify(e, uri(from_bucket, from_key), "HeadObject"))?;
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .set_metadata(head.metadata().cloned())
+            .send()
+            .await
+            .map_err(|e| classify(e, target.clone(), "CreateMultipartUpload"))?;
+        let upload_id = created.upload_id().unwrap_or_default().to_string();
+        let mut pending = PendingUpload {
+            client: self.client.clone(),
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            upload_id: upload_id.clone(),
+            done: false,
+        };
+        let outcome = async {
+            let mut parts = Vec::new();
+            let mut start = 0u64;
+            let mut number = 1i32;
+            while start < size {
+                let end = (start + part_size).min(size) - 1;
+                let part = self
+                    .client
+                    .upload_part_copy()
+                    .bucket(bucket)
+                    .key(key)
+                    .upload_id(&upload_id)
+                    .part_number(number)
+                    .copy_source(source)
+                    .copy_source_range(format!("bytes={start}-{end}"))
+                    .send()
+                    .await
+                    .map_err(|e| classify(e, target.clone(), "UploadPartCopy"))?;
+                parts.push(
+                    CompletedPart::builder()
+                        .part_number(number)
+                        .set_e_tag(
+                            part.copy_part_result()
+                                .and_then(|r| r.e_tag())
+                                .map(str::to_string),
+                        )
+                        .build(),
+                );
+                start = end + 1;
+                number += 1;
+            }
+            self.client
+                .complete_multipart_upload()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(|e| classify(e, target.clone(), "CompleteMultipartUpload"))?;
+            Ok::<(), StorageError>(())
+        }
+        .await;
+        pending.done = true;
+        if outcome.is_err() {
+            pending.abort().await;
+        }
+        outcome
     }
 
     pub async fn get_bytes(
