@@ -181,13 +181,17 @@ pub struct ErrorBody {
     pub error: InvokeFailure,
 }
 
-/// Written under the output prefix after every output: its presence means the
-/// invocation is complete, so a resumed run need not redo it.
+/// Written under the output prefix once, by the attempt that got there first (a
+/// conditional write): its presence means the invocation is complete, so a resumed run
+/// need not redo it, and `attempt` names whose outputs are the real ones.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CompletionRecord {
     pub request: InvokeRequest,
     pub response: InvokeResponse,
+    /// The chosen attempt (empty in records written before attempts were kept apart).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub attempt: String,
 }
 
 /// Name of the completion record under an output prefix.

@@ -99,6 +99,20 @@ async fn reuse(store: &Store, d: &Dispatch) -> Option<UnitOutcome> {
     if !previous.request.same_work_as(&d.request) {
         return None;
     }
+    // The chosen attempt may have stopped between its record and copying its outputs
+    // to their names; finished here, or the runtime finishes it when sent the work.
+    let outputs: Vec<Location> = previous
+        .response
+        .outputs
+        .iter()
+        .filter_map(|o| Location::parse(&o.uri).ok())
+        .collect();
+    if let Err(e) =
+        vflow_storage::attempts::promote(store, &prefix, &previous.attempt, &outputs).await
+    {
+        tracing::warn!(error = %e, stage = %d.request.stage, "a completed attempt's outputs are not all in place: sending the work again");
+        return None;
+    }
     let now = unix_now();
     let attempt = Attempt {
         submitted_at: now,

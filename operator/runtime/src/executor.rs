@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, TryStreamExt, stream};
-use vflow_storage::{Location, StorageError, Store};
+use vflow_storage::{Location, StorageError, Store, attempts};
 
 use crate::invocation::{
     COMPLETION_RECORD, CompletionRecord, ErrorBody, InvokeFailure, InvokeRequest, InvokeResponse,
@@ -195,10 +195,17 @@ impl Executor {
             .await
             .ok()??;
         let previous: CompletionRecord = serde_json::from_slice(&bytes).ok()?;
-        previous
-            .request
-            .same_work_as(request)
-            .then_some(previous.response)
+        if !previous.request.same_work_as(request) {
+            return None;
+        }
+        // Its outputs may still be in its attempt's directory (it stopped between the
+        // record and the copies): finish that first, or run it again.
+        let outputs = output_locations(&previous.response);
+        if let Err(e) = attempts::promote(&self.store, &prefix, &previous.attempt, &outputs).await {
+            tracing::warn!(error = %e, stage = %request.stage, "could not finish an earlier attempt's outputs: running it again");
+            return None;
+        }
+        Some(previous.response)
     }
 
     pub async fn invoke(&self, request: InvokeRequest) -> Result<InvokeResponse, InvokeFailure> {
@@ -476,43 +483,56 @@ impl Executor {
                 .await;
         }
 
-        // Outputs, then the completion record last: a reader who sees the record sees
-        // every output.
+        // Outputs into this attempt's own directory, then the completion record, then
+        // the outputs to their names (see `vflow_storage::attempts`).
         let upload_started = Instant::now();
         let (metadata, files) = function_results(&out_dir, &metadata_path).await?;
+        let attempt = attempts::new_attempt_id();
+        let staged_dir = attempts::attempt_dir(&prefix, &attempt);
         let uploads: Vec<_> = files
             .into_iter()
             .map(|(rel, path)| {
                 let target = prefix.join(&rel);
+                let staged = staged_dir.join(&rel);
                 let store = self.store.clone();
                 async move {
-                    match store.upload(&path, &target).await {
-                        Ok(t) => Ok(OutputObject {
-                            uri: target.to_string(),
-                            bytes: t.bytes,
-                            sha256: t.sha256,
-                        }),
-                        Err(e) => Err((target, e)),
+                    match store.upload(&path, &staged).await {
+                        Ok(t) => Ok((
+                            OutputObject {
+                                uri: target.to_string(),
+                                bytes: t.bytes,
+                                sha256: t.sha256,
+                            },
+                            staged,
+                        )),
+                        Err(e) => Err((target, staged, e)),
                     }
                 }
             })
             .collect();
-        let uploads: Vec<Result<OutputObject, (Location, StorageError)>> = stream::iter(uploads)
+        let uploads: Vec<StagedUpload> = stream::iter(uploads)
             .buffered(TRANSFER_CONCURRENCY)
             .collect()
             .await;
         let mut outputs = Vec::new();
+        let mut staged = Vec::new();
         let mut first_error = None;
         for upload in uploads {
             match upload {
-                Ok(output) => outputs.push(output),
-                Err((target, e)) => {
+                Ok((output, at)) => {
+                    outputs.push(output);
+                    staged.push(at);
+                }
+                Err((target, at, e)) => {
+                    // Half an object may be there (a multipart upload is aborted, a
+                    // local copy is not): this attempt's own, so it goes too.
+                    staged.push(at);
                     first_error.get_or_insert((target, e));
                 }
             }
         }
         if let Some((target, e)) = first_error {
-            self.remove_outputs(&outputs).await;
+            attempts::discard(&self.store, &staged).await;
             return Err(InvokeFailure {
                 input: Some(target.to_string()),
                 ..storage_failure(Phase::Upload, &e)
@@ -545,7 +565,8 @@ impl Executor {
             concurrency,
             chained: Vec::new(),
         };
-        self.complete(request, &response, &prefix, &response.outputs)
+        let response = self
+            .commit(request, response, &prefix, &attempt, &staged)
             .await?;
         self.metrics
             .seconds
@@ -668,12 +689,12 @@ impl Executor {
             concurrency: handed.concurrency,
             chained,
         };
-        let uploaded: Vec<OutputObject> = response
-            .chained
-            .iter()
-            .flat_map(|r| r.outputs.clone())
-            .collect();
-        self.complete(request, &response, prefix, &uploaded).await?;
+        // The chain's outputs were committed by its last step, under its own prefix:
+        // this record stages nothing of its own.
+        let attempt = attempts::new_attempt_id();
+        let response = self
+            .commit(request, response, prefix, &attempt, &[])
+            .await?;
         tracing::debug!(stage = %request.stage, next = %next_stage, seconds = handoff_started.elapsed().as_secs_f64(), "fused chain done");
         if let Ok(mut observed) = self.observed.lock() {
             observed.bytes_in += handed.bytes_in;
@@ -681,19 +702,23 @@ impl Executor {
         Ok(response)
     }
 
-    /// Writes the completion record (the request and its answer) under `prefix`, last:
-    /// a reader who sees it sees every output. If it cannot be written, `outputs` go
-    /// too, so a failed invocation leaves nothing behind.
-    async fn complete(
+    /// Chooses an attempt: writes the completion record only if none is there. The
+    /// attempt that wrote it has its staged outputs copied to their names and answers
+    /// with its own response; one that finds the same work already recorded drops its
+    /// own objects and answers with the recorded outcome, so the work completes once.
+    /// Nothing at the outputs' names is ever removed.
+    async fn commit(
         &self,
         request: &InvokeRequest,
-        response: &InvokeResponse,
+        response: InvokeResponse,
         prefix: &Location,
-        outputs: &[OutputObject],
-    ) -> Result<(), InvokeFailure> {
+        attempt: &str,
+        staged: &[Location],
+    ) -> Result<InvokeResponse, InvokeFailure> {
         let record = CompletionRecord {
             request: request.clone(),
-            response: response.clone(),
+            response,
+            attempt: attempt.to_string(),
         };
         let record_bytes = serde_json::to_vec_pretty(&record).map_err(|e| {
             failure(
@@ -702,27 +727,94 @@ impl Executor {
                 false,
             )
         })?;
-        if let Err(e) = self
-            .store
-            .put_bytes(&prefix.join(COMPLETION_RECORD), record_bytes)
-            .await
-        {
-            self.remove_outputs(outputs).await;
-            return Err(storage_failure(Phase::Upload, &e));
-        }
-        Ok(())
-    }
-
-    /// Best effort: an invocation that fails leaves nothing under its prefix.
-    async fn remove_outputs(&self, outputs: &[OutputObject]) {
-        for output in outputs {
-            if let Ok(location) = Location::parse(&output.uri)
-                && let Err(e) = self.store.delete(&location).await
-            {
-                tracing::warn!(error = %e, uri = %output.uri, "could not remove a partial output");
+        let at = prefix.join(COMPLETION_RECORD);
+        let outputs = output_locations(&record.response);
+        // A record of other work (the run started over with other inputs) is stale:
+        // it goes, and the write is tried again (twice at most; a third conflict is
+        // two new attempts racing, and the next read settles it).
+        for _ in 0..3 {
+            let written = self
+                .store
+                .put_bytes_if_absent(&at, record_bytes.clone())
+                .await;
+            let won = match written {
+                Ok(won) => won,
+                Err(e) => {
+                    attempts::discard(&self.store, staged).await;
+                    return Err(storage_failure(Phase::Upload, &e));
+                }
+            };
+            if won {
+                return self
+                    .promoted(prefix, attempt, &outputs)
+                    .await
+                    .map(|()| record.response);
+            }
+            let existing = self.store.get_bytes(&at).await;
+            let existing = match existing {
+                Ok(Some(bytes)) => serde_json::from_slice::<CompletionRecord>(&bytes).ok(),
+                Ok(None) => continue,
+                Err(e) => {
+                    attempts::discard(&self.store, staged).await;
+                    return Err(storage_failure(Phase::Upload, &e));
+                }
+            };
+            match existing {
+                // Our own write, whose answer was lost and the SDK sent again.
+                Some(existing) if existing.attempt == attempt => {
+                    return self
+                        .promoted(prefix, attempt, &outputs)
+                        .await
+                        .map(|()| record.response);
+                }
+                Some(existing) if existing.request.same_work_as(request) => {
+                    attempts::discard(&self.store, staged).await;
+                    tracing::info!(stage = %request.stage, attempt = %existing.attempt, "another attempt completed this work first: its outcome stands");
+                    let theirs = output_locations(&existing.response);
+                    self.promoted(prefix, &existing.attempt, &theirs).await?;
+                    return Ok(existing.response);
+                }
+                _ => {
+                    if let Err(e) = self.store.delete(&at).await {
+                        attempts::discard(&self.store, staged).await;
+                        return Err(storage_failure(Phase::Upload, &e));
+                    }
+                }
             }
         }
+        attempts::discard(&self.store, staged).await;
+        Err(failure(
+            Phase::Upload,
+            format!("{at}: other attempts kept writing the completion record"),
+            true,
+        ))
     }
+
+    /// The chosen attempt's objects to their names. A failure here leaves the record
+    /// and the attempt's objects, and whoever reads the record next finishes it.
+    async fn promoted(
+        &self,
+        prefix: &Location,
+        attempt: &str,
+        outputs: &[Location],
+    ) -> Result<(), InvokeFailure> {
+        attempts::promote(&self.store, prefix, attempt, outputs)
+            .await
+            .map_err(|e| storage_failure(Phase::Upload, &e))
+    }
+}
+
+/// One output uploaded into an attempt's directory (the output, where it was staged),
+/// or why not (its name, where it was being staged, the error).
+type StagedUpload = Result<(OutputObject, Location), (Location, Location, StorageError)>;
+
+/// Where a response says its outputs are.
+fn output_locations(response: &InvokeResponse) -> Vec<Location> {
+    response
+        .outputs
+        .iter()
+        .filter_map(|o| Location::parse(&o.uri).ok())
+        .collect()
 }
 
 /// A successful function's metadata file and output files (sorted relative paths),

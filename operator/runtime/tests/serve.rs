@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Runtime, invoke, testfn};
+use common::{Runtime, fault_proxy, invoke, testfn};
 use serde_json::json;
 use vflow_storage::test_server::TestS3;
 use vflow_storage::{Location, Store};
@@ -48,6 +48,29 @@ impl Setup {
         let env = self.s3.env();
         let env: Vec<(String, String)> = env
             .into_iter()
+            .chain([("VFLOW_COMMAND".to_string(), command(&[]))])
+            .collect();
+        Runtime::start(self.dir.path(), &all, &env)
+    }
+
+    /// A runtime that reaches S3 at `endpoint` (a fault proxy) instead.
+    fn runtime_via(&self, endpoint: &str, args: &[&str]) -> Runtime {
+        let scratch = self.dir.path().join("scratch");
+        let scratch = scratch.to_string_lossy().into_owned();
+        let mut all = vec!["--scratch-dir", scratch.as_str(), "--function", "testfn"];
+        all.extend_from_slice(args);
+        let env: Vec<(String, String)> = self
+            .s3
+            .env()
+            .into_iter()
+            .map(|(k, v)| {
+                let v = if k == "VFLOW_S3_ENDPOINT" {
+                    endpoint.to_string()
+                } else {
+                    v
+                };
+                (k, v)
+            })
             .chain([("VFLOW_COMMAND".to_string(), command(&[]))])
             .collect();
         Runtime::start(self.dir.path(), &all, &env)
@@ -720,6 +743,154 @@ async fn the_same_work_sent_again_while_it_runs_joins_it_instead_of_running_twic
                        "outputPrefix": "s3://videos/joined/", "params": {"mode": "sleep", "seconds": 0.1}});
     let (status, _, answer) = invoke(&s.client, &rt.url, other).await;
     assert_eq!(status, 200, "{answer}");
+}
+
+/// SHA-256 of an object in the test bucket, as hex.
+async fn sha256_of(s: &Setup, key: &str) -> Option<String> {
+    use sha2::Digest;
+    let bytes = s
+        .store
+        .get_bytes(&loc(&format!("s3://videos/{key}")))
+        .await
+        .expect("get")?;
+    Some(hex::encode(sha2::Sha256::digest(&bytes)))
+}
+
+// Issue 17 item 3: two attempts at one piece of work on two instances (an engine that
+// restarted sent it again elsewhere). The second one's upload fails halfway: before
+// attempts were kept apart it had overwritten a.bin, then removed it on failure,
+// destroying what the first attempt had committed.
+#[tokio::test]
+async fn a_second_attempt_cannot_destroy_or_mix_into_what_the_first_committed() {
+    let s = setup();
+    s.put("in/a.bin", b"a").await;
+    let first = s.runtime(&[]);
+    let proxy = fault_proxy(&s.s3.endpoint, |method, path| {
+        method == "PUT" && path.contains("/twice/") && path.ends_with("/b.bin")
+    })
+    .await;
+    let second = s.runtime_via(&proxy, &[]);
+    first.wait_ready(&s.client).await;
+    second.wait_ready(&s.client).await;
+    let work = |prefix: &str| {
+        json!({"run": "r", "stage": "s", "inputs": ["s3://videos/in/a.bin"],
+               "outputPrefix": format!("s3://videos/{prefix}/"),
+               "params": {"mode": "pair", "seconds": 2}})
+    };
+
+    for (prefix, second_fails) in [("twice", true), ("again", false)] {
+        // Attempt A, slow; attempt B of the same work a second later, on the other
+        // instance: A commits first.
+        let a = {
+            let client = s.client.clone();
+            let url = first.url.clone();
+            let body = work(prefix);
+            tokio::spawn(async move { invoke(&client, &url, body).await })
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (b_status, _, b_answer) = invoke(&s.client, &second.url, work(prefix)).await;
+        let (a_status, _, a_answer) = a.await.expect("attempt A");
+        assert_eq!(a_status, 200, "{prefix}: {a_answer}");
+        // What A committed is what is there, whole: B neither removed nor replaced it.
+        for (i, name) in ["a.bin", "b.bin"].iter().enumerate() {
+            assert_eq!(
+                a_answer["outputs"][i]["uri"],
+                format!("s3://videos/{prefix}/{name}")
+            );
+            let there = sha256_of(&s, &format!("{prefix}/{name}")).await;
+            assert_eq!(
+                there.as_deref(),
+                a_answer["outputs"][i]["sha256"].as_str(),
+                "{prefix}/{name} is attempt A's"
+            );
+        }
+        if second_fails {
+            assert_eq!(b_status, 503, "B's upload failed: {b_answer}");
+            assert_eq!(b_answer["error"]["phase"], "upload", "{b_answer}");
+            assert_eq!(b_answer["error"]["retryable"], true, "{b_answer}");
+            // B's retry finds A's record: A's outcome, nothing run again.
+            let (status, _, again) = invoke(&s.client, &second.url, work(prefix)).await;
+            assert_eq!(status, 200, "{again}");
+            assert_eq!(again["outputs"], a_answer["outputs"]);
+        } else {
+            // B finished second: the work completes once, with A's outcome.
+            assert_eq!(b_status, 200, "{b_answer}");
+            assert_eq!(
+                b_answer["outputs"], a_answer["outputs"],
+                "B answers with A's outcome"
+            );
+        }
+        let left: Vec<String> = s
+            .keys(&format!("{prefix}/"))
+            .await
+            .into_iter()
+            .filter(|k| k.contains("_vflow-attempt-"))
+            .collect();
+        assert!(
+            left.is_empty(),
+            "attempts' own objects are removed: {left:?}"
+        );
+        let record = s
+            .store
+            .get_bytes(&loc(&format!("s3://videos/{prefix}/_vflow-complete.json")))
+            .await
+            .expect("get")
+            .expect("the completion record");
+        let record: serde_json::Value = serde_json::from_slice(&record).expect("json");
+        assert_eq!(record["response"]["outputs"], a_answer["outputs"]);
+    }
+}
+
+// The chosen attempt stopped after its completion record and before copying its
+// outputs to their names: the next request for the work finishes that, runs nothing.
+#[tokio::test]
+async fn an_attempt_cut_off_after_its_record_is_finished_by_the_next_request() {
+    let s = setup();
+    s.put("in/a.bin", b"a").await;
+    let rt = s.runtime(&[]);
+    rt.wait_ready(&s.client).await;
+    let work = json!({"run": "r", "stage": "s", "inputs": ["s3://videos/in/a.bin"],
+                      "outputPrefix": "s3://videos/cut/", "params": {"mode": "pair", "seconds": 0}});
+    let staged = "cut/_vflow-attempt-0123456789abcdef/a.bin";
+    s.put(staged, b"what the attempt made").await;
+    let record = json!({
+        "request": work,
+        "attempt": "0123456789abcdef",
+        "response": {
+            "outputs": [{"uri": "s3://videos/cut/a.bin", "bytes": 21, "sha256": "x"}],
+            "metadata": {}, "bytesIn": 1, "bytesOut": 21, "wallSeconds": 1.0,
+            "downloadSeconds": 0.0, "functionSeconds": 1.0, "uploadSeconds": 0.0,
+            "cpuSeconds": 0.1, "peakRssBytes": 1, "cold": false,
+            "exit": {"kind": "code", "code": 0}, "instance": "gone", "concurrency": 1
+        }
+    });
+    s.store
+        .put_bytes(
+            &loc("s3://videos/cut/_vflow-complete.json"),
+            serde_json::to_vec(&record).expect("json"),
+        )
+        .await
+        .expect("put the record");
+    let (status, _, answer) = invoke(&s.client, &rt.url, work).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["instance"], "gone", "the recorded outcome: {answer}");
+    let there = s
+        .store
+        .get_bytes(&loc("s3://videos/cut/a.bin"))
+        .await
+        .expect("get");
+    assert_eq!(there.as_deref(), Some(&b"what the attempt made"[..]));
+    assert_eq!(s.keys("cut/_vflow-attempt-").await, Vec::<String>::new());
+    let seen: serde_json::Value = s
+        .client
+        .get(format!("{}/observations", rt.url))
+        .send()
+        .await
+        .expect("observations")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(seen["invocations"], 0, "nothing ran: {seen}");
 }
 
 // Issue 17 item 6: the function ran with the runtime's whole environment, S3

@@ -148,6 +148,7 @@ impl Fake {
         let record = CompletionRecord {
             request,
             response: response.clone(),
+            attempt: String::new(),
         };
         let bytes = serde_json::to_vec(&record).unwrap_or_else(|e| panic!("encode: {e}"));
         self.store

@@ -129,3 +129,76 @@ pub async fn invoke(
     let json = response.json().await.unwrap_or(serde_json::Value::Null);
     (status, retry_after, json)
 }
+
+/// An S3 endpoint in front of `upstream` that answers 500 to the requests `fail`
+/// picks (method, path) and forwards the rest as they are (the signature covers the
+/// Host header, which is kept). Returns the endpoint's URL.
+pub async fn fault_proxy(
+    upstream: &str,
+    fail: impl Fn(&str, &str) -> bool + Send + Sync + 'static,
+) -> String {
+    use axum::body::{Body, to_bytes};
+    use axum::extract::Request;
+    use axum::response::Response;
+    let upstream = upstream.trim_end_matches('/').to_string();
+    let fail = std::sync::Arc::new(fail);
+    let client = reqwest::Client::new();
+    let handler = move |request: Request| {
+        let upstream = upstream.clone();
+        let fail = fail.clone();
+        let client = client.clone();
+        async move {
+            let (parts, body) = request.into_parts();
+            let path_and_query = parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_default();
+            if fail(parts.method.as_str(), parts.uri.path()) {
+                return Response::builder()
+                    .status(500)
+                    .body(Body::from(
+                        "<Error><Code>InternalError</Code><Message>injected</Message></Error>",
+                    ))
+                    .expect("response");
+            }
+            let bytes = to_bytes(body, usize::MAX).await.unwrap_or_default();
+            let mut forward =
+                client.request(parts.method.clone(), format!("{upstream}{path_and_query}"));
+            for (name, value) in &parts.headers {
+                if !matches!(
+                    name.as_str(),
+                    "connection" | "transfer-encoding" | "expect" | "content-length"
+                ) {
+                    forward = forward.header(name, value);
+                }
+            }
+            let answer = match forward.body(bytes).send().await {
+                Ok(answer) => answer,
+                Err(e) => {
+                    return Response::builder()
+                        .status(502)
+                        .body(Body::from(e.to_string()))
+                        .expect("response");
+                }
+            };
+            let mut response = Response::builder().status(answer.status().as_u16());
+            for (name, value) in answer.headers() {
+                if !matches!(name.as_str(), "connection" | "transfer-encoding") {
+                    response = response.header(name, value);
+                }
+            }
+            let body = answer.bytes().await.unwrap_or_default();
+            response.body(Body::from(body)).expect("response")
+        }
+    };
+    let app = axum::Router::new().fallback(handler);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the fault proxy");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}")
+}
