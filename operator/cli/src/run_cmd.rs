@@ -434,6 +434,10 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
     if let Some(e) = outcome.unreadable {
         return Err(bad(e));
     }
+    if let Some(e) = outcome.fenced {
+        // Another `vflow run` with the same run id wrote the record meanwhile.
+        return Err(bad(e));
+    }
     let record = outcome.record;
 
     // Report: a table here, JSON and a timeline beside the run's state.

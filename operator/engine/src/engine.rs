@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 // Tokio's clock, so tests with paused time see the pre-warm schedule move too.
 use tokio::time::Instant;
 use vflow_api::FunctionProfile;
-use vflow_storage::{Location, Store};
+use vflow_storage::{Expected, Location, Store};
 
 use vflow_planner::WorkflowPlan;
 
@@ -63,6 +63,103 @@ pub struct RunOutcome {
     /// nothing ran and nothing was written (a new record would destroy the run's
     /// progress). Trying again later may read it.
     pub unreadable: Option<String>,
+    /// Someone else wrote the run's record since this engine read it (another
+    /// operator resumed the run): this engine stopped there, invoking and writing
+    /// nothing more.
+    pub fenced: Option<String>,
+    /// The version of the record this engine wrote last, for a later write of it.
+    pub version: RecordVersion,
+}
+
+impl RunOutcome {
+    fn new(record: RunRecord, version: RecordVersion) -> Self {
+        RunOutcome {
+            record,
+            unreadable: None,
+            fenced: None,
+            version,
+        }
+    }
+}
+
+/// The version of the run's record an engine read or wrote last. Every write of the
+/// record is conditional on it (S3's `If-Match`, `If-None-Match` for a new one), so
+/// of two engines on one run (a deposed leader's and the next one's) the one that
+/// did not write last learns it at its next write and stops: the store checks it,
+/// atomically, not a clock or a Lease read earlier.
+#[derive(Debug, Clone)]
+pub struct RecordVersion {
+    expected: Expected,
+    /// What this engine tried to write last: a write whose answer was lost may have
+    /// landed, and is then this engine's own, not someone else's.
+    tried: Option<Vec<u8>>,
+}
+
+/// Why a write of the run's record did not happen.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecordWriteError {
+    /// Someone else wrote it since this engine's version.
+    Fenced(String),
+    /// The store failed (the next write tries again).
+    Failed(String),
+}
+
+/// Writes the run's record on the condition that it is still at `version`, which
+/// then moves to what was written.
+pub async fn write_record(
+    store: &Store,
+    location: &Location,
+    record: &RunRecord,
+    version: &mut RecordVersion,
+) -> Result<(), RecordWriteError> {
+    let bytes = serde_json::to_vec_pretty(record)
+        .map_err(|e| RecordWriteError::Failed(format!("encoding the run's record: {e}")))?;
+    // What this engine tried to write before: if that landed though it looked failed,
+    // the record there is this engine's own.
+    let earlier = version.tried.replace(bytes.clone());
+    for _ in 0..2 {
+        let written = store
+            .put_bytes_if(location, bytes.clone(), &version.expected)
+            .await
+            .map_err(|e| RecordWriteError::Failed(e.to_string()))?;
+        if let Some(tag) = written.clone().filter(|t| !t.is_empty()) {
+            version.expected = Expected::Tag(tag);
+            return Ok(());
+        }
+        // Not written, or written without a tag in the answer: what is there now?
+        let current = store
+            .get_tagged(location)
+            .await
+            .map_err(|e| RecordWriteError::Failed(e.to_string()))?;
+        match current {
+            Some((data, tag)) if data == bytes => {
+                version.expected = Expected::Tag(tag);
+                return Ok(());
+            }
+            // An earlier write of ours that looked failed had landed: go on from it.
+            Some((data, tag)) if written.is_none() && earlier.as_deref() == Some(&data[..]) => {
+                version.expected = Expected::Tag(tag);
+            }
+            _ => {
+                return Err(RecordWriteError::Fenced(format!(
+                    "{location} was written by another operator since this one read it: it goes on with the run, this one stops"
+                )));
+            }
+        }
+    }
+    Err(RecordWriteError::Fenced(format!(
+        "{location} keeps changing under this operator: another one is running the run"
+    )))
+}
+
+impl RecordVersion {
+    /// For a record not read or written yet.
+    pub fn absent() -> Self {
+        RecordVersion {
+            expected: Expected::Absent,
+            tried: None,
+        }
+    }
 }
 
 /// Called with the record after every change.
@@ -240,22 +337,28 @@ impl<B: Backend> Engine<B> {
 
     /// The run's record, or a new one when there is none (or it is another
     /// workflow's or input's). Err when one is there that cannot be read.
-    async fn load(&self, opts: &RunOptions) -> Result<RunRecord, String> {
+    async fn load(&self, opts: &RunOptions) -> Result<(RunRecord, RecordVersion), String> {
         let location = opts.prefix.join(RUN_RECORD);
-        let bytes = self
+        let found = self
             .store
-            .get_bytes(&location)
+            .get_tagged(&location)
             .await
             .map_err(|e| format!("could not read the run's record {location}: {e}"))?;
-        if let Some(bytes) = bytes {
-            let record = serde_json::from_slice::<RunRecord>(&bytes).map_err(|e| {
-                format!("{location} is not a run record ({e}): move it away to start the run over")
-            })?;
-            if record.workflow == self.workflow && record.input == opts.input {
-                return Ok(record);
-            }
+        let Some((bytes, tag)) = found else {
+            return Ok((self.new_record(opts), RecordVersion::absent()));
+        };
+        let record = serde_json::from_slice::<RunRecord>(&bytes).map_err(|e| {
+            format!("{location} is not a run record ({e}): move it away to start the run over")
+        })?;
+        let version = RecordVersion {
+            expected: Expected::Tag(tag),
+            tried: None,
+        };
+        if record.workflow == self.workflow && record.input == opts.input {
+            return Ok((record, version));
         }
-        Ok(self.new_record(opts))
+        // Another workflow's or input's: replaced, on the condition it is still that.
+        Ok((self.new_record(opts), version))
     }
 
     /// A run not started yet.
@@ -275,28 +378,34 @@ impl<B: Backend> Engine<B> {
         }
     }
 
-    async fn persist(&self, opts: &RunOptions, record: &RunRecord) {
+    /// Writes the record (see [`RecordVersion`]); Err when another engine has written
+    /// it since: this one must stop.
+    async fn persist(
+        &self,
+        opts: &RunOptions,
+        record: &RunRecord,
+        version: &mut RecordVersion,
+    ) -> Result<(), String> {
+        match write_record(&self.store, &opts.prefix.join(RUN_RECORD), record, version).await {
+            Ok(()) => {}
+            Err(RecordWriteError::Failed(e)) => {
+                tracing::warn!(error = %e, "could not persist the run's progress");
+            }
+            Err(RecordWriteError::Fenced(e)) => {
+                tracing::warn!(run = %opts.run, error = %e, "stopping: the run is someone else's now");
+                return Err(e);
+            }
+        }
         if let Some(progress) = &self.progress {
             progress(record);
         }
-        match serde_json::to_vec_pretty(record) {
-            Ok(bytes) => {
-                if let Err(e) = self
-                    .store
-                    .put_bytes(&opts.prefix.join(RUN_RECORD), bytes)
-                    .await
-                {
-                    tracing::warn!(error = %e, "could not persist the run's progress");
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "could not encode the run's progress"),
-        }
+        Ok(())
     }
 
     /// Runs (or resumes) one run to its end, or until `cancel` turns true.
     pub async fn run(&self, opts: &RunOptions, mut cancel: watch::Receiver<bool>) -> RunOutcome {
-        let mut record = match self.load(opts).await {
-            Ok(record) => record,
+        let (mut record, mut version) = match self.load(opts).await {
+            Ok(loaded) => loaded,
             Err(e) => {
                 tracing::warn!(run = %opts.run, error = %e, "not running: the run's record is unreadable");
                 let record = RunRecord {
@@ -304,22 +413,26 @@ impl<B: Backend> Engine<B> {
                     ..self.new_record(opts)
                 };
                 return RunOutcome {
-                    record,
                     unreadable: Some(e),
+                    ..RunOutcome::new(record, RecordVersion::absent())
                 };
             }
         };
         if record.phase == RunPhase::Succeeded {
-            return RunOutcome {
-                record,
-                unreadable: None,
-            };
+            return RunOutcome::new(record, version);
         }
         let scheduler = Scheduler::new(&self.graph, &opts.prefix, &opts.params, |i| {
             self.target(i, opts)
         });
+        // Stops the run where it is: another engine wrote the record.
+        let fenced = |record: RunRecord, version: RecordVersion, why: String| RunOutcome {
+            fenced: Some(why),
+            ..RunOutcome::new(record, version)
+        };
         Scheduler::resume(&mut record);
-        self.persist(opts, &record).await;
+        if let Err(why) = self.persist(opts, &record, &mut version).await {
+            return fenced(record, version, why);
+        }
 
         let session_start = Instant::now();
         let mut prewarms = Prewarmer::new(
@@ -359,11 +472,10 @@ impl<B: Backend> Engine<B> {
             }
             if draining(&drain) && tasks.is_empty() {
                 // Nothing runs any more: the next session goes on from here.
-                self.persist(opts, &record).await;
-                return RunOutcome {
-                    record,
-                    unreadable: None,
-                };
+                if let Err(why) = self.persist(opts, &record, &mut version).await {
+                    return fenced(record, version, why);
+                }
+                return RunOutcome::new(record, version);
             }
             if failure.is_none() && !draining(&drain) {
                 let next = scheduler.next(&mut record);
@@ -393,7 +505,10 @@ impl<B: Backend> Engine<B> {
                     ));
                 }
                 failure = next.failure;
-                self.persist(opts, &record).await;
+                if let Err(why) = self.persist(opts, &record, &mut version).await {
+                    tasks.abort_all();
+                    return fenced(record, version, why);
+                }
             }
             // After the units that just became ready were started: a stage whose input
             // is here is not pre-warmed, it is invoked.
@@ -421,7 +536,10 @@ impl<B: Backend> Engine<B> {
                         // Stop what is still running: the run has failed.
                         tasks.abort_all();
                     }
-                    self.persist(opts, &record).await;
+                    if let Err(why) = self.persist(opts, &record, &mut version).await {
+                        tasks.abort_all();
+                        return fenced(record, version, why);
+                    }
                 }
                 Some(key) = started_rx.recv() => {
                     let at = session_start.elapsed().as_secs_f64();
@@ -444,11 +562,10 @@ impl<B: Backend> Engine<B> {
         }
         scheduler.conclude(&mut record, failure);
         record.finished_at = Some(unix_now());
-        self.persist(opts, &record).await;
-        RunOutcome {
-            record,
-            unreadable: None,
+        if let Err(why) = self.persist(opts, &record, &mut version).await {
+            return fenced(record, version, why);
         }
+        RunOutcome::new(record, version)
     }
 
     /// Sends the pre-warm requests that are due.

@@ -739,3 +739,42 @@ async fn a_draining_engine_lets_running_units_finish_and_leaves_the_rest_to_resu
     assert_eq!(backend.calls_to("split").len(), 1, "split ran once");
     assert_eq!(record.sessions, 2);
 }
+
+// Issue 17 item 2: a fencing token. Engine A (a leader about to be deposed) is slow in
+// split; engine B (the next leader) resumes the same run meanwhile and writes its
+// record. A learns it at its next write and stops: it invokes nothing more, and B's
+// record is not overwritten.
+#[tokio::test]
+async fn an_engine_whose_record_another_engine_wrote_stops_invoking() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = options(&dir);
+    let workflow = common::split_scale_stitch();
+    let slow = Arc::new(
+        Fake::new()
+            .outputs("split", 2)
+            .slow("split", Duration::from_secs(2)),
+    );
+    let deposed = engine(&workflow, &slow);
+    let in_task = opts.clone();
+    let going = tokio::spawn(async move {
+        let (_cancel, rx) = watch::channel(false);
+        deposed.run(&in_task, rx).await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let next = Arc::new(Fake::new().outputs("split", 2));
+    let record = run(&engine(&workflow, &next), &opts).await;
+    assert_eq!(record.phase, RunPhase::Succeeded, "{:?}", record.message);
+
+    let outcome = going.await.expect("the deposed engine's task");
+    let why = outcome.fenced.expect("the deposed engine was fenced off");
+    assert!(why.contains("another operator"), "{why}");
+    let stages: Vec<String> = slow.calls().into_iter().map(|c| c.stage).collect();
+    assert_eq!(stages, ["split"], "nothing after the split it had sent");
+    let stored = stored_record(&opts);
+    assert_eq!(
+        stored.phase,
+        RunPhase::Succeeded,
+        "the next engine's record stands"
+    );
+    assert_eq!(stored.sessions, 2);
+}

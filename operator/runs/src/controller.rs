@@ -235,6 +235,9 @@ enum Problem {
     Waiting(String),
     /// The run cannot work as written.
     Fatal(String),
+    /// Another operator wrote the run's record since this one read it: it runs the
+    /// run now, and this one writes nothing more.
+    Fenced(String),
 }
 
 /// A run's plan: the operator's planner settings (`planner`, the same the workflow
@@ -326,6 +329,10 @@ async fn drive(ctx: &Arc<Ctx>, run: &VideoWorkflowRun) {
     if let Err(problem) = drive_engine(ctx, run, &api).await {
         let mut status = run.status.clone().unwrap_or_default();
         match problem {
+            Problem::Fenced(message) => {
+                tracing::warn!(run = %name, %message, "run taken over");
+                return;
+            }
             Problem::Waiting(message) => {
                 tracing::info!(run = %name, %message, "run waiting");
                 status.message = Some(message);
@@ -461,13 +468,18 @@ async fn drive_engine(
         // Its progress is in that record: never start it over on top of it.
         return Err(Problem::Waiting(e));
     }
+    if let Some(e) = outcome.fenced {
+        // Another operator runs it now: nothing more from this one, status included.
+        return Err(Problem::Fenced(e));
+    }
+    let mut version = outcome.version;
     let mut record = outcome.record;
     // What the invocations measured goes into the profiles, each attempt once: marked
     // in the record, which is saved again (a later session skips what is marked).
     let (learned, error) =
         crate::learn::learn_from_run(&ctx.client, &ns, &graph, &mut record).await;
     if learned > 0 {
-        save_record(&store, &opts, &record).await;
+        save_record(&store, &opts, &record, &mut version).await;
         tracing::debug!(run = %name, attempts = learned, "folded into the profiles");
     }
     if let Some(e) = error {
@@ -520,16 +532,15 @@ async fn drive_engine(
     Ok(())
 }
 
-async fn save_record(store: &Store, opts: &RunOptions, record: &RunRecord) {
-    let saved = match serde_json::to_vec_pretty(record) {
-        Ok(bytes) => store
-            .put_bytes(&opts.prefix.join(vflow_engine::engine::RUN_RECORD), bytes)
-            .await
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    if let Err(e) = saved {
-        tracing::warn!(run = %opts.run, error = %e, "could not save the record marked learned: its attempts may be folded again");
+async fn save_record(
+    store: &Store,
+    opts: &RunOptions,
+    record: &RunRecord,
+    version: &mut vflow_engine::engine::RecordVersion,
+) {
+    let at = opts.prefix.join(vflow_engine::engine::RUN_RECORD);
+    if let Err(e) = vflow_engine::engine::write_record(store, &at, record, version).await {
+        tracing::warn!(run = %opts.run, error = ?e, "could not save the record marked learned: its attempts may be folded again");
     }
 }
 
