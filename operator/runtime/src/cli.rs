@@ -37,8 +37,8 @@ fn init_logs(format: LogFormat) {
     }
 }
 
-/// Blocking threads beyond one per running function (scratch and file work).
-const BLOCKING_SPARE: usize = 32;
+/// Blocking threads for scratch and file work (never held by a running function).
+const BLOCKING_THREADS: usize = 32;
 
 /// Processes started by `vflow run` must not outlive it, even when it is SIGKILLed.
 fn exit_with_parent() {
@@ -63,14 +63,9 @@ pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Exi
     };
     init_logs(format);
     // Two workers: the function does the heavy work; the runtime should stay small.
-    // Each running function holds one blocking thread (its supervision: waiting on
-    // it, sampling its tree), so the pool grows with the concurrency, with room for
-    // the file work of the invocations around it: with a fixed 64, invocations past
-    // the 64th waited for a thread while their slot said they ran.
-    let blocking = match &cli.mode {
-        Mode::Serve(a) => a.concurrency as usize + BLOCKING_SPARE,
-        Mode::Metrics(_) => BLOCKING_SPARE,
-    };
+    // Functions are supervised on the async runtime (see `process::run`), so the
+    // blocking pool is only for short file work and does not grow with concurrency.
+    let blocking = BLOCKING_THREADS;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(blocking)

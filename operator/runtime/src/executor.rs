@@ -374,26 +374,17 @@ impl Executor {
         let cwd = dir.to_path_buf();
         let memory_limit = self.memory_limit;
         let overlap = self.overlap.clone();
-        let (measured, concurrency) = tokio::task::spawn_blocking(move || {
-            let entered = overlap.enter();
-            let measured = process::run(process::Spec {
-                argv: &argv,
-                cwd: &cwd,
-                env: &env,
-                timeout,
-                cancel,
-                memory_limit,
-            });
-            (measured, overlap.leave(entered))
+        let entered = overlap.enter();
+        let measured = process::run(process::Spec {
+            argv: &argv,
+            cwd: &cwd,
+            env: &env,
+            timeout,
+            cancel,
+            memory_limit,
         })
-        .await
-        .map_err(|e| {
-            failure(
-                Phase::Function,
-                format!("the function's supervisor failed: {e}"),
-                true,
-            )
-        })?;
+        .await;
+        let concurrency = overlap.leave(entered);
         let measured = measured.map_err(|e| {
             failure(
                 Phase::Function,

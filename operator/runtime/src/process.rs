@@ -1,11 +1,10 @@
 //! Runs a function's command (argv, never a shell) and measures its process tree.
 
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
@@ -133,19 +132,22 @@ fn mib(bytes: u64) -> String {
     }
 }
 
-/// Blocks until the process exits; run it on a blocking thread.
+/// Runs the function to its end, supervised on the async runtime: no thread is held
+/// per running function (its exit is a pidfd becoming readable, its pipes are read by
+/// tasks, its tree is sampled between timer ticks), so a thousand invocations at once
+/// cost a thousand small tasks. Dropping the future kills the process group.
 ///
 /// With `memory_limit`, the tree is SIGKILLed as soon as a sample's summed RSS is over
 /// it and the exit is `Signal { signal: 9 }`, as the OOM killer of a pod's cgroup
 /// would do: the local stand-in for that limit. It is a sampling guard, so a spike
 /// shorter than the sample interval can escape it; summed RSS counts shared pages
 /// once per process, so it errs toward killing.
-pub fn run(spec: Spec<'_>) -> std::io::Result<Measured> {
+pub async fn run(spec: Spec<'_>) -> std::io::Result<Measured> {
     let (program, args) = spec
         .argv
         .split_first()
         .ok_or_else(|| std::io::Error::other("the function has no command"))?;
-    let mut command = Command::new(program);
+    let mut command = tokio::process::Command::new(program);
     command
         .args(args)
         .current_dir(spec.cwd)
@@ -160,27 +162,23 @@ pub fn run(spec: Spec<'_>) -> std::io::Result<Measured> {
         .envs(crate::function_env::for_function(spec.env));
     let started = Instant::now();
     let mut child = command.spawn()?;
-    let pid = child.id() as i32;
+    let pid = child.id().unwrap_or_default() as i32;
+    let group = GroupGuard(pid);
 
     let stderr = Tail::new(40);
     let stdout = Tail::new(10);
     let mut readers = Vec::new();
     if let Some(pipe) = child.stderr.take() {
         let tail = stderr.clone();
-        readers.push(std::thread::spawn(move || tail.drain(pipe)));
+        readers.push(tokio::spawn(async move { tail.drain_async(pipe).await }));
     }
     if let Some(pipe) = child.stdout.take() {
         let tail = stdout.clone();
-        readers.push(std::thread::spawn(move || tail.drain(pipe)));
+        readers.push(tokio::spawn(async move { tail.drain_async(pipe).await }));
     }
 
-    // Wait without reaping, so /proc/<pid>/stat still holds the final CPU times.
-    let (exited_tx, exited_rx) = mpsc::channel::<(Instant, Option<proc_stats::ProcSample>)>();
-    let waiter = std::thread::spawn(move || {
-        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT;
-        while let Err(nix::errno::Errno::EINTR) = waitid(Id::Pid(Pid::from_raw(pid)), flags) {}
-        let _ = exited_tx.send((Instant::now(), proc_stats::sample(pid)));
-    });
+    // Waits without reaping, so /proc/<pid>/stat still holds the final CPU times.
+    let mut exited = std::pin::pin!(exit_of(pid));
 
     let mut peak_sum = 0u64;
     let mut peak_single = 0u64;
@@ -190,10 +188,9 @@ pub fn run(spec: Spec<'_>) -> std::io::Result<Measured> {
     let mut over_limit: Option<(u64, u64)> = None;
     let (exited_at, final_stat) = loop {
         let interval = sample_interval(started.elapsed());
-        match exited_rx.recv_timeout(interval) {
-            Ok(done) => break done,
-            Err(mpsc::RecvTimeoutError::Disconnected) => break (Instant::now(), None),
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        tokio::select! {
+            () = &mut exited => break (Instant::now(), proc_stats::sample(pid)),
+            () = tokio::time::sleep(interval) => {}
         }
         let mut sum = 0;
         let mut cpu = 0.0;
@@ -232,12 +229,12 @@ pub fn run(spec: Spec<'_>) -> std::io::Result<Measured> {
             }
         }
     };
-    let _ = waiter.join();
-    let status = child.wait()?;
-    // Whatever the function left running in its group goes with it.
-    let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+    let status = child.wait().await?;
+    // Whatever the function left running in its group goes with it (and so the pipes
+    // close for the readers).
+    drop(group);
     for reader in readers {
-        let _ = reader.join();
+        let _ = reader.await;
     }
 
     let exit = forced.unwrap_or(match (status.code(), status.signal()) {
@@ -271,6 +268,48 @@ pub fn run(spec: Spec<'_>) -> std::io::Result<Measured> {
         stderr_tail,
         usage: usage_slices(&samples, wall.as_secs_f64(), cpu, USAGE_SLICES),
     })
+}
+
+/// SIGKILLs the function's process group when dropped: at the end of `run`, and when
+/// the future supervising it is dropped (nothing is left running unsupervised).
+struct GroupGuard(i32);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if self.0 > 0 {
+            let _ = killpg(Pid::from_raw(self.0), Signal::SIGKILL);
+        }
+    }
+}
+
+/// Resolves when process `pid` (our child) has exited, without reaping it: its pidfd
+/// turns readable. Kernels without pidfd_open (before 5.3) wait on a blocking thread.
+async fn exit_of(pid: i32) {
+    let pidfd = rustix::process::Pid::from_raw(pid)
+        .ok_or_else(|| std::io::Error::other("no pid"))
+        .and_then(|pid| {
+            rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::NONBLOCK)
+                .map_err(std::io::Error::from)
+        });
+    // `with_interest` is deprecated for descriptors that may close under it; an
+    // OwnedFd is open for exactly as long as the AsyncFd that owns it.
+    #[allow(deprecated)]
+    let registered = pidfd
+        .and_then(|fd| tokio::io::unix::AsyncFd::with_interest(fd, tokio::io::Interest::READABLE));
+    match registered {
+        Ok(fd) => {
+            let _ = fd.readable().await;
+        }
+        Err(_) => wait_blocking(pid).await,
+    }
+}
+
+async fn wait_blocking(pid: i32) {
+    let _ = tokio::task::spawn_blocking(move || {
+        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT;
+        while let Err(nix::errno::Errno::EINTR) = waitid(Id::Pid(Pid::from_raw(pid)), flags) {}
+    })
+    .await;
 }
 
 #[cfg(test)]
@@ -333,14 +372,18 @@ mod tests {
     fn sh_limited(script: &str, timeout: Duration, memory_limit: Option<u64>) -> Measured {
         let argv = vec!["/bin/sh".to_string(), "-c".to_string(), script.to_string()];
         let dir = std::env::temp_dir();
-        let result = run(Spec {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let result = runtime.block_on(run(Spec {
             argv: &argv,
             cwd: &dir,
             env: &[],
             timeout,
             cancel: Arc::new(AtomicBool::new(false)),
             memory_limit,
-        });
+        }));
         match result {
             Ok(m) => m,
             Err(e) => panic!("could not run {script}: {e}"),

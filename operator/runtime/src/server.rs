@@ -357,19 +357,16 @@ async fn warm_up(
     if let Some(argv) = warmup {
         let started = Instant::now();
         let cancel = state.executor.cancel.clone();
-        let measured = tokio::task::spawn_blocking(move || {
-            let cwd = std::env::temp_dir();
-            process::run(process::Spec {
-                argv: &argv,
-                cwd: &cwd,
-                env: &[],
-                timeout,
-                cancel,
-                memory_limit,
-            })
+        let cwd = std::env::temp_dir();
+        let measured = process::run(process::Spec {
+            argv: &argv,
+            cwd: &cwd,
+            env: &[],
+            timeout,
+            cancel,
+            memory_limit,
         })
         .await
-        .map_err(|e| format!("warm-up supervisor failed: {e}"))?
         .map_err(|e| format!("could not start the warm-up command: {e}"))?;
         if !measured.exit.success() {
             return Err(format!(

@@ -4,6 +4,35 @@ use std::collections::VecDeque;
 use std::io::Read;
 use std::sync::{Arc, Mutex};
 
+/// Splits bytes into lines as they come, each cut at `MAX_LINE` bytes (and marked cut).
+#[derive(Default)]
+struct LineCutter {
+    line: Vec<u8>,
+    cut: bool,
+}
+
+impl LineCutter {
+    fn feed(&mut self, bytes: &[u8], mut emit: impl FnMut(&[u8], bool)) {
+        for &b in bytes {
+            if b == b'\n' {
+                emit(&self.line, self.cut);
+                self.line.clear();
+                self.cut = false;
+            } else if self.line.len() < MAX_LINE {
+                self.line.push(b);
+            } else {
+                self.cut = true;
+            }
+        }
+    }
+
+    fn finish(self, mut emit: impl FnMut(&[u8], bool)) {
+        if !self.line.is_empty() {
+            emit(&self.line, self.cut);
+        }
+    }
+}
+
 /// Keeps at most `max_lines` lines of at most `max_line` bytes each.
 #[derive(Clone)]
 pub struct Tail {
@@ -44,8 +73,7 @@ impl Tail {
     /// no more memory than one that writes short lines.
     pub fn drain(&self, mut pipe: impl Read) {
         let mut chunk = [0u8; 8192];
-        let mut line: Vec<u8> = Vec::with_capacity(256);
-        let mut cut = false;
+        let mut lines = LineCutter::default();
         loop {
             let n = match pipe.read(&mut chunk) {
                 Ok(0) => break,
@@ -53,21 +81,26 @@ impl Tail {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(_) => break,
             };
-            for &b in &chunk[..n] {
-                if b == b'\n' {
-                    self.push_bytes(&line, cut);
-                    line.clear();
-                    cut = false;
-                } else if line.len() < MAX_LINE {
-                    line.push(b);
-                } else {
-                    cut = true;
-                }
-            }
+            lines.feed(&chunk[..n], |line, cut| self.push_bytes(line, cut));
         }
-        if !line.is_empty() {
-            self.push_bytes(&line, cut);
+        lines.finish(|line, cut| self.push_bytes(line, cut));
+    }
+
+    /// [`Tail::drain`] for an async pipe, on a task instead of a thread.
+    pub async fn drain_async(&self, mut pipe: impl tokio::io::AsyncRead + Unpin) {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = [0u8; 8192];
+        let mut lines = LineCutter::default();
+        loop {
+            let n = match pipe.read(&mut chunk).await {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            };
+            lines.feed(&chunk[..n], |line, cut| self.push_bytes(line, cut));
         }
+        lines.finish(|line, cut| self.push_bytes(line, cut));
     }
 
     fn push_bytes(&self, line: &[u8], cut: bool) {

@@ -625,7 +625,8 @@ async fn an_input_larger_than_the_scratch_limit_is_refused_before_downloading() 
 
 // Issue 17 item 7: the runtime had 64 blocking threads, one held by each running
 // function, while its concurrency may be 1000: invocations past the 64th waited for a
-// thread. 100 at once on an instance set to 100 now all run at once.
+// thread. Functions are now supervised without a thread each and the blocking pool is
+// a fixed 32: 100 at once on an instance set to 100 all run at once.
 #[tokio::test]
 async fn a_hundred_invocations_on_an_instance_set_to_a_hundred_all_run_at_once() {
     let s = setup();
