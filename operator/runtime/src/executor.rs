@@ -523,7 +523,7 @@ impl Executor {
             }
         }
         if let Some((target, e)) = first_error {
-            attempts::discard(&self.store, &staged).await;
+            attempts::discard(&self.store, &prefix, &attempt, &staged).await;
             return Err(InvokeFailure {
                 input: Some(target.to_string()),
                 ..storage_failure(Phase::Upload, &e)
@@ -731,7 +731,7 @@ impl Executor {
             let won = match written {
                 Ok(won) => won,
                 Err(e) => {
-                    attempts::discard(&self.store, staged).await;
+                    attempts::discard(&self.store, prefix, attempt, staged).await;
                     return Err(storage_failure(Phase::Upload, &e));
                 }
             };
@@ -746,7 +746,7 @@ impl Executor {
                 Ok(Some(bytes)) => serde_json::from_slice::<CompletionRecord>(&bytes).ok(),
                 Ok(None) => continue,
                 Err(e) => {
-                    attempts::discard(&self.store, staged).await;
+                    attempts::discard(&self.store, prefix, attempt, staged).await;
                     return Err(storage_failure(Phase::Upload, &e));
                 }
             };
@@ -759,7 +759,7 @@ impl Executor {
                         .map(|()| record.response);
                 }
                 Some(existing) if existing.request.same_work_as(request) => {
-                    attempts::discard(&self.store, staged).await;
+                    attempts::discard(&self.store, prefix, attempt, staged).await;
                     tracing::info!(stage = %request.stage, attempt = %existing.attempt, "another attempt completed this work first: its outcome stands");
                     let theirs = output_locations(&existing.response);
                     self.promoted(prefix, &existing.attempt, &theirs).await?;
@@ -767,13 +767,13 @@ impl Executor {
                 }
                 _ => {
                     if let Err(e) = self.store.delete(&at).await {
-                        attempts::discard(&self.store, staged).await;
+                        attempts::discard(&self.store, prefix, attempt, staged).await;
                         return Err(storage_failure(Phase::Upload, &e));
                     }
                 }
             }
         }
-        attempts::discard(&self.store, staged).await;
+        attempts::discard(&self.store, prefix, attempt, staged).await;
         Err(failure(
             Phase::Upload,
             format!("{at}: other attempts kept writing the completion record"),

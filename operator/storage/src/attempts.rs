@@ -43,16 +43,23 @@ pub async fn promote(
         }
         moved.push(from);
     }
-    discard(store, &moved).await;
+    discard(store, prefix, attempt, &moved).await;
     Ok(())
 }
 
-/// Best effort: removes an attempt's own objects (never anything at the outputs' names).
-pub async fn discard(store: &Store, staged: &[Location]) {
+/// Best effort: removes an attempt's own objects (never anything at the outputs'
+/// names), and in a local directory the attempt's directory with them.
+pub async fn discard(store: &Store, prefix: &Location, attempt: &str, staged: &[Location]) {
     for location in staged {
         if let Err(e) = store.delete(location).await {
             tracing::warn!(error = %e, uri = %location, "could not remove an attempt's object");
         }
+    }
+    if let Location::Local(dir) = attempt_dir(prefix, attempt)
+        && let Err(e) = tokio::fs::remove_dir_all(&dir).await
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(error = %e, dir = %dir.display(), "could not remove an attempt's directory");
     }
 }
 
@@ -136,6 +143,10 @@ mod tests {
         assert!(
             store.list(&win_dir).await.expect("ok").is_empty(),
             "staged objects removed"
+        );
+        assert!(
+            !dir.path().join("out/_vflow-attempt-win").exists(),
+            "and the attempt's directory"
         );
         assert_eq!(
             store.get_bytes(&lost).await.expect("read").expect("there"),
