@@ -556,9 +556,15 @@ impl Executor {
             concurrency,
             chained: Vec::new(),
         };
-        let response = self
+        let (mut response, ours) = self
             .commit(request, response, &prefix, &attempt, &staged)
             .await?;
+        // The upload step ends when the outputs are at their names (the copies
+        // included); the record, written before them, has the time to the record.
+        let upload_seconds = upload_started.elapsed().as_secs_f64();
+        if ours {
+            response.upload_seconds = upload_seconds;
+        }
         self.metrics
             .seconds
             .with_label_values(&["upload"])
@@ -683,7 +689,7 @@ impl Executor {
         // The chain's outputs were committed by its last step, under its own prefix:
         // this record stages nothing of its own.
         let attempt = attempts::new_attempt_id();
-        let response = self
+        let (response, _) = self
             .commit(request, response, prefix, &attempt, &[])
             .await?;
         tracing::debug!(stage = %request.stage, next = %next_stage, seconds = handoff_started.elapsed().as_secs_f64(), "fused chain done");
@@ -697,7 +703,8 @@ impl Executor {
     /// attempt that wrote it has its staged outputs copied to their names and answers
     /// with its own response; one that finds the same work already recorded drops its
     /// own objects and answers with the recorded outcome, so the work completes once.
-    /// Nothing at the outputs' names is ever removed.
+    /// Nothing at the outputs' names is ever removed. The answer, and whether it is
+    /// this attempt's own.
     async fn commit(
         &self,
         request: &InvokeRequest,
@@ -705,7 +712,7 @@ impl Executor {
         prefix: &Location,
         attempt: &str,
         staged: &[Location],
-    ) -> Result<InvokeResponse, InvokeFailure> {
+    ) -> Result<(InvokeResponse, bool), InvokeFailure> {
         let record = CompletionRecord {
             request: request.clone(),
             response,
@@ -739,7 +746,7 @@ impl Executor {
                 return self
                     .promoted(prefix, attempt, &outputs)
                     .await
-                    .map(|()| record.response);
+                    .map(|()| (record.response, true));
             }
             let existing = self.store.get_bytes(&at).await;
             let existing = match existing {
@@ -756,14 +763,14 @@ impl Executor {
                     return self
                         .promoted(prefix, attempt, &outputs)
                         .await
-                        .map(|()| record.response);
+                        .map(|()| (record.response, true));
                 }
                 Some(existing) if existing.request.same_work_as(request) => {
                     attempts::discard(&self.store, prefix, attempt, staged).await;
                     tracing::info!(stage = %request.stage, attempt = %existing.attempt, "another attempt completed this work first: its outcome stands");
                     let theirs = output_locations(&existing.response);
                     self.promoted(prefix, &existing.attempt, &theirs).await?;
-                    return Ok(existing.response);
+                    return Ok((existing.response, false));
                 }
                 _ => {
                     if let Err(e) = self.store.delete(&at).await {
