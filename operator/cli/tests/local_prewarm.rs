@@ -34,6 +34,8 @@ fn target(dir: &std::path::Path) -> StageTarget {
         timeout_seconds: 30.0,
         memory_limit_bytes: None,
         fused: Vec::new(),
+        oom_retry_memory_bytes: None,
+        memory_raised: false,
     }
 }
 

@@ -930,3 +930,90 @@ fn profiling_a_function_prints_its_use_over_time_and_the_plan_reads_it() {
         "{plan}"
     );
 }
+
+// Issue 17 item 4: a function killed at its memory limit is tried once more with the
+// memory the planner would give the stage after an OOM kill (x1.5), and succeeds: the
+// local runtime enforces the limit, and the retry runs in an instance of its own with
+// the raised one. Segment 1 of scale holds ~370 MiB against a planned 300 MiB.
+#[test]
+fn a_function_killed_at_its_memory_limit_succeeds_once_more_with_the_raised_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hog = counting_wrapper(
+        dir.path(),
+        r#"if [ "$VFLOW_STAGE" = scale ] && [ "$VFLOW_SEGMENT" = 1 ]; then python3 -c 'import time; b = b"x" * (360 << 20); time.sleep(1.5)'; fi"#,
+    );
+    let profiles = write_profiles(dir.path(), Some(&hog));
+    let text = std::fs::read_to_string(&profiles).expect("profiles");
+    let scale_doc = text
+        .split("---\n")
+        .find(|d| d.contains("name: scale\n"))
+        .expect("the scale profile")
+        .to_string();
+    assert!(scale_doc.contains("memory: 1Gi"), "{scale_doc}");
+    std::fs::write(
+        &profiles,
+        text.replace(
+            &scale_doc,
+            &scale_doc.replace("memory: 1Gi", "memory: 300Mi"),
+        ),
+    )
+    .expect("write profiles");
+    let workflow = dir.path().join("oom.yaml");
+    std::fs::write(
+        &workflow,
+        r#"apiVersion: vflow.io/v1alpha1
+kind: VideoWorkflow
+metadata: {name: oom}
+spec:
+  storage: {endpoint: "http://minio.vflow-system.svc:9000", bucket: videos, secretRef: {name: vflow-s3}}
+  prewarm: None
+  stages:
+    - {name: split, function: segment, params: {seconds: 2}, fanOut: true}
+    - {name: scale, function: scale, after: [split], params: {height: 120, preset: ultrafast}, overrides: {retries: 0}}
+    - {name: stitch, function: stitch, after: [scale], join: true}
+"#,
+    )
+    .expect("write workflow");
+    let input = pattern(dir.path(), 4).to_string_lossy().into_owned();
+    let (_, report) = run_ok(
+        dir.path(),
+        &[
+            "run",
+            &workflow.to_string_lossy(),
+            "--input",
+            &input,
+            "--profiles",
+            &profiles.to_string_lossy(),
+            "--quiet",
+        ],
+    );
+    assert_eq!(report["phase"], "Succeeded", "{report}");
+    let runs = executions(dir.path())
+        .into_iter()
+        .filter(|e| e == "scale 1")
+        .count();
+    assert_eq!(runs, 2, "killed once, then run with more memory");
+    let output = output_path(&report, 0);
+    let run_dir = output
+        .ancestors()
+        .nth(3)
+        .expect("<run>/stitch/all/output.mp4");
+    let record: Value = serde_json::from_str(
+        &std::fs::read_to_string(run_dir.join("_vflow-run.json")).expect("run record"),
+    )
+    .expect("json");
+    let unit = record["units"]
+        .as_array()
+        .expect("units")
+        .iter()
+        .find(|u| u["stage"] == "scale" && u["segment"] == 1)
+        .cloned()
+        .expect("scale segment 1");
+    let oom: Vec<bool> = unit["attempts"]
+        .as_array()
+        .expect("attempts")
+        .iter()
+        .map(|a| a["oomKilled"].as_bool().unwrap_or(false))
+        .collect();
+    assert_eq!(oom, [true, false], "{unit}");
+}

@@ -479,6 +479,8 @@ fn target(stage: &str) -> StageTarget {
         timeout_seconds: 60.0,
         memory_limit_bytes: None,
         fused: Vec::new(),
+        oom_retry_memory_bytes: None,
+        memory_raised: false,
     }
 }
 

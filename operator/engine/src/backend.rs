@@ -23,6 +23,14 @@ pub struct StageTarget {
     /// stage runs each of them in a runtime of its own (a container of the pod, a
     /// process of the local instance), and invocations go through the whole chain.
     pub fused: Vec<FusedMember>,
+    /// The memory an invocation killed at `memory_limit_bytes` is tried again with,
+    /// once: what the planner would give the stage after that OOM kill (its raise,
+    /// within the profile's `bounds.maxMemory`). None: the plan leaves no room (no
+    /// planned limit, at the bound already, or a fused chain).
+    pub oom_retry_memory_bytes: Option<u64>,
+    /// This target is the raised one of an OOM retry: its instances are not the
+    /// stage's usual ones.
+    pub memory_raised: bool,
 }
 
 /// A stage run inside another stage's instance.
@@ -37,6 +45,17 @@ pub struct FusedMember {
 }
 
 impl StageTarget {
+    /// The same stage with the memory of an OOM retry, when the plan allows one.
+    pub fn raised_for_oom(&self) -> Option<StageTarget> {
+        let raised = self.oom_retry_memory_bytes?;
+        Some(StageTarget {
+            memory_limit_bytes: Some(raised),
+            oom_retry_memory_bytes: None,
+            memory_raised: true,
+            ..self.clone()
+        })
+    }
+
     /// The longest one invocation may take: this stage's timeout and its fused ones'.
     pub fn chain_timeout_seconds(&self) -> f64 {
         self.timeout_seconds + self.fused.iter().map(|m| m.timeout_seconds).sum::<f64>()
@@ -128,6 +147,13 @@ pub trait Backend: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Invoked, BackendError>> + Send;
 
     /// Have `replicas` instances of the stage ready (or starting) now.
+    /// Whether this backend can run a target with more memory than planned (for an
+    /// OOM retry). A cluster would have to resize the stage's pods in the middle of a
+    /// run, which the Kubernetes backend does not do.
+    fn can_raise_memory(&self) -> bool {
+        false
+    }
+
     fn prewarm(&self, target: &StageTarget, replicas: u32) -> impl Future<Output = ()> + Send;
 
     /// Instances asked for ahead of `target`'s stage are not needed in this run (its

@@ -257,8 +257,12 @@ impl<B: Backend> Engine<B> {
     /// workflow's overrides and the profile.
     pub fn target(&self, stage: usize, opts: &RunOptions) -> StageTarget {
         let mut target = self.target_alone(stage, opts);
-        target.fused = self
-            .fused_chain(stage, opts)
+        let chain = self.fused_chain(stage, opts);
+        if !chain.is_empty() {
+            // Which runtime of a chain was killed is not known here: no retry.
+            target.oom_retry_memory_bytes = None;
+        }
+        target.fused = chain
             .into_iter()
             .map(|m| {
                 let t = self.target_alone(m, opts);
@@ -319,6 +323,8 @@ impl<B: Backend> Engine<B> {
             timeout_seconds: self.graph.timeout_seconds(stage, profile).unwrap_or(600.0),
             memory_limit_bytes: None,
             fused: Vec::new(),
+            oom_retry_memory_bytes: None,
+            memory_raised: false,
         };
         let planned = opts
             .plan
@@ -331,6 +337,9 @@ impl<B: Backend> Engine<B> {
             target.memory_limit_bytes = (d.size.memory_bytes.is_finite()
                 && d.size.memory_bytes >= 1.0)
                 .then_some(d.size.memory_bytes as u64);
+            target.oom_retry_memory_bytes = target
+                .memory_limit_bytes
+                .and_then(|planned| oom_retry_memory(planned, profile));
         }
         target
     }
@@ -586,6 +595,21 @@ impl<B: Backend> Engine<B> {
             }
         }
     }
+}
+
+/// The memory an OOM-killed invocation is retried with: the planner's raise after an
+/// OOM kill, within the profile's maximum; None when that is no more than `planned`.
+fn oom_retry_memory(planned: u64, profile: Option<&FunctionProfile>) -> Option<u64> {
+    let raise = vflow_planner::sizing::SizingConfig::default().oom_raise;
+    let mut raised = planned as f64 * raise;
+    if let Some(max) = profile
+        .and_then(|p| p.spec.bounds.as_ref())
+        .and_then(|b| b.max_memory.as_ref())
+        .and_then(|q| q.value().ok())
+    {
+        raised = raised.min(max);
+    }
+    (raised.is_finite() && raised > planned as f64).then_some(raised as u64)
 }
 
 /// How long the driver may wait for a unit before a pre-warm request is due.

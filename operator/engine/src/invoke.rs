@@ -26,6 +26,8 @@ pub async fn invoke_unit<B: Backend>(
     }
     let mut attempts = Vec::new();
     let mut tries = 0u32;
+    // The target may be raised once, after an OOM kill (see `StageTarget`).
+    let mut target = d.target.clone();
     let key = d.key;
     loop {
         tries += 1;
@@ -38,7 +40,7 @@ pub async fn invoke_unit<B: Backend>(
             _ => StartSignal::default(),
         };
         match backend
-            .invoke_signalled(&d.target, d.request.clone(), started)
+            .invoke_signalled(&target, d.request.clone(), started)
             .await
         {
             Ok(invoked) => {
@@ -77,7 +79,27 @@ pub async fn invoke_unit<B: Backend>(
                     oom_killed,
                     ..Default::default()
                 });
-                if !err.retryable() || tries > d.retries {
+                // The same input needs the same memory: an OOM kill is tried again
+                // only with more, once, where the plan and the backend allow it (the
+                // retry is not one of the unit's retries).
+                if oom_killed
+                    && !target.memory_raised
+                    && backend.can_raise_memory()
+                    && let Some(raised) = target.raised_for_oom()
+                {
+                    tracing::info!(stage = %d.request.stage, segment = ?d.request.segment,
+                        memory_bytes = ?raised.memory_limit_bytes, "killed at its memory limit: trying once more with more memory");
+                    target = raised;
+                    continue;
+                }
+                if !err.retryable() || tries > d.retries + u32::from(target.memory_raised) {
+                    let message = match (oom_killed, target.memory_raised) {
+                        (true, true) => format!(
+                            "{message} (also with {} MiB, the most the plan allows)",
+                            target.memory_limit_bytes.unwrap_or(0) >> 20
+                        ),
+                        _ => message,
+                    };
                     return (d.key, UnitOutcome::Failed { attempts, message });
                 }
                 tracing::info!(stage = %d.request.stage, segment = ?d.request.segment, tries, error = %err, "retrying");

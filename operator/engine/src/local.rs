@@ -176,14 +176,14 @@ impl LocalBackend {
         counts
     }
 
-    fn pool(&self, stage: &str) -> Arc<Pool> {
+    fn pool(&self, target: &StageTarget) -> Arc<Pool> {
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-        pools.entry(stage.to_string()).or_default().clone()
+        pools.entry(pool_key(target)).or_default().clone()
     }
 
     /// The stage's pool, with the target's minimum remembered for the reaper.
     fn pool_for(&self, target: &StageTarget) -> Arc<Pool> {
-        let pool = self.pool(&target.stage);
+        let pool = self.pool(target);
         pool.min_instances
             .store(target.min_instances, Ordering::SeqCst);
         pool
@@ -495,7 +495,23 @@ async fn stop(instance: &Instance) {
     }
 }
 
+/// Instances of a stage with the memory of an OOM retry are a pool of their own (they
+/// run with another limit), e.g. `scale+oom`.
+fn pool_key(target: &StageTarget) -> String {
+    if target.memory_raised {
+        format!("{}+oom", target.stage)
+    } else {
+        target.stage.clone()
+    }
+}
+
 impl Backend for LocalBackend {
+    /// Instances are processes started with the target's limit: a raised target gets
+    /// its own.
+    fn can_raise_memory(&self) -> bool {
+        true
+    }
+
     async fn invoke_signalled(
         &self,
         target: &StageTarget,
@@ -521,7 +537,7 @@ impl Backend for LocalBackend {
             *t = Instant::now();
         }
         drop(permit);
-        self.pool(&target.stage).freed.notify_waiters();
+        self.pool(target).freed.notify_waiters();
         let response = response
             .map_err(|e| BackendError::Unavailable(format!("instance {}: {e}", instance.url)))?;
         let status = response.status();

@@ -778,3 +778,82 @@ async fn an_engine_whose_record_another_engine_wrote_stops_invoking() {
     );
     assert_eq!(stored.sessions, 2);
 }
+
+// Issue 17 item 4: an OOM kill is tried once more with the memory the planner would
+// give the stage after it (x1.5 here), where the plan and the backend allow; the retry
+// is not one of the unit's retries (it has none here).
+#[tokio::test(start_paused = true)]
+async fn an_attempt_killed_for_memory_is_tried_once_more_with_the_raised_memory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let workflow = with_scale_retries(0);
+    let mut opts = options(&dir);
+    opts.plan = Some(planned(&workflow));
+    let backend = Arc::new(
+        Fake::new()
+            .outputs("split", 1)
+            .failing("scale", 1, oom_killed())
+            .raisable(),
+    );
+    let record = run(&engine(&workflow, &backend), &opts).await;
+    assert_eq!(record.phase, RunPhase::Succeeded, "{:?}", record.message);
+    let limits = backend.memory_limits("scale");
+    let base = limits.first().copied().flatten().expect("a planned limit");
+    assert_eq!(limits, [Some(base), Some((base as f64 * 1.5) as u64)]);
+    let flags: Vec<bool> = unit(&record, "scale", Some(0))
+        .attempts
+        .iter()
+        .map(|a| a.oom_killed)
+        .collect();
+    assert_eq!(flags, [true, false]);
+
+    // A backend that cannot run more memory (a cluster's) fails it at once, as before.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut opts = options(&dir);
+    opts.plan = Some(planned(&workflow));
+    let fixed = Arc::new(
+        Fake::new()
+            .outputs("split", 1)
+            .failing("scale", 1, oom_killed()),
+    );
+    let record = run(&engine(&workflow, &fixed), &opts).await;
+    assert_eq!(record.phase, RunPhase::Failed);
+    assert_eq!(fixed.calls_to("scale").len(), 1);
+}
+
+// At the profile's maximum memory the plan allows no more: one attempt, and the
+// message names the input.
+#[tokio::test(start_paused = true)]
+async fn at_its_maximum_memory_an_oom_killed_unit_is_not_tried_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let workflow = with_scale_retries(0);
+    let plan = planned(&workflow);
+    let memory = plan
+        .stages
+        .iter()
+        .find(|d| d.name == "scale")
+        .map(|d| d.size.memory_bytes as u64)
+        .expect("scale is planned");
+    let mut bounded = profiles(&workflow);
+    if let Some(p) = bounded.get_mut("scale") {
+        p.spec.bounds =
+            Some(serde_json::from_value(json!({"maxMemory": memory.to_string()})).expect("bounds"));
+    }
+    let mut opts = options(&dir);
+    opts.plan = Some(plan);
+    let backend = Arc::new(
+        Fake::new()
+            .outputs("split", 1)
+            .failing("scale", 1, oom_killed())
+            .raisable(),
+    );
+    let engine =
+        Engine::new(&workflow, bounded, backend.clone(), Store::local_only()).expect("engine");
+    let record = run(&engine, &opts).await;
+    assert_eq!(record.phase, RunPhase::Failed);
+    assert_eq!(backend.calls_to("scale").len(), 1, "no room to raise");
+    let message = record.message.unwrap_or_default();
+    assert!(
+        message.contains("(input s3://videos/in/bomb.mkv)"),
+        "{message}"
+    );
+}

@@ -52,6 +52,8 @@ impl Run {
             } else {
                 Vec::new()
             },
+            oom_retry_memory_bytes: None,
+            memory_raised: false,
             stage: self.graph.stages[i].name.clone(),
             function: self.graph.stages[i].function.clone(),
             command: vec!["f".into()],

@@ -180,6 +180,8 @@ fn target() -> StageTarget {
         timeout_seconds: 30.0,
         memory_limit_bytes: None,
         fused: Vec::new(),
+        oom_retry_memory_bytes: None,
+        memory_raised: false,
     }
 }
 

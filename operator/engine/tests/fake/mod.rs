@@ -32,6 +32,10 @@ pub struct Fake {
     hang: Option<String>,
     pub entered: Notify,
     calls: Mutex<Vec<InvokeRequest>>,
+    /// Each call's stage and its target's memory limit, in call order.
+    memory: Mutex<Vec<(String, Option<u64>)>>,
+    /// Whether it can run a target with more memory (an OOM retry).
+    raisable: bool,
     /// Stage, replicas and when, after the fake was made.
     prewarms: Mutex<Vec<(String, u32, Duration)>>,
     /// Stages released and when.
@@ -51,6 +55,8 @@ impl Fake {
             hang: None,
             entered: Notify::new(),
             calls: Mutex::new(Vec::new()),
+            memory: Mutex::new(Vec::new()),
+            raisable: false,
             prewarms: Mutex::new(Vec::new()),
             releases: Mutex::new(Vec::new()),
             shutdowns: AtomicU32::new(0),
@@ -81,6 +87,25 @@ impl Fake {
     pub fn hanging(mut self, stage: &str) -> Self {
         self.hang = Some(stage.into());
         self
+    }
+
+    /// Can run targets with more memory than planned, as the local backend can.
+    pub fn raisable(mut self) -> Self {
+        self.raisable = true;
+        self
+    }
+
+    /// The memory limit of the target of each call to `stage`, in call order.
+    pub fn memory_limits(&self, stage: &str) -> Vec<Option<u64>> {
+        self.memory
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .filter(|(s, _)| s == stage)
+                    .map(|(_, limit)| *limit)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     pub fn calls(&self) -> Vec<InvokeRequest> {
@@ -160,12 +185,19 @@ impl Fake {
 }
 
 impl Backend for Fake {
+    fn can_raise_memory(&self) -> bool {
+        self.raisable
+    }
+
     async fn invoke_signalled(
         &self,
-        _target: &StageTarget,
+        target: &StageTarget,
         request: InvokeRequest,
         mut started: StartSignal,
     ) -> Result<Invoked, BackendError> {
+        if let Ok(mut m) = self.memory.lock() {
+            m.push((request.stage.clone(), target.memory_limit_bytes));
+        }
         // The fake's instances are always there.
         started.fire();
         let attempt = self.attempts_so_far(&request);
