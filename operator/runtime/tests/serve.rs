@@ -190,15 +190,7 @@ async fn an_invocation_moves_inputs_and_outputs_through_s3() {
     );
 
     // Observations for the operator.
-    let obs: serde_json::Value = s
-        .client
-        .get(format!("{}/observations", rt.url))
-        .send()
-        .await
-        .expect("observations")
-        .json()
-        .await
-        .expect("json");
+    let obs = observations(&s, &rt.url).await;
     assert_eq!(obs["invocations"], 2);
     assert_eq!(obs["failures"], 0);
     assert_eq!(obs["execSeconds"]["count"], 2);
@@ -716,15 +708,7 @@ async fn the_same_work_sent_again_while_it_runs_joins_it_instead_of_running_twic
     let (status, _, answer) = invoke(&s.client, &rt.url, body.clone()).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["outputs"][0]["uri"], "s3://videos/joined/slept.txt");
-    let seen: serde_json::Value = s
-        .client
-        .get(format!("{}/observations", rt.url))
-        .send()
-        .await
-        .expect("observations")
-        .json()
-        .await
-        .expect("json");
+    let seen = observations(&s, &rt.url).await;
     assert_eq!(seen["invocations"], 1, "the function ran once: {seen}");
     let metrics = s
         .client
@@ -744,6 +728,18 @@ async fn the_same_work_sent_again_while_it_runs_joins_it_instead_of_running_twic
                        "outputPrefix": "s3://videos/joined/", "params": {"mode": "sleep", "seconds": 0.1}});
     let (status, _, answer) = invoke(&s.client, &rt.url, other).await;
     assert_eq!(status, 200, "{answer}");
+}
+
+/// The runtime's `/observations`.
+async fn observations(s: &Setup, url: &str) -> serde_json::Value {
+    s.client
+        .get(format!("{url}/observations"))
+        .send()
+        .await
+        .expect("observations")
+        .json()
+        .await
+        .expect("json")
 }
 
 /// SHA-256 of an object in the test bucket, as hex.
@@ -882,15 +878,7 @@ async fn an_attempt_cut_off_after_its_record_is_finished_by_the_next_request() {
         .expect("get");
     assert_eq!(there.as_deref(), Some(&b"what the attempt made"[..]));
     assert_eq!(s.keys("cut/_vflow-attempt-").await, Vec::<String>::new());
-    let seen: serde_json::Value = s
-        .client
-        .get(format!("{}/observations", rt.url))
-        .send()
-        .await
-        .expect("observations")
-        .json()
-        .await
-        .expect("json");
+    let seen = observations(&s, &rt.url).await;
     assert_eq!(seen["invocations"], 0, "nothing ran: {seen}");
 }
 
@@ -1082,15 +1070,7 @@ async fn a_function_killed_by_someone_else_counts_as_an_oom_kill() {
             .any(|l| l == r#"vflow_runtime_oom_kills_total{function="testfn"} 1"#),
         "{metrics}"
     );
-    let observations: serde_json::Value = s
-        .client
-        .get(format!("{}/observations", rt.url))
-        .send()
-        .await
-        .expect("observations")
-        .json()
-        .await
-        .expect("json");
+    let observations = observations(&s, &rt.url).await;
     assert_eq!(observations["oomKills"], 1, "{observations}");
 }
 
@@ -1122,15 +1102,7 @@ async fn over_its_memory_limit_a_function_is_killed_and_counted_as_an_oom_kill()
         "{message}"
     );
     assert!(s.keys("hog/").await.is_empty());
-    let observations: serde_json::Value = s
-        .client
-        .get(format!("{}/observations", rt.url))
-        .send()
-        .await
-        .expect("observations")
-        .json()
-        .await
-        .expect("json");
+    let observations = observations(&s, &rt.url).await;
     assert_eq!(observations["oomKills"], 1, "{observations}");
     assert_eq!(observations["failures"], 1, "{observations}");
 

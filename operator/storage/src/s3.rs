@@ -324,20 +324,8 @@ impl S3Store {
         let outcome = async {
             let mut parts: Vec<CompletedPart> = uploads.try_collect().await?;
             parts.sort_by_key(|p| p.part_number());
-            self.client
-                .complete_multipart_upload()
-                .bucket(bucket)
-                .key(key)
-                .upload_id(&upload_id)
-                .multipart_upload(
-                    CompletedMultipartUpload::builder()
-                        .set_parts(Some(parts))
-                        .build(),
-                )
-                .send()
+            self.complete_upload(bucket, key, &upload_id, parts, &target)
                 .await
-                .map_err(|e| classify(e, target.clone(), "CompleteMultipartUpload"))?;
-            Ok::<(), StorageError>(())
         }
         .await;
         match outcome {
@@ -351,6 +339,31 @@ impl S3Store {
                 Err(err)
             }
         }
+    }
+
+    /// CompleteMultipartUpload with the parts in order.
+    async fn complete_upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<CompletedPart>,
+        target: &str,
+    ) -> Result<(), StorageError> {
+        self.client
+            .complete_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| classify(e, target.to_string(), "CompleteMultipartUpload"))?;
+        Ok(())
     }
 
     pub async fn put_bytes(
@@ -538,20 +551,8 @@ impl S3Store {
                 start = end + 1;
                 number += 1;
             }
-            self.client
-                .complete_multipart_upload()
-                .bucket(bucket)
-                .key(key)
-                .upload_id(&upload_id)
-                .multipart_upload(
-                    CompletedMultipartUpload::builder()
-                        .set_parts(Some(parts))
-                        .build(),
-                )
-                .send()
+            self.complete_upload(bucket, key, &upload_id, parts, &target)
                 .await
-                .map_err(|e| classify(e, target.clone(), "CompleteMultipartUpload"))?;
-            Ok::<(), StorageError>(())
         }
         .await;
         pending.done = true;
@@ -566,34 +567,7 @@ impl S3Store {
         bucket: &str,
         key: &str,
     ) -> Result<Option<Vec<u8>>, StorageError> {
-        let target = uri(bucket, key);
-        let response = match self
-            .client
-            .get_object()
-            .bucket(bucket)
-            .key(key)
-            .send()
-            .await
-        {
-            Ok(response) => response,
-            Err(err) => {
-                return match classify(err, target, "GetObject") {
-                    StorageError::NotFound { .. } => Ok(None),
-                    other => Err(other),
-                };
-            }
-        };
-        let data = response
-            .body
-            .collect()
-            .await
-            .map_err(|e| StorageError::S3 {
-                uri: target,
-                operation: "GetObject body",
-                message: e.to_string(),
-                transient: true,
-            })?;
-        Ok(Some(data.into_bytes().to_vec()))
+        Ok(self.get_tagged(bucket, key).await?.map(|(data, _)| data))
     }
 
     pub async fn size(&self, bucket: &str, key: &str) -> Result<Option<u64>, StorageError> {
