@@ -193,18 +193,25 @@ struct Overhead {
     total_p50_ms: f64,
 }
 
-fn measure_overhead(port: u16, count: usize, body: &[u8]) -> Result<Overhead, Error> {
+/// `body(i)` is invocation `i`'s request: each its own work (its own output prefix),
+/// or the runtime would answer from the first one's completion record.
+fn measure_overhead(
+    port: u16,
+    count: usize,
+    body: impl Fn(usize) -> Result<Vec<u8>, Error>,
+) -> Result<Overhead, Error> {
     let mut http = Http::connect(port)?;
     // Warm: the first invocation is the cold one.
-    for _ in 0..20 {
-        http.request("POST", "/invoke", body)?;
+    for i in 0..20 {
+        http.request("POST", "/invoke", &body(count + i)?)?;
     }
     let mut overhead = Vec::with_capacity(count);
     let mut function = Vec::with_capacity(count);
     let mut total = Vec::with_capacity(count);
-    for _ in 0..count {
+    for i in 0..count {
+        let body = body(i)?;
         let started = Instant::now();
-        let (status, answer) = http.request("POST", "/invoke", body)?;
+        let (status, answer) = http.request("POST", "/invoke", &body)?;
         let elapsed = started.elapsed().as_secs_f64();
         if status != 200 {
             return Err(format!(
@@ -297,11 +304,13 @@ fn main() -> Result<(), Error> {
     Http::wait_ready(serve.port)?;
     std::thread::sleep(Duration::from_millis(500));
     let idle_rss_fresh = rss_bytes(serve.child.id())?;
-    let out_prefix = format!("file://{}/out/", dir.display());
-    let body = serde_json::to_vec(&serde_json::json!({
-        "run": "bench", "stage": "noop", "outputPrefix": out_prefix,
-    }))?;
-    let local = measure_overhead(serve.port, args.invocations, &body)?;
+    let body = |i: usize| -> Result<Vec<u8>, Error> {
+        Ok(serde_json::to_vec(&serde_json::json!({
+            "run": "bench", "stage": "noop",
+            "outputPrefix": format!("file://{}/out/{i}/", dir.display()),
+        }))?)
+    };
+    let local = measure_overhead(serve.port, args.invocations, body)?;
     std::thread::sleep(Duration::from_millis(500));
     let idle_rss_after = rss_bytes(serve.child.id())?;
     drop(serve);
@@ -444,12 +453,15 @@ fn main() -> Result<(), Error> {
          | idle RSS of serve (fresh / after the benchmark) | {rf:.1} / {ra:.1} MiB | < 30 MiB | {v5} |\n\
          | idle RSS of the metrics sidecar | {sc:.1} MiB | < 30 MiB | {v6} |\n\n\
          Overhead = client-observed latency minus the function's own time (spawn to exit of `/bin/true`), \
-         so it counts HTTP, JSON, the scratch directory and the completion record. \
+         so it counts HTTP, JSON, the scratch directory, the look for an earlier completion \
+         record and the conditional write of this one (each invocation is its own work). \
          The no-op's own time p50 was {fp50:.3} ms (process spawn), total p50 {tp50:.3} ms.\n\
          The runtime's transfer rates are its reported download and upload step times for a \
          function that hard-links its input to its output; the direct figures are plain \
          GetObject-to-file and PutObject-from-file with the same SDK against the same s3s-fs. \
-         The runtime also hashes every file (SHA-256) and, on upload, stores the hash.\n",
+         The runtime also hashes every file (SHA-256) and, on upload, stores the hash; its \
+         upload step uploads into the attempt's own directory, then copies the object to its \
+         name (server-side) once its completion record is written.\n",
         inv = args.invocations,
         mib = args.object_mib,
         rounds = args.rounds,
