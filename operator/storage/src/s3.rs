@@ -258,26 +258,11 @@ impl S3Store {
         sha256: &str,
     ) -> Result<(), StorageError> {
         let target = uri(bucket, key);
-        let created = self
-            .client
-            .create_multipart_upload()
-            .bucket(bucket)
-            .key(key)
-            .metadata(SHA256_METADATA, sha256)
-            .send()
-            .await
-            .map_err(|e| classify(e, target.clone(), "CreateMultipartUpload"))?;
-        let upload_id = created.upload_id().unwrap_or_default().to_string();
-        // Whatever ends this upload short of completion (a part or the completion
-        // failing, the caller going away) aborts it: orphaned parts cost storage and
-        // stay invisible.
-        let mut pending = PendingUpload {
-            client: self.client.clone(),
-            bucket: bucket.to_string(),
-            key: key.to_string(),
-            upload_id: upload_id.clone(),
-            done: false,
-        };
+        let metadata =
+            std::collections::HashMap::from([(SHA256_METADATA.to_string(), sha256.to_string())]);
+        let (upload_id, mut pending) = self
+            .start_upload(bucket, key, Some(metadata), &target)
+            .await?;
         let part_size = self.settings.part_size.max(5 << 20);
         let part_count = size.div_ceil(part_size);
         let uploads = stream::iter(0..part_count)
@@ -339,6 +324,36 @@ impl S3Store {
                 Err(err)
             }
         }
+    }
+
+    /// CreateMultipartUpload with the object's metadata. Whatever ends the upload short
+    /// of completion (a part or the completion failing, the caller going away) aborts
+    /// it through the returned guard: orphaned parts cost storage and stay invisible.
+    async fn start_upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        metadata: Option<std::collections::HashMap<String, String>>,
+        target: &str,
+    ) -> Result<(String, PendingUpload), StorageError> {
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .set_metadata(metadata)
+            .send()
+            .await
+            .map_err(|e| classify(e, target.to_string(), "CreateMultipartUpload"))?;
+        let upload_id = created.upload_id().unwrap_or_default().to_string();
+        let pending = PendingUpload {
+            client: self.client.clone(),
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            upload_id: upload_id.clone(),
+            done: false,
+        };
+        Ok((upload_id, pending))
     }
 
     /// CompleteMultipartUpload with the parts in order.
@@ -503,23 +518,9 @@ impl S3Store {
             .send()
             .await
             .map_err(|e| classify(e, uri(from_bucket, from_key), "HeadObject"))?;
-        let created = self
-            .client
-            .create_multipart_upload()
-            .bucket(bucket)
-            .key(key)
-            .set_metadata(head.metadata().cloned())
-            .send()
-            .await
-            .map_err(|e| classify(e, target.clone(), "CreateMultipartUpload"))?;
-        let upload_id = created.upload_id().unwrap_or_default().to_string();
-        let mut pending = PendingUpload {
-            client: self.client.clone(),
-            bucket: bucket.to_string(),
-            key: key.to_string(),
-            upload_id: upload_id.clone(),
-            done: false,
-        };
+        let (upload_id, mut pending) = self
+            .start_upload(bucket, key, head.metadata().cloned(), &target)
+            .await?;
         let outcome = async {
             let mut parts = Vec::new();
             let mut start = 0u64;
