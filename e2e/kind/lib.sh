@@ -19,6 +19,8 @@ CNI_PLUGINS_VERSION=v1.9.1
 COREDNS_VERSION=v1.14.6
 # MinIO's community edition is published as source only; a pseudo-version of its module.
 MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
+# NetworkPolicy on the kind nodes (node-image/default-cni.yaml).
+KUBE_NETWORK_POLICIES_VERSION=v0.8.0
 # The tags kubeadm $KUBE_VERSION expects (`kubeadm config images list`).
 ETCD_TAG=3.7.0-0
 PAUSE_TAG=3.10.2

@@ -230,6 +230,61 @@ echo "containers started for thumbnails since it reached zero at $zero_at: $star
 ((started > 0)) || die "no function container started for $triggered, though thumbnails was at zero"
 wait_zero "after $triggered"
 
+# 4b. The stage pods' NetworkPolicy, enforced by kube-network-policies on every node.
+# Every run above went from the operator's pod to the stage pods through it. A pod in
+# another namespace reaches a pod on the runtime's port that no policy covers, and not
+# one that carries thumbnails' stage labels (its policy admits only the operator).
+step "NetworkPolicy: a pod in another namespace cannot reach a stage's port; a stage reaches only DNS and storage"
+kubectl -n kube-system rollout status daemonset/kube-network-policies --timeout=120s ||
+	die "kube-network-policies is not running on every node"
+policy=thumbnails-vflow-stages
+labels="$(kubectl -n "$ns" get networkpolicy "$policy" -o json |
+	jq -r '.spec.podSelector.matchLabels | to_entries | map("\(.key)=\(.value)") | join(",")')"
+[[ -n $labels ]] || die "no NetworkPolicy $policy over thumbnails' stage pods"
+serve=(--image "$base_image" --image-pull-policy=Never --restart=Never --command -- python3 -m http.server 8080)
+kubectl -n "$ns" run np-stage --labels "$labels" "${serve[@]}" >/dev/null
+kubectl -n "$ns" run np-control --labels app=np-control "${serve[@]}" >/dev/null
+kubectl -n "$ns" wait pod/np-stage pod/np-control --for=condition=Ready --timeout=120s >/dev/null ||
+	die "the stand-in pods did not start"
+stage_ip="$(kubectl -n "$ns" get pod np-stage -o jsonpath='{.status.podIP}')"
+control_ip="$(kubectl -n "$ns" get pod np-control -o jsonpath='{.status.podIP}')"
+kubectl create namespace np-outsider >/dev/null
+kubectl -n np-outsider run np-probe --image "$base_image" --image-pull-policy=Never --restart=Never --command -- \
+	python3 -c '
+import socket, sys
+def reach(ip):
+    try:
+        socket.create_connection((ip, 8080), 5).close()
+        return "reached"
+    except OSError as e:
+        return f"refused ({e})"
+print(f"control {reach(sys.argv[1])}; stage {reach(sys.argv[2])}")
+' "$control_ip" "$stage_ip" >/dev/null
+kubectl -n np-outsider wait pod/np-probe --for=jsonpath='{.status.phase}'=Succeeded --timeout=120s >/dev/null ||
+	die "the probe pod did not finish: $(kubectl -n np-outsider logs np-probe 2>&1)"
+probed="$(kubectl -n np-outsider logs np-probe)"
+echo "from namespace np-outsider: $probed"
+[[ $probed == "control reached; stage refused"* ]] ||
+	die "NetworkPolicy $policy is not enforced as written: $probed"
+# Out of a stage pod: DNS and the storage endpoint's port (MinIO, by its Service name),
+# and nothing else (the control pod's 8080).
+went="$(kubectl -n "$ns" exec np-stage -- python3 -c '
+import socket, sys
+def reach(host, port):
+    try:
+        socket.create_connection((host, port), 5).close()
+        return "reached"
+    except OSError as e:
+        return f"refused ({e})"
+storage, control = reach("minio.vflow-system.svc", 9000), reach(sys.argv[1], 8080)
+print(f"storage {storage}; control {control}")
+' "$control_ip" 2>&1)" || die "the egress probe in np-stage failed: $went"
+echo "from a stage pod: $went"
+[[ $went == "storage reached; control refused"* ]] ||
+	die "NetworkPolicy $policy's egress is not enforced as written: $went"
+kubectl delete namespace np-outsider --wait=false >/dev/null
+kubectl -n "$ns" delete pod np-stage np-control --wait=true >/dev/null
+
 # 5. The transcode ladder through `vflow submit`: fan-out, three renditions stitched,
 # each checked with ffprobe against the input (codec, height, duration, frames).
 step "vflow submit transcode-ladder (three renditions)"
@@ -255,14 +310,17 @@ kubectl -n "$system_ns" get pods -l app.kubernetes.io/name=vflow-operator
 # flight when the operator went, finished by its pod and taken from its completion
 # record by the new session, which names the pod that ran it); and every function pod
 # still up must have run exactly the invocations that the record attributes to it (its
-# runtime's counter, read through the API server's pod proxy), so none ran unrecorded
+# runtime's counter, read inside the pod), so none ran unrecorded
 # either.
 s3 -o "$work/ladder-record.json" "$s3_url/videos/outputs/ladder/e2e-ladder/_vflow-run.json"
 counters="$work/ladder-counters.txt"
 : >"$counters"
 # (Pods that never started, e.g. Pending for CPU, have no address and ran nothing.)
 for pod in $(kubectl -n "$ns" get pods -l vflow.io/workflow=transcode-ladder --field-selector=status.phase=Running -o name); do
-	n="$(kubectl get --raw "/api/v1/namespaces/$ns/pods/${pod#pod/}:8080/proxy/metrics" |
+	# Read inside the pod: its NetworkPolicy admits only the operator on 8080, not the
+	# API server's pod proxy.
+	n="$(kubectl -n "$ns" exec "${pod#pod/}" -- python3 -c \
+		'import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:8080/metrics", timeout=10).read().decode())' |
 		awk '/^vflow_runtime_invocations_total\{.*outcome="succeeded"/ { print $NF }')"
 	echo "${pod#pod/} ${n:-0}" >>"$counters"
 done

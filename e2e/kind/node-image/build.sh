@@ -116,7 +116,7 @@ if [[ -n $debootstrap_pid ]]; then
 fi
 
 # ------------------------------------------------------------ images for the node
-step "images: vflow.local/debian:$suite-slim, the control plane, CoreDNS, pause, podnet"
+step "images: vflow.local/debian:$suite-slim, the control plane, CoreDNS, pause, podnet, netpol"
 tar -C "$rootfs/slim" --exclude='./dev/*' --exclude='./proc/*' --exclude='./sys/*' -cf - . |
 	docker import --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' - \
 		"vflow.local/debian:$suite-slim" >/dev/null
@@ -159,6 +159,23 @@ printf 'FROM vflow.local/debian:%s-slim\nCOPY kubectl podnet.sh /usr/local/bin/\
 docker build -q -t vflow.local/podnet:v1 "$ctx/podnet" >/dev/null 2>>"$logs/docker-build.log" ||
 	kind_die "docker build of vflow.local/podnet:v1 failed"
 images+=(vflow.local/podnet:v1)
+# kube-network-policies, from its Go module: NetworkPolicy enforcement (default-cni.yaml).
+netpol="$KIND_CACHE/netpol/$KUBE_NETWORK_POLICIES_VERSION"
+if [[ ! -x $netpol/netpol ]]; then
+	step "kube-network-policies $KUBE_NETWORK_POLICIES_VERSION (go install)"
+	rm -rf "$netpol"
+	CGO_ENABLED=0 go_install "$netpol/bin" -ldflags="-s -w" \
+		"sigs.k8s.io/kube-network-policies/cmd@$KUBE_NETWORK_POLICIES_VERSION" >"$logs/netpol.log" 2>&1 ||
+		kind_die "building kube-network-policies failed (see $logs/netpol.log)"
+	mv "$netpol/bin/cmd" "$netpol/netpol"
+fi
+mkdir -p "$ctx/netpol"
+cp "$netpol/netpol" "$here/netpol-hook.sh" "$ctx/netpol/"
+printf 'FROM vflow.local/debian:%s-slim\nCOPY netpol netpol-hook.sh /usr/local/bin/\nENTRYPOINT ["/usr/local/bin/netpol"]\n' \
+	"$suite" >"$ctx/netpol/Dockerfile"
+docker build -q -t vflow.local/netpol:v1 "$ctx/netpol" >/dev/null 2>>"$logs/docker-build.log" ||
+	kind_die "docker build of vflow.local/netpol:v1 failed"
+images+=(vflow.local/netpol:v1)
 docker save -o "$out/node-images.tar" "${images[@]}"
 
 # ------------------------------------------------------------ the node's root file system
