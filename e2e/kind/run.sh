@@ -285,6 +285,71 @@ echo "from a stage pod: $went"
 kubectl delete namespace np-outsider --wait=false >/dev/null
 kubectl -n "$ns" delete pod np-stage np-control --wait=true >/dev/null
 
+# 4c. An invocation killed at its memory limit, run once more in a pod whose limit was
+# raised in place (the pod's resize subresource; docs/runs.md). probe-hog is probe
+# behind a wrapper that first holds 360 MiB: at the profile's 300Mi the container's
+# OOM killer takes that process, not the function's own, so the runtime learns it from
+# its cgroup's count; at the plan's raise (x1.5: 450Mi) the same invocation fits.
+# retries: 0, so a retry of the unit's own would fail the run.
+step "OOM retry: killed at 300Mi, run again in a pod raised in place to 450Mi"
+kubectl -n "$ns" apply -f - >/dev/null <<'EOF'
+apiVersion: vflow.io/v1alpha1
+kind: FunctionProfile
+metadata:
+  name: probe-hog
+spec:
+  description: probe, after holding 360 MiB (e2e/kind/run.sh, the OOM retry)
+  image: ghcr.io/vflow/fn-probe:0.1.0
+  command: ["bash", "-c", "python3 -c 'b = \"x\" * (360 << 20)' && exec \"$0\" probe \"$@\"", "/usr/local/bin/vflow-fn"]
+  params: []
+  resources: {cpu: 250m, memory: 300Mi}
+  bounds: {maxMemory: 1Gi}
+  sizing: "Off"
+---
+apiVersion: vflow.io/v1alpha1
+kind: VideoWorkflow
+metadata:
+  name: oom-retry
+spec:
+  storage:
+    endpoint: http://minio.vflow-system.svc:9000
+    bucket: videos
+    secretRef: {name: vflow-s3}
+  outputPrefix: outputs/oom-retry/
+  prewarm: None
+  stages:
+    - {name: probe, function: probe-hog, overrides: {retries: 0}}
+EOF
+kubectl -n "$ns" wait videoworkflow/oom-retry --for=condition=Ready --timeout=180s >/dev/null ||
+	die "workflow oom-retry is not Ready: $(kubectl -n "$ns" get videoworkflow oom-retry -o yaml)"
+kubectl -n "$ns" apply -f - >/dev/null <<EOF
+apiVersion: vflow.io/v1alpha1
+kind: VideoWorkflowRun
+metadata:
+  name: e2e-oom
+spec:
+  workflowRef: {name: oom-retry}
+  input: s3://videos/inputs/$run_clip
+EOF
+wait_run e2e-oom
+s3 -o "$work/oom-record.json" "$s3_url/videos/outputs/oom-retry/e2e-oom/_vflow-run.json"
+raised_pod="$("$PYENV/bin/python" - "$work/oom-record.json" <<'EOF'
+import json, sys
+units = [u for u in json.load(open(sys.argv[1]))["units"] if u["stage"] == "probe"]
+attempts = units[0]["attempts"] if len(units) == 1 else []
+shape = [(bool(a.get("oomKilled")), bool(a.get("error"))) for a in attempts]
+if shape != [(True, True), (False, False)]:
+    sys.exit(f"probe's attempts, (killed for memory, failed): want an OOM kill then a success, got {shape}: {attempts}")
+print(attempts[1]["instance"])
+EOF
+)" || die "the OOM retry did not go as it should (above)"
+limit="$(kubectl -n "$ns" get pod "$raised_pod" -o jsonpath='{.status.containerStatuses[?(@.name=="function")].resources.limits.memory}')"
+request="$(kubectl -n "$ns" get pod "$raised_pod" -o jsonpath='{.spec.containers[?(@.name=="function")].resources.requests.memory}')"
+echo "the retry ran in pod $raised_pod: memory limit $limit (applied by the kubelet), request $request"
+[[ $limit == 471859200 || $limit == 450Mi ]] || die "pod $raised_pod runs with a memory limit of '$limit', not the raised 450Mi"
+[[ $request == 300Mi ]] || die "pod $raised_pod's memory request changed to '$request'"
+kubectl -n "$ns" delete videoworkflow oom-retry --wait=false >/dev/null
+
 # 5. The transcode ladder through `vflow submit`: fan-out, three renditions stitched,
 # each checked with ffprobe against the input (codec, height, duration, frames).
 step "vflow submit transcode-ladder (three renditions)"

@@ -526,17 +526,79 @@ def _unlink(path: str) -> None:
         pass
 
 
+def _warm_up(fn: Function) -> int:
+    try:
+        if fn.warmup:
+            fn.warmup()
+        return 0
+    except Exception as e:  # the instance must not report ready: say why
+        _say(fn.name, "warm-up failed", str(e) if isinstance(e, (UsageError, FnError))
+             else f"{type(e).__name__}: {e}")
+        return EXIT_FAIL
+
+
+class _StderrTail:
+    """Writes through to the real stderr and keeps the last lines: one invocation's
+    stderr for the resident worker's answer."""
+
+    def __init__(self, real, lines: int = 40):
+        self.real, self.lines, self.partial = real, [], ""
+        self.keep = lines
+
+    def write(self, text: str) -> int:
+        self.real.write(text)
+        self.partial += text
+        *done, self.partial = self.partial.split("\n")
+        self.lines = (self.lines + [d[:2048] for d in done])[-self.keep:]
+        return len(text)
+
+    def flush(self) -> None:
+        self.real.flush()
+
+    def text(self) -> str:
+        return "\n".join(self.lines + ([self.partial[:2048]] if self.partial else []))
+
+
+def serve_resident(fn: Function) -> int:
+    """The resident worker (FunctionProfile `worker: Resident`; the protocol is the
+    runtime's, see operator/runtime/src/resident.rs): loads once (the warm-up, in this
+    process), says ready, then runs one invocation per request line and answers its
+    exit status and stderr. What it or its tools print goes to stderr: stdout is the
+    protocol's."""
+    answers = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    code = _warm_up(fn)
+    if code:
+        return code
+    answers.write(json.dumps({"ready": True}) + "\n")
+    base_env = dict(os.environ)
+    for line in sys.stdin:
+        request = json.loads(line)
+        os.environ.clear()
+        os.environ.update(base_env)
+        os.environ.update(request.get("env", {}))
+        real, sys.stderr = sys.stderr, _StderrTail(sys.stderr)
+        try:
+            code = run_once(fn, list(request["argv"]))
+        finally:
+            tail, sys.stderr = sys.stderr, real
+        sys.stderr.flush()
+        answers.write(json.dumps({"exit": code, "stderr": tail.text()}) + "\n")
+    return 0
+
+
 def main(fn: Function, argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
+    if argv == ["--resident"]:
+        return serve_resident(fn)
     if "--warmup" in argv:
-        try:
-            if fn.warmup:
-                fn.warmup()
-            return 0
-        except Exception as e:  # the instance must not report ready: say why
-            _say(fn.name, "warm-up failed", str(e) if isinstance(e, (UsageError, FnError))
-                 else f"{type(e).__name__}: {e}")
-            return EXIT_FAIL
+        return _warm_up(fn)
+    return run_once(fn, argv)
+
+
+def run_once(fn: Function, argv: list[str]) -> int:
+    """One invocation: parse argv, run the function, commit its outputs and metadata;
+    the exit status of the contract (0, 1 failed, 2 usage)."""
     stage = work = None
     moved: list[str] = []
     ok = False

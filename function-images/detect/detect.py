@@ -6,7 +6,8 @@ bundled Haar cascade for frontal faces on the CPU. VFLOW_DETECT_BACKEND=torch|ha
 forces one (torch then also runs on a CPU). Frames are decoded by ffmpeg (rawvideo
 pipe), or by OpenCV where ffmpeg is not installed.
 
-detections.json: {"version": 1, "input", "backend", "width", "height", "fps",
+detections.json: {"version": 1, "input", "backend", "decoder" (nvdec, software or opencv),
+"width", "height", "fps",
 "everyNth", "threshold", "classes", "frames": [{"frame", "time", "objects":
 [{"label", "score", "box": [x, y, w, h]}]}]} with one entry per frame examined.
 """
@@ -17,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 from vflowfn import (MAX_ALLOC, Context, FnError, Function, Param, UsageError, _refusal, _tail, ffmpeg_threads,
                      ffprobe, input_guard, frame_rate, video_stream, write_json_atomic)
@@ -112,18 +114,67 @@ class HaarDetector:
         return out
 
 
+# Detectors loaded by this process, by (backend, model, random weights): a resident
+# worker (FunctionProfile worker: Resident) loads in its warm-up and then never again.
+_LOADED: dict = {}
+
+
 def make_detector(backend: str, model: str, random_weights: bool):
-    return TorchDetector(model, random_weights) if backend == "torch" else HaarDetector()
+    """The detector, and the seconds spent loading it now (0 when this process has it)."""
+    key = (backend, model, random_weights)
+    if key in _LOADED:
+        return _LOADED[key], 0.0
+    started = time.monotonic()
+    det = TorchDetector(model, random_weights) if backend == "torch" else HaarDetector()
+    _LOADED[key] = det
+    return det, time.monotonic() - started
 
 
-def frames(src: str, width: int, height: int, every: int):
+def pick_decoder(backend: str) -> str:
+    """nvdec (ffmpeg -hwaccel cuda: H100/H200 decode on the GPU, encode on CPUs) where the
+    detector runs on a GPU, else software; VFLOW_DETECT_DECODE=auto|nvdec|software."""
+    forced = os.environ.get("VFLOW_DETECT_DECODE", "auto")
+    if forced not in ("auto", "nvdec", "software"):
+        raise UsageError(f"VFLOW_DETECT_DECODE must be auto, nvdec or software, got {forced!r}")
+    if forced != "auto":
+        return forced
+    if backend == "torch":
+        import torch
+        if torch.cuda.is_available():
+            return "nvdec"
+    return "software"
+
+
+def frames_decoded(src: str, width: int, height: int, every: int, decoder: str, used: dict):
+    """frames(), on NVDEC when asked and it works: a hardware decode that fails before
+    its first frame (no NVDEC, a codec it lacks) falls back to software; `used` says
+    which decoded."""
+    if decoder == "nvdec" and shutil.which("ffmpeg"):
+        first = True
+        try:
+            for item in frames(src, width, height, every, hwaccel=True):
+                first = False
+                used["decoder"] = "nvdec"
+                yield item
+            if not first:
+                return
+        except FnError as e:
+            if not first or os.environ.get("VFLOW_DETECT_DECODE") == "nvdec":
+                raise
+            print(f"vflow-fn detect: note: NVDEC decode failed, decoding in software: {e}", file=sys.stderr)
+    used["decoder"] = "software" if shutil.which("ffmpeg") else "opencv"
+    yield from frames(src, width, height, every)
+
+
+def frames(src: str, width: int, height: int, every: int, hwaccel: bool = False):
     """Yields (frame index, RGB array) for every Nth frame."""
     import numpy as np
     if shutil.which("ffmpeg"):
         threads = ffmpeg_threads()
         t = ["-threads", str(threads)] if threads else []
+        hw = ["-hwaccel", "cuda"] if hwaccel else []
         cmd = ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-max_alloc", str(MAX_ALLOC),
-               *input_guard(), *t, "-i", src, "-map", "0:v:0",
+               *input_guard(), *t, *hw, "-i", src, "-map", "0:v:0",
                "-vf", f"select=not(mod(n\\,{every}))", "-fps_mode", "passthrough", "-f", "rawvideo",
                "-pix_fmt", "rgb24", "-"]
         size = width * height * 3
@@ -178,7 +229,7 @@ def video_facts(src: str) -> tuple[int, int, float]:
 def run(ctx: Context) -> dict:
     src, p = ctx.inputs[0], ctx.params
     backend = pick_backend()
-    det = make_detector(backend, p["model"], p["randomWeights"])
+    det, load_seconds = make_detector(backend, p["model"], p["randomWeights"])
     wanted = [c.strip() for c in p["classes"].split(",") if c.strip()]
     if backend == "torch":
         unknown = [c for c in wanted if c not in det.labels]
@@ -199,7 +250,8 @@ def run(ctx: Context) -> dict:
         batch.clear()
         idx.clear()
 
-    for n, frame in frames(src, width, height, p["everyNth"]):
+    used = {}
+    for n, frame in frames_decoded(src, width, height, p["everyNth"], pick_decoder(backend), used):
         batch.append(frame)
         idx.append(n)
         if len(batch) >= p["batch"]:
@@ -210,17 +262,18 @@ def run(ctx: Context) -> dict:
         raise FnError(f"decoding failed on input {src}: no frames could be read")
     objects = sum(len(f["objects"]) for f in out_frames)
     write_json_atomic(ctx.out("detections.json"), {
-        "version": 1, "input": os.path.basename(src), "backend": det.name, "width": width, "height": height,
+        "version": 1, "input": os.path.basename(src), "backend": det.name, "decoder": used.get("decoder"),
+        "width": width, "height": height,
         "fps": fps, "everyNth": p["everyNth"], "threshold": p["threshold"], "classes": wanted,
         "frames": out_frames})
-    return {"objects": objects, "frames": len(out_frames)}
+    return {"objects": objects, "frames": len(out_frames), "loadSeconds": round(load_seconds, 4)}
 
 
 def warmup() -> None:
     """Loads the detector once (CUDA context, weights from disk) and runs it on one blank frame."""
     import numpy as np
     random = os.environ.get("VFLOW_DETECT_RANDOM_WEIGHTS", "") in ("1", "true")
-    det = make_detector(pick_backend(), os.environ.get("VFLOW_DETECT_MODEL", MODELS[0]), random)
+    det, _ = make_detector(pick_backend(), os.environ.get("VFLOW_DETECT_MODEL", MODELS[0]), random)
     det([np.zeros((320, 320, 3), np.uint8)])
     print(f"vflow-fn detect: warm-up done with {det.name}", file=sys.stderr)
 
@@ -239,6 +292,6 @@ FUNCTION = Function(
         Param("batch", "Integer", "Frames per detector call.", default=8, minimum=1, maximum=64),
     ],
     run=run,
-    metadata=["objects", "frames"],
+    metadata=["objects", "frames", "loadSeconds"],
     warmup=warmup,
 )

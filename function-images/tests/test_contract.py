@@ -1,5 +1,6 @@
 """The argv contract: params from the profile, exit codes, metadata, warm-up, threads, profiles."""
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -128,3 +129,72 @@ def test_metadata_is_only_declared_keys(fn, clips):
     assert r.files() == ["probe.json"]
     r = fn("scale", [clips["gop25"]], height=120, preset="ultrafast")
     assert r.meta == {}
+
+
+class Resident:
+    """`vflow-fn <name> --resident`: the runtime's resident protocol, spoken by hand."""
+
+    def __init__(self, name, env=None):
+        self.proc = subprocess.Popen([str(FN), name, "--resident"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, **(env or {})})
+        self.ready = self.proc.stdout.readline()
+
+    def call(self, argv, env=None):
+        self.proc.stdin.write(json.dumps({"argv": [str(a) for a in argv], "env": env or {}}) + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self):
+        self.proc.stdin.close()
+        rc = self.proc.wait(timeout=30)
+        return rc, self.proc.stderr.read()
+
+
+def test_a_resident_detect_loads_once_and_answers_every_invocation(tmp_path, videos):
+    worker = Resident("detect")
+    try:
+        assert json.loads(worker.ready) == {"ready": True}
+        for i in range(2):
+            out, meta = tmp_path / f"out{i}", tmp_path / f"meta{i}.json"
+            answer = worker.call(["--output-dir", out, "--metadata", meta, "--input", videos["intel"],
+                                  "--everyNth", "50"], env={"VFLOW_STAGE": "detect"})
+            assert answer["exit"] == 0, answer
+            doc = json.loads(meta.read_text())
+            # Loaded by the warm-up in this process: nothing to load per invocation.
+            assert doc["loadSeconds"] == 0, doc
+            assert doc["frames"] > 0 and (out / "detections.json").is_file()
+        # A usage error is the invocation's, answered with its message; the worker goes on.
+        answer = worker.call(["--output-dir", tmp_path / "bad", "--metadata", tmp_path / "bad.json",
+                              "--input", videos["intel"], "--everyNth", "0"])
+        assert answer["exit"] == 2 and "everyNth" in answer["stderr"], answer
+        answer = worker.call(["--output-dir", tmp_path / "again", "--metadata", tmp_path / "again.json",
+                              "--input", videos["intel"], "--everyNth", "50"])
+        assert answer["exit"] == 0, answer
+    finally:
+        rc, stderr = worker.close()
+    assert rc == 0, stderr
+
+
+def test_a_per_process_detect_pays_the_load_on_every_invocation(fn, videos):
+    loads = []
+    for _ in range(2):
+        r = fn("detect", [videos["intel"]], everyNth=50)
+        assert r.rc == 0, r
+        loads.append(r.meta["loadSeconds"])
+    assert all(load > 0 for load in loads), loads
+
+
+def test_detect_falls_back_to_software_decode_where_nvdec_fails(videos, monkeypatch):
+    # No GPU here: ffmpeg's -hwaccel cuda fails before the first frame.
+    spec = importlib.util.spec_from_file_location("t_detect_decode", ROOT / "detect" / "detect.py")
+    detect = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(detect)
+    monkeypatch.delenv("VFLOW_DETECT_DECODE", raising=False)
+    used = {}
+    got = list(detect.frames_decoded(videos["intel"], 768, 432, 100, "nvdec", used))
+    assert got and used == {"decoder": "software"}
+    # Asked for NVDEC and nothing else: the failure is the invocation's, naming the input.
+    monkeypatch.setenv("VFLOW_DETECT_DECODE", "nvdec")
+    with pytest.raises(detect.FnError, match="intel_car-detection.mp4"):
+        list(detect.frames_decoded(videos["intel"], 768, 432, 100, "nvdec", {}))

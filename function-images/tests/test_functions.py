@@ -337,8 +337,11 @@ def test_detect_cpu_fallback_writes_per_frame_json(fn, videos):
     doc = json.loads((r.out / "detections.json").read_text())
     n = count_frames(videos["intel"])
     assert doc["backend"].startswith("haar") and doc["width"] == 768 and doc["height"] == 432
+    assert doc["decoder"] == "software"  # no GPU: no NVDEC
     assert [f["frame"] for f in doc["frames"]] == list(range(0, n, 10))
-    assert r.meta == {"objects": sum(len(f["objects"]) for f in doc["frames"]), "frames": math.ceil(n / 10)}
+    assert {k: r.meta[k] for k in ("objects", "frames")} == {
+        "objects": sum(len(f["objects"]) for f in doc["frames"]), "frames": math.ceil(n / 10)}
+    assert r.meta["loadSeconds"] > 0  # a process per invocation loads its detector
     for f in doc["frames"]:
         for o in f["objects"]:
             x, y, w, h = o["box"]
@@ -359,4 +362,5 @@ def test_detect_torch_random_weights(fn, clips):
     assert r.rc == 0, r
     doc = json.loads((r.out / "detections.json").read_text())
     assert doc["backend"].startswith("torch:") and r.meta["frames"] == len(doc["frames"]) == 75
+    assert doc["decoder"] == "nvdec", doc["decoder"]  # H100/H200 decode H.264 on NVDEC
     assert r.meta["objects"] == sum(len(f["objects"]) for f in doc["frames"])

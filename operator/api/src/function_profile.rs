@@ -95,6 +95,12 @@ pub struct FunctionProfileSpec {
     #[serde(default)]
     pub sizing: SizingMode,
 
+    /// PerInvocation (default): a process per invocation. Resident: workers that load
+    /// once and serve invocation after invocation (a model stays loaded while the
+    /// instance is warm); see WorkerMode.
+    #[serde(default)]
+    pub worker: WorkerMode,
+
     /// How many invocations one instance runs at the same time (the target concurrency
     /// of the autoscaler, and the packing degree). Video functions usually want 1.
     #[serde(default = "default_concurrency")]
@@ -216,6 +222,19 @@ pub struct ResourceBounds {
     /// Never request more memory than this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_memory: Option<Quantity>,
+}
+
+/// How a function's processes serve invocations.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum WorkerMode {
+    /// A process per invocation: right for ffmpeg, which loads nothing worth keeping.
+    #[default]
+    PerInvocation,
+    /// Long-lived workers that load once (a model) and serve one invocation after
+    /// another: the instance's warm-up starts the first, so a warm instance answers
+    /// without loading anything. The function must speak the runtime's resident
+    /// protocol (`<command> --resident`), as vflow-fn does.
+    Resident,
 }
 
 /// How observations change a function's resources.

@@ -28,6 +28,7 @@ fn target(dir: &std::path::Path) -> StageTarget {
         function: "f".into(),
         command: vec![script.to_string_lossy().into_owned()],
         warmup_command: vec!["sleep".into(), "1".into()],
+        resident: false,
         concurrency: 1,
         min_instances: 0,
         max_instances: 4,

@@ -1017,3 +1017,50 @@ spec:
         .collect();
     assert_eq!(oom, [true, false], "{unit}");
 }
+
+// Issue 18: a warm instance holds its model. detect's profile says `worker: Resident`,
+// so each local instance starts one worker that loads the detector in its warm-up, and
+// every invocation reports that it spent no time loading it.
+#[test]
+fn the_detect_example_runs_on_resident_workers_that_load_the_detector_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let profiles = write_profiles(dir.path(), None);
+    let workflow = repo().join("manifests/examples/detect.yaml");
+    let input = videos().join("intel_car-detection.mp4");
+    let (_, report) = run_ok(
+        dir.path(),
+        &[
+            "run",
+            &workflow.to_string_lossy(),
+            "--input",
+            &input.to_string_lossy(),
+            "--profiles",
+            &profiles.to_string_lossy(),
+            "--quiet",
+        ],
+    );
+    assert_eq!(report["phase"], "Succeeded", "{report}");
+    let output = output_path(&report, 0);
+    let run_dir = output
+        .ancestors()
+        .nth(3)
+        .expect("<run>/stitch/all/output.mp4");
+    let record: Value = serde_json::from_str(
+        &std::fs::read_to_string(run_dir.join("_vflow-run.json")).expect("run record"),
+    )
+    .expect("json");
+    let detect: Vec<&Value> = record["units"]
+        .as_array()
+        .expect("units")
+        .iter()
+        .filter(|u| u["stage"] == "detect")
+        .collect();
+    assert!(detect.len() >= 2, "{record}");
+    for unit in detect {
+        assert_eq!(unit["metadata"]["loadSeconds"], 0.0, "{unit}");
+        assert!(
+            unit["metadata"]["frames"].as_u64().unwrap_or(0) > 0,
+            "{unit}"
+        );
+    }
+}

@@ -174,6 +174,31 @@ pub struct InvokeFailure {
     pub stderr_tail: String,
     /// Trying again (here or on another instance) may succeed.
     pub retryable: bool,
+    /// Killed at its memory limit: the function, or a process it started (an ffmpeg
+    /// under a wrapper), by the OOM killer or the runtime's `--memory-limit`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub oom_killed: bool,
+}
+
+impl InvokeFailure {
+    /// A failure in `phase` with nothing more to say than `message`.
+    pub fn new(phase: Phase, message: impl Into<String>, retryable: bool) -> Self {
+        Self {
+            phase,
+            message: message.into(),
+            input: None,
+            exit: None,
+            stderr_tail: String::new(),
+            retryable,
+            oom_killed: false,
+        }
+    }
+
+    /// Killed for memory: said so, or the function itself ended by SIGKILL (what a
+    /// runtime that predates `oom_killed` reports).
+    pub fn killed_for_memory(&self) -> bool {
+        self.oom_killed || self.exit == Some(crate::exit::Exit::Signal { signal: 9 })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -7,6 +7,10 @@ pub const LABEL_WORKFLOW: &str = "vflow.io/workflow";
 pub const LABEL_STAGE: &str = "vflow.io/stage";
 pub const LABEL_FUNCTION: &str = "vflow.io/function";
 
+/// The container of a stage pod that runs the runtime and its function (the metrics
+/// sidecar is another).
+pub const FUNCTION_CONTAINER: &str = "function";
+
 /// Where a function pod's runtime takes invocations (`/invoke`) and reports
 /// (`/observations`, `/metrics`): the Service's `http` port.
 pub const RUNTIME_PORT: u16 = 8080;

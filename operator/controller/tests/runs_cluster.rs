@@ -473,6 +473,7 @@ fn target(stage: &str) -> StageTarget {
         function: "tsplit".into(),
         command: vec![],
         warmup_command: vec![],
+        resident: false,
         concurrency: 1,
         min_instances: 0,
         max_instances: 2,

@@ -11,6 +11,8 @@ pub struct StageTarget {
     pub function: String,
     pub command: Vec<String>,
     pub warmup_command: Vec<String>,
+    /// The function runs as resident workers (FunctionProfile `worker: Resident`).
+    pub resident: bool,
     /// Invocations one instance runs at once.
     pub concurrency: u32,
     pub min_instances: u32,
@@ -40,6 +42,7 @@ pub struct FusedMember {
     pub function: String,
     pub command: Vec<String>,
     pub warmup_command: Vec<String>,
+    pub resident: bool,
     pub timeout_seconds: f64,
     pub memory_limit_bytes: Option<u64>,
 }
@@ -98,12 +101,12 @@ impl BackendError {
             BackendError::Failed(f) => match f.phase {
                 Phase::Request | Phase::Download | Phase::Upload => f.retryable,
                 // By how it ended: 1 and 2 are the contract's input and usage errors;
-                // SIGKILL (or 137 from a wrapper shell) the memory limit's. A timeout,
-                // SIGTERM (143: its pod going) or another crash may pass.
-                Phase::Function => !matches!(
-                    f.exit,
-                    Some(Exit::Code { code: 1 | 2 | 137 } | Exit::Signal { signal: 9 })
-                ),
+                // a kill for memory (or 137 from a wrapper shell) the memory limit's. A
+                // timeout, SIGTERM (143: its pod going) or another crash may pass.
+                Phase::Function => {
+                    !f.killed_for_memory()
+                        && !matches!(f.exit, Some(Exit::Code { code: 1 | 2 | 137 }))
+                }
             },
             BackendError::Unavailable(_) => true,
             BackendError::Cancelled => false,
@@ -146,14 +149,14 @@ pub trait Backend: Send + Sync + 'static {
         started: StartSignal,
     ) -> impl Future<Output = Result<Invoked, BackendError>> + Send;
 
-    /// Have `replicas` instances of the stage ready (or starting) now.
-    /// Whether this backend can run a target with more memory than planned (for an
-    /// OOM retry). A cluster would have to resize the stage's pods in the middle of a
-    /// run, which the Kubernetes backend does not do.
+    /// Whether this backend can run a target with more memory than planned (an OOM
+    /// retry): the local one starts an instance with the raised limit, the Kubernetes
+    /// one resizes a pod in place.
     fn can_raise_memory(&self) -> bool {
         false
     }
 
+    /// Have `replicas` instances of the stage ready (or starting) now.
     fn prewarm(&self, target: &StageTarget, replicas: u32) -> impl Future<Output = ()> + Send;
 
     /// Instances asked for ahead of `target`'s stage are not needed in this run (its
@@ -172,12 +175,8 @@ mod tests {
 
     fn failed(phase: Phase, exit: Option<Exit>, retryable: bool) -> BackendError {
         BackendError::Failed(InvokeFailure {
-            phase,
-            message: "m".into(),
-            input: None,
             exit,
-            stderr_tail: String::new(),
-            retryable,
+            ..InvokeFailure::new(phase, "m", retryable)
         })
     }
 

@@ -271,6 +271,7 @@ impl<B: Backend> Engine<B> {
                     function: t.function,
                     command: t.command,
                     warmup_command: t.warmup_command,
+                    resident: t.resident,
                     timeout_seconds: t.timeout_seconds,
                     memory_limit_bytes: t.memory_limit_bytes,
                 }
@@ -313,6 +314,7 @@ impl<B: Backend> Engine<B> {
             warmup_command: profile
                 .map(|p| p.spec.warmup_command.clone())
                 .unwrap_or_default(),
+            resident: profile.is_some_and(|p| p.spec.worker == vflow_api::WorkerMode::Resident),
             concurrency: node
                 .concurrency
                 .or(profile.map(|p| p.spec.concurrency))

@@ -70,8 +70,7 @@ pub async fn invoke_unit<B: Backend>(
                     }
                     other => other.to_string(),
                 };
-                let oom_killed = matches!(&err, BackendError::Failed(f)
-                    if f.exit == Some(vflow_contract::exit::Exit::Signal { signal: 9 }));
+                let oom_killed = matches!(&err, BackendError::Failed(f) if f.killed_for_memory());
                 attempts.push(Attempt {
                     submitted_at,
                     finished_at: unix_now(),

@@ -40,6 +40,7 @@ struct RuntimeSpec<'a> {
     function: &'a str,
     command: &'a [String],
     warmup_command: &'a [String],
+    resident: bool,
     timeout_seconds: f64,
     memory_limit_bytes: Option<u64>,
 }
@@ -228,6 +229,7 @@ impl LocalBackend {
             function: &target.function,
             command: &target.command,
             warmup_command: &target.warmup_command,
+            resident: target.resident,
             timeout_seconds: target.timeout_seconds,
             memory_limit_bytes: target.memory_limit_bytes,
         };
@@ -236,6 +238,7 @@ impl LocalBackend {
             function: &m.function,
             command: &m.command,
             warmup_command: &m.warmup_command,
+            resident: m.resident,
             timeout_seconds: m.timeout_seconds,
             memory_limit_bytes: m.memory_limit_bytes,
         });
@@ -346,6 +349,9 @@ impl LocalBackend {
         }
         if let Some(next) = next {
             cmd.arg("--next").arg(next);
+        }
+        if spec.resident {
+            cmd.arg("--worker").arg("resident");
         }
         if !spec.warmup_command.is_empty() {
             cmd.env(

@@ -48,8 +48,8 @@ pub struct Attempt {
     /// The outputs were already complete (a resumed run): nothing ran.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub reused: bool,
-    /// The function was killed for using more memory than its instance has (SIGKILL:
-    /// a pod's OOM killer, the local runtime's guard).
+    /// The function, or a process under it, was killed for using more memory than its
+    /// instance has (a pod's OOM killer, the local runtime's guard).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub oom_killed: bool,
     /// Already folded into the function's profile (cluster runs fold each attempt

@@ -439,7 +439,8 @@ async fn an_attempt_killed_for_memory_fails_naming_its_input_and_is_counted_as_a
     assert_eq!(record.phase, RunPhase::Failed);
     let message = record.message.clone().unwrap_or_default();
     assert!(
-        message.contains("SIGKILL") && message.contains("(input s3://videos/in/bomb.mkv)"),
+        message.contains("ffmpeg was killed")
+            && message.contains("(input s3://videos/in/bomb.mkv)"),
         "{message}"
     );
     assert_eq!(backend.calls_to("scale").len(), 1, "not retried");
@@ -497,6 +498,7 @@ async fn a_unit_whose_function_failed_on_its_input_runs_once() {
         exit: Some(Exit::Code { code: 1 }),
         stderr_tail: "vflow-fn scale: error: decoding failed on input in.mkv".into(),
         retryable: false,
+        oom_killed: false,
     });
     let backend = Arc::new(
         Fake::new()

@@ -45,6 +45,7 @@ impl Run {
                         function: m.to_string(),
                         command: vec!["f".into()],
                         warmup_command: Vec::new(),
+                        resident: false,
                         timeout_seconds: 30.0,
                         memory_limit_bytes: None,
                     })
@@ -58,6 +59,7 @@ impl Run {
             function: self.graph.stages[i].function.clone(),
             command: vec!["f".into()],
             warmup_command: Vec::new(),
+            resident: false,
             concurrency: 1,
             min_instances: 0,
             max_instances: 1,

@@ -385,6 +385,7 @@ mod tests {
                     max_memory: Some("2Gi".parse().expect("q")),
                 }),
                 sizing: mode,
+                worker: Default::default(),
                 concurrency: 1,
                 cold_start_prior: None,
                 exec_time_prior: None,

@@ -230,11 +230,17 @@ impl<C: Capacity> Backend for KubeBackend<C> {
             stage,
         };
         let mut cold_start_seconds = self.activate(stage).await?;
+        // The OOM retry goes to an instance given the raised limit, not to any.
+        let base = match target.memory_limit_bytes.filter(|_| target.memory_raised) {
+            Some(bytes) => tokio::select! {
+                r = self.capacity.raise_memory(stage, bytes) => r.map_err(|e| BackendError::Unavailable(
+                    format!("stage {stage}: raising the memory limit to {} MiB for the retry: {e}", bytes >> 20)))?,
+                _ = self.cancelled() => return Err(BackendError::Cancelled),
+            },
+            None => self.resolver.url(&self.namespace, &self.workflow, stage),
+        };
         started.fire();
-        let url = format!(
-            "{}/invoke",
-            self.resolver.url(&self.namespace, &self.workflow, stage)
-        );
+        let url = format!("{base}/invoke");
         // The runtime enforces the function's timeout; this only catches a lost instance.
         let timeout = Duration::from_secs_f64(target.chain_timeout_seconds().max(1.0) + 60.0);
         let queued = Instant::now();
@@ -317,6 +323,10 @@ impl<C: Capacity> Backend for KubeBackend<C> {
                 String::from_utf8_lossy(&bytes)
             ))),
         }
+    }
+
+    fn can_raise_memory(&self) -> bool {
+        self.capacity.can_raise_memory()
     }
 
     async fn prewarm(&self, target: &StageTarget, replicas: u32) {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::wait::await_condition;
 use kube::{Api, Client};
@@ -30,7 +31,24 @@ pub trait Capacity: Send + Sync + 'static {
         stage: &str,
         timeout: Duration,
     ) -> impl Future<Output = Result<(), String>> + Send;
+    /// Whether [`Capacity::raise_memory`] can give an instance more memory.
+    fn can_raise_memory(&self) -> bool {
+        false
+    }
+    /// Gives one ready instance of `stage` a memory limit of at least `bytes` and
+    /// returns its base URL, where the engine's OOM retry goes.
+    fn raise_memory(
+        &self,
+        stage: &str,
+        bytes: u64,
+    ) -> impl Future<Output = Result<String, String>> + Send {
+        let refused = format!("stage {stage}: these instances cannot be given {bytes} bytes");
+        async move { Err(refused) }
+    }
 }
+
+/// Longest the kubelet is given to apply an in-place memory raise.
+const RESIZE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The operator's contract: demand on the board, Deployment `<workflow>-<stage>` in
 /// the workflow's namespace.
@@ -41,6 +59,7 @@ pub struct KubeCapacity {
     /// The workflow's scaleToZeroAfter: how long a pre-warm request is kept.
     pub keep: Duration,
     deployments: Api<Deployment>,
+    pods: Api<Pod>,
 }
 
 impl KubeCapacity {
@@ -56,7 +75,8 @@ impl KubeCapacity {
             namespace: namespace.to_string(),
             workflow: workflow.to_string(),
             keep,
-            deployments: Api::namespaced(client, namespace),
+            deployments: Api::namespaced(client.clone(), namespace),
+            pods: Api::namespaced(client, namespace),
         }
     }
 
@@ -109,6 +129,15 @@ impl Capacity for KubeCapacity {
             Ok(None) => Ok(0),
             Err(e) => Err(format!("Deployment {}/{name}: {e}", self.namespace)),
         }
+    }
+
+    fn can_raise_memory(&self) -> bool {
+        true
+    }
+
+    async fn raise_memory(&self, stage: &str, bytes: u64) -> Result<String, String> {
+        crate::oom_raise::raise_one_pod(&self.pods, &self.workflow, stage, bytes, RESIZE_TIMEOUT)
+            .await
     }
 
     async fn wait_ready(&self, stage: &str, timeout: Duration) -> Result<(), String> {

@@ -19,6 +19,7 @@ pub mod demand;
 pub mod fence;
 pub mod learn;
 pub mod metrics;
+pub mod oom_raise;
 pub mod status;
 pub mod storage;
 pub mod trigger;

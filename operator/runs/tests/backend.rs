@@ -124,14 +124,7 @@ async fn instance(busy: u32) -> (String, Arc<AtomicU32>) {
 /// The runtime's answer for a failure in `phase` that it marks `retryable`.
 fn failure_body(phase: Phase, retryable: bool) -> String {
     serde_json::to_string(&ErrorBody {
-        error: InvokeFailure {
-            phase,
-            message: "this instance is shutting down".into(),
-            input: None,
-            exit: None,
-            stderr_tail: String::new(),
-            retryable,
-        },
+        error: InvokeFailure::new(phase, "this instance is shutting down", retryable),
     })
     .expect("json")
 }
@@ -174,6 +167,7 @@ fn target() -> StageTarget {
         function: "tcopy".into(),
         command: vec![],
         warmup_command: vec![],
+        resident: false,
         concurrency: 1,
         min_instances: 0,
         max_instances: 3,

@@ -93,6 +93,17 @@ pub async fn listen(
     Ok((listener, address))
 }
 
+/// How the function's processes serve invocations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum WorkerMode {
+    /// A process per invocation (ffmpeg functions).
+    #[default]
+    PerInvocation,
+    /// Long-lived workers that load once and serve invocation after invocation
+    /// (`resident`).
+    Resident,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -107,6 +118,16 @@ pub struct ServeArgs {
     /// The function's command as a JSON array; or give it after `--`.
     #[arg(long = "command", env = "VFLOW_COMMAND", value_parser = parse_command)]
     pub command_json: Option<Argv>,
+    /// per-invocation: a process per invocation; resident: workers that load once and
+    /// serve one invocation after another (`<command> --resident`, see `resident`;
+    /// starting the first one is the warm-up, and --warmup-command is not run).
+    #[arg(
+        long,
+        env = "VFLOW_WORKER",
+        value_enum,
+        default_value = "per-invocation"
+    )]
+    pub worker: WorkerMode,
     /// Run once at start-up; /readyz answers 200 only after it succeeds.
     #[arg(long = "warmup-command", env = "VFLOW_WARMUP_COMMAND", value_parser = parse_command)]
     pub warmup: Option<Argv>,
@@ -139,6 +160,13 @@ pub struct ServeArgs {
     /// the local mode; in a pod the container's cgroup limit does it.
     #[arg(long, env = "VFLOW_MEMORY_LIMIT", value_parser = parse_memory)]
     pub memory_limit: Option<u64>,
+    /// Where the container's cgroup counts its OOM kills: cgroup v2 `memory.events`,
+    /// cgroup v1 `memory.oom_control` (both have an `oom_kill` line); several paths
+    /// separated by ':', the first readable one is used. A failed invocation during
+    /// which the count rose was killed for memory, also when the OOM killer took a
+    /// process under the function (its ffmpeg). Set in pods; see `oom_events`.
+    #[arg(long, env = "VFLOW_MEMORY_EVENTS")]
+    pub memory_events: Option<String>,
     /// The runtime of the next stage fused into this pod (e.g. http://127.0.0.1:8081):
     /// a request with `then` hands its outputs to it through the scratch volume.
     #[arg(long, env = "VFLOW_NEXT")]

@@ -28,6 +28,9 @@ pub struct Executor {
     scratch: PathBuf,
     timeout: Duration,
     memory_limit: Option<u64>,
+    oom_events: Option<crate::oom_events::OomEvents>,
+    /// Resident workers, when the function runs as them.
+    pub resident: Option<crate::resident::Pool>,
     next: Option<String>,
     pub access: crate::access::Access,
     client: reqwest::Client,
@@ -65,6 +68,9 @@ pub struct ExecutorConfig {
     pub timeout: Duration,
     /// Enforced by the runtime (the local mode has no cgroup); see `process::run`.
     pub memory_limit: Option<u64>,
+    /// The container's OOM kill count, where there is one (a pod).
+    pub oom_events: Option<crate::oom_events::OomEvents>,
+    pub worker: crate::config::WorkerMode,
     pub instance: String,
     /// The next fused stage's runtime in this pod (see `InvokeRequest::then`).
     pub next: Option<String>,
@@ -72,14 +78,7 @@ pub struct ExecutorConfig {
 }
 
 fn failure(phase: Phase, message: impl Into<String>, retryable: bool) -> InvokeFailure {
-    InvokeFailure {
-        phase,
-        message: message.into(),
-        input: None,
-        exit: None,
-        stderr_tail: String::new(),
-        retryable,
-    }
+    InvokeFailure::new(phase, message, retryable)
 }
 
 /// A readable local name that keeps the extension (ffmpeg guesses formats from it)
@@ -129,10 +128,14 @@ impl Executor {
     pub fn new(config: ExecutorConfig, store: Store, metrics: RuntimeMetrics) -> Self {
         Self {
             function: config.function,
-            command: config.command,
+            command: config.command.clone(),
             scratch: config.scratch.clone(),
             timeout: config.timeout,
             memory_limit: config.memory_limit,
+            oom_events: config.oom_events,
+            resident: (config.worker == crate::config::WorkerMode::Resident).then(|| {
+                crate::resident::Pool::new(config.command.clone(), config.scratch.clone())
+            }),
             next: config.next,
             access: config.access,
             client: reqwest::Client::new(),
@@ -375,26 +378,44 @@ impl Executor {
         let memory_limit = self.memory_limit;
         let overlap = self.overlap.clone();
         let entered = overlap.enter();
-        let measured = process::run(process::Spec {
-            argv: &argv,
-            cwd: &cwd,
-            env: &env,
-            timeout,
-            cancel,
-            memory_limit,
-        })
-        .await;
-        let concurrency = overlap.leave(entered);
-        let measured = measured.map_err(|e| {
-            failure(
-                Phase::Function,
+        let kills_before = self.oom_events.as_ref().and_then(|e| e.kills());
+        let measured = match &self.resident {
+            Some(pool) => {
+                let limits = process::Limits {
+                    timeout,
+                    cancel: &cancel,
+                    memory_limit,
+                };
+                pool.invoke(&argv[self.command.len()..], &env, limits).await
+            }
+            None => process::run(process::Spec {
+                argv: &argv,
+                cwd: &cwd,
+                env: &env,
+                timeout,
+                cancel,
+                memory_limit,
+            })
+            .await
+            .map_err(|e| {
                 format!(
                     "could not start {}: {e}",
                     self.command.first().map(String::as_str).unwrap_or("")
-                ),
-                false,
-            )
-        })?;
+                )
+            }),
+        };
+        let concurrency = overlap.leave(entered);
+        let measured = measured.map_err(|e| failure(Phase::Function, e, false))?;
+        // Killed for memory: the function itself by SIGKILL, or (a pod) any process of
+        // it, by the container's count, when the function failed.
+        let killed_in_cgroup = !measured.exit.success()
+            && kills_before.is_some_and(|before| {
+                self.oom_events
+                    .as_ref()
+                    .and_then(|e| e.kills())
+                    .is_some_and(|after| after > before)
+            });
+        let oom = measured.exit == (Exit::Signal { signal: 9 }) || killed_in_cgroup;
         let function_seconds = measured.wall.as_secs_f64();
         self.metrics
             .seconds
@@ -409,7 +430,7 @@ impl Executor {
         if let Ok(mut observed) = self.observed.lock() {
             // Every run of the function says something about its size, failed or not.
             observed.memory_bytes.push(measured.peak_rss_bytes as f64);
-            if measured.exit == (Exit::Signal { signal: 9 }) {
+            if oom {
                 observed.oom_kills += 1;
                 self.metrics.oom_kills.inc();
             }
@@ -432,6 +453,13 @@ impl Executor {
                     "the function was killed (SIGKILL: out of memory?) on input {}",
                     request.inputs.join(", ")
                 ),
+                other if measured.worker_died && !oom => format!(
+                    "the resident worker died in the middle of the invocation ({other}); the next one starts another"
+                ),
+                other if killed_in_cgroup => format!(
+                    "the function failed ({other}): the OOM killer took one of its processes at the container's memory limit, on input {}",
+                    request.inputs.join(", ")
+                ),
                 other => format!("the function failed ({other})"),
             };
             let last = measured
@@ -447,16 +475,20 @@ impl Executor {
             };
             // A timeout or a signal from outside (the pod going) may pass; a SIGKILL
             // is the memory limit's, and the same input needs the same memory again.
-            let oom = measured.exit == (Exit::Signal { signal: 9 });
+            // A worker that died took the invocation with it: another worker may
+            // serve it (the worker's own exit is not one the function answered).
+            let lost_worker = measured.worker_died && !oom;
             let retryable = !oom
-                && matches!(
-                    measured.exit,
-                    Exit::TimedOut | Exit::Signal { .. } | Exit::Cancelled
-                );
+                && (lost_worker
+                    || matches!(
+                        measured.exit,
+                        Exit::TimedOut | Exit::Signal { .. } | Exit::Cancelled
+                    ));
             return Err(InvokeFailure {
-                exit: Some(measured.exit.clone()),
+                exit: (!lost_worker).then(|| measured.exit.clone()),
                 stderr_tail: measured.stderr_tail.clone(),
                 input: oom.then(|| request.inputs.join(", ")),
+                oom_killed: oom,
                 ..failure(Phase::Function, message, retryable)
             });
         }

@@ -96,6 +96,9 @@ pub struct Measured {
     pub stderr_tail: String,
     /// CPU and memory over the run, in up to `USAGE_SLICES` equal slices.
     pub usage: Vec<UsageSlice>,
+    /// A resident worker ended in the middle of the invocation (not killed by the
+    /// runtime): `exit` is the worker's, not an answer of the function's.
+    pub worker_died: bool,
 }
 
 pub struct Spec<'a> {
@@ -178,31 +181,146 @@ pub async fn run(spec: Spec<'_>) -> std::io::Result<Measured> {
     }
 
     // Waits without reaping, so /proc/<pid>/stat still holds the final CPU times.
-    let mut exited = std::pin::pin!(exit_of(pid));
+    let (watched, ()) = watch_tree(
+        pid,
+        started,
+        exit_of(pid),
+        Limits {
+            timeout: spec.timeout,
+            cancel: &spec.cancel,
+            memory_limit: spec.memory_limit,
+        },
+        0.0,
+        true,
+    )
+    .await;
+    let final_stat = proc_stats::sample(pid);
+    let status = child.wait().await?;
+    // Whatever the function left running in its group goes with it (and so the pipes
+    // close for the readers).
+    drop(group);
+    for reader in readers {
+        let _ = reader.await;
+    }
 
+    let exit = watched
+        .forced
+        .clone()
+        .unwrap_or_else(|| exit_of_status(status));
+    let cpu = final_stat
+        .map(|s| s.cpu_seconds + s.children_cpu_seconds)
+        .unwrap_or(0.0);
+    let mut stderr_tail = stderr.text();
+    if stderr_tail.is_empty() {
+        stderr_tail = stdout.text();
+    }
+    Ok(watched.measured(exit, cpu, stderr_tail))
+}
+
+/// How a process ended, from its wait status.
+pub fn exit_of_status(status: std::process::ExitStatus) -> Exit {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => Exit::Code { code },
+        (None, Some(signal)) => Exit::Signal { signal },
+        (None, None) => Exit::Code { code: -1 },
+    }
+}
+
+/// When supervision kills a tree: its timeout, a cancellation, a memory limit.
+pub struct Limits<'a> {
+    pub timeout: Duration,
+    pub cancel: &'a AtomicBool,
+    pub memory_limit: Option<u64>,
+}
+
+/// What watching a tree until its work was done saw.
+pub struct Watched {
+    started: Instant,
+    ended: Instant,
+    samples: Vec<TreeSample>,
+    peak_sum: u64,
+    peak_single: u64,
+    /// Set when the tree was killed: by a timeout, a cancellation, the memory limit.
+    pub forced: Option<Exit>,
+    /// The summed RSS that broke the memory limit, and the limit.
+    over_limit: Option<(u64, u64)>,
+}
+
+impl Watched {
+    /// The measurement of the work, given how it ended, its CPU seconds at the end and
+    /// its stderr tail.
+    pub fn measured(self, exit: Exit, cpu: f64, mut stderr_tail: String) -> Measured {
+        if let Some((used, limit)) = self.over_limit {
+            if !stderr_tail.is_empty() {
+                stderr_tail.push('\n');
+            }
+            stderr_tail.push_str(&format!(
+                "vflow-runtime: killed: the function's processes used {}, over the memory limit of {}",
+                mib(used),
+                mib(limit)
+            ));
+        }
+        let wall = self.ended.duration_since(self.started);
+        Measured {
+            exit,
+            wall,
+            cpu_user_sys_seconds: cpu,
+            peak_rss_bytes: self.peak_sum.max(self.peak_single),
+            stderr_tail,
+            usage: usage_slices(&self.samples, wall.as_secs_f64(), cpu, USAGE_SLICES),
+            worker_died: false,
+        }
+    }
+}
+
+/// CPU seconds (its own and its reaped children's) and summed RSS of the tree under
+/// `pid` now.
+pub fn tree_usage(pid: i32) -> (f64, u64) {
+    let mut cpu = 0.0;
+    let mut rss = 0;
+    for member in proc_stats::tree(pid) {
+        if let Some(s) = proc_stats::sample(member) {
+            rss += s.rss_bytes;
+            cpu += s.cpu_seconds + s.children_cpu_seconds;
+        }
+    }
+    (cpu, rss)
+}
+
+/// Samples the tree under `pid` until `done` resolves (returning its output), killing its process group (as
+/// `limits` say) when it runs too long, is cancelled or uses too much memory; the
+/// kill must make `done` resolve. CPU is counted from `cpu_base` (what the tree had
+/// used before this work); `high_water` adds each process's own peak (VmHWM), right
+/// for a tree that lives only for this work.
+pub async fn watch_tree<T>(
+    pid: i32,
+    started: Instant,
+    done: impl std::future::Future<Output = T>,
+    limits: Limits<'_>,
+    cpu_base: f64,
+    high_water: bool,
+) -> (Watched, T) {
+    let mut done = std::pin::pin!(done);
     let mut peak_sum = 0u64;
     let mut peak_single = 0u64;
     let mut samples: Vec<TreeSample> = Vec::new();
     let mut forced: Option<Exit> = None;
-    // The summed RSS that broke the memory limit, for the stderr tail.
     let mut over_limit: Option<(u64, u64)> = None;
-    let (exited_at, final_stat) = loop {
+    let (ended, output) = loop {
         let interval = sample_interval(started.elapsed());
         tokio::select! {
-            () = &mut exited => break (Instant::now(), proc_stats::sample(pid)),
+            output = &mut done => break (Instant::now(), output),
             () = tokio::time::sleep(interval) => {}
         }
-        let mut sum = 0;
-        let mut cpu = 0.0;
-        for member in proc_stats::tree(pid) {
-            if let Some(s) = proc_stats::sample(member) {
-                sum += s.rss_bytes;
-                cpu += s.cpu_seconds + s.children_cpu_seconds;
-            }
-            if let Some(hwm) = proc_stats::peak_rss(member) {
-                peak_single = peak_single.max(hwm);
+        let (cpu, sum) = tree_usage(pid);
+        if high_water {
+            for member in proc_stats::tree(pid) {
+                if let Some(hwm) = proc_stats::peak_rss(member) {
+                    peak_single = peak_single.max(hwm);
+                }
             }
         }
+        let cpu = (cpu - cpu_base).max(0.0);
         peak_sum = peak_sum.max(sum);
         // Bounded: long runs keep every other sample once there are many.
         if samples.len() >= 4096 {
@@ -216,11 +334,11 @@ pub async fn run(spec: Spec<'_>) -> std::io::Result<Measured> {
             rss_bytes: sum,
         });
         if forced.is_none() {
-            if spec.cancel.load(Ordering::Relaxed) {
+            if limits.cancel.load(Ordering::Relaxed) {
                 forced = Some(Exit::Cancelled);
-            } else if started.elapsed() > spec.timeout {
+            } else if started.elapsed() > limits.timeout {
                 forced = Some(Exit::TimedOut);
-            } else if let Some(limit) = spec.memory_limit.filter(|limit| sum > *limit) {
+            } else if let Some(limit) = limits.memory_limit.filter(|limit| sum > *limit) {
                 over_limit = Some((sum, limit));
                 forced = Some(Exit::Signal { signal: 9 });
             }
@@ -229,50 +347,21 @@ pub async fn run(spec: Spec<'_>) -> std::io::Result<Measured> {
             }
         }
     };
-    let status = child.wait().await?;
-    // Whatever the function left running in its group goes with it (and so the pipes
-    // close for the readers).
-    drop(group);
-    for reader in readers {
-        let _ = reader.await;
-    }
-
-    let exit = forced.unwrap_or(match (status.code(), status.signal()) {
-        (Some(code), _) => Exit::Code { code },
-        (None, Some(signal)) => Exit::Signal { signal },
-        (None, None) => Exit::Code { code: -1 },
-    });
-    let cpu = final_stat
-        .map(|s| s.cpu_seconds + s.children_cpu_seconds)
-        .unwrap_or(0.0);
-    let mut stderr_tail = stderr.text();
-    if stderr_tail.is_empty() {
-        stderr_tail = stdout.text();
-    }
-    if let Some((used, limit)) = over_limit {
-        if !stderr_tail.is_empty() {
-            stderr_tail.push('\n');
-        }
-        stderr_tail.push_str(&format!(
-            "vflow-runtime: killed: the function's processes used {}, over the memory limit of {}",
-            mib(used),
-            mib(limit)
-        ));
-    }
-    let wall = exited_at.duration_since(started);
-    Ok(Measured {
-        exit,
-        wall,
-        cpu_user_sys_seconds: cpu,
-        peak_rss_bytes: peak_sum.max(peak_single),
-        stderr_tail,
-        usage: usage_slices(&samples, wall.as_secs_f64(), cpu, USAGE_SLICES),
-    })
+    let watched = Watched {
+        started,
+        ended,
+        samples,
+        peak_sum,
+        peak_single,
+        forced,
+        over_limit,
+    };
+    (watched, output)
 }
 
 /// SIGKILLs the function's process group when dropped: at the end of `run`, and when
 /// the future supervising it is dropped (nothing is left running unsupervised).
-struct GroupGuard(i32);
+pub struct GroupGuard(pub i32);
 
 impl Drop for GroupGuard {
     fn drop(&mut self) {
@@ -284,7 +373,7 @@ impl Drop for GroupGuard {
 
 /// Resolves when process `pid` (our child) has exited, without reaping it: its pidfd
 /// turns readable. Kernels without pidfd_open (before 5.3) wait on a blocking thread.
-async fn exit_of(pid: i32) {
+pub async fn exit_of(pid: i32) {
     let pidfd = rustix::process::Pid::from_raw(pid)
         .ok_or_else(|| std::io::Error::other("no pid"))
         .and_then(|pid| {

@@ -45,14 +45,7 @@ fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response {
 
 fn refuse(status: StatusCode, message: &str) -> Response {
     let body = ErrorBody {
-        error: InvokeFailure {
-            phase: Phase::Request,
-            message: message.to_string(),
-            input: None,
-            exit: None,
-            stderr_tail: String::new(),
-            retryable: true,
-        },
+        error: InvokeFailure::new(Phase::Request, message, true),
     };
     let mut response = json_response(status, &body);
     response
@@ -89,15 +82,11 @@ fn unauthorized(state: &AppState, headers: &HeaderMap) -> Option<Response> {
         .with_label_values(&["unauthorized"])
         .inc();
     let body = ErrorBody {
-        error: InvokeFailure {
-            phase: Phase::Request,
-            message: "missing or wrong bearer token: only vflow's engine may call this instance"
-                .into(),
-            input: None,
-            exit: None,
-            stderr_tail: String::new(),
-            retryable: false,
-        },
+        error: InvokeFailure::new(
+            Phase::Request,
+            "missing or wrong bearer token: only vflow's engine may call this instance",
+            false,
+        ),
     };
     Some(json_response(StatusCode::UNAUTHORIZED, &body))
 }
@@ -124,14 +113,11 @@ async fn invoke(State(state): State<Arc<AppState>>, headers: HeaderMap, body: By
     let request: InvokeRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
-            let failure = InvokeFailure {
-                phase: Phase::Request,
-                message: format!("the request is not a valid invocation: {e}"),
-                input: None,
-                exit: None,
-                stderr_tail: String::new(),
-                retryable: false,
-            };
+            let failure = InvokeFailure::new(
+                Phase::Request,
+                format!("the request is not a valid invocation: {e}"),
+                false,
+            );
             return json_response(StatusCode::BAD_REQUEST, &ErrorBody { error: failure });
         }
     };
@@ -354,7 +340,15 @@ async fn warm_up(
     // The same limit as the invocations': in a pod the container's applies to both.
     memory_limit: Option<u64>,
 ) -> Result<(), String> {
-    if let Some(argv) = warmup {
+    if let Some(pool) = &state.executor.resident {
+        // A resident function warms up by starting its first worker, which loads.
+        let started = Instant::now();
+        pool.warm_up(timeout, &state.executor.cancel).await?;
+        tracing::info!(
+            seconds = started.elapsed().as_secs_f64(),
+            "resident worker started"
+        );
+    } else if let Some(argv) = warmup {
         let started = Instant::now();
         let cancel = state.executor.cancel.clone();
         let cwd = std::env::temp_dir();
@@ -412,6 +406,11 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
             scratch_limit: args.scratch_limit,
             timeout: args.timeout,
             memory_limit: args.memory_limit,
+            worker: args.worker,
+            oom_events: args
+                .memory_events
+                .as_deref()
+                .and_then(crate::oom_events::OomEvents::first_of),
             instance: args.instance_name(),
             next: args.next.clone(),
             access: args.access()?,

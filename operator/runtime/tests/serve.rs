@@ -1074,6 +1074,56 @@ async fn a_function_killed_by_someone_else_counts_as_an_oom_kill() {
     assert_eq!(observations["oomKills"], 1, "{observations}");
 }
 
+// In a pod the OOM killer takes the container's largest process: a function's ffmpeg,
+// and the function then fails with exit 1. Only the cgroup's count says it was memory.
+#[tokio::test]
+async fn a_process_under_the_function_killed_by_the_oom_killer_counts_as_an_oom_kill() {
+    let s = setup();
+    s.put("in/a.mp4", b"frames").await;
+    let events = s.dir.path().join("memory.events");
+    std::fs::write(&events, "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n").expect("events");
+    let events_arg = events.to_string_lossy().into_owned();
+    let rt = s.runtime(&["--memory-events", &events_arg]);
+    rt.wait_ready(&s.client).await;
+    let call = |prefix: &str, params: serde_json::Value| {
+        json!({"run": "r", "stage": "scale", "inputs": ["s3://videos/in/a.mp4"],
+               "outputPrefix": format!("s3://videos/out/{prefix}/"), "params": params})
+    };
+    // The child killed and the count unchanged: a crash, not memory.
+    let (status, _, body) = invoke(
+        &s.client,
+        &rt.url,
+        call("crashed", json!({"mode": "child-killed"})),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body["error"].get("oomKilled").is_none(), "{body}");
+    assert_eq!(body["error"]["exit"], json!({"kind": "code", "code": 1}));
+    // The same, with the kernel counting an OOM kill meanwhile.
+    let (status, _, body) = invoke(
+        &s.client,
+        &rt.url,
+        call(
+            "oom",
+            json!({"mode": "child-killed", "events": events_arg.clone()}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    let error = &body["error"];
+    assert_eq!(error["oomKilled"], true, "{body}");
+    assert_eq!(error["retryable"], false, "{body}");
+    assert_eq!(error["input"], "s3://videos/in/a.mp4", "{body}");
+    let message = error["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("OOM killer") && message.contains("s3://videos/in/a.mp4"),
+        "{message}"
+    );
+    let observations = observations(&s, &rt.url).await;
+    assert_eq!(observations["oomKills"], 1, "{observations}");
+    assert_eq!(observations["failures"], 2, "{observations}");
+}
+
 #[tokio::test]
 async fn over_its_memory_limit_a_function_is_killed_and_counted_as_an_oom_kill() {
     let s = setup();
@@ -1350,4 +1400,213 @@ async fn a_fused_runtime_keeps_serving_until_the_one_before_it_has_stopped() {
         };
         assert!(exit.success(), "exit {exit}: {}", rt.logs());
     }
+}
+
+/// A resident runtime of testfn (its `--resident` loop), `concurrency` slots.
+fn resident(s: &Setup, concurrency: &str, extra: &[&str]) -> Runtime {
+    let mut args = vec!["--worker", "resident", "--concurrency", concurrency];
+    args.extend_from_slice(extra);
+    s.runtime(&args)
+}
+
+fn load_call(prefix: &str) -> serde_json::Value {
+    json!({"run": "r", "stage": "detect", "outputPrefix": format!("s3://videos/{prefix}/"),
+           "params": {"mode": "load"}})
+}
+
+// Issue 18: a warm instance holds what it loaded. testfn's "model" takes 0.3 s to load
+// and says in its metadata how long this invocation spent loading it.
+#[tokio::test]
+async fn a_resident_function_loads_once_and_serves_every_invocation_from_that_process() {
+    let s = setup();
+    let per_process = s.runtime(&[]);
+    let rt = resident(&s, "1", &[]);
+    per_process.wait_ready(&s.client).await;
+    rt.wait_ready(&s.client).await;
+    let mut pids = Vec::new();
+    for i in 0..3 {
+        let (status, _, body) = invoke(&s.client, &rt.url, load_call(&format!("res{i}"))).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body["metadata"]["loadSeconds"], 0.0,
+            "loaded by the warm-up: {body}"
+        );
+        pids.push(body["metadata"]["pid"].clone());
+    }
+    assert!(
+        pids.windows(2).all(|w| w[0] == w[1]),
+        "one worker: {pids:?}"
+    );
+    // The same function a process per invocation pays the load every time.
+    for i in 0..2 {
+        let (status, _, body) =
+            invoke(&s.client, &per_process.url, load_call(&format!("pp{i}"))).await;
+        assert_eq!(status, 200, "{body}");
+        let load = body["metadata"]["loadSeconds"].as_f64().unwrap_or(0.0);
+        assert!(load >= 0.25, "{body}");
+    }
+}
+
+#[tokio::test]
+async fn a_resident_worker_past_its_timeout_is_killed_and_the_next_invocation_gets_another() {
+    let s = setup();
+    let rt = resident(&s, "1", &[]);
+    rt.wait_ready(&s.client).await;
+    let (_, _, first) = invoke(&s.client, &rt.url, load_call("before")).await;
+    let started = Instant::now();
+    let (status, _, body) = invoke(
+        &s.client,
+        &rt.url,
+        json!({"run": "r", "stage": "detect", "outputPrefix": "s3://videos/slow/", "timeoutSeconds": 0.5,
+               "params": {"mode": "sleep", "seconds": 30}}),
+    )
+    .await;
+    assert_eq!(status, 504, "{body}");
+    assert!(started.elapsed() < Duration::from_secs(5), "{body}");
+    assert_eq!(body["error"]["exit"]["kind"], "timedOut");
+    assert!(s.keys("slow/").await.is_empty());
+    let (status, _, after) = invoke(&s.client, &rt.url, load_call("after")).await;
+    assert_eq!(status, 200, "{after}");
+    assert_ne!(
+        first["metadata"]["pid"], after["metadata"]["pid"],
+        "a new worker"
+    );
+    let (_, _, again) = invoke(&s.client, &rt.url, load_call("again")).await;
+    assert_eq!(again["metadata"]["pid"], after["metadata"]["pid"]);
+    assert_eq!(again["metadata"]["loadSeconds"], 0.0, "{again}");
+}
+
+#[tokio::test]
+async fn a_resident_worker_that_dies_fails_its_invocation_retryably_and_is_replaced() {
+    let s = setup();
+    let rt = resident(&s, "1", &[]);
+    rt.wait_ready(&s.client).await;
+    let (_, _, first) = invoke(&s.client, &rt.url, load_call("before")).await;
+    let (status, _, body) = invoke(
+        &s.client,
+        &rt.url,
+        json!({"run": "r", "stage": "detect", "outputPrefix": "s3://videos/died/",
+               "params": {"mode": "die"}}),
+    )
+    .await;
+    assert_eq!(status, 503, "may pass elsewhere: {body}");
+    let error = &body["error"];
+    assert_eq!(error["retryable"], true, "{body}");
+    assert!(
+        error.get("exit").is_none(),
+        "not an answer of the function's: {body}"
+    );
+    let message = error["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("resident worker died") && message.contains("exit status 3"),
+        "{message}"
+    );
+    assert!(s.keys("died/").await.is_empty());
+    let (status, _, after) = invoke(&s.client, &rt.url, load_call("after")).await;
+    assert_eq!(status, 200, "{after}");
+    assert_ne!(first["metadata"]["pid"], after["metadata"]["pid"]);
+}
+
+#[tokio::test]
+async fn a_resident_worker_that_breaks_the_protocol_is_stopped_and_replaced() {
+    let s = setup();
+    let rt = resident(&s, "1", &[]);
+    rt.wait_ready(&s.client).await;
+    let (_, _, first) = invoke(&s.client, &rt.url, load_call("before")).await;
+    let started = Instant::now();
+    let (status, _, body) = invoke(
+        &s.client,
+        &rt.url,
+        json!({"run": "r", "stage": "detect", "outputPrefix": "s3://videos/garbled/",
+               "params": {"mode": "garble"}}),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "not left to run: {body}"
+    );
+    let tail = body["error"]["stderrTail"].as_str().unwrap_or("");
+    assert!(
+        tail.contains("progress: 50%") && tail.contains("stderr"),
+        "{body}"
+    );
+    assert!(body["error"].get("oomKilled").is_none(), "{body}");
+    let (status, _, after) = invoke(&s.client, &rt.url, load_call("after")).await;
+    assert_eq!(status, 200, "{after}");
+    assert_ne!(first["metadata"]["pid"], after["metadata"]["pid"]);
+}
+
+// With two slots, two workers: each invocation is measured on its own worker, so two
+// spinning at once each show their own CPU, not the sum.
+#[tokio::test]
+async fn resident_invocations_at_once_are_each_measured_on_their_own_worker() {
+    let s = setup();
+    let rt = resident(&s, "2", &[]);
+    rt.wait_ready(&s.client).await;
+    let spin = |prefix: &str, seconds: f64| {
+        json!({"run": "r", "stage": "detect", "outputPrefix": format!("s3://videos/{prefix}/"),
+               "params": {"mode": "spin", "seconds": seconds}})
+    };
+    let (a, b) = tokio::join!(
+        invoke(&s.client, &rt.url, spin("spin-a", 1.5)),
+        invoke(&s.client, &rt.url, spin("spin-b", 0.3)),
+    );
+    assert_eq!(a.0, 200, "{}", a.2);
+    assert_eq!(b.0, 200, "{}", b.2);
+    let cpu = |r: &serde_json::Value| r["cpuSeconds"].as_f64().unwrap_or(-1.0);
+    let wall = |r: &serde_json::Value| r["functionSeconds"].as_f64().unwrap_or(-1.0);
+    // Each no more CPU than its own wall time (a sum of both would exceed the short
+    // one's), and the long one clearly more than the short one.
+    for r in [&a.2, &b.2] {
+        assert!(cpu(r) > 0.0 && cpu(r) <= wall(r) * 1.2 + 0.05, "{r}");
+    }
+    assert!(
+        cpu(&a.2) > 2.0 * cpu(&b.2),
+        "a {} vs b {}",
+        cpu(&a.2),
+        cpu(&b.2)
+    );
+    // The spin's 64 MiB block shows in each one's memory, the worker's own included.
+    for r in [&a.2, &b.2] {
+        let rss = r["peakRssBytes"].as_u64().unwrap_or(0);
+        assert!(rss >= 64 << 20, "{r}");
+    }
+}
+
+#[tokio::test]
+async fn a_resident_worker_that_cannot_start_stops_the_instance_saying_why() {
+    let s = setup();
+    let scratch = s.dir.path().join("scratch").to_string_lossy().into_owned();
+    let fails = [
+        "python3",
+        "-c",
+        "import sys; print('no weights in /models', file=sys.stderr); sys.exit(1)",
+    ];
+    let env = vec![(
+        "VFLOW_COMMAND".to_string(),
+        serde_json::to_string(&fails).expect("json"),
+    )];
+    let mut rt = Runtime::start(
+        s.dir.path(),
+        &["--scratch-dir", &scratch, "--worker", "resident"],
+        &env,
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(status) = rt.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a worker that could not start left the instance running"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(!exit.success());
+    let logs = rt.logs();
+    assert!(
+        logs.contains("resident worker did not start") && logs.contains("no weights in /models"),
+        "{logs}"
+    );
 }

@@ -54,7 +54,9 @@ use crate::error::{Error, Result};
 
 pub const FIELD_MANAGER: &str = "vflow-operator";
 pub const MANAGED_BY: &str = "vflow-operator";
-pub use vflow_contract::naming::{LABEL_FUNCTION, LABEL_STAGE, LABEL_WORKFLOW, child_name};
+pub use vflow_contract::naming::{
+    FUNCTION_CONTAINER, LABEL_FUNCTION, LABEL_STAGE, LABEL_WORKFLOW, child_name,
+};
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 /// Hash of everything the operator sets on a child except `spec.replicas`: a child
 /// whose hash and replicas match what would be written is not written again.
@@ -67,13 +69,13 @@ pub const SCRATCH_DIR: &str = "/scratch";
 pub const S3_CREDENTIALS_DIR: &str = "/var/run/secrets/vflow/s3";
 /// The uid/gid of the `vflow` user in function-images/base/Dockerfile.
 pub const RUN_AS: i64 = 10001;
+/// Where a container sees its cgroup's OOM kill count: cgroup v2, else v1.
+pub const MEMORY_EVENTS: &str =
+    "/sys/fs/cgroup/memory.events:/sys/fs/cgroup/memory/memory.oom_control";
 /// Used when neither the stage nor the profile sets a timeout.
 pub const DEFAULT_TIMEOUT_SECONDS: u64 = 600;
 /// Kubernetes waits this much longer than the runtime's drain before SIGKILL.
 pub const GRACE_EXTRA_SECONDS: u64 = 15;
-
-/// The container that runs the runtime and the function (the other is the sidecar).
-pub const FUNCTION_CONTAINER: &str = "function";
 
 /// Everything the builders need for one stage.
 pub struct StageInput<'a> {
@@ -269,6 +271,9 @@ fn function_container(
         env("VFLOW_FUNCTION", input.stage.function.clone()),
         env("VFLOW_COMMAND", json("command", &spec.command)?),
     ];
+    if spec.worker == vflow_api::WorkerMode::Resident {
+        vars.push(env("VFLOW_WORKER", "resident"));
+    }
     if !spec.warmup_command.is_empty() {
         vars.push(env(
             "VFLOW_WARMUP_COMMAND",
@@ -294,6 +299,9 @@ fn function_container(
         env("VFLOW_SCRATCH_LIMIT", at.scratch_bytes.to_string()),
         env("VFLOW_TIMEOUT", format!("{timeout}s")),
         env("VFLOW_DRAIN_TIMEOUT", format!("{}s", at.drain_seconds)),
+        // The container's own cgroup: its OOM kills, also of a process under the
+        // function.
+        env("VFLOW_MEMORY_EVENTS", MEMORY_EVENTS),
         EnvVar {
             name: "VFLOW_INSTANCE".into(),
             value_from: Some(EnvVarSource {

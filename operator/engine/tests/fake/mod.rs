@@ -251,18 +251,20 @@ pub fn usage_error() -> BackendError {
         exit: Some(Exit::Code { code: 2 }),
         stderr_tail: "unknown option --height".into(),
         retryable: false,
+        oom_killed: false,
     })
 }
 
-/// The function was killed for memory (SIGKILL), as a pod's OOM killer or the local
-/// runtime's guard does it.
+/// A process of the function was killed for memory by a pod's OOM killer: its ffmpeg,
+/// so the function itself failed (exit 1) and the runtime saw the kill in its cgroup.
 pub fn oom_killed() -> BackendError {
     BackendError::Failed(InvokeFailure {
         phase: Phase::Function,
-        message: "the function was killed by signal 9 (SIGKILL)".into(),
+        message: "the function failed (exit status 1): ffmpeg was killed".into(),
         input: Some("s3://videos/in/bomb.mkv".into()),
-        exit: Some(Exit::Signal { signal: 9 }),
+        exit: Some(Exit::Code { code: 1 }),
         stderr_tail: String::new(),
         retryable: false,
+        oom_killed: true,
     })
 }

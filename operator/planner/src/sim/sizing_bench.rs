@@ -172,6 +172,7 @@ fn profile(c: &SizingCase, obs: &[(f64, f64)], ooms: u64) -> FunctionProfile {
                 max_memory: q(format!("{}Mi", c.max_mem_mib)),
             }),
             sizing: SizingMode::Auto,
+            worker: Default::default(),
             concurrency: 1,
             cold_start_prior: None,
             exec_time_prior: None,
