@@ -51,6 +51,79 @@ pub enum GpuSharing {
         #[serde(default = "kai_annotation")]
         annotation: String,
     },
+    /// Dynamic Resource Allocation (resource.k8s.io/v1): the operator makes a
+    /// ResourceClaimTemplate per GPU stage, one request whose `firstAvailable`
+    /// alternatives are, in order: a MIG device with the memory it needs (and a video
+    /// decoder), a share of one GPU's memory (consumable capacity), a whole GPU. The
+    /// scheduler takes the first it can place.
+    #[serde(rename_all = "camelCase")]
+    Dra(DraSharing),
+}
+
+/// Where and how a DRA driver publishes its GPUs (defaults: NVIDIA's DRA driver).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DraSharing {
+    /// DeviceClass of whole GPUs (also shared by capacity).
+    #[serde(default = "dra_gpu_class")]
+    pub device_class: String,
+    /// DeviceClass of MIG devices; empty: no MIG alternative.
+    #[serde(default = "dra_mig_class")]
+    pub mig_device_class: String,
+    /// The driver's domain, qualifying its capacities in selectors.
+    #[serde(default = "dra_driver")]
+    pub driver: String,
+    /// The capacity devices publish their memory under.
+    #[serde(default = "dra_memory")]
+    pub memory_capacity: String,
+    /// The capacity of a MIG device that counts its video decoders (NVDEC); empty: the
+    /// MIG alternative does not ask for one.
+    #[serde(default = "dra_decoders")]
+    pub decoder_capacity: String,
+    /// Memory of one GPU, to size a share from the stage's fraction when its own need
+    /// has not been observed; neither known: no share alternative.
+    #[serde(default)]
+    pub gpu_memory_bytes: Option<u64>,
+}
+
+fn dra_gpu_class() -> String {
+    "gpu.nvidia.com".into()
+}
+fn dra_mig_class() -> String {
+    "mig.nvidia.com".into()
+}
+fn dra_driver() -> String {
+    "gpu.nvidia.com".into()
+}
+fn dra_memory() -> String {
+    "memory".into()
+}
+fn dra_decoders() -> String {
+    "decoders".into()
+}
+
+/// One alternative of a DRA claim's request.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DraAlternative {
+    /// `mig`, `share` or `whole`: the subrequest's name (the allocation names it).
+    pub name: String,
+    pub device_class: String,
+    /// CEL selectors a device must pass.
+    pub selectors: Vec<String>,
+    /// Consumable capacity to take: (capacity name, bytes).
+    pub capacity: Option<(String, u64)>,
+}
+
+/// What a GPU stage's ResourceClaimTemplate asks for.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DraClaim {
+    /// Whole GPUs (a share above one GPU), with no alternatives.
+    pub count: u32,
+    /// In order of preference; empty when `count` whole GPUs are asked for.
+    pub alternatives: Vec<DraAlternative>,
+    pub device_class: String,
 }
 
 impl Default for GpuSharing {
@@ -125,6 +198,9 @@ pub struct GpuRequest {
     pub resources: BTreeMap<String, String>,
     pub env: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
+    /// Sharing mode Dra: the claim the stage's pods get instead of extended resources.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claim: Option<DraClaim>,
     /// The share actually granted (rounded to what the mode can give).
     pub granted: f64,
     pub reason: String,
@@ -345,8 +421,96 @@ pub fn translate(
                 req.reason = format!("KAI: annotation {annotation}={fraction}");
             }
         }
+        GpuSharing::Dra(dra) => {
+            req.claim = Some(dra_claim(fraction, gpu_memory_bytes, dra));
+            req.granted = if whole { fraction.ceil() } else { fraction };
+            req.reason = match &req.claim {
+                Some(c) if c.alternatives.is_empty() => {
+                    format!("DRA: {} whole GPUs of class {}", c.count, c.device_class)
+                }
+                Some(c) => format!(
+                    "DRA: the first available of {}",
+                    c.alternatives
+                        .iter()
+                        .map(describe)
+                        .collect::<Vec<_>>()
+                        .join(", then ")
+                ),
+                None => String::new(),
+            };
+        }
     }
     Ok(req)
+}
+
+fn describe(a: &DraAlternative) -> String {
+    match (a.name.as_str(), &a.capacity) {
+        ("share", Some((_, bytes))) => {
+            format!("{} MiB of a GPU ({})", bytes.div_ceil(MIB), a.device_class)
+        }
+        ("mig", _) => format!("a MIG device ({})", a.device_class),
+        _ => format!("a whole GPU ({})", a.device_class),
+    }
+}
+
+/// The claim for a share of one GPU (or whole GPUs above one): MIG with the memory
+/// needed (and a decoder), then that memory of a GPU, then a whole GPU.
+fn dra_claim(fraction: f64, gpu_memory_bytes: Option<u64>, dra: &DraSharing) -> DraClaim {
+    if fraction > 1.0 {
+        return DraClaim {
+            count: fraction.ceil() as u32,
+            alternatives: Vec::new(),
+            device_class: dra.device_class.clone(),
+        };
+    }
+    // Observed need first; else the fraction of a GPU of known size.
+    let need = gpu_memory_bytes
+        .or(dra
+            .gpu_memory_bytes
+            .map(|t| (t as f64 * fraction).ceil() as u64))
+        .filter(|b| *b > 0);
+    let capacity = |name: &str| format!("device.capacity[{:?}].{name}", dra.driver);
+    let mut alternatives = Vec::new();
+    if !dra.mig_device_class.is_empty() {
+        let mut selectors = Vec::new();
+        if let Some(bytes) = need {
+            selectors.push(format!(
+                "{}.compareTo(quantity(\"{bytes}\")) >= 0",
+                capacity(&dra.memory_capacity)
+            ));
+        }
+        if !dra.decoder_capacity.is_empty() {
+            selectors.push(format!(
+                "{}.compareTo(quantity(\"1\")) >= 0",
+                capacity(&dra.decoder_capacity)
+            ));
+        }
+        alternatives.push(DraAlternative {
+            name: "mig".into(),
+            device_class: dra.mig_device_class.clone(),
+            selectors,
+            capacity: None,
+        });
+    }
+    if let Some(bytes) = need {
+        alternatives.push(DraAlternative {
+            name: "share".into(),
+            device_class: dra.device_class.clone(),
+            selectors: Vec::new(),
+            capacity: Some((dra.memory_capacity.clone(), bytes)),
+        });
+    }
+    alternatives.push(DraAlternative {
+        name: "whole".into(),
+        device_class: dra.device_class.clone(),
+        selectors: Vec::new(),
+        capacity: None,
+    });
+    DraClaim {
+        count: 1,
+        alternatives,
+        device_class: dra.device_class.clone(),
+    }
 }
 
 fn positive(v: u32, what: &str) -> Result<u32, GpuError> {
@@ -500,5 +664,62 @@ mod tests {
         }))
         .expect("mig");
         assert!(matches!(s, GpuSharing::Mig { .. }));
+    }
+
+    #[test]
+    fn dra_prefers_a_mig_device_then_a_share_of_memory_then_a_whole_gpu() {
+        let sharing: GpuSharing =
+            serde_json::from_str(r#"{"mode": "dra", "gpuMemoryBytes": 85899345920}"#)
+                .expect("json");
+        let r = translate(0.25, None, &sharing).expect("ok");
+        let claim = r.claim.expect("a claim");
+        assert!(r.resources.is_empty(), "{:?}", r.resources);
+        let names: Vec<&str> = claim.alternatives.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["mig", "share", "whole"]);
+        // A quarter of an 80 GiB GPU: 20 GiB, as the MIG selector and the share.
+        let twenty = 20u64 * GIB;
+        assert_eq!(
+            claim.alternatives[0].selectors,
+            [
+                format!(
+                    r#"device.capacity["gpu.nvidia.com"].memory.compareTo(quantity("{twenty}")) >= 0"#
+                ),
+                r#"device.capacity["gpu.nvidia.com"].decoders.compareTo(quantity("1")) >= 0"#
+                    .to_string(),
+            ]
+        );
+        assert_eq!(claim.alternatives[0].device_class, "mig.nvidia.com");
+        assert_eq!(
+            claim.alternatives[1].capacity,
+            Some(("memory".into(), twenty))
+        );
+        assert_eq!(claim.alternatives[2].capacity, None);
+        // What was observed wins over the fraction.
+        let r = translate(0.25, Some(3 * GIB), &sharing).expect("ok");
+        let claim = r.claim.expect("a claim");
+        assert_eq!(
+            claim.alternatives[1].capacity,
+            Some(("memory".into(), 3 * GIB))
+        );
+        // Above one GPU: whole GPUs, no alternatives.
+        let r = translate(2.0, None, &sharing).expect("ok");
+        let claim = r.claim.expect("a claim");
+        assert_eq!((claim.count, claim.alternatives.len()), (2, 0));
+    }
+
+    #[test]
+    fn dra_without_a_size_or_mig_class_asks_for_what_it_can_name() {
+        let sharing: GpuSharing =
+            serde_json::from_str(r#"{"mode": "dra", "migDeviceClass": ""}"#).expect("json");
+        let r = translate(0.5, None, &sharing).expect("ok");
+        let names: Vec<String> = r
+            .claim
+            .expect("a claim")
+            .alternatives
+            .into_iter()
+            .map(|a| a.name)
+            .collect();
+        // No GPU size and nothing observed: no share can be sized; no MIG class.
+        assert_eq!(names, ["whole"]);
     }
 }

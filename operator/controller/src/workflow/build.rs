@@ -604,6 +604,23 @@ pub fn deployment(
         containers.push(function_container(stage, at, with_disk(resources, disk))?);
     }
     containers.push(sidecar_container(input));
+    // Sharing mode Dra: the GPU comes from a claim of the pod's own (the template is
+    // the stage's), shared by the function's container and the sidecar.
+    let claimed = gpu.is_some_and(|g| g.claim.is_some());
+    if claimed {
+        let sidecar = containers.len() - 1;
+        for i in [0, sidecar] {
+            if let Some(r) = containers[i].resources.as_mut() {
+                r.claims = Some(vec![super::dra::container_claim()]);
+            } else {
+                containers[i].resources = Some(ResourceRequirements {
+                    claims: Some(vec![super::dra::container_claim()]),
+                    ..ResourceRequirements::default()
+                });
+            }
+        }
+    }
+    let resource_claims = claimed.then(|| vec![super::dra::pod_claim(&wf_name, &input.stage.name)]);
     let grace = timeouts.iter().sum::<u64>() + GRACE_EXTRA_SECONDS;
     let mut d = Deployment {
         metadata: child_meta(input)?,
@@ -629,6 +646,7 @@ pub fn deployment(
                 }),
                 spec: Some(PodSpec {
                     containers,
+                    resource_claims,
                     share_process_namespace: Some(true),
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),

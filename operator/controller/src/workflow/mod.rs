@@ -6,6 +6,7 @@
 pub mod apply;
 pub mod build;
 pub mod dereference;
+pub mod dra;
 pub mod network;
 pub mod resize;
 pub mod status;
@@ -88,6 +89,9 @@ pub struct Context {
     tokens: Mutex<std::collections::HashSet<String>>,
     /// The stage NetworkPolicy's hash, by workflow uid, as this process saw or wrote it.
     policies: Mutex<HashMap<String, String>>,
+    /// The GPU stages' ResourceClaimTemplates (name -> hash), by workflow uid, as this
+    /// process saw or wrote them.
+    claim_templates: Mutex<HashMap<String, BTreeMap<String, String>>>,
 }
 
 impl Context {
@@ -118,6 +122,7 @@ impl Context {
             stage_counts: Mutex::default(),
             tokens: Mutex::default(),
             policies: Mutex::default(),
+            claim_templates: Mutex::default(),
         }
     }
 }
@@ -196,6 +201,60 @@ async fn ensure_policy(
     Ok(())
 }
 
+/// Applies the GPU stages' ResourceClaimTemplates and deletes the workflow's others,
+/// unless this process saw them as they should be: a read per workflow after a start,
+/// writes only for what differs. (Nothing at all for workflows without GPU claims,
+/// so clusters without the resource.k8s.io API never hear of it.)
+async fn ensure_claim_templates(
+    ctx: &Context,
+    wf: &VideoWorkflow,
+    ns: &str,
+    want: &[k8s_openapi::api::resource::v1::ResourceClaimTemplate],
+) -> Result<()> {
+    use k8s_openapi::api::resource::v1::ResourceClaimTemplate;
+    let hash_of = |t: &ResourceClaimTemplate| {
+        t.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(build::ANNOTATION_SPEC_HASH))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let wanted: BTreeMap<String, String> =
+        want.iter().map(|t| (t.name_any(), hash_of(t))).collect();
+    let uid = wf.uid().unwrap_or_default();
+    if ctx
+        .claim_templates
+        .lock()
+        .is_ok_and(|c| c.get(&uid) == Some(&wanted))
+    {
+        return Ok(());
+    }
+    let api: Api<ResourceClaimTemplate> = Api::namespaced(ctx.client.clone(), ns);
+    let selector = format!("{}={}", build::LABEL_WORKFLOW, wf.name_any());
+    let there = api
+        .list(&kube::api::ListParams::default().labels(&selector))
+        .await?;
+    for t in want {
+        let current = there.items.iter().find(|e| e.name_any() == t.name_any());
+        if !current.is_some_and(|e| apply::is_current(&e.metadata, &t.metadata, &uid)) {
+            apply::apply(&api, t).await?;
+            info!(template = %t.name_any(), "applied a GPU stage's ResourceClaimTemplate");
+        }
+    }
+    for stale in there
+        .items
+        .iter()
+        .filter(|e| !wanted.contains_key(&e.name_any()))
+    {
+        apply::delete(&api, &stale.name_any()).await?;
+    }
+    if let Ok(mut c) = ctx.claim_templates.lock() {
+        c.insert(uid, wanted);
+    }
+    Ok(())
+}
+
 /// Stages by state and their instances, for the `vflow_operator_stages` and
 /// `vflow_operator_instances` gauges.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -227,6 +286,8 @@ pub struct Desired {
     /// By stage: every stage that runs in pods of its own (not fused into another's).
     pub deployments: Vec<(String, Deployment)>,
     pub services: Vec<(String, Service)>,
+    /// Sharing mode Dra: the GPU stages' ResourceClaimTemplates.
+    pub claim_templates: Vec<k8s_openapi::api::resource::v1::ResourceClaimTemplate>,
     /// Stages now fused into another's pods whose own children are still there.
     pub fused_away_deployments: Vec<String>,
     pub fused_away_services: Vec<String>,
@@ -435,6 +496,10 @@ pub fn desired(
             .collect();
         let deployment = build::deployment(&si, &fused, scale.replicas)?;
         let service = build::service(&si)?;
+        if let Some(claim) = si.decision.gpu.as_ref().and_then(|g| g.claim.as_ref()) {
+            out.claim_templates
+                .push(dra::claim_template(wf, &stage.name, claim)?);
+        }
         let uid = wf.uid().unwrap_or_default();
         let dep_current =
             apply::deployment_is_current(existing.map(|d| d.as_ref()), &deployment, &uid);
@@ -744,6 +809,9 @@ async fn reconcile_inner(wf: &VideoWorkflow, ctx: &Context) -> Result<(Action, b
         ensure_token(ctx, wf, &ns, pods_change).await?;
         if let Some(from) = &ctx.settings.stage_ingress {
             ensure_policy(ctx, wf, &ns, from).await?;
+        }
+        if !want.claim_templates.is_empty() {
+            ensure_claim_templates(ctx, wf, &ns, &want.claim_templates).await?;
         }
     }
     // Children that differ from the cache, applied concurrently (one round trip, not 2N).
