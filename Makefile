@@ -10,7 +10,7 @@ PYENV ?= $(HOME)/.cache/vflow-pyenv
 export VFLOW_PYENV := $(PYENV)
 export PATH := $(PYENV)/bin:$(PATH)
 
-.PHONY: help pyenv build test lint fmt crds check-crds validate-examples ci testenv testenv-up testenv-down testenv-smoke bench-planner \
+.PHONY: help pyenv build test lint fmt crds check-crds validate-examples ci testenv testenv-up testenv-down testenv-smoke bench-planner bench-gpu \
 	s3-server test-rust test-functions validate-function-profiles bench-runtime bench-local demo \
 	test-operator e2e-operator bench-operator \
 	test-runs test-chaos \
@@ -48,6 +48,10 @@ DEMO_CLIP ?= ../shared/data/videos/bbb_0-30s_720p_vp8.webm
 demo: ## The local mode on a shipped example: thumbnails and a sprite sheet of a shared clip
 	@command -v ffmpeg >/dev/null || { echo "installing ffmpeg (apt)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg fonts-dejavu-core; }
 	$(CARGO) run -q -p vflow-cli --bin vflow -- run manifests/examples/thumbnails.yaml --input $(DEMO_CLIP) --profiles manifests/examples/profiles.yaml
+
+bench-gpu: ## detect on a GPU: resident vs per-process cold start and warm latency, 1-8 resident instances on one GPU, MPS where installed (bench/gpu; needs python3 with torch+CUDA and ffmpeg)
+	$(CARGO) build --release -p vflow-runtime --bins
+	python3 bench/gpu/bench_gpu.py --out bench/gpu
 
 bench-runtime: s3-server ## Runtime overhead, S3 throughput and idle RSS (report in bench/runtime)
 	$(CARGO) build --release -p vflow-runtime --bins
