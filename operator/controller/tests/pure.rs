@@ -357,9 +357,7 @@ fn gpu_stage_in_each_sharing_mode() {
             vec![],
         ),
         (
-            GpuSharing::Kai {
-                annotation: "gpu-fraction".into(),
-            },
+            serde_json::from_str(r#"{"mode": "kai"}"#).expect("kai"),
             vec![],
             vec![],
             vec![("gpu-fraction", "0.25")],
@@ -1025,4 +1023,34 @@ fn a_fused_chain_is_one_deployment_with_a_runtime_per_stage() {
         probe_port,
         Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("fused-1".into()))
     );
+}
+
+// Issue 18: under KAI the pods must reach KAI's scheduler, in a queue, or nothing
+// enforces the fraction.
+#[test]
+fn kai_mode_sends_gpu_pods_to_kais_scheduler_in_a_queue() {
+    let sharing: GpuSharing =
+        serde_json::from_str(r#"{"mode": "kai", "queue": "video"}"#).expect("kai");
+    let ds = built(sharing, &[]);
+    let pod = |name: &str| ds[name].spec.template.clone();
+    let detect = pod("detect");
+    assert_eq!(
+        detect
+            .spec
+            .as_ref()
+            .and_then(|s| s.scheduler_name.as_deref()),
+        Some("kai-scheduler")
+    );
+    let labels = detect.metadata.and_then(|m| m.labels).unwrap_or_default();
+    assert_eq!(
+        labels.get("kai.scheduler/queue").map(String::as_str),
+        Some("video")
+    );
+    assert_eq!(
+        labels.get("vflow.io/stage").map(String::as_str),
+        Some("detect")
+    );
+    // A CPU stage stays with the default scheduler.
+    let scale = pod("scale");
+    assert_eq!(scale.spec.and_then(|s| s.scheduler_name), None);
 }

@@ -47,9 +47,19 @@ pub enum GpuSharing {
         gpu_memory_bytes: Option<u64>,
     },
     /// KAI Scheduler (Run:ai): the share as a pod annotation.
+    /// Pods go to KAI's scheduler (`schedulerName`), in a queue (its label): without
+    /// both the default scheduler places them and nothing enforces the fraction.
+    #[serde(rename_all = "camelCase")]
     Kai {
         #[serde(default = "kai_annotation")]
         annotation: String,
+        #[serde(default = "kai_scheduler")]
+        scheduler_name: String,
+        /// The KAI queue the stage pods are charged to.
+        #[serde(default = "kai_queue")]
+        queue: String,
+        #[serde(default = "kai_queue_label")]
+        queue_label: String,
     },
     /// Dynamic Resource Allocation (resource.k8s.io/v1): the operator makes a
     /// ResourceClaimTemplate per GPU stage, one request whose `firstAvailable`
@@ -143,6 +153,15 @@ fn nvidia_gpu_shared() -> String {
 fn kai_annotation() -> String {
     "gpu-fraction".into()
 }
+fn kai_scheduler() -> String {
+    "kai-scheduler".into()
+}
+fn kai_queue() -> String {
+    "default".into()
+}
+fn kai_queue_label() -> String {
+    "kai.scheduler/queue".into()
+}
 
 /// One MIG profile, e.g. `nvidia.com/mig-1g.10gb` (1 of 7 compute slices, 10 GB).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -198,6 +217,11 @@ pub struct GpuRequest {
     pub resources: BTreeMap<String, String>,
     pub env: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
+    /// Pod labels (KAI's queue).
+    pub labels: BTreeMap<String, String>,
+    /// The scheduler that must place the pods (KAI's), when not the default one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheduler_name: Option<String>,
     /// Sharing mode Dra: the claim the stage's pods get instead of extended resources.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub claim: Option<DraClaim>,
@@ -408,7 +432,14 @@ pub fn translate(
                     .unwrap_or_default()
             );
         }
-        GpuSharing::Kai { annotation } => {
+        GpuSharing::Kai {
+            annotation,
+            scheduler_name,
+            queue,
+            queue_label,
+        } => {
+            req.scheduler_name = Some(scheduler_name.clone());
+            req.labels.insert(queue_label.clone(), queue.clone());
             if whole {
                 let n = fraction.ceil() as u32;
                 req.resources.insert("nvidia.com/gpu".into(), n.to_string());
@@ -644,12 +675,17 @@ mod tests {
 
     #[test]
     fn kai_annotates() {
-        let kai = GpuSharing::Kai {
-            annotation: "gpu-fraction".into(),
-        };
+        let kai: GpuSharing = serde_json::from_str(r#"{"mode": "kai"}"#).expect("json");
         let r = translate(0.25, None, &kai).expect("ok");
         assert_eq!(r.annotations["gpu-fraction"], "0.25");
         assert!(r.resources.is_empty());
+        // KAI places the pod (else nothing enforces the fraction), in a queue.
+        assert_eq!(r.scheduler_name.as_deref(), Some("kai-scheduler"));
+        assert_eq!(r.labels["kai.scheduler/queue"], "default");
+        let kai: GpuSharing =
+            serde_json::from_str(r#"{"mode": "kai", "queue": "video"}"#).expect("json");
+        let r = translate(0.25, None, &kai).expect("ok");
+        assert_eq!(r.labels["kai.scheduler/queue"], "video");
     }
 
     #[test]

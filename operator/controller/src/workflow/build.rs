@@ -565,12 +565,17 @@ pub fn deployment(
     replicas: u32,
 ) -> Result<Deployment> {
     let wf_name = input.workflow.metadata.name.clone().unwrap_or_default();
-    let pod_labels = labels(&wf_name, &input.stage.name, &input.stage.function);
+    let mut pod_labels = labels(&wf_name, &input.stage.name, &input.stage.function);
     let mut pod_annotations = input.pod_annotations.clone();
     let gpu = input.decision.gpu.as_ref();
     if let Some(g) = gpu {
         pod_annotations.extend(g.annotations.clone());
+        // The mode's labels (KAI's queue) never replace vflow's own.
+        for (k, v) in &g.labels {
+            pod_labels.entry(k.clone()).or_insert_with(|| v.clone());
+        }
     }
+    let scheduler_name = gpu.and_then(|g| g.scheduler_name.clone());
     let tolerations = gpu.filter(|g| !g.resources.is_empty()).map(|g| {
         g.resources
             .keys()
@@ -647,6 +652,7 @@ pub fn deployment(
                 spec: Some(PodSpec {
                     containers,
                     resource_claims,
+                    scheduler_name,
                     share_process_namespace: Some(true),
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
