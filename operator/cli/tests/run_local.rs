@@ -158,6 +158,37 @@ fn run_ok(dir: &Path, args: &[&str]) -> (Output, Value) {
     (out, report)
 }
 
+/// `vflow run WORKFLOW --input INPUT --profiles PROFILES --quiet`, which must succeed;
+/// its report.
+fn run_quiet(dir: &Path, workflow: &Path, input: &Path, profiles: &Path) -> Value {
+    run_ok(
+        dir,
+        &[
+            "run",
+            &workflow.to_string_lossy(),
+            "--input",
+            &input.to_string_lossy(),
+            "--profiles",
+            &profiles.to_string_lossy(),
+            "--quiet",
+        ],
+    )
+    .1
+}
+
+/// The run record of a run whose first output is `<run>/stitch/all/output.mp4`.
+fn run_record(report: &Value) -> Value {
+    let output = output_path(report, 0);
+    let run_dir = output
+        .ancestors()
+        .nth(3)
+        .expect("<run>/stitch/all/output.mp4");
+    serde_json::from_str(
+        &std::fs::read_to_string(run_dir.join("_vflow-run.json")).expect("run record"),
+    )
+    .expect("json")
+}
+
 fn report_of(stdout: &str) -> Value {
     let line = stdout
         .lines()
@@ -329,18 +360,7 @@ fn a_conditional_stage_runs_when_true_and_passes_through_when_false() {
     let workflow = conditional_workflow(dir.path());
     for (seconds, taken) in [(8, true), (4, false)] {
         let input = pattern(dir.path(), seconds);
-        let (_, report) = run_ok(
-            dir.path(),
-            &[
-                "run",
-                &workflow.to_string_lossy(),
-                "--input",
-                &input.to_string_lossy(),
-                "--profiles",
-                &profiles.to_string_lossy(),
-                "--quiet",
-            ],
-        );
+        let report = run_quiet(dir.path(), &workflow, &input, &profiles);
         let mark = stage(&report, "mark");
         if taken {
             assert_eq!(mark["executions"], mark["units"], "{report}");
@@ -993,15 +1013,7 @@ spec:
         .filter(|e| e == "scale 1")
         .count();
     assert_eq!(runs, 2, "killed once, then run with more memory");
-    let output = output_path(&report, 0);
-    let run_dir = output
-        .ancestors()
-        .nth(3)
-        .expect("<run>/stitch/all/output.mp4");
-    let record: Value = serde_json::from_str(
-        &std::fs::read_to_string(run_dir.join("_vflow-run.json")).expect("run record"),
-    )
-    .expect("json");
+    let record = run_record(&report);
     let unit = record["units"]
         .as_array()
         .expect("units")
@@ -1027,28 +1039,9 @@ fn the_detect_example_runs_on_resident_workers_that_load_the_detector_once() {
     let profiles = write_profiles(dir.path(), None);
     let workflow = repo().join("manifests/examples/detect.yaml");
     let input = videos().join("intel_car-detection.mp4");
-    let (_, report) = run_ok(
-        dir.path(),
-        &[
-            "run",
-            &workflow.to_string_lossy(),
-            "--input",
-            &input.to_string_lossy(),
-            "--profiles",
-            &profiles.to_string_lossy(),
-            "--quiet",
-        ],
-    );
+    let report = run_quiet(dir.path(), &workflow, &input, &profiles);
     assert_eq!(report["phase"], "Succeeded", "{report}");
-    let output = output_path(&report, 0);
-    let run_dir = output
-        .ancestors()
-        .nth(3)
-        .expect("<run>/stitch/all/output.mp4");
-    let record: Value = serde_json::from_str(
-        &std::fs::read_to_string(run_dir.join("_vflow-run.json")).expect("run record"),
-    )
-    .expect("json");
+    let record = run_record(&report);
     let detect: Vec<&Value> = record["units"]
         .as_array()
         .expect("units")

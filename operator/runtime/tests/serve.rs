@@ -455,6 +455,18 @@ async fn readiness_waits_for_the_warm_up() {
     );
 }
 
+/// How the runtime exited, which it must within 10 s (else `why`).
+async fn exit_within_10s(rt: &mut Runtime, why: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = rt.child.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "{why}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_failed_warm_up_stops_the_instance_with_the_reason() {
     let s = setup();
@@ -465,17 +477,7 @@ async fn a_failed_warm_up_stops_the_instance_with_the_reason() {
         ("VFLOW_TESTFN_WARMUP_FAIL".to_string(), "1".to_string()),
     ];
     let mut rt = Runtime::start(s.dir.path(), &["--scratch-dir", &scratch], &env);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let exit = loop {
-        if let Some(status) = rt.child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "a failed warm-up left the instance running"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let exit = exit_within_10s(&mut rt, "a failed warm-up left the instance running").await;
     assert!(!exit.success());
     assert!(
         rt.logs().contains("model weights not found"),
@@ -1447,30 +1449,41 @@ async fn a_resident_function_loads_once_and_serves_every_invocation_from_that_pr
     }
 }
 
-#[tokio::test]
-async fn a_resident_worker_past_its_timeout_is_killed_and_the_next_invocation_gets_another() {
-    let s = setup();
-    let rt = resident(&s, "1", &[]);
+/// On a fresh one-slot resident runtime: `call` (which must cost its worker), then an
+/// invocation that must succeed on another worker. The runtime, `call`'s status, body
+/// and time, and the replacement worker's answer.
+async fn fails_then_replaced(
+    s: &Setup,
+    call: serde_json::Value,
+) -> (Runtime, u16, serde_json::Value, Duration, serde_json::Value) {
+    let rt = resident(s, "1", &[]);
     rt.wait_ready(&s.client).await;
     let (_, _, first) = invoke(&s.client, &rt.url, load_call("before")).await;
     let started = Instant::now();
-    let (status, _, body) = invoke(
-        &s.client,
-        &rt.url,
+    let (status, _, body) = invoke(&s.client, &rt.url, call).await;
+    let took = started.elapsed();
+    let (ok, _, after) = invoke(&s.client, &rt.url, load_call("after")).await;
+    assert_eq!(ok, 200, "{after}");
+    assert_ne!(
+        first["metadata"]["pid"], after["metadata"]["pid"],
+        "a new worker"
+    );
+    (rt, status, body, took, after)
+}
+
+#[tokio::test]
+async fn a_resident_worker_past_its_timeout_is_killed_and_the_next_invocation_gets_another() {
+    let s = setup();
+    let (rt, status, body, took, after) = fails_then_replaced(
+        &s,
         json!({"run": "r", "stage": "detect", "outputPrefix": "s3://videos/slow/", "timeoutSeconds": 0.5,
                "params": {"mode": "sleep", "seconds": 30}}),
     )
     .await;
     assert_eq!(status, 504, "{body}");
-    assert!(started.elapsed() < Duration::from_secs(5), "{body}");
+    assert!(took < Duration::from_secs(5), "{body}");
     assert_eq!(body["error"]["exit"]["kind"], "timedOut");
     assert!(s.keys("slow/").await.is_empty());
-    let (status, _, after) = invoke(&s.client, &rt.url, load_call("after")).await;
-    assert_eq!(status, 200, "{after}");
-    assert_ne!(
-        first["metadata"]["pid"], after["metadata"]["pid"],
-        "a new worker"
-    );
     let (_, _, again) = invoke(&s.client, &rt.url, load_call("again")).await;
     assert_eq!(again["metadata"]["pid"], after["metadata"]["pid"]);
     assert_eq!(again["metadata"]["loadSeconds"], 0.0, "{again}");
@@ -1479,12 +1492,8 @@ async fn a_resident_worker_past_its_timeout_is_killed_and_the_next_invocation_ge
 #[tokio::test]
 async fn a_resident_worker_that_dies_fails_its_invocation_retryably_and_is_replaced() {
     let s = setup();
-    let rt = resident(&s, "1", &[]);
-    rt.wait_ready(&s.client).await;
-    let (_, _, first) = invoke(&s.client, &rt.url, load_call("before")).await;
-    let (status, _, body) = invoke(
-        &s.client,
-        &rt.url,
+    let (_rt, status, body, _, _) = fails_then_replaced(
+        &s,
         json!({"run": "r", "stage": "detect", "outputPrefix": "s3://videos/died/",
                "params": {"mode": "die"}}),
     )
@@ -1502,39 +1511,25 @@ async fn a_resident_worker_that_dies_fails_its_invocation_retryably_and_is_repla
         "{message}"
     );
     assert!(s.keys("died/").await.is_empty());
-    let (status, _, after) = invoke(&s.client, &rt.url, load_call("after")).await;
-    assert_eq!(status, 200, "{after}");
-    assert_ne!(first["metadata"]["pid"], after["metadata"]["pid"]);
 }
 
 #[tokio::test]
 async fn a_resident_worker_that_breaks_the_protocol_is_stopped_and_replaced() {
     let s = setup();
-    let rt = resident(&s, "1", &[]);
-    rt.wait_ready(&s.client).await;
-    let (_, _, first) = invoke(&s.client, &rt.url, load_call("before")).await;
-    let started = Instant::now();
-    let (status, _, body) = invoke(
-        &s.client,
-        &rt.url,
+    let (_rt, status, body, took, _) = fails_then_replaced(
+        &s,
         json!({"run": "r", "stage": "detect", "outputPrefix": "s3://videos/garbled/",
                "params": {"mode": "garble"}}),
     )
     .await;
     assert_eq!(status, 503, "{body}");
-    assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "not left to run: {body}"
-    );
+    assert!(took < Duration::from_secs(4), "not left to run: {body}");
     let tail = body["error"]["stderrTail"].as_str().unwrap_or("");
     assert!(
         tail.contains("progress: 50%") && tail.contains("stderr"),
         "{body}"
     );
     assert!(body["error"].get("oomKilled").is_none(), "{body}");
-    let (status, _, after) = invoke(&s.client, &rt.url, load_call("after")).await;
-    assert_eq!(status, 200, "{after}");
-    assert_ne!(first["metadata"]["pid"], after["metadata"]["pid"]);
 }
 
 // With two slots, two workers: each invocation is measured on its own worker, so two
@@ -1592,17 +1587,11 @@ async fn a_resident_worker_that_cannot_start_stops_the_instance_saying_why() {
         &["--scratch-dir", &scratch, "--worker", "resident"],
         &env,
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let exit = loop {
-        if let Some(status) = rt.child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "a worker that could not start left the instance running"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let exit = exit_within_10s(
+        &mut rt,
+        "a worker that could not start left the instance running",
+    )
+    .await;
     assert!(!exit.success());
     let logs = rt.logs();
     assert!(

@@ -21,6 +21,11 @@ fn hash_of(meta: &ObjectMeta) -> Option<&str> {
         .map(String::as_str)
 }
 
+/// The spec hash an object carries (empty when none).
+pub fn spec_hash_of(meta: &ObjectMeta) -> String {
+    hash_of(meta).unwrap_or_default().to_string()
+}
+
 fn owned_by(meta: &ObjectMeta, uid: &str) -> bool {
     meta.owner_references
         .iter()

@@ -173,13 +173,7 @@ async fn ensure_policy(
 ) -> Result<()> {
     use k8s_openapi::api::networking::v1::NetworkPolicy;
     let want = network::network_policy(wf, from, ctx.settings.default_s3_endpoint.as_deref())?;
-    let hash = want
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(build::ANNOTATION_SPEC_HASH))
-        .cloned()
-        .unwrap_or_default();
+    let hash = apply::spec_hash_of(&want.metadata);
     let uid = wf.uid().unwrap_or_default();
     if ctx
         .policies
@@ -212,16 +206,10 @@ async fn ensure_claim_templates(
     want: &[k8s_openapi::api::resource::v1::ResourceClaimTemplate],
 ) -> Result<()> {
     use k8s_openapi::api::resource::v1::ResourceClaimTemplate;
-    let hash_of = |t: &ResourceClaimTemplate| {
-        t.metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(build::ANNOTATION_SPEC_HASH))
-            .cloned()
-            .unwrap_or_default()
-    };
-    let wanted: BTreeMap<String, String> =
-        want.iter().map(|t| (t.name_any(), hash_of(t))).collect();
+    let wanted: BTreeMap<String, String> = want
+        .iter()
+        .map(|t| (t.name_any(), apply::spec_hash_of(&t.metadata)))
+        .collect();
     let uid = wf.uid().unwrap_or_default();
     if ctx
         .claim_templates
