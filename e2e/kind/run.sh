@@ -382,12 +382,20 @@ counters="$work/ladder-counters.txt"
 : >"$counters"
 # (Pods that never started, e.g. Pending for CPU, have no address and ran nothing.)
 for pod in $(kubectl -n "$ns" get pods -l vflow.io/workflow=transcode-ladder --field-selector=status.phase=Running -o name); do
+	name="${pod#pod/}"
 	# Read inside the pod: its NetworkPolicy admits only the operator on 8080, not the
 	# API server's pod proxy.
-	n="$(kubectl -n "$ns" exec "${pod#pod/}" -- python3 -c \
-		'import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:8080/metrics", timeout=10).read().decode())' |
-		awk '/^vflow_runtime_invocations_total\{.*outcome="succeeded"/ { print $NF }')"
-	echo "${pod#pod/} ${n:-0}" >>"$counters"
+	if ! metrics="$(kubectl -n "$ns" exec "$name" -c function -- python3 -c \
+		'import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:8080/metrics", timeout=10).read().decode())')"; then
+		# The stage scaling down after the run can take a pod away while it is read;
+		# only the pods that stay up are checked.
+		going="$(kubectl -n "$ns" get pod "$name" -o jsonpath='{.metadata.deletionTimestamp}' 2>/dev/null || echo gone)"
+		[[ -n $going ]] || die "could not read the runtime counter of pod $name, which is still up"
+		echo "pod $name went away while it was read (scaled down): not checked"
+		continue
+	fi
+	n="$(awk '/^vflow_runtime_invocations_total\{.*outcome="succeeded"/ { print $NF }' <<<"$metrics")"
+	echo "$name ${n:-0}" >>"$counters"
 done
 "$PYENV/bin/python" - "$work/ladder-record.json" "$counters" <<'EOF' || die "the ladder's record shows an invocation that ran twice (above)"
 import collections, json, sys
