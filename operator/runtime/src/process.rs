@@ -274,17 +274,20 @@ impl Watched {
 }
 
 /// CPU seconds (its own and its reaped children's) and summed RSS of the tree under
-/// `pid` now.
-pub fn tree_usage(pid: i32) -> (f64, u64) {
-    let mut cpu = 0.0;
-    let mut rss = 0;
+/// `pid` now, and with `high_water` the largest single process's peak (VmHWM). One
+/// walk of the tree: this runs every 10 ms at first.
+pub fn tree_usage(pid: i32, high_water: bool) -> (f64, u64, u64) {
+    let (mut cpu, mut rss, mut hwm) = (0.0, 0, 0);
     for member in proc_stats::tree(pid) {
         if let Some(s) = proc_stats::sample(member) {
             rss += s.rss_bytes;
             cpu += s.cpu_seconds + s.children_cpu_seconds;
         }
+        if high_water && let Some(peak) = proc_stats::peak_rss(member) {
+            hwm = hwm.max(peak);
+        }
     }
-    (cpu, rss)
+    (cpu, rss, hwm)
 }
 
 /// Samples the tree under `pid` until `done` resolves (returning its output), killing its process group (as
@@ -312,14 +315,8 @@ pub async fn watch_tree<T>(
             output = &mut done => break (Instant::now(), output),
             () = tokio::time::sleep(interval) => {}
         }
-        let (cpu, sum) = tree_usage(pid);
-        if high_water {
-            for member in proc_stats::tree(pid) {
-                if let Some(hwm) = proc_stats::peak_rss(member) {
-                    peak_single = peak_single.max(hwm);
-                }
-            }
-        }
+        let (cpu, sum, hwm) = tree_usage(pid, high_water);
+        peak_single = peak_single.max(hwm);
         let cpu = (cpu - cpu_base).max(0.0);
         peak_sum = peak_sum.max(sum);
         // Bounded: long runs keep every other sample once there are many.

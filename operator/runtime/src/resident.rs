@@ -199,7 +199,7 @@ impl Pool {
         let mut line = serde_json::to_vec(&request).map_err(|e| e.to_string())?;
         line.push(b'\n');
         let started = Instant::now();
-        let (cpu_base, _) = process::tree_usage(worker.pid);
+        let (cpu_base, _, _) = process::tree_usage(worker.pid, false);
         if let Err(e) = worker.stdin.write_all(&line).await {
             return Err(format!(
                 "the resident worker did not take the invocation: {e}"
@@ -209,7 +209,7 @@ impl Pool {
         let pid = worker.pid;
         let (watched, answer) =
             process::watch_tree(pid, started, worker.line(), limits, cpu_base, false).await;
-        let (cpu_now, _) = process::tree_usage(pid);
+        let (cpu_now, _, _) = process::tree_usage(pid, false);
         let cpu = (cpu_now - cpu_base).max(0.0);
         let parsed = answer
             .as_deref()
