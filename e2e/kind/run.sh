@@ -429,27 +429,37 @@ probe() { ffprobe -v error -select_streams v:0 -count_packets \
 	-show_entries stream=codec_name,height,nb_read_packets:format=duration -of default=nw=1 "$1"; }
 input_duration="$(ffprobe -v error -show_entries format=duration -of csv=p=0 "$videos/$run_clip")"
 input_frames="$(ffprobe -v error -select_streams v:0 -count_packets -show_entries stream=nb_read_packets -of csv=p=0 "$videos/$run_clip")"
+# The ladder ends in one adaptive stream (package): every file of it is fetched into
+# one folder, as a CDN would serve it, and read through its playlists.
 mkdir -p "$work/out/ladder"
-renditions=0
 while read -r uri; do
-	[[ $uri == *.mp4 ]] || continue
-	file="$work/out/ladder/$(basename "$(dirname "$uri")")-$(basename "$uri")"
-	s3 -o "$file" "$s3_url/videos/${uri#s3://videos/}"
-	p="$(probe "$file")"
-	echo "$uri: $(tr '\n' ' ' <<<"$p")"
-	codec="$(sed -n 's/^codec_name=//p' <<<"$p")"
-	height="$(sed -n 's/^height=//p' <<<"$p")"
-	frames="$(sed -n 's/^nb_read_packets=//p' <<<"$p")"
-	duration="$(sed -n 's/^duration=//p' <<<"$p")"
-	[[ $codec == h264 ]] || die "$uri: codec $codec, want h264"
-	[[ $height =~ ^(1080|720|480)$ ]] || die "$uri: height $height, want 1080, 720 or 480"
-	# Within 2% of the input: segment joins may still add or drop a frame (exactness is
-	# a later issue's).
-	near "$duration" "$input_duration" || die "$uri: duration $duration s, the input's $input_duration s"
-	near "$frames" "$input_frames" || die "$uri: $frames frames, the input has $input_frames"
-	renditions=$((renditions + 1))
+	s3 -o "$work/out/ladder/$(basename "$uri")" "$s3_url/videos/${uri#s3://videos/}"
 done < <(kubectl -n "$ns" get videoworkflowrun e2e-ladder -o jsonpath='{range .status.outputs[*]}{.uri}{"\n"}{end}')
-((renditions == 3)) || die "the ladder run wrote $renditions renditions, want 3"
+[[ -f $work/out/ladder/master.m3u8 && -f $work/out/ladder/manifest.mpd ]] ||
+	die "the ladder run wrote no master.m3u8 and manifest.mpd: $(ls "$work/out/ladder")"
+renditions=0
+for playlist in "$work"/out/ladder/media_*.m3u8; do
+	p="$(probe "$playlist")"
+	height="$(sed -n 's/^height=//p' <<<"$p")"
+	[[ -n $height ]] || continue # the audio rendition
+	echo "$(basename "$playlist"): $(tr '\n' ' ' <<<"$p")"
+	codec="$(sed -n 's/^codec_name=//p' <<<"$p")"
+	frames="$(sed -n 's/^nb_read_packets=//p' <<<"$p")"
+	[[ $codec == h264 ]] || die "$playlist: codec $codec, want h264"
+	[[ $height =~ ^(1080|720|480)$ ]] || die "$playlist: height $height, want 1080, 720 or 480"
+	# Within 2% of the input: segment joins may still add or drop a frame.
+	near "$frames" "$input_frames" || die "$playlist: $frames frames, the input has $input_frames"
+	# A player switches renditions at segment boundaries: the same in every rendition.
+	grep '^#EXTINF' "$playlist" >"$playlist.lengths"
+	cmp -s "$playlist.lengths" "$work/out/ladder/media_0.m3u8.lengths" ||
+		die "$playlist: its segments are not cut where media_0.m3u8's are"
+	renditions=$((renditions + 1))
+done
+((renditions == 3)) || die "the ladder's stream has $renditions video renditions, want 3"
+variants="$(grep -c '^#EXT-X-STREAM-INF:.*RESOLUTION=' "$work/out/ladder/master.m3u8")"
+((variants == 3)) || die "master.m3u8 lists $variants renditions, want 3"
+stream_duration="$(awk -F'[:,]' '/^#EXTINF/ { s += $2 } END { print s }' "$work/out/ladder/media_0.m3u8")"
+near "$stream_duration" "$input_duration" || die "the stream lasts $stream_duration s, the input $input_duration s"
 
 # 6. detect on the CPU with its condition: where no object is found the blur is skipped
 # and the segment passes through; the output has the input's frames.

@@ -446,6 +446,23 @@ def video_encoder_args(codec: str, crf: int | None, preset: str, bitrate: str | 
     raise UsageError(f"unsupported codec {codec!r}")
 
 
+def keyframe_args(codec: str, keyint: float) -> list[str]:
+    """Keyframes at exactly 0, keyint, 2*keyint, ... seconds of the input's timeline and
+    nowhere else: no scene-cut keyframes, no GOP-length ones. Renditions of one source
+    encoded so (per segment or whole) have their keyframes at the same times whatever
+    their size, which is what lets a packager cut them into segments a player can switch
+    between. Empty for keyint 0 (the encoder decides)."""
+    if keyint <= 0:
+        return []
+    force = ["-force_key_frames", f"expr:gte(t,n_forced*{keyint:.6f})"]
+    if codec == "h264":
+        return force + ["-g", str(1 << 30), "-sc_threshold", "0", "-forced-idr", "1"]
+    if codec == "hevc":
+        return force + ["-g", str(1 << 30), "-forced-idr", "1", "-x265-params", "log-level=error:scenecut=0"]
+    # vp9 and av1 take the forced keyframes; their encoders may add others of their own.
+    return force
+
+
 def _need(encoder: str, codec: str) -> None:
     if not has_encoder(encoder):
         raise UsageError(f"codec {codec} needs the {encoder} encoder, which this ffmpeg build lacks")
@@ -454,8 +471,11 @@ def _need(encoder: str, codec: str) -> None:
 def encode_video(ctx: "Context", src: str, info: dict, what: str, *, vfilter: str | None = None,
                  graph: str | None = None, extra_inputs: tuple[str, ...] = (), codec: str = "h264",
                  crf: int | None = 23, preset: str = "veryfast", bitrate: str | None = None,
-                 container: str | None = None, cwd: str | None = None) -> str:
+                 container: str | None = None, cwd: str | None = None, keyint: float = 0) -> str:
     """Filter and re-encode the first video stream, copy the first audio stream.
+
+    `keyint` > 0 puts a keyframe (an IDR: the GOPs are closed) exactly every `keyint`
+    seconds from the input's start and nowhere else (see keyframe_args).
 
     `graph` is a filter_complex chain reading [vin] and ending in [vout]; the output is
     output.<mp4|webm|mkv> in the staging folder. Frames pass through one for one
@@ -465,7 +485,7 @@ def encode_video(ctx: "Context", src: str, info: dict, what: str, *, vfilter: st
     v, a = video_stream(info, src), audio_stream(info)
     acodec = a["codec_name"] if a else None
     container = container or pick_container(codec, acodec)
-    enc = video_encoder_args(codec, crf, preset, bitrate)
+    enc = video_encoder_args(codec, crf, preset, bitrate) + keyframe_args(codec, keyint)
     ins = ["-i", src] + [x for p in extra_inputs for x in ("-i", p)]
     if graph:
         vmap = ["-filter_complex", graph.replace("[vin]", f"[0:{v['index']}]"), "-map", "[vout]"]

@@ -8,7 +8,8 @@ def run(ctx: Context) -> None:
     src, p = ctx.inputs[0], ctx.params
     info = ffprobe(src)
     out = encode_video(ctx, src, info, f"scaling to {p['height']}p ({p['codec']})",
-                       vfilter=f"scale=-2:{p['height']}", codec=p["codec"], crf=p["crf"], preset=p["preset"])
+                       vfilter=f"scale=-2:{p['height']}", codec=p["codec"], crf=p["crf"], preset=p["preset"],
+                       keyint=p["keyint"])
     check_complete(src, info, out)
 
 
@@ -22,6 +23,9 @@ FUNCTION = Function(
               default=23, minimum=0, maximum=63),
         Param("preset", "String", "Speed preset (x264 names; mapped for vp9 and av1).",
               default="veryfast", enum=PRESETS),
+        Param("keyint", "Number", "Seconds between keyframes, forced at exactly these times and nowhere else "
+              "(closed GOPs; aligned renditions for package); 0 lets the encoder decide.",
+              default=0, minimum=0, maximum=60),
     ],
     run=run,
 )

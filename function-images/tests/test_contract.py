@@ -26,7 +26,7 @@ def load(name):
 
 def test_all_functions_present():
     assert FUNCTIONS == sorted(["probe", "segment", "scale", "crop", "transcode", "thumbnail", "sprite",
-                                "watermark", "extract-audio", "stitch", "blur", "detect"])
+                                "watermark", "extract-audio", "stitch", "blur", "detect", "package", "quality"])
 
 
 @pytest.mark.parametrize("name", FUNCTIONS)

@@ -18,7 +18,14 @@ def bits_per_second(text: str) -> int:
 
 
 def run(ctx: Context) -> None:
-    src, p = ctx.inputs[0], ctx.params
+    p = ctx.params
+    # A quality loop's re-encode gets the first encode first, its measurement, its source
+    # last: it encodes the source; skipped (its condition false), it passes on the first
+    # encode (a skipped stage passes on the outputs of the first stage it comes after).
+    if len(ctx.inputs) > 1 and p["source"] == "first":
+        raise UsageError(f"transcode got {len(ctx.inputs)} inputs and encodes one: with several, set "
+                         f"--source last (a quality loop's re-encode)")
+    src = ctx.inputs[-1] if p["source"] == "last" else ctx.inputs[0]
     codec, container = p["codec"], p["container"]
     if p["crf"] is not None and p["bitrate"]:
         raise UsageError("set --crf or --bitrate, not both")
@@ -28,7 +35,7 @@ def run(ctx: Context) -> None:
     crf = None if bitrate else (p["crf"] if p["crf"] is not None else DEFAULT_CRF[codec])
     info = ffprobe(src)
     out = encode_video(ctx, src, info, f"transcoding to {codec}/{container}", codec=codec, crf=crf,
-                       preset=p["preset"], bitrate=bitrate, container=container)
+                       preset=p["preset"], bitrate=bitrate, container=container, keyint=p["keyint"])
     check_complete(src, info, out)
 
 
@@ -43,6 +50,13 @@ FUNCTION = Function(
               default="veryfast", enum=PRESETS),
         Param("container", "String", "Output container; audio is copied or re-encoded to fit it.",
               default="mp4", enum=["mp4", "mkv", "webm"]),
+        Param("keyint", "Number", "Seconds between keyframes, forced at exactly these times and nowhere else "
+              "(closed GOPs; aligned renditions for package); 0 lets the encoder decide.",
+              default=0, minimum=0, maximum=60),
+        Param("source", "String", "Which input to encode when given several: last for a re-encode in a quality loop "
+              "(inputs: the first encode first, its source last; skipped, the stage passes the first encode on).",
+              default="first", enum=["first", "last"]),
     ],
+    inputs=(1, 3),
     run=run,
 )

@@ -457,6 +457,7 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
     )
     .map_err(|e| bad(e.to_string()))?;
     print!("{}", vflow_engine::report::table(&report));
+    print!("{}", vflow_engine::report::quality_table(&report));
     println!(
         "\n{:?} in {:.2} s ({:.2} s of execution, {} cold starts)",
         record.phase, report.total_seconds, report.exec_seconds, report.cold_starts

@@ -264,10 +264,13 @@ fn thumbnails_example_on_generated_video_and_on_a_clip() {
     }
 }
 
+/// The ladder ends in one adaptive stream: HLS and DASH entry points beside the CMAF
+/// segments; each rendition, read through its media playlist, has every source frame,
+/// and all renditions are cut into segments of the same lengths.
 #[test]
-fn transcode_ladder_example_keeps_every_frame_in_each_rendition() {
+fn transcode_ladder_example_packages_every_frame_of_each_rendition_as_one_stream() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let input = pattern(dir.path(), 4);
+    let input = pattern(dir.path(), 9);
     let (_, report) = run_ok(
         dir.path(),
         &[
@@ -281,25 +284,148 @@ fn transcode_ladder_example_keeps_every_frame_in_each_rendition() {
         ],
     );
     let source = facts(&input);
-    let outputs = report["outputs"].as_array().expect("outputs").clone();
-    assert_eq!(outputs.len(), 3, "{report}");
-    let mut heights: Vec<u64> = outputs
+    let paths: Vec<PathBuf> = report["outputs"]
+        .as_array()
+        .expect("outputs")
         .iter()
-        .map(|o| {
-            let path = PathBuf::from(o.as_str().unwrap_or("").trim_start_matches("file://"));
-            let f = facts(&path);
-            assert_eq!(f.frames, source.frames, "{}", path.display());
+        .map(|o| PathBuf::from(o.as_str().unwrap_or("").trim_start_matches("file://")))
+        .collect();
+    let named = |name: &str| paths.iter().find(|p| p.ends_with(name)).cloned();
+    assert!(
+        named("master.m3u8").is_some() && named("manifest.mpd").is_some(),
+        "{report}"
+    );
+    let mut heights = Vec::new();
+    let mut lengths = Vec::new();
+    for playlist in paths.iter().filter(|p| {
+        p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("media_"))
+    }) {
+        let f = facts(playlist);
+        if f.height == 0 {
+            continue; // the audio rendition
+        }
+        assert_eq!(f.frames, source.frames, "{}", playlist.display());
+        heights.push(f.height);
+        let text = std::fs::read_to_string(playlist).expect("media playlist");
+        lengths.push(
+            text.lines()
+                .filter_map(|l| l.strip_prefix("#EXTINF:"))
+                .map(|l| l.trim_end_matches(',').to_string())
+                .collect::<Vec<_>>(),
+        );
+    }
+    heights.sort();
+    assert_eq!(heights, [480, 720, 1080], "{report}");
+    assert!(lengths.iter().all(|l| *l == lengths[0]), "{lengths:?}");
+    let total: f64 = lengths[0]
+        .iter()
+        .filter_map(|d| d.parse::<f64>().ok())
+        .sum();
+    assert!(
+        (total - source.duration).abs() <= 0.04 + 1e-6,
+        "{total} vs {}",
+        source.duration
+    );
+    assert_eq!(lengths[0].len(), 3, "9 s in 4 s segments: {lengths:?}");
+}
+
+/// The quality-loop example on a clip built to have segments under its target: 2 s of
+/// flat colour, 2 s of noise, twice. CRF 36 keeps the flat segments far above 36 dB and
+/// the noisy ones far below, so exactly segments 1 and 3 are encoded again; the report
+/// has every segment's PSNR and SSIM, and the output every frame.
+#[test]
+fn quality_loop_example_reencodes_exactly_the_segments_under_its_target() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("easy-hard.mp4");
+    let part = |i: usize| {
+        if i % 2 == 0 {
+            format!("color=c=0x3060a0:size=320x240:rate=25:duration=2[v{i}]")
+        } else {
+            format!("testsrc2=size=320x240:rate=25:duration=2,noise=alls=60:allf=t[v{i}]")
+        }
+    };
+    let graph = format!(
+        "{};{};{};{};[v0][v1][v2][v3]concat=n=4:v=1:a=0[v]",
+        part(0),
+        part(1),
+        part(2),
+        part(3)
+    );
+    tool(
+        "ffmpeg",
+        &[
+            "-v",
+            "error",
+            "-filter_complex",
+            &graph,
+            "-map",
+            "[v]",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-qp",
+            "0",
+            "-g",
+            "50",
+            "-pix_fmt",
+            "yuv420p",
+            &input.to_string_lossy(),
+        ],
+    );
+    let (out, report) = run_ok(
+        dir.path(),
+        &[
+            "run",
+            &example("quality-loop.yaml"),
+            "--input",
+            &input.to_string_lossy(),
+            "--profiles",
+            &example("profiles.yaml"),
+        ],
+    );
+    let reencode = stage(&report, "reencode");
+    assert_eq!(
+        (reencode["units"].as_u64(), reencode["skipped"].as_u64()),
+        (Some(4), Some(2)),
+        "{report}"
+    );
+    assert_eq!(reencode["executions"], 2, "{report}");
+    let record = run_record(&report);
+    let ran: Vec<u64> = record["units"]
+        .as_array()
+        .expect("units")
+        .iter()
+        .filter(|u| u["stage"] == "reencode" && u["status"] == "Done")
+        .filter_map(|u| u["segment"].as_u64())
+        .collect();
+    assert_eq!(ran, [1, 3], "{record}");
+    let quality = report["quality"].as_array().expect("quality in the report");
+    let psnr: Vec<(u64, f64)> = quality
+        .iter()
+        .map(|q| {
+            assert_eq!(q["stage"], "measure");
             assert!(
-                (f.duration - source.duration).abs() <= 0.04 + 1e-6,
-                "{}: {}",
-                path.display(),
-                f.duration
+                q["ssim"].as_f64().is_some_and(|s| s > 0.0 && s <= 1.0),
+                "{q}"
             );
-            f.height
+            (
+                q["segment"].as_u64().unwrap_or(99),
+                q["psnr"].as_f64().unwrap_or(0.0),
+            )
         })
         .collect();
-    heights.sort();
-    assert_eq!(heights, [480, 720, 1080]);
+    assert_eq!(psnr.len(), 4, "{report}");
+    for (segment, db) in psnr {
+        assert_eq!(db < 36.0, segment % 2 == 1, "segment {segment}: {db} dB");
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("quality measure segment 1: PSNR "),
+        "{stdout}"
+    );
+    assert_eq!(facts(&output_path(&report, 0)).frames, 200);
 }
 
 #[test]

@@ -30,6 +30,37 @@ pub struct StageSummary {
     pub bytes_out: u64,
 }
 
+/// What a unit measured of an encode's quality: the metadata of a function that
+/// reports `psnr` and `ssim` (the quality function), per segment or per rendition.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QualityFigure {
+    pub stage: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub segment: Option<u32>,
+    pub psnr: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub psnr_min: Option<f64>,
+    pub ssim: f64,
+    /// None where the function's ffmpeg has no libvmaf.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vmaf: Option<f64>,
+}
+
+impl QualityFigure {
+    fn of(unit: &crate::record::UnitRecord) -> Option<Self> {
+        let number = |key: &str| unit.metadata.get(key).and_then(|v| v.as_f64());
+        Some(QualityFigure {
+            stage: unit.stage.clone(),
+            segment: unit.segment,
+            psnr: number("psnr")?,
+            psnr_min: number("psnrMin"),
+            ssim: number("ssim")?,
+            vmaf: number("vmaf"),
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RunReport {
@@ -47,6 +78,9 @@ pub struct RunReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_before_use_seconds: Option<f64>,
     pub stages: Vec<StageSummary>,
+    /// Quality measured by the run's stages, in the order of the record's units.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub quality: Vec<QualityFigure>,
     pub outputs: Vec<String>,
 }
 
@@ -138,8 +172,35 @@ pub fn summarize(graph: &RunGraph, record: &RunRecord) -> RunReport {
         cold_starts: stages.iter().map(|s| s.cold_starts).sum(),
         idle_before_use_seconds: None,
         stages,
+        quality: record
+            .units
+            .iter()
+            .filter(|u| u.status == UnitStatus::Done)
+            .filter_map(QualityFigure::of)
+            .collect(),
         outputs,
     }
+}
+
+/// The quality figures, one line per unit; empty when the run measured none.
+pub fn quality_table(report: &RunReport) -> String {
+    let mut out = String::new();
+    for q in &report.quality {
+        let unit = match q.segment {
+            Some(s) => format!("{} segment {s}", q.stage),
+            None => q.stage.clone(),
+        };
+        let worst = q
+            .psnr_min
+            .map(|m| format!(" (worst frame {m:.2})"))
+            .unwrap_or_default();
+        let vmaf = q.vmaf.map(|v| format!(", VMAF {v:.2}")).unwrap_or_default();
+        out.push_str(&format!(
+            "quality {unit}: PSNR {:.2} dB{worst}, SSIM {:.4}{vmaf}\n",
+            q.psnr, q.ssim
+        ));
+    }
+    out
 }
 
 fn mib(bytes: u64) -> String {
