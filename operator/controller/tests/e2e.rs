@@ -789,6 +789,125 @@ async fn with_two_replicas_only_the_leader_writes() {
     assert!(b.writes().await > 0, "the new leader writes");
 }
 
+/// DRA as a driver would publish it, for one test: a driver of its own
+/// (`gpu-<suffix>.vflow.test`, so no other test's devices count), DeviceClasses
+/// `gpu-<suffix>` and `mig-<suffix>` that select its devices of kind gpu or mig, and
+/// ResourceSlices on kwok-node-0. `remove` deletes them.
+struct Dra {
+    client: Client,
+    suffix: String,
+    driver: String,
+    gpu_class: String,
+    mig_class: String,
+    slices: Vec<String>,
+}
+
+impl Dra {
+    async fn new(env: &Env) -> Dra {
+        use k8s_openapi::api::resource::v1::DeviceClass;
+        let suffix = env.ns.rsplit('-').next().unwrap_or("x").to_string();
+        let driver = format!("gpu-{suffix}.vflow.test");
+        let (gpu_class, mig_class) = (format!("gpu-{suffix}"), format!("mig-{suffix}"));
+        let classes: Api<DeviceClass> = Api::all(env.client.clone());
+        for (name, kind) in [(&gpu_class, "gpu"), (&mig_class, "mig")] {
+            let class: DeviceClass = serde_json::from_value(json!({
+                "metadata": {"name": name},
+                "spec": {"selectors": [{"cel": {"expression": format!(
+                    "device.driver == \"{driver}\" && device.attributes[\"{driver}\"].kind == \"{kind}\" && device.attributes[\"{driver}\"].pool == \"{suffix}\"")}}]}
+            }))
+            .expect("DeviceClass");
+            classes
+                .create(&PostParams::default(), &class)
+                .await
+                .expect("create DeviceClass");
+        }
+        Dra {
+            client: env.client.clone(),
+            suffix,
+            driver,
+            gpu_class,
+            mig_class,
+            slices: Vec::new(),
+        }
+    }
+
+    /// A device of `kind` (gpu or mig) with `capacity`; `shared`: allocated by capacity.
+    fn device(
+        &self,
+        name: &str,
+        kind: &str,
+        capacity: serde_json::Value,
+        shared: bool,
+    ) -> serde_json::Value {
+        let mut d = json!({"name": name, "attributes": {
+            "kind": {"string": kind}, "pool": {"string": self.suffix}}, "capacity": capacity});
+        if shared {
+            d["allowMultipleAllocations"] = json!(true);
+        }
+        d
+    }
+
+    /// A ResourceSlice of its own pool, `<pool>-<suffix>`, on kwok-node-0.
+    async fn publish(&mut self, pool: &str, devices: Vec<serde_json::Value>) {
+        use k8s_openapi::api::resource::v1::ResourceSlice;
+        let name = format!("{pool}-{}", self.suffix);
+        let slice: ResourceSlice = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {
+                "driver": self.driver,
+                "nodeName": "kwok-node-0",
+                "pool": {"name": name, "generation": 1, "resourceSliceCount": 1},
+                "devices": devices
+            }
+        }))
+        .expect("ResourceSlice");
+        Api::<ResourceSlice>::all(self.client.clone())
+            .create(&PostParams::default(), &slice)
+            .await
+            .expect("create ResourceSlice");
+        self.slices.push(name);
+    }
+
+    /// The operator's --gpu-sharing for these classes, GPUs of `gpu_memory_bytes`.
+    fn sharing(&self, gpu_memory_bytes: u64) -> String {
+        json!({"mode": "dra", "deviceClass": self.gpu_class, "migDeviceClass": self.mig_class,
+            "driver": self.driver, "gpuMemoryBytes": gpu_memory_bytes})
+        .to_string()
+    }
+
+    /// (claim name, subrequest, device) of the allocated claims in `env`'s namespace.
+    async fn allocations(env: &Env) -> Vec<(String, String, String)> {
+        use k8s_openapi::api::resource::v1::ResourceClaim;
+        let mut got: Vec<(String, String, String)> = env
+            .api::<ResourceClaim>()
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|c| {
+                let name = c.name_any();
+                let r = c.status?.allocation?.devices?.results?.into_iter().next()?;
+                Some((name, r.request, r.device))
+            })
+            .collect();
+        got.sort();
+        got
+    }
+
+    async fn remove(self) {
+        use k8s_openapi::api::resource::v1::{DeviceClass, ResourceSlice};
+        let slices: Api<ResourceSlice> = Api::all(self.client.clone());
+        for s in &self.slices {
+            let _ = slices.delete(s, &DeleteParams::default()).await;
+        }
+        let classes: Api<DeviceClass> = Api::all(self.client.clone());
+        for c in [&self.gpu_class, &self.mig_class] {
+            let _ = classes.delete(c, &DeleteParams::default()).await;
+        }
+    }
+}
+
 // Issue 18: GPU stages through Dynamic Resource Allocation, placed by the real
 // scheduler against ResourceSlices published here as a DRA driver would. One kwok node
 // has: a MIG device with 20Gi and a decoder, one with 20Gi and no decoder, a GPU of 40Gi
@@ -800,57 +919,32 @@ async fn with_two_replicas_only_the_leader_writes() {
 #[ignore = "needs e2e/testenv: make e2e-operator"]
 async fn gpu_stages_get_dra_claims_that_the_scheduler_allocates_in_order_of_preference() {
     use k8s_openapi::api::core::v1::Pod;
-    use k8s_openapi::api::resource::v1::{
-        DeviceClass, ResourceClaim, ResourceClaimTemplate, ResourceSlice,
-    };
+    use k8s_openapi::api::resource::v1::ResourceClaimTemplate;
     let env = Env::new("dra").await;
-    let suffix = env.ns.rsplit('-').next().unwrap_or("x").to_string();
-    let driver = "gpu.vflow.test";
-    let (gpu_class, mig_class) = (format!("gpu-{suffix}"), format!("mig-{suffix}"));
-    let classes: Api<DeviceClass> = Api::all(env.client.clone());
-    for (name, kind) in [(&gpu_class, "gpu"), (&mig_class, "mig")] {
-        let class: DeviceClass = serde_json::from_value(json!({
-            "metadata": {"name": name},
-            "spec": {"selectors": [{"cel": {"expression": format!(
-                "device.driver == \"{driver}\" && device.attributes[\"{driver}\"].kind == \"{kind}\" && device.attributes[\"{driver}\"].pool == \"{suffix}\"")}}]}
-        }))
-        .expect("DeviceClass");
-        classes
-            .create(&PostParams::default(), &class)
-            .await
-            .expect("create DeviceClass");
-    }
-    let device = |name: &str, kind: &str, capacity: serde_json::Value, shared: bool| {
-        let mut d = json!({"name": name, "attributes": {
-            "kind": {"string": kind}, "pool": {"string": suffix}}, "capacity": capacity});
-        if shared {
-            d["allowMultipleAllocations"] = json!(true);
-        }
-        d
-    };
-    let slice: ResourceSlice = serde_json::from_value(json!({
-        "metadata": {"name": format!("kwok-node-0-{suffix}")},
-        "spec": {
-            "driver": driver,
-            "nodeName": "kwok-node-0",
-            "pool": {"name": format!("kwok-node-0-{suffix}"), "generation": 1, "resourceSliceCount": 1},
-            "devices": [
-                device("mig-decoder", "mig", json!({"memory": {"value": "20Gi"}, "decoders": {"value": "1"}}), false),
-                device("mig-no-decoder", "mig", json!({"memory": {"value": "20Gi"}, "decoders": {"value": "0"}}), false),
-                device("gpu-shared", "gpu", json!({"memory": {"value": "40Gi"}}), true),
-                device("gpu-plain", "gpu", json!({}), false),
-            ]
-        }
-    }))
-    .expect("ResourceSlice");
-    let slices: Api<ResourceSlice> = Api::all(env.client.clone());
-    slices
-        .create(&PostParams::default(), &slice)
-        .await
-        .expect("create ResourceSlice");
-    let sharing = json!({"mode": "dra", "deviceClass": gpu_class, "migDeviceClass": mig_class,
-        "driver": driver, "gpuMemoryBytes": 80u64 << 30})
-    .to_string();
+    let mut dra = Dra::new(&env).await;
+    let devices = vec![
+        dra.device(
+            "mig-decoder",
+            "mig",
+            json!({"memory": {"value": "20Gi"}, "decoders": {"value": "1"}}),
+            false,
+        ),
+        dra.device(
+            "mig-no-decoder",
+            "mig",
+            json!({"memory": {"value": "20Gi"}, "decoders": {"value": "0"}}),
+            false,
+        ),
+        dra.device(
+            "gpu-shared",
+            "gpu",
+            json!({"memory": {"value": "40Gi"}}),
+            true,
+        ),
+        dra.device("gpu-plain", "gpu", json!({}), false),
+    ];
+    dra.publish("kwok-node-0", devices).await;
+    let sharing = dra.sharing(80u64 << 30);
     let op = Operator::start(
         &env,
         "a",
@@ -918,18 +1012,11 @@ spec:
         "no extended resource besides the claim"
     );
     // The scheduler allocates each pod's claim and binds the pod.
-    let claims: Api<ResourceClaim> = env.api();
     let allocations = || async {
-        let mut got: Vec<(String, String)> = claims
-            .list(&ListParams::default())
+        let mut got: Vec<(String, String)> = Dra::allocations(&env)
             .await
-            .map(|l| l.items)
-            .unwrap_or_default()
             .into_iter()
-            .filter_map(|c| {
-                let r = c.status?.allocation?.devices?.results?.into_iter().next()?;
-                Some((r.request, r.device))
-            })
+            .map(|(_, request, device)| (request, device))
             .collect();
         got.sort();
         got
@@ -969,10 +1056,132 @@ spec:
     )
     .await;
     drop(op);
-    let _ = slices
-        .delete(&slice.name_any(), &DeleteParams::default())
-        .await;
-    for c in [&gpu_class, &mig_class] {
-        let _ = classes.delete(c, &DeleteParams::default()).await;
-    }
+    dra.remove().await;
+}
+
+// Issue 18: a GPU stage whose claim no device can satisfy is reported in the workflow's
+// status with the largest share that fits, and no longer once a device that fits
+// appears. The operator is told GPUs have 128Gi, so a 0.75 share asks for 96Gi; the
+// node's GPUs have 80Gi (shared by capacity) and 40Gi. Stage small (0.125: 16Gi) gets a
+// share of the 80Gi GPU, which leaves 64Gi free there; stage big cannot be placed, and
+// Degraded names it with 64Gi free and 80Gi at most (small, satisfiable, is not named).
+// A 100Gi GPU published then takes big's claim, and Degraded goes back to False.
+#[tokio::test]
+#[ignore = "needs e2e/testenv: make e2e-operator"]
+async fn an_unsatisfiable_gpu_claim_is_reported_with_the_largest_share_that_fits() {
+    use k8s_openapi::api::core::v1::Pod;
+    const GIB: u64 = 1 << 30;
+    let (gpu, shared_gpu, small_gpu, large_gpu) = (128 * GIB, 80 * GIB, 40 * GIB, 100 * GIB);
+    let (small_share, big_share) = (0.125, 0.75);
+    let env = Env::new("dra-fit").await;
+    let mut dra = Dra::new(&env).await;
+    let gi = |b: u64| json!({"memory": {"value": format!("{}Gi", b / GIB)}});
+    let devices = vec![
+        dra.device("gpu-shared", "gpu", gi(shared_gpu), true),
+        dra.device("gpu-small", "gpu", gi(small_gpu), false),
+    ];
+    dra.publish("kwok-node-0", devices).await;
+    let sharing = dra.sharing(gpu);
+    let op = Operator::start(
+        &env,
+        "a",
+        &["--leader-elect=false", "--gpu-sharing", &sharing],
+    );
+    op.wait_ready().await;
+    let wf: VideoWorkflow = serde_saphyr::from_str(&format!(
+        r#"apiVersion: vflow.io/v1alpha1
+kind: VideoWorkflow
+metadata: {{name: fit, namespace: {ns}}}
+spec:
+  storage: {{endpoint: "http://minio.vflow-system.svc:9000", bucket: videos, secretRef: {{name: vflow-s3}}}}
+  fusion: Disabled
+  stages:
+    - {{name: small, function: detect, overrides: {{gpu: {small_share}, minScale: 1, maxScale: 1}}}}
+    - {{name: big, function: detect, after: [small], overrides: {{gpu: {big_share}, minScale: 1, maxScale: 1}}}}
+"#,
+        ns = env.ns
+    ))
+    .expect("workflow");
+    env.apply_workflow(&wf).await;
+    // small's claim takes a share of the shared GPU (so 16Gi of it are held).
+    let small = || async {
+        Dra::allocations(&env)
+            .await
+            .into_iter()
+            .filter(|(claim, _, _)| claim.starts_with("fit-small-"))
+            .map(|(_, request, device)| (request, device))
+            .collect::<Vec<_>>()
+    };
+    wait_for(
+        "small's claim allocated",
+        Duration::from_secs(60),
+        || async { !small().await.is_empty() },
+    )
+    .await;
+    assert_eq!(
+        small().await,
+        [("gpu/share".to_string(), "gpu-shared".to_string())]
+    );
+    // Until the operator has seen that allocation it may report the GPU as all free.
+    let ask = (gpu as f64 * big_share) as u64;
+    let free = shared_gpu - (gpu as f64 * small_share) as u64;
+    let expected = format!(
+        "stage big asks for {}Gi of one GPU; the largest share free now is {}Gi \
+         (gpu-shared on kwok-node-0); the largest device holds {}Gi (gpu-shared on kwok-node-0)",
+        ask / GIB,
+        free / GIB,
+        shared_gpu / GIB
+    );
+    wait_for(
+        &format!("Degraded GpuClaimUnsatisfiable: {expected}"),
+        Duration::from_secs(90),
+        || async {
+            env.condition("fit", "Degraded")
+                .await
+                .is_some_and(|(s, r, m)| {
+                    s == "True" && r == "GpuClaimUnsatisfiable" && m == expected
+                })
+        },
+    )
+    .await;
+    let (ready, _, _) = env.condition("fit", "Ready").await.expect("Ready");
+    assert_eq!(ready, "False");
+    let pods: Api<Pod> = env.api();
+    let unbound = pods
+        .list(&ListParams::default().labels("vflow.io/workflow=fit"))
+        .await
+        .expect("pods")
+        .items
+        .into_iter()
+        .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_none())
+        .filter_map(|p| p.metadata.labels?.get("vflow.io/stage").cloned())
+        .collect::<Vec<_>>();
+    assert_eq!(unbound, ["big"], "only big waits for a device");
+    wait_for("a Warning Event", READY_TIMEOUT, || async {
+        env.api::<Event>()
+            .list(&ListParams::default())
+            .await
+            .is_ok_and(|l| {
+                l.items.iter().any(|e| {
+                    e.reason.as_deref() == Some("GpuClaimUnsatisfiable")
+                        && e.type_.as_deref() == Some("Warning")
+                })
+            })
+    })
+    .await;
+    // A GPU that fits: big's claim gets it, its pod runs, and the report goes.
+    let large = vec![dra.device("gpu-large", "gpu", gi(large_gpu), false)];
+    dra.publish("kwok-node-0-large", large).await;
+    env.wait_ready("fit", Duration::from_secs(90)).await;
+    let big: Vec<String> = Dra::allocations(&env)
+        .await
+        .into_iter()
+        .filter(|(claim, _, _)| claim.starts_with("fit-big-"))
+        .map(|(_, _, device)| device)
+        .collect();
+    assert_eq!(big, ["gpu-large"]);
+    let (degraded, reason, _) = env.condition("fit", "Degraded").await.expect("Degraded");
+    assert_eq!((degraded.as_str(), reason.as_str()), ("False", "AsPlanned"));
+    drop(op);
+    dra.remove().await;
 }

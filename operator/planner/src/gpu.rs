@@ -134,6 +134,9 @@ pub struct DraClaim {
     /// In order of preference; empty when `count` whole GPUs are asked for.
     pub alternatives: Vec<DraAlternative>,
     pub device_class: String,
+    /// The GPU memory the one device must have (observed need, else the fraction of
+    /// `gpuMemoryBytes`); None for whole GPUs or when neither is known.
+    pub memory_bytes: Option<u64>,
 }
 
 impl Default for GpuSharing {
@@ -480,6 +483,9 @@ fn describe(a: &DraAlternative) -> String {
             format!("{} MiB of a GPU ({})", bytes.div_ceil(MIB), a.device_class)
         }
         ("mig", _) => format!("a MIG device ({})", a.device_class),
+        _ if !a.selectors.is_empty() => {
+            format!("a whole GPU with that much memory ({})", a.device_class)
+        }
         _ => format!("a whole GPU ({})", a.device_class),
     }
 }
@@ -492,6 +498,7 @@ fn dra_claim(fraction: f64, gpu_memory_bytes: Option<u64>, dra: &DraSharing) -> 
             count: fraction.ceil() as u32,
             alternatives: Vec::new(),
             device_class: dra.device_class.clone(),
+            memory_bytes: None,
         };
     }
     // Observed need first; else the fraction of a GPU of known size.
@@ -531,16 +538,28 @@ fn dra_claim(fraction: f64, gpu_memory_bytes: Option<u64>, dra: &DraSharing) -> 
             capacity: Some((dra.memory_capacity.clone(), bytes)),
         });
     }
+    // A whole GPU with less memory than the stage needs would only fail later (out of
+    // memory): refused where the device publishes its memory; one that does not may go.
+    // (`device.capacity[domain]` of a device without that domain is an empty map.)
+    let whole_fits = need.map(|bytes| {
+        format!(
+            "!({:?} in device.capacity[{:?}]) || {}.compareTo(quantity(\"{bytes}\")) >= 0",
+            dra.memory_capacity,
+            dra.driver,
+            capacity(&dra.memory_capacity)
+        )
+    });
     alternatives.push(DraAlternative {
         name: "whole".into(),
         device_class: dra.device_class.clone(),
-        selectors: Vec::new(),
+        selectors: whole_fits.into_iter().collect(),
         capacity: None,
     });
     DraClaim {
         count: 1,
         alternatives,
         device_class: dra.device_class.clone(),
+        memory_bytes: need,
     }
 }
 
@@ -730,6 +749,14 @@ mod tests {
             Some(("memory".into(), twenty))
         );
         assert_eq!(claim.alternatives[2].capacity, None);
+        // A whole GPU only where it publishes at least that much memory, or none.
+        assert_eq!(
+            claim.alternatives[2].selectors,
+            [format!(
+                r#"!("memory" in device.capacity["gpu.nvidia.com"]) || device.capacity["gpu.nvidia.com"].memory.compareTo(quantity("{twenty}")) >= 0"#
+            )]
+        );
+        assert_eq!(claim.memory_bytes, Some(twenty));
         // What was observed wins over the fraction.
         let r = translate(0.25, Some(3 * GIB), &sharing).expect("ok");
         let claim = r.claim.expect("a claim");
@@ -741,6 +768,7 @@ mod tests {
         let r = translate(2.0, None, &sharing).expect("ok");
         let claim = r.claim.expect("a claim");
         assert_eq!((claim.count, claim.alternatives.len()), (2, 0));
+        assert_eq!(claim.memory_bytes, None);
     }
 
     #[test]
@@ -748,14 +776,12 @@ mod tests {
         let sharing: GpuSharing =
             serde_json::from_str(r#"{"mode": "dra", "migDeviceClass": ""}"#).expect("json");
         let r = translate(0.5, None, &sharing).expect("ok");
-        let names: Vec<String> = r
-            .claim
-            .expect("a claim")
-            .alternatives
-            .into_iter()
-            .map(|a| a.name)
-            .collect();
-        // No GPU size and nothing observed: no share can be sized; no MIG class.
+        let claim = r.claim.expect("a claim");
+        let names: Vec<&str> = claim.alternatives.iter().map(|a| a.name.as_str()).collect();
+        // No GPU size and nothing observed: no share can be sized; no MIG class; any
+        // whole GPU.
         assert_eq!(names, ["whole"]);
+        assert!(claim.alternatives[0].selectors.is_empty());
+        assert_eq!(claim.memory_bytes, None);
     }
 }

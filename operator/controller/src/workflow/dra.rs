@@ -170,7 +170,8 @@ mod tests {
                 Quantity((20u64 << 30).to_string())
             )]))
         );
-        assert!(subs[2].capacity.is_none() && subs[2].selectors.is_none());
+        assert!(subs[2].capacity.is_none());
+        assert_eq!(subs[2].selectors.as_ref().map(Vec::len), Some(1));
         let whole = translate(2.0, None, &sharing)
             .expect("ok")
             .claim

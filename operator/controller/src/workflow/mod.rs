@@ -7,6 +7,7 @@ pub mod apply;
 pub mod build;
 pub mod dereference;
 pub mod dra;
+pub mod dra_fit;
 pub mod network;
 pub mod resize;
 pub mod status;
@@ -276,6 +277,9 @@ pub struct Desired {
     pub services: Vec<(String, Service)>,
     /// Sharing mode Dra: the GPU stages' ResourceClaimTemplates.
     pub claim_templates: Vec<k8s_openapi::api::resource::v1::ResourceClaimTemplate>,
+    /// Sharing mode Dra: the GPU stages whose planned replicas are not all ready (the
+    /// reconcile asks whether the scheduler can place them).
+    pub gpu_waiting: Vec<dra_fit::Waiting>,
     /// Stages now fused into another's pods whose own children are still there.
     pub fused_away_deployments: Vec<String>,
     pub fused_away_services: Vec<String>,
@@ -484,7 +488,8 @@ pub fn desired(
             .collect();
         let deployment = build::deployment(&si, &fused, scale.replicas)?;
         let service = build::service(&si)?;
-        if let Some(claim) = si.decision.gpu.as_ref().and_then(|g| g.claim.as_ref()) {
+        let claim = si.decision.gpu.as_ref().and_then(|g| g.claim.as_ref());
+        if let Some(claim) = claim {
             out.claim_templates
                 .push(dra::claim_template(wf, &stage.name, claim)?);
         }
@@ -516,6 +521,19 @@ pub fn desired(
         // the planned replicas must be ready.
         let ready = scale.replicas == 0
             || (dep_current && svc_current && rolled_out && ready_replicas >= scale.replicas);
+        if let Some(need) = claim.and_then(|c| c.memory_bytes)
+            && !ready
+        {
+            // Nothing watched moves when the scheduler gives up on a pod: look again.
+            out.gpu_waiting.push(dra_fit::Waiting {
+                stage: stage.name.clone(),
+                memory_bytes: need,
+            });
+            let at = now
+                .checked_add(SignedDuration::try_from(dra_fit::RECHECK).unwrap_or_default())
+                .unwrap_or(now);
+            out.requeue_at = Some(out.requeue_at.map_or(at, |r| r.min(at)));
+        }
         if !ready {
             not_ready.push(stage.name.clone());
             out.counts.not_ready += 1;
@@ -774,7 +792,7 @@ async fn reconcile_inner(wf: &VideoWorkflow, ctx: &Context) -> Result<(Action, b
     let branches = branch_evidence(wf, ctx, &pending_branches);
     let outcome = plan_for(wf, &profiles, ctx, now, &branches);
     let demand = ctx.demand.get(&ns, &wf.name_any(), now);
-    let want = desired(
+    let mut want = desired(
         wf,
         &outcome,
         &profiles,
@@ -858,10 +876,21 @@ async fn reconcile_inner(wf: &VideoWorkflow, ctx: &Context) -> Result<(Action, b
         .as_ref()
         .map(|s| s.conditions.clone())
         .unwrap_or_default();
+    if let vflow_planner::gpu::GpuSharing::Dra(dra) = &ctx.settings.planner.gpu_sharing {
+        let problems =
+            dra_fit::problems(&ctx.client, &ns, &wf.name_any(), &want.gpu_waiting, dra).await?;
+        status::add_degraded(
+            &mut want.status,
+            &old_conditions,
+            dra_fit::REASON,
+            &problems,
+            now,
+        );
+    }
     if let Some((reason, message)) =
         status::degraded_changed(&old_conditions, &want.status.conditions)
     {
-        warn!(%reason, %message, "workflow cannot be reconciled as written");
+        warn!(%reason, %message, "workflow degraded");
         let event = Event {
             type_: EventType::Warning,
             reason,

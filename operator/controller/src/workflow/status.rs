@@ -57,6 +57,32 @@ fn truncate(mut s: String, max: usize) -> String {
     s
 }
 
+/// Adds problems found after planning (a GPU claim no device can satisfy) to the
+/// Degraded condition: true with `reason`, or, where it is already true for another
+/// reason, that reason with both messages.
+pub fn add_degraded(
+    status: &mut VideoWorkflowStatus,
+    old: &[Condition],
+    reason: &str,
+    problems: &[String],
+    now: Timestamp,
+) {
+    if problems.is_empty() {
+        return;
+    }
+    let message = problems.join("; ");
+    let generation = status.observed_generation;
+    let new = match status.conditions.iter().find(|c| c.type_ == DEGRADED) {
+        Some(c) if c.status == "True" => Condition {
+            message: truncate(format!("{}; {message}", c.message), 1024),
+            ..c.clone()
+        },
+        _ => condition(old, DEGRADED, true, reason, message, generation, now),
+    };
+    status.conditions.retain(|c| c.type_ != DEGRADED);
+    status.conditions.push(new);
+}
+
 /// Whether the Degraded condition is newly true, or true with another message: the
 /// moment to publish an Event (not on every reconcile, which would be writes).
 pub fn degraded_changed(old: &[Condition], new: &[Condition]) -> Option<(String, String)> {
@@ -119,6 +145,39 @@ mod tests {
         assert_eq!(c2.last_transition_time, Time(t(0)));
         let c3 = condition(&[c2], READY, true, "StagesReady", "", Some(2), t(9));
         assert_eq!(c3.last_transition_time, Time(t(9)));
+    }
+
+    #[test]
+    fn later_problems_make_degraded_true_or_join_its_message() {
+        let ok = condition(&[], DEGRADED, false, "AsPlanned", "", Some(1), t(0));
+        let mut status = VideoWorkflowStatus {
+            observed_generation: Some(1),
+            conditions: vec![ok.clone()],
+            ..VideoWorkflowStatus::default()
+        };
+        let old = std::slice::from_ref(&ok);
+        add_degraded(&mut status, old, "GpuClaimUnsatisfiable", &[], t(5));
+        assert_eq!(status.conditions, old, "nothing to add");
+        let gpu = ["stage a asks for 96Gi".to_string()];
+        add_degraded(&mut status, &[ok], "GpuClaimUnsatisfiable", &gpu, t(5));
+        let c = &status.conditions[0];
+        assert_eq!(status.conditions.len(), 1);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str(), c.message.as_str()),
+            ("True", "GpuClaimUnsatisfiable", "stage a asks for 96Gi")
+        );
+        assert_eq!(c.last_transition_time, Time(t(5)));
+        let bad = condition(&[], DEGRADED, true, "InvalidAnnotation", "x", Some(1), t(0));
+        let mut status = VideoWorkflowStatus {
+            conditions: vec![bad.clone()],
+            ..VideoWorkflowStatus::default()
+        };
+        add_degraded(&mut status, &[bad], "GpuClaimUnsatisfiable", &gpu, t(5));
+        let c = &status.conditions[0];
+        assert_eq!(
+            (c.reason.as_str(), c.message.as_str()),
+            ("InvalidAnnotation", "x; stage a asks for 96Gi")
+        );
     }
 
     #[test]
