@@ -1185,3 +1185,65 @@ spec:
     drop(op);
     dra.remove().await;
 }
+
+// A ResourceClaimTemplate's spec is immutable: when a stage's claim changes (here its
+// GPU share, so the memory it asks for), the operator replaces the stage's template
+// instead of failing to apply it. No devices are needed: the stage has no replicas.
+#[tokio::test]
+#[ignore = "needs e2e/testenv: make e2e-operator"]
+async fn a_changed_gpu_claim_replaces_the_stages_template() {
+    use k8s_openapi::api::resource::v1::ResourceClaimTemplate;
+    const GIB: u64 = 1 << 30;
+    let gpu = 80 * GIB;
+    let env = Env::new("dra-change").await;
+    let dra = Dra::new(&env).await;
+    let sharing = dra.sharing(gpu);
+    let op = Operator::start(
+        &env,
+        "a",
+        &["--leader-elect=false", "--gpu-sharing", &sharing],
+    );
+    op.wait_ready().await;
+    let workflow = |share: f64| -> VideoWorkflow {
+        serde_saphyr::from_str(&format!(
+            r#"apiVersion: vflow.io/v1alpha1
+kind: VideoWorkflow
+metadata: {{name: change, namespace: {ns}}}
+spec:
+  storage: {{endpoint: "http://minio.vflow-system.svc:9000", bucket: videos, secretRef: {{name: vflow-s3}}}}
+  provisioning: Ephemeral
+  stages:
+    - {{name: detect, function: detect, overrides: {{gpu: {share}, minScale: 0}}}}
+"#,
+            ns = env.ns
+        ))
+        .expect("workflow")
+    };
+    let templates: Api<ResourceClaimTemplate> = env.api();
+    // The memory the template's share alternative asks for.
+    let asked = || async {
+        let t = templates.get("change-detect-gpu").await.ok()?;
+        let requests = t.spec?.spec?.devices?.requests?;
+        requests
+            .into_iter()
+            .flat_map(|r| r.first_available.into_iter().flatten())
+            .find(|s| s.name == "share")?
+            .capacity?
+            .requests?
+            .get("memory")
+            .map(|q| q.0.clone())
+    };
+    for share in [0.25, 0.5] {
+        env.apply_workflow(&workflow(share)).await;
+        let want = ((gpu as f64 * share) as u64).to_string();
+        wait_for(
+            &format!("the template asks for {want} bytes"),
+            Duration::from_secs(30),
+            || async { asked().await.as_deref() == Some(want.as_str()) },
+        )
+        .await;
+    }
+    env.wait_ready("change", READY_TIMEOUT).await;
+    drop(op);
+    dra.remove().await;
+}

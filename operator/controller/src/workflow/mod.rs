@@ -226,10 +226,17 @@ async fn ensure_claim_templates(
         .await?;
     for t in want {
         let current = there.items.iter().find(|e| e.name_any() == t.name_any());
-        if !current.is_some_and(|e| apply::is_current(&e.metadata, &t.metadata, &uid)) {
-            apply::apply(&api, t).await?;
-            info!(template = %t.name_any(), "applied a GPU stage's ResourceClaimTemplate");
+        if current.is_some_and(|e| apply::is_current(&e.metadata, &t.metadata, &uid)) {
+            continue;
         }
+        if current.is_some() {
+            // A template's spec is immutable (an apply that changes it is refused):
+            // replaced. Pods made from now on get claims from the new one; running pods
+            // keep theirs.
+            apply::delete(&api, &t.name_any()).await?;
+        }
+        apply::apply(&api, t).await?;
+        info!(template = %t.name_any(), "applied a GPU stage's ResourceClaimTemplate");
     }
     for stale in there
         .items
