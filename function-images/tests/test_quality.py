@@ -45,3 +45,17 @@ def test_frames_that_cannot_be_paired_are_refused(fn, src, tmp_path):
 def test_one_input_is_a_usage_error(fn, src):
     r = fn("quality", [src])
     assert r.rc == 2 and r.files() == [], r
+
+
+def test_the_source_in_consecutive_parts_is_compared_as_one(fn, src, tmp_path):
+    """A join stage gets a rendition and every segment of the split: the same figures as
+    against the whole source."""
+    split = fn("segment", [src], seconds=1, reencode="never")  # stream copy: the source's own frames
+    assert split.rc == 0 and len(split.files()) == 2, split
+    enc = tmp_path / "enc.mp4"
+    ffmpeg("-i", src, "-c:v", "libx264", "-preset", "ultrafast", "-crf", "30", enc)
+    whole = fn("quality", [enc, src])
+    parts = fn("quality", [enc, *[split.out / f for f in split.files()]])
+    assert whole.rc == 0 and parts.rc == 0, parts
+    assert parts.meta["frames"] == 50 and parts.meta["psnr"] == pytest.approx(whole.meta["psnr"], abs=0.01)
+    assert parts.meta["ssim"] == pytest.approx(whole.meta["ssim"], abs=1e-4)

@@ -333,7 +333,8 @@ fn transcode_ladder_example_packages_every_frame_of_each_rendition_as_one_stream
 /// The quality-loop example on a clip built to have segments under its target: 2 s of
 /// flat colour, 2 s of noise, twice. CRF 36 keeps the flat segments far above 36 dB and
 /// the noisy ones far below, so exactly segments 1 and 3 are encoded again; the report
-/// has every segment's PSNR and SSIM, and the output every frame.
+/// has every segment's PSNR and SSIM before and after, the whole output's, and the
+/// output every frame.
 #[test]
 fn quality_loop_example_reencodes_exactly_the_segments_under_its_target() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -402,30 +403,78 @@ fn quality_loop_example_reencodes_exactly_the_segments_under_its_target() {
         .collect();
     assert_eq!(ran, [1, 3], "{record}");
     let quality = report["quality"].as_array().expect("quality in the report");
-    let psnr: Vec<(u64, f64)> = quality
-        .iter()
-        .map(|q| {
-            assert_eq!(q["stage"], "measure");
-            assert!(
-                q["ssim"].as_f64().is_some_and(|s| s > 0.0 && s <= 1.0),
-                "{q}"
-            );
-            (
-                q["segment"].as_u64().unwrap_or(99),
-                q["psnr"].as_f64().unwrap_or(0.0),
-            )
-        })
-        .collect();
-    assert_eq!(psnr.len(), 4, "{report}");
-    for (segment, db) in psnr {
-        assert_eq!(db < 36.0, segment % 2 == 1, "segment {segment}: {db} dB");
+    let figures = |stage: &str| -> Vec<(u64, f64)> {
+        quality
+            .iter()
+            .filter(|q| q["stage"] == stage)
+            .map(|q| {
+                assert!(
+                    q["ssim"].as_f64().is_some_and(|s| s > 0.0 && s <= 1.0),
+                    "{q}"
+                );
+                (
+                    q["segment"].as_u64().unwrap_or(99),
+                    q["psnr"].as_f64().unwrap_or(0.0),
+                )
+            })
+            .collect()
+    };
+    let first = figures("measure");
+    assert_eq!(first.len(), 4, "{report}");
+    for (segment, db) in &first {
+        assert_eq!(
+            *db < 36.0,
+            !segment.is_multiple_of(2),
+            "segment {segment}: {db} dB"
+        );
     }
+    // What went into stitch: the first encode where it was kept, better where encoded
+    // again (noise at CRF 20 is still under 36 dB: one pass of the loop, not a search).
+    let kept = figures("measure-output");
+    assert_eq!(kept.len(), 4, "{report}");
+    for ((segment, before), (_, after)) in first.iter().zip(&kept) {
+        if segment.is_multiple_of(2) {
+            assert_eq!(before, after, "segment {segment}: {first:?} {kept:?}");
+        } else {
+            assert!(
+                *after > before + 3.0,
+                "segment {segment}: {first:?} {kept:?}"
+            );
+        }
+    }
+    // Per stage, the whole: 200 frames; its PSNR lies between its segments' extremes.
+    let whole = report["qualityByStage"]
+        .as_array()
+        .and_then(|w| w.iter().find(|q| q["stage"] == "measure-output"))
+        .unwrap_or_else(|| panic!("no whole-output figure: {report}"));
+    assert_eq!(whole["frames"], 200, "{whole}");
+    let db = whole["psnr"].as_f64().unwrap_or(0.0);
+    let lowest = kept.iter().map(|k| k.1).fold(f64::MAX, f64::min);
+    let highest = kept.iter().map(|k| k.1).fold(0.0, f64::max);
+    assert!(
+        lowest <= db && db <= highest,
+        "{db} not within {lowest}..{highest}"
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("quality measure segment 1: PSNR "),
         "{stdout}"
     );
-    assert_eq!(facts(&output_path(&report, 0)).frames, 200);
+    assert!(
+        stdout.contains("quality measure-output (all 200 frames): PSNR "),
+        "{stdout}"
+    );
+    let video = report["outputs"]
+        .as_array()
+        .and_then(|o| {
+            o.iter()
+                .find_map(|x| x.as_str().filter(|x| x.ends_with(".mp4")))
+        })
+        .expect("the stitched output");
+    assert_eq!(
+        facts(Path::new(video.trim_start_matches("file://"))).frames,
+        200
+    );
 }
 
 #[test]

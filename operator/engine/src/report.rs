@@ -45,6 +45,8 @@ pub struct QualityFigure {
     /// None where the function's ffmpeg has no libvmaf.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vmaf: Option<f64>,
+    /// Frames compared.
+    pub frames: u64,
 }
 
 impl QualityFigure {
@@ -57,6 +59,46 @@ impl QualityFigure {
             psnr_min: number("psnrMin"),
             ssim: number("ssim")?,
             vmaf: number("vmaf"),
+            frames: unit.metadata.get("frames").and_then(|v| v.as_u64())?,
+        })
+    }
+
+    /// The figures of a stage's segments together, as one measurement of the whole would
+    /// give them: PSNR from the frames' mean squared error (each segment's mean MSE
+    /// weighted by its frames), SSIM and VMAF as frame-weighted means, the worst frame
+    /// of all. None for no figures or no frames.
+    pub fn combined(stage: &str, parts: &[&QualityFigure]) -> Option<QualityFigure> {
+        let frames: u64 = parts.iter().map(|q| q.frames).sum();
+        if frames == 0 {
+            return None;
+        }
+        let weighted = |f: &dyn Fn(&QualityFigure) -> f64| {
+            parts.iter().map(|q| f(q) * q.frames as f64).sum::<f64>() / frames as f64
+        };
+        // The quality function writes 100 dB for identical frames (MSE 0).
+        let mse = weighted(&|q| {
+            if q.psnr >= 100.0 {
+                0.0
+            } else {
+                10f64.powf(-q.psnr / 10.0)
+            }
+        });
+        Some(QualityFigure {
+            stage: stage.to_string(),
+            segment: None,
+            psnr: if mse > 0.0 {
+                -10.0 * mse.log10()
+            } else {
+                100.0
+            },
+            psnr_min: parts.iter().filter_map(|q| q.psnr_min).reduce(f64::min),
+            ssim: weighted(&|q| q.ssim),
+            vmaf: if parts.iter().all(|q| q.vmaf.is_some()) {
+                Some(weighted(&|q| q.vmaf.unwrap_or(0.0)))
+            } else {
+                None
+            },
+            frames,
         })
     }
 }
@@ -81,6 +123,9 @@ pub struct RunReport {
     /// Quality measured by the run's stages, in the order of the record's units.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub quality: Vec<QualityFigure>,
+    /// Per stage that measured segments: their figures as one (a whole rendition).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub quality_by_stage: Vec<QualityFigure>,
     pub outputs: Vec<String>,
 }
 
@@ -162,6 +207,12 @@ pub fn summarize(graph: &RunGraph, record: &RunRecord) -> RunReport {
         .filter(|u| sinks.contains(&u.stage.as_str()) && u.status == UnitStatus::Done)
         .flat_map(|u| u.outputs.clone())
         .collect();
+    let quality: Vec<QualityFigure> = record
+        .units
+        .iter()
+        .filter(|u| u.status == UnitStatus::Done)
+        .filter_map(QualityFigure::of)
+        .collect();
     RunReport {
         run: record.run.clone(),
         workflow: record.workflow.clone(),
@@ -172,23 +223,33 @@ pub fn summarize(graph: &RunGraph, record: &RunRecord) -> RunReport {
         cold_starts: stages.iter().map(|s| s.cold_starts).sum(),
         idle_before_use_seconds: None,
         stages,
-        quality: record
-            .units
+        quality_by_stage: graph
+            .order
             .iter()
-            .filter(|u| u.status == UnitStatus::Done)
-            .filter_map(QualityFigure::of)
+            .filter_map(|&i| {
+                let name = &graph.stages[i].name;
+                let parts: Vec<&QualityFigure> = quality
+                    .iter()
+                    .filter(|q| &q.stage == name && q.segment.is_some())
+                    .collect();
+                QualityFigure::combined(name, &parts)
+            })
             .collect(),
+        quality,
         outputs,
     }
 }
 
-/// The quality figures, one line per unit; empty when the run measured none.
+/// The quality figures, one line per unit, then per stage of segments for the whole;
+/// empty when the run measured none.
 pub fn quality_table(report: &RunReport) -> String {
     let mut out = String::new();
-    for q in &report.quality {
-        let unit = match q.segment {
-            Some(s) => format!("{} segment {s}", q.stage),
-            None => q.stage.clone(),
+    let whole = report.quality_by_stage.iter().map(|q| (q, true));
+    for (q, combined) in report.quality.iter().map(|q| (q, false)).chain(whole) {
+        let unit = match (q.segment, combined) {
+            (Some(s), _) => format!("{} segment {s}", q.stage),
+            (None, true) => format!("{} (all {} frames)", q.stage, q.frames),
+            (None, false) => q.stage.clone(),
         };
         let worst = q
             .psnr_min
@@ -266,4 +327,43 @@ pub fn table(report: &RunReport) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::QualityFigure;
+
+    fn figure(psnr: f64, ssim: f64, frames: u64) -> QualityFigure {
+        QualityFigure {
+            stage: "q".into(),
+            segment: Some(0),
+            psnr,
+            psnr_min: Some(psnr - 1.0),
+            ssim,
+            vmaf: None,
+            frames,
+        }
+    }
+
+    // 30 dB and 40 dB over as many frames: MSE 1e-3 and 1e-4 in units of the peak,
+    // mean 5.5e-4, which is 32.60 dB (not the 35 dB a mean of the decibels says).
+    #[test]
+    fn segments_combine_through_their_mean_squared_error_weighted_by_frames() {
+        let (a, b) = (figure(30.0, 0.9, 100), figure(40.0, 0.99, 100));
+        let whole = QualityFigure::combined("q", &[&a, &b]).expect("figures");
+        assert!((whole.psnr - 32.596).abs() < 1e-3, "{whole:?}");
+        assert!((whole.ssim - 0.945).abs() < 1e-9);
+        assert_eq!(
+            (whole.frames, whole.psnr_min, whole.vmaf),
+            (200, Some(29.0), None)
+        );
+        let c = figure(40.0, 0.99, 300);
+        let weighted = QualityFigure::combined("q", &[&a, &c]).expect("figures");
+        assert!((weighted.psnr - 34.881).abs() < 1e-3, "{weighted:?}"); // (1e-3 + 3 x 1e-4) / 4
+        // identical frames (100 dB) count as no error at all
+        let same = figure(100.0, 1.0, 100);
+        let half = QualityFigure::combined("q", &[&same, &b]).expect("figures");
+        assert!((half.psnr - 43.010).abs() < 1e-3, "{half:?}");
+        assert!(QualityFigure::combined("q", &[]).is_none());
+    }
 }
