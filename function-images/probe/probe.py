@@ -1,10 +1,13 @@
 """probe: describes a media file (ffprobe's format and streams) as probe.json."""
-from vflowfn import Context, Function, duration, ffprobe, video_stream, audio_stream, write_json_atomic
+from vflowfn import (Context, Function, audio_stream, check_not_truncated, duration, ffprobe, video_stream,
+                     write_json_atomic)
 
 
 def run(ctx: Context) -> dict:
     src = ctx.inputs[0]
     info = ffprobe(src)
+    # The header alone describes a cut-off mp4 (index first) or mkv as whole: read its end.
+    check_not_truncated(src, info)
     v = video_stream(info, src, required=False)
     a = audio_stream(info)
     write_json_atomic(ctx.out("probe.json"), info)

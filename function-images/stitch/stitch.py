@@ -52,9 +52,14 @@ def span(path: str, info: dict, stream: dict) -> Span:
     # edit, though all its samples decode; in mp4 every packet of a stream has the same
     # length (AAC 1024 samples), so the typical one is right. Other containers report
     # each packet's own length (a Vorbis packet can be much shorter than the typical).
+    # The same happens to video that starts after 0 (an mp4 segment of a source whose
+    # video starts after its audio, as in mkv or MPEG-TS with AAC: 0.021 s): its last
+    # frame comes back shorter by that start, 0.019 s instead of 0.040 s.
     mov = "mp4" in str(info.get("format", {}).get("format_name", ""))
     if d is None or (mov and stream["codec_type"] == "audio" and d < typical):
         d = typical
+    elif mov and stream["codec_type"] == "video" and pts[0] > 0 and d < typical:
+        d = min(typical, d + pts[0])
     return Span(pts[0], t + d, typical)
 
 
