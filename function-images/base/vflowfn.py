@@ -223,10 +223,19 @@ def ffmpeg(args: list[str], what: str, on: str, cwd: str | None = None, listing:
     cmd = ["ffmpeg", "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error", "-y",
            "-max_alloc", str(MAX_ALLOC)] + out + args[-1:]
     stderr = _run(cmd, what, on, cwd=cwd, want="stderr")
-    # ffmpeg exits 0 on a cut-off mp4 whose index comes first; its demuxer says so, though.
+    # ffmpeg exits 0 on a cut-off mp4 whose index comes first, or a cut-off mkv; their
+    # demuxers say so, though.
+    truncated = _truncated(stderr)
+    if truncated:
+        raise FnError(f"{what} failed on input {on}: {truncated}", _tail(stderr))
+
+
+def _truncated(stderr: str) -> str | None:
     if ": partial file" in stderr:
-        raise FnError(f"{what} failed on input {on}: the input is truncated (shorter than its index says)",
-                      _tail(stderr))
+        return "the input is truncated (shorter than its index says)"
+    if "File ended prematurely" in stderr:
+        return "the input is truncated (it ends in the middle of its data)"
+    return None
 
 
 def _read_tail(f, limit: int) -> str:
@@ -247,6 +256,8 @@ def _refusal(stderr: str) -> str | None:
         return "it refers to a protocol other than a local file, which vflow refuses"
     if "exceeds specified max pixel count" in stderr:
         return f"its pictures are larger than the limit of {MAX_PIXELS} pixels"
+    if "moov atom not found" in stderr:
+        return "it is truncated or not a complete mp4/mov: its index (moov) is missing"
     return None
 
 
@@ -311,6 +322,49 @@ def has_encoder(name: str) -> bool:
     return name in _ENCODERS
 
 
+_FILTERS: set[str] | None = None
+
+
+def has_filter(name: str) -> bool:
+    global _FILTERS
+    if _FILTERS is None:
+        out = _run(["ffmpeg", "-hide_banner", "-filters"], "listing filters", "-")
+        _FILTERS = {ln.split()[1] for ln in out.splitlines()
+                    if len(ln.split()) > 2 and re.match(r"^ [.TSC]{3} ", ln)}
+    return name in _FILTERS
+
+
+def video_pts(path: str, stream: int | str) -> tuple[list[float], float | None]:
+    """Sorted pts of one stream's packets (no decoding) and the pts of its first keyframe."""
+    cmd = ["ffprobe", "-hide_banner", "-v", "error", "-max_alloc", str(MAX_ALLOC), *input_guard(),
+           "-of", "csv=p=0", "-select_streams", str(stream), "-show_entries", "packet=pts_time,flags", path]
+    pts, key = [], None
+    for line in _run(cmd, "reading packets", path).splitlines():
+        t, _, flags = line.partition(",")
+        try:
+            t = float(t)
+        except ValueError:  # N/A
+            continue
+        pts.append(t)
+        if "K" in flags and (key is None or t < key):
+            key = t
+    return sorted(pts), key
+
+
+def check_not_truncated(path: str, info: dict) -> None:
+    """Reads (without decoding) the packets of the input's last seconds: a file cut off
+    after an index that comes first (mp4 faststart) or a header that declares its
+    duration (mkv) describes more than it holds, and ffprobe's header alone says nothing."""
+    end = duration(info)
+    cmd = ["ffprobe", "-hide_banner", "-v", "error", "-max_alloc", str(MAX_ALLOC), *input_guard(),
+           "-read_intervals", f"{max(0.0, end - 2):.3f}%", "-of", "csv=p=0", "-show_entries", "packet=pts_time",
+           path]
+    stderr = _run(cmd, "reading", path, want="stderr")
+    truncated = _truncated(stderr)
+    if truncated:
+        raise FnError(f"reading failed on input {path}: {truncated}", _tail(stderr))
+
+
 # ---------------------------------------------------------------- media facts
 
 
@@ -323,7 +377,8 @@ def video_stream(info: dict, on: str, required: bool = True) -> dict | None:
                 raise FnError(f"unsupported video codec (tag {tag!r}) in input {on}: ffmpeg cannot decode it")
             return s
     if required:
-        raise FnError(f"input {on} has no video stream")
+        only = " (it holds only audio)" if audio_stream(info) else ""
+        raise FnError(f"input {on} has no video stream{only}: this function needs video")
     return None
 
 
@@ -468,6 +523,41 @@ def _need(encoder: str, codec: str) -> None:
         raise UsageError(f"codec {codec} needs the {encoder} encoder, which this ffmpeg build lacks")
 
 
+# 4:2:0 encoders (x264, x265, libvpx, SVT-AV1 in yuv420p) need even sizes: an odd
+# width or height (1921x1081, or scale's height 121) loses its last column or row.
+EVEN_SIZE = "crop=trunc(iw/2)*2:trunc(ih/2)*2:0:0"
+HDR_TRANSFERS = {"smpte2084": "PQ", "arib-std-b67": "HLG"}
+
+
+def source_filters(v: dict) -> list[str]:
+    """Filters that every re-encoding function puts first, by what the source is:
+
+    - interlaced (field order tt/bb/tb/bt): deinterlaced with bwdif, one frame per frame
+      (the field rate is not doubled, so the frame count and timestamps stay), only the
+      frames flagged interlaced; the outputs are progressive.
+    - HDR (PQ or HLG transfer): tone-mapped to SDR BT.709 (zscale + tonemap hable), as
+      the outputs are 8-bit yuv420p, where PQ or HLG would band and look washed out in
+      players that show them as SDR. Without zscale in this ffmpeg the HDR tags are kept.
+    Rotation (a display matrix) needs nothing here: ffmpeg's autorotate turns the frames
+    upright before these filters and writes no matrix on the output. A 10-bit SDR source
+    becomes 8-bit; a non-square SAR is kept (the output has the same display aspect).
+    """
+    return [f for f in (deinterlace_filter(v), tonemap_filter(v)) if f]
+
+
+def deinterlace_filter(v: dict) -> str | None:
+    if v.get("field_order") in ("tt", "bb", "tb", "bt"):
+        return "bwdif=mode=send_frame:parity=auto:deint=interlaced"
+    return None
+
+
+def tonemap_filter(v: dict) -> str | None:
+    if v.get("color_transfer") in HDR_TRANSFERS and has_filter("zscale") and has_filter("tonemap"):
+        return ("zscale=t=linear:npl=100,format=gbrpf32le,zscale=p=bt709,tonemap=tonemap=hable:desat=0,"
+                "zscale=t=bt709:m=bt709:r=tv,format=yuv420p")
+    return None
+
+
 def encode_video(ctx: "Context", src: str, info: dict, what: str, *, vfilter: str | None = None,
                  graph: str | None = None, extra_inputs: tuple[str, ...] = (), codec: str = "h264",
                  crf: int | None = 23, preset: str = "veryfast", bitrate: str | None = None,
@@ -487,10 +577,16 @@ def encode_video(ctx: "Context", src: str, info: dict, what: str, *, vfilter: st
     container = container or pick_container(codec, acodec)
     enc = video_encoder_args(codec, crf, preset, bitrate) + keyframe_args(codec, keyint)
     ins = ["-i", src] + [x for p in extra_inputs for x in ("-i", p)]
+    # Around the function's own filters: deinterlacing and HDR tone-mapping before
+    # (source_filters), the crop to even sizes that 4:2:0 encoders need after.
+    pre = ",".join(source_filters(v))
     if graph:
-        vmap = ["-filter_complex", graph.replace("[vin]", f"[0:{v['index']}]"), "-map", "[vout]"]
+        head = f"[0:{v['index']}]{pre}[vin];" if pre else ""
+        graph = graph if pre else graph.replace("[vin]", f"[0:{v['index']}]")
+        graph = head + graph.replace("[vout]", "[vfit]") + f";[vfit]{EVEN_SIZE}[vout]"
+        vmap = ["-filter_complex", graph, "-map", "[vout]"]
     else:
-        vmap = ["-map", f"0:{v['index']}"] + (["-vf", vfilter] if vfilter else [])
+        vmap = ["-map", f"0:{v['index']}", "-vf", ",".join(f for f in (pre, vfilter, EVEN_SIZE) if f)]
     amap = (["-map", f"0:{a['index']}"] + audio_args(acodec, container)) if a else []
     out = ctx.out(f"output.{EXT[container]}")
     # -enc_time_base -1 encodes in the input's time base, so every frame keeps its exact
@@ -512,6 +608,56 @@ def check_complete(src: str, info: dict, out: str) -> None:
     if want and got < want - max(0.5, 3 / fps):
         raise FnError(f"input {src} looks truncated or damaged: it declares {want:.3f} s of video "
                       f"but only {got:.3f} s could be decoded")
+    check_frames(src, info, [(out, None)])
+
+
+def check_frames(src: str, info: dict, outputs: list[tuple[str, float | None]]) -> None:
+    """Damaged packets: a decoder conceals what it can, but a frame it cannot decode (a
+    lost keyframe takes the frames that refer to it along) is simply missing from the
+    output, a hole in the middle that no duration shows. Every source frame (its
+    packets' pts, from the first keyframe on, no decoding) must be in the outputs, each
+    output placed at `start` on the source's timeline (ffmpeg's: pts less the input's
+    start_time), or, for None, aligned by its first frame. Two or more consecutive
+    frames missing is a failure; a lone one is not (field-coded video has a packet per
+    field but a frame per pair)."""
+    v = video_stream(info, src)
+    pts, key = video_pts(src, v["index"])
+    origin = seconds_or_zero(info.get("format", {}).get("start_time"))
+    want = [t - origin for t in pts if key is None or t >= key - 1e-6]
+    steps = sorted(b - a for a, b in zip(want, want[1:]) if b > a)
+    if not steps:
+        return
+    tol = max(0.25 * steps[len(steps) // 2], 0.0015)
+    got = []
+    for path, start in outputs:
+        o, _ = video_pts(path, "v:0")
+        if o:
+            first = start if start is not None else min(want, key=lambda t: abs(t - o[0]))
+            got += [t + first - o[0] for t in o]
+    got.sort()
+    missing, j = [], 0
+    for t in want:
+        while j < len(got) and got[j] < t - tol:
+            j += 1
+        missing.append(not (j < len(got) and got[j] <= t + tol))
+    run = 0
+    for i, lost in enumerate(missing + [False]):
+        if lost:
+            run += 1
+            continue
+        if run >= 2:
+            a, b = want[i - run] + origin, want[i - 1] + origin
+            raise FnError(f"input {src} is damaged: {run} frames (pts {a:.3f} s to {b:.3f} s) could not be "
+                          f"decoded, {sum(missing)} of {len(want)} in all")
+        run = 0
+
+
+def seconds_or_zero(value) -> float:
+    """A time ffprobe gives as text, 0 where it gives none."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):  # absent or "N/A"
+        return 0.0
 
 
 # ---------------------------------------------------------------- the run

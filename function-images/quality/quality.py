@@ -2,24 +2,18 @@
 VMAF where this ffmpeg has libvmaf (Debian 12's ffmpeg 5.1 does not: `vmaf` is null).
 
 Inputs: the encode, then its source (a segment and the segment it was made from, or a
-rendition and the video it was made from), or the source in consecutive parts (a whole
-rendition and every segment of the split, in order, as a join stage gets them). The encode is scaled to the source's size
-(bicubic), as VMAF's own practice is, and frames are paired in order from each one's
-first: both must have the same number of frames. Writes quality.json with the summary
+rendition and the video it was made from), or the source in consecutive parts (e.g. the
+split's segments, in order). The encode is scaled to the source's size (bicubic), as
+VMAF's own practice is, and frames are paired in order, by index: both must have the
+same number of frames. Writes quality.json with the summary
 and every frame's figures; the metadata (psnr, psnrMin, ssim, vmaf, frames) is what
 `when` conditions read, e.g. a re-encode `when: quality.psnr < 38`.
 """
 import json
 import math
 import os
-import subprocess
 
-from vflowfn import Context, FnError, Function, ffmpeg, ffprobe, video_stream
-
-
-def has_filter(name: str) -> bool:
-    out = subprocess.run(["ffmpeg", "-hide_banner", "-filters"], capture_output=True, text=True).stdout
-    return any(line.split()[1:2] == [name] for line in out.splitlines())
+from vflowfn import Context, FnError, Function, ffmpeg, ffprobe, has_filter, video_stream
 
 
 def read_log(path: str, key: str) -> list[float]:

@@ -9,9 +9,9 @@ check order and gaps after any number of per-segment stages.
 import csv
 import os
 
-from vflowfn import (Context, FnError, Function, Param, audio_args, audio_stream, duration, ffmpeg,
-                     ffprobe, frame_rate, movie_timescale, muxer_args, pick_container, probe_packets,
-                     video_encoder_args, video_stream, FORMAT)
+from vflowfn import (Context, EVEN_SIZE, FnError, Function, Param, audio_args, audio_stream, check_frames,
+                     duration, ffmpeg, ffprobe, frame_rate, movie_timescale, muxer_args, pick_container, probe_packets,
+                     seconds_or_zero, video_encoder_args, video_stream, FORMAT)
 
 # A stream-copy segment may run this much longer than asked before re-encoding pays off.
 SLACK = 1.5
@@ -34,11 +34,35 @@ def copy_cuts_fit(src: str, v: dict, seconds: float, total: float) -> bool:
     return total - (start - t0) <= SLACK * seconds
 
 
-def _seconds(value) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):  # absent or "N/A"
-        return 0.0
+def choose_cuts(changes: list[float], total: float, seconds: float) -> list[float]:
+    """Cut times: each segment between 0.5 and SLACK x `seconds` long, ending at the scene
+    change nearest `seconds` after its start where there is one in that range (and it
+    leaves no tail under the minimum), else at `seconds` (a shot longer than the range
+    must be cut somewhere)."""
+    lo, hi = 0.5 * seconds, SLACK * seconds
+    cuts, start = [], 0.0
+    while total - start > hi:
+        window = [c for c in changes if start + lo <= c <= start + hi]
+        window = [c for c in window if total - c >= lo] or window
+        cut = min(window, key=lambda c: abs(c - start - seconds)) if window else start + seconds
+        cuts.append(cut)
+        start = cut
+    return cuts
+
+
+def scene_changes(ctx: Context, src: str, v: dict, threshold: float, origin: float) -> list[float]:
+    """Times (on the output's timeline, from `origin`) of the frames whose scene score,
+    ffmpeg's measure of how much a frame differs from the one before, exceeds `threshold`."""
+    ffmpeg(["-i", os.path.abspath(src), "-map", f"0:{v['index']}",
+            "-vf", f"select='gt(scene,{threshold:.4f})',metadata=print:file=scenes.txt", "-f", "null", "-"],
+           "finding scene changes", src, cwd=ctx.work)
+    times = []
+    with open(os.path.join(ctx.work, "scenes.txt")) as f:
+        for line in f:
+            for field in line.split():
+                if field.startswith("pts_time:"):
+                    times.append(float(field.split(":", 1)[1]) - origin)
+    return sorted(times)
 
 
 def run(ctx: Context) -> dict:
@@ -50,7 +74,8 @@ def run(ctx: Context) -> dict:
     fps = frame_rate(v)
     acodec = a["codec_name"] if a else None
     maps = ["-map", f"0:{v['index']}"] + (["-map", f"0:{a['index']}"] if a else [])
-    copy = mode == "never" or (mode == "auto" and copy_cuts_fit(src, v, seconds, total))
+    scene = ctx.params["cutAt"] == "scene"
+    copy = not scene and (mode == "never" or (mode == "auto" and copy_cuts_fit(src, v, seconds, total)))
     if copy:
         container = pick_container(v["codec_name"], acodec)
         codecs = ["-c", "copy"]
@@ -64,10 +89,24 @@ def run(ctx: Context) -> dict:
         # scene cuts, no GOP limit), so the muxer's cut at each k*N finds only these.
         last = total - seconds / 2
         force = f"expr:lt(n_forced*{seconds:.6f},{last:.6f})*gte(t,n_forced*{seconds:.6f})"
-        codecs = (video_encoder_args("h264", 18, "veryfast") + ["-force_key_frames", force]
+        if scene:
+            # Keyframes at the chosen scene changes only, half a frame early so that a time
+            # rounded up still lands on the shot's first frame.
+            origin = seconds_or_zero(info["format"].get("start_time"))
+            times = [t - 0.5 / fps for t in choose_cuts(
+                scene_changes(ctx, src, v, ctx.params["sceneThreshold"], origin), total, seconds)]
+            force = ",".join(["0"] + [f"{t:.6f}" for t in times])
+            if len(force) > 100_000:  # the kernel's limit on one argument is 128 KiB
+                raise FnError(f"segmenting failed on input {src}: {len(times)} cuts at scene changes are "
+                              f"more than one ffmpeg argument can list; use longer segments")
+        # (EVEN_SIZE: x264's 4:2:0 needs even sizes; a 1921x1081 source loses a column and a row)
+        codecs = (video_encoder_args("h264", 18, "veryfast") + ["-vf", EVEN_SIZE, "-force_key_frames", force]
                   + ["-g", str(1 << 30), "-sc_threshold", "0"]
                   + ["-fps_mode", "passthrough", "-enc_time_base:v", "-1"] + audio_args(acodec, container))
         cuts = ["-segment_time", str(seconds)]
+        if scene:
+            cuts = (["-segment_times", force.split(",", 1)[1]] if times
+                    else ["-segment_time", f"{total + seconds:.6f}"])
     seg_list = os.path.join(ctx.work, "list.csv")
     # Timestamps. The segment muxer cuts the interleaved packets at each cut's video
     # keyframe, so every audio packet lands in exactly one segment (the one that
@@ -102,7 +141,10 @@ def run(ctx: Context) -> dict:
     # timeline (the source's, less its start_time), its end the end of its last frame.
     # The segment list says 0 for the first segment whatever its first frame's pts
     # (0.003 s in a webm whose audio starts at 0): take that from the source.
-    rows[0][1] = str(max(0.0, _seconds(v.get("start_time")) - _seconds(info["format"].get("start_time"))))
+    first = seconds_or_zero(v.get("start_time")) - seconds_or_zero(info["format"].get("start_time"))
+    rows[0][1] = str(max(0.0, first))
+    if not copy:  # decoding a damaged input can lose frames: a hole that no duration shows
+        check_frames(src, info, [(os.path.join(ctx.work, name), float(start)) for name, start, _ in rows])
     # Remux (stream copy) to tag each segment with its place in the whole.
     for i, (name, start, end) in enumerate(rows):
         tag = f"vflow-segment index={i} count={len(rows)} start={float(start):.6f} end={float(end):.6f}"
@@ -118,6 +160,11 @@ FUNCTION = Function(
               default=4, minimum=0.5, maximum=600),
         Param("reencode", "String", "Re-encode when keyframes are too far apart (auto), always, or never.",
               default="auto", enum=["auto", "always", "never"]),
+        Param("cutAt", "String", "Cut every `seconds` (time), or at the scene change nearest each "
+              "`seconds` within 0.5x to 1.5x of it (scene; always re-encodes).",
+              default="time", enum=["time", "scene"]),
+        Param("sceneThreshold", "Number", "Scene score (0..1, ffmpeg's) above which a frame starts a new shot.",
+              default=0.3, minimum=0.05, maximum=1),
     ],
     run=run,
     metadata=["segments", "duration"],

@@ -121,11 +121,13 @@ def plan(inputs: list[str], infos: list[dict], ordered: bool) -> tuple[list[floa
     span to within half a frame (frames missing at the end of a segment are a gap).
     Without tags the videos are laid end to end. Then, at every join, the audio must
     continue within half a packet (stream-copied segments meet exactly). Audio that a
-    per-segment stage re-encoded (e.g. to Opus for webm) starts and ends on its own
-    packet grid, up to about a packet off: within 1.5 packets that is not a gap but the
-    encoder's, and `seamless` comes back False, so that run() re-encodes the audio
-    over the whole, trimmed and padded at each join to the sample by its timestamps.
-    More than that is a gap or an overlap, and refused.
+    per-segment stage re-encoded (e.g. to Opus for webm, to AAC for mp4) starts and
+    ends on its own packet grid, with the encoder's priming before it and padding after
+    it, a packet each (AAC of a Vorbis source overlapped the next segment by 0.042 s):
+    within 2 packets that is not a gap but the encoder's, and `seamless` comes back
+    False, so that run() re-encodes the audio over the whole, trimmed and padded at
+    each join to the sample by its timestamps. More than that is a gap or an overlap,
+    and refused.
     """
     frame = 1 / frame_rate(video_stream(infos[0], inputs[0]))
     tags = _tags(infos) if ordered else [None] * len(inputs)
@@ -156,7 +158,7 @@ def plan(inputs: list[str], infos: list[dict], ordered: bool) -> tuple[list[floa
                 offset += durations[i - 1] + fst[i - 1] - fst[i]
             if prev is not None:
                 gap = (a.start + offset) - prev[0]
-                if abs(gap) > 1.5 * a.step + 5e-3:
+                if abs(gap) > 2 * a.step + 5e-3:
                     raise FnError(f"input {path} does not continue {prev[1]}: {gap:+.3f} s "
                                   f"{'gap' if gap > 0 else 'overlap'} in audio at the join")
                 seamless = seamless and abs(gap) <= 0.5 * a.step + 2e-3

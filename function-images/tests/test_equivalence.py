@@ -1,26 +1,28 @@
-"""A segmented pipeline (segment -> scale per segment -> stitch) is indistinguishable from
+"""A segmented pipeline (segment -> scale or transcode per segment -> stitch) is indistinguishable from
 one run of the same function over the whole clip: the same frames and duration, the
 audio where it was at every join, and the picture within 40 dB PSNR (same settings)."""
 import pytest
 
 from conftest import count_frames, packets, span, stream_duration
 
-SETTINGS = {"height": 240, "crf": 23, "preset": "ultrafast"}
+SETTINGS = {"scale": {"height": 240, "crf": 23, "preset": "ultrafast"},
+            "transcode": {"crf": 23, "preset": "ultrafast"}}
 
 
+@pytest.mark.parametrize("function", ["scale", "transcode"])
 @pytest.mark.parametrize("clip", ["intel", "bbb", "nasa"])
-def test_split_scale_stitch_equals_one_scale_of_the_whole(fn, videos, clip):
+def test_split_stage_stitch_equals_one_run_of_the_stage_over_the_whole(fn, videos, clip, function):
     src = videos[clip]
     split = fn("segment", [src], seconds=4)
     assert split.rc == 0, split
     scaled = []
     for seg in split.files():
-        r = fn("scale", [split.out / seg], **SETTINGS)
+        r = fn(function, [split.out / seg], **SETTINGS[function])
         assert r.rc == 0, r
         scaled += [r.out / f for f in r.files()]
     joined = fn("stitch", scaled, container=scaled[0].suffix[1:])
     assert joined.rc == 0, joined
-    whole = fn("scale", [src], **SETTINGS)
+    whole = fn(function, [src], **SETTINGS[function])
     assert whole.rc == 0, whole
     a, b = joined.out / joined.files()[0], whole.out / whole.files()[0]
     frame = 1 / 25 if clip != "bbb" else 1 / 24
@@ -39,4 +41,5 @@ def test_split_scale_stitch_equals_one_scale_of_the_whole(fn, videos, clip):
     assert abs((pa[0] - va) - (pb[0] - vb)) <= audio_frame
     q = fn("quality", [a, b])
     assert q.rc == 0, q
+    print(f"{clip} {function}: PSNR {q.meta['psnr']} dB (worst frame {q.meta['psnrMin']}), SSIM {q.meta['ssim']}")
     assert q.meta["psnr"] > 40, q.meta
