@@ -17,21 +17,52 @@ from vflowfn import (Context, EVEN_SIZE, FnError, Function, Param, audio_args, a
 SLACK = 1.5
 
 
-def copy_cuts_fit(src: str, v: dict, seconds: float, total: float) -> bool:
-    """Simulates the segment muxer's cuts (first keyframe at or after k*N) on the keyframes."""
-    keys = sorted(float(p["pts_time"]) for p in probe_packets(src, v["index"])
+def keyframe_times(src: str, v: dict) -> list[float]:
+    """Pts of the video's keyframes, from packet flags (no decoding)."""
+    return sorted(float(p["pts_time"]) for p in probe_packets(src, v["index"])
                   if "K" in p.get("flags", "") and p.get("pts_time") not in (None, "N/A"))
-    if not keys:
-        return False
-    t0, start, k = keys[0], keys[0], 1
+
+
+def copy_cuts(keys: list[float], seconds: float) -> list[float]:
+    """Where the segment muxer cuts a stream copy (the first keyframe at or after each
+    k*N), on the output's timeline (from the first keyframe)."""
+    t0, k, cuts = keys[0], 1, []
     for t in keys[1:]:
         if t - t0 >= k * seconds - 1e-6:
-            if t - start > SLACK * seconds:
-                return False
-            start = t
+            cuts.append(t - t0)
             while t - t0 >= k * seconds - 1e-6:
                 k += 1
-    return total - (start - t0) <= SLACK * seconds
+    return cuts
+
+
+def copy_cuts_fit(cuts: list[float], seconds: float, total: float) -> bool:
+    """Every stream-copy segment at most SLACK x N long."""
+    bounds = [0.0] + cuts + [total]
+    return all(b - a <= SLACK * seconds for a, b in zip(bounds, bounds[1:]))
+
+
+def balance(cuts: list[float], total: float, parallel: int, grid: list[float] | None) -> list[float]:
+    """Cuts such that the number of segments is a multiple of `parallel`: the last
+    segments, which would otherwise run while instances of the next stage idle, are cut
+    into `parallel` pieces of about equal length instead (at keyframes of `grid` when the
+    cut is a stream copy). Unchanged where that cannot be done (too few keyframes)."""
+    starts = [0.0] + cuts
+    rest = len(starts) % parallel
+    if parallel <= 1 or rest == 0:
+        return cuts
+    lo = starts[len(starts) - rest]
+    pieces = []
+    for i in range(1, parallel):
+        t = lo + (total - lo) * i / parallel
+        if grid is not None:
+            inside = [g for g in grid if lo < g < total]
+            if not inside:
+                return cuts
+            t = min(inside, key=lambda g: abs(g - t))
+        pieces.append(t)
+    if len(set(pieces)) != len(pieces) or pieces != sorted(pieces):
+        return cuts  # keyframes too sparse for that many pieces
+    return starts[1:len(starts) - rest + 1] + pieces
 
 
 def choose_cuts(changes: list[float], total: float, seconds: float) -> list[float]:
@@ -48,6 +79,15 @@ def choose_cuts(changes: list[float], total: float, seconds: float) -> list[floa
         cuts.append(cut)
         start = cut
     return cuts
+
+
+def segment_times(src: str, times: list[float]) -> list[str]:
+    """The segment muxer's option for cuts at these times (the list is one argument)."""
+    listed = ",".join(f"{t:.6f}" for t in times)
+    if len(listed) > 100_000:  # the kernel's limit on one argument is 128 KiB
+        raise FnError(f"segmenting failed on input {src}: {len(times)} cut times are more than one ffmpeg "
+                      f"argument can list; use longer segments")
+    return ["-segment_times", listed]
 
 
 def scene_changes(ctx: Context, src: str, v: dict, threshold: float, origin: float) -> list[float]:
@@ -75,11 +115,19 @@ def run(ctx: Context) -> dict:
     acodec = a["codec_name"] if a else None
     maps = ["-map", f"0:{v['index']}"] + (["-map", f"0:{a['index']}"] if a else [])
     scene = ctx.params["cutAt"] == "scene"
-    copy = not scene and (mode == "never" or (mode == "auto" and copy_cuts_fit(src, v, seconds, total)))
+    parallel = ctx.params["multipleOf"]
+    keys = keyframe_times(src, v) if mode != "always" and not scene else []
+    copied = copy_cuts(keys, seconds) if keys else []
+    copy = not scene and (mode == "never" or (mode == "auto" and bool(keys)
+                                              and copy_cuts_fit(copied, seconds, total - (keys[0] if keys else 0))))
     if copy:
         container = pick_container(v["codec_name"], acodec)
         codecs = ["-c", "copy"]
         cuts = ["-segment_time", str(seconds)]
+        if parallel > 1 and keys:
+            times = balance(copied, total - keys[0], parallel, [k - keys[0] for k in keys])
+            if times != copied:
+                cuts = segment_times(src, times)
     else:
         container = pick_container("h264", acodec)
         # Keyframes forced at k*N make every cut land where it was asked for; no cut in
@@ -107,6 +155,13 @@ def run(ctx: Context) -> dict:
         if scene:
             cuts = (["-segment_times", force.split(",", 1)[1]] if times
                     else ["-segment_time", f"{total + seconds:.6f}"])
+        elif parallel > 1:
+            every = [k * seconds for k in range(1, int(total / seconds) + 2) if k * seconds < last]
+            times = balance(every, total, parallel, None)
+            if times != every:
+                cuts = segment_times(src, times)
+                force = ",".join(["0"] + [f"{t:.6f}" for t in times])
+                codecs[codecs.index("-force_key_frames") + 1] = force
     seg_list = os.path.join(ctx.work, "list.csv")
     # Timestamps. The segment muxer cuts the interleaved packets at each cut's video
     # keyframe, so every audio packet lands in exactly one segment (the one that
@@ -165,6 +220,9 @@ FUNCTION = Function(
               default="time", enum=["time", "scene"]),
         Param("sceneThreshold", "Number", "Scene score (0..1, ffmpeg's) above which a frame starts a new shot.",
               default=0.3, minimum=0.05, maximum=1),
+        Param("multipleOf", "Integer", "Make the number of segments a multiple of this (how many the next "
+              "stage encodes at once): the last ones are cut finer, so no instance idles at the end.",
+              default=1, minimum=1, maximum=256),
     ],
     run=run,
     metadata=["segments", "duration"],

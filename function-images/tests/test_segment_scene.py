@@ -48,3 +48,16 @@ def test_a_shot_longer_than_the_range_is_cut_by_time_and_the_joins_keep_every_fr
     st = fn("stitch", [r.out / f for f in r.files()])
     assert st.rc == 0, st
     assert count_frames(st.out / "output.mp4") == 250
+
+
+@pytest.mark.parametrize("clip, seconds, parallel, want", [
+    ("gop25", 4, 2, [0, 4, 8, 9]),  # copy: 4+4+2 s; the last 2 s cut in two at the 9 s keyframe
+    ("longgop", 4, 3, [0, 3.36, 6.68]),  # re-encoded: 4+6 s becomes three of a third each (first frames at or after)
+    ("gop25", 5, 2, [0, 5]),  # already a multiple: unchanged
+])
+def test_multiple_of_cuts_the_last_round_finer(fn, clips, clip, seconds, parallel, want):
+    r = fn("segment", [clips[clip]], seconds=seconds, multipleOf=parallel)
+    assert r.rc == 0, r
+    assert starts(r.out) == pytest.approx(want, abs=0.021), starts(r.out)
+    assert len(r.files()) % parallel == 0
+    assert sum(count_frames(r.out / f) for f in r.files()) == count_frames(clips[clip])

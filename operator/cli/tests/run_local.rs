@@ -340,7 +340,7 @@ fn quality_loop_example_reencodes_exactly_the_segments_under_its_target() {
     let dir = tempfile::tempdir().expect("tempdir");
     let input = dir.path().join("easy-hard.mp4");
     let part = |i: usize| {
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             format!("color=c=0x3060a0:size=320x240:rate=25:duration=2[v{i}]")
         } else {
             format!("testsrc2=size=320x240:rate=25:duration=2,noise=alls=60:allf=t[v{i}]")
