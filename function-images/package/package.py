@@ -158,6 +158,9 @@ def run(ctx: Context) -> dict:
     sets = "id=0,streams=v" + (" id=1,streams=a" if amap else "")
     ffmpeg([*ins, *vmap, *amap, "-c", "copy", "-f", "dash", "-seg_duration", f"{seconds:.6f}",
             "-use_template", "1", "-use_timeline", "1", "-hls_playlist", "1", "-adaptation_sets", sets,
+            # fMP4 (CMAF) for every codec: left to itself the muxer writes WebM segments
+            # for VP9 and Opus, which HLS cannot carry.
+            "-dash_segment_type", "mp4",
             "-init_seg_name", INIT, "-media_seg_name", CHUNK, "manifest.mpd"],
            f"packaging {len(ctx.inputs)} renditions", ctx.inputs[0], cwd=folder)
     reps = read_mpd(os.path.join(folder, "manifest.mpd"))

@@ -147,3 +147,23 @@ def test_keyint_puts_keyframes_at_exactly_its_times_and_not_at_scene_cuts(fn, tm
 
     assert keyframes(0) == [0.0, 1.32, 2.72]
     assert keyframes(1) == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+def test_vp9_and_opus_renditions_are_packaged_as_cmaf_too(fn, tmp_path):
+    """Left to itself ffmpeg's DASH muxer writes WebM segments for VP9/Opus, which HLS
+    cannot carry: every rendition is fMP4 here, and the master playlist lists both."""
+    webms = []
+    for h in HEIGHTS:
+        out = tmp_path / f"v{h}.webm"
+        ffmpeg("-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:duration=4", "-f", "lavfi", "-i",
+               "sine=duration=4", "-vf", f"scale=-2:{h}", "-c:v", "libvpx-vp9", "-deadline", "realtime",
+               "-cpu-used", "8", "-force_key_frames", "expr:gte(t,n_forced*2)", "-c:a", "libopus", "-shortest", out)
+        webms.append(out)
+    r = fn("package", webms, seconds=2)
+    assert r.rc == 0, r
+    assert (r.out / "init-0.m4s").read_bytes()[4:8] == b"ftyp"
+    master = (r.out / "master.m3u8").read_text()
+    assert master.count('CODECS="vp09.') == 2 and "opus" in master, master
+    heights = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=height", "-of", "csv=p=0",
+                              str((r.out / "media_1.m3u8").resolve())], capture_output=True, text=True).stdout
+    assert set(heights.split()) == {"144"}, heights
