@@ -104,7 +104,7 @@ fn every_example_passes_validate() {
         .filter(|(_, d)| d["kind"] == "VideoWorkflow")
         .map(|(_, d)| serde_json::from_value(d.clone()).expect("workflow"))
         .collect();
-    assert_eq!(workflows.len(), 4, "four example workflows");
+    assert_eq!(workflows.len(), 5, "five example workflows");
     for (file, doc) in &docs {
         let problems = match doc["kind"].as_str() {
             Some("FunctionProfile") => {

@@ -519,7 +519,9 @@ impl Executor {
                 let staged = staged_dir.join(&rel);
                 let store = self.store.clone();
                 async move {
-                    match store.upload(&path, &staged).await {
+                    // The function's output folder goes with the invocation: the
+                    // file is moved into a local store rather than copied.
+                    match store.upload_owned(&path, &staged).await {
                         Ok(t) => Ok((
                             OutputObject {
                                 uri: target.to_string(),

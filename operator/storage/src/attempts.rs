@@ -42,8 +42,9 @@ pub async fn promote(
         let Some(from) = staged(prefix, attempt, output) else {
             continue;
         };
-        // One request per output: a staged object already gone was copied before.
-        match store.copy(&from, output).await {
+        // One request per output: a staged object already gone was copied before
+        // (in a local store it is moved, so it is gone exactly when it is in place).
+        match store.relocate(&from, output).await {
             Ok(()) | Err(StorageError::NotFound { .. }) => {}
             Err(e) => return Err(e),
         }

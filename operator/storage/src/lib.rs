@@ -93,6 +93,23 @@ impl Store {
         }
     }
 
+    /// Uploads a file the caller gives up (it is gone afterwards): in a local store it is
+    /// moved into place rather than copied.
+    pub async fn upload_owned(&self, src: &Path, to: &Location) -> Result<Transfer, StorageError> {
+        match to {
+            Location::Local(path) => {
+                local::move_file(src, path).await?;
+                let (bytes, sha256) = sha256_file(path).await?;
+                Ok(Transfer { bytes, sha256 })
+            }
+            Location::S3 { .. } => {
+                let transfer = self.upload(src, to).await?;
+                let _ = tokio::fs::remove_file(src).await;
+                Ok(transfer)
+            }
+        }
+    }
+
     /// Writes a small object from memory (manifests, progress records).
     pub async fn put_bytes(&self, to: &Location, data: Vec<u8>) -> Result<(), StorageError> {
         match to {
@@ -163,6 +180,16 @@ impl Store {
             _ => Err(StorageError::BadUri {
                 uri: format!("{from} -> {to}: a copy stays within one store"),
             }),
+        }
+    }
+
+    /// Puts an object at another name in the same store, where it no longer needs to be
+    /// at its old one: a rename in a local store, a server-side copy on S3 (the old
+    /// object stays there for the caller to delete).
+    pub async fn relocate(&self, from: &Location, to: &Location) -> Result<(), StorageError> {
+        match (from, to) {
+            (Location::Local(src), Location::Local(dest)) => local::move_file(src, dest).await,
+            _ => self.copy(from, to).await,
         }
     }
 

@@ -55,6 +55,27 @@ pub async fn copy_file(from: &Path, to: &Path) -> Result<Transfer, StorageError>
     Ok(Transfer { bytes, sha256 })
 }
 
+/// Moves a file the caller gives up into place: a rename, atomic as a copy's last step,
+/// without the copy (a function's output into the local store, an attempt's object to
+/// its name). Across file systems it copies, then removes `from`. `NotFound` when
+/// `from` is not there.
+pub async fn move_file(from: &Path, to: &Path) -> Result<(), StorageError> {
+    ensure_parent(to).await?;
+    match tokio::fs::rename(from, to).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StorageError::NotFound {
+            uri: Location::Local(from.to_path_buf()).to_string(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {
+            copy_file(from, to).await?;
+            tokio::fs::remove_file(from)
+                .await
+                .map_err(|e| StorageError::io(from, &e))
+        }
+        Err(e) => Err(StorageError::io(to, &e)),
+    }
+}
+
 pub async fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StorageError> {
     ensure_parent(path).await?;
     let partial = temp_name(path);
@@ -169,5 +190,43 @@ pub async fn delete(path: &Path) -> Result<(), StorageError> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(StorageError::io(path, &e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Location, StorageError, Store};
+
+    // An output given up to a local store is moved there, not copied: the source is gone,
+    // the object has its bytes and checksum. An object relocated within the store too,
+    // and relocating one that is gone says NotFound (what promote reads as done before).
+    #[tokio::test]
+    async fn owned_uploads_and_relocations_in_a_local_store_move_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::local_only();
+        let src = dir.path().join("out/output.mp4");
+        std::fs::create_dir_all(src.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&src, b"frames").expect("write");
+        let staged = Location::Local(dir.path().join("store/_vflow-attempt-a/output.mp4"));
+        let t = store.upload_owned(&src, &staged).await.expect("upload");
+        assert!(!src.exists());
+        assert_eq!(t.bytes, 6);
+        assert_eq!(
+            t.sha256,
+            crate::sha256_file(&dir.path().join("store/_vflow-attempt-a/output.mp4"))
+                .await
+                .expect("sha")
+                .1
+        );
+        let final_ = Location::Local(dir.path().join("store/output.mp4"));
+        store.relocate(&staged, &final_).await.expect("relocate");
+        assert_eq!(
+            std::fs::read(dir.path().join("store/output.mp4")).expect("read"),
+            b"frames"
+        );
+        assert!(matches!(
+            store.relocate(&staged, &final_).await,
+            Err(StorageError::NotFound { .. })
+        ));
     }
 }
