@@ -199,8 +199,10 @@ check_crd() {
 
 check_example() {
 	local file="$1" ns
-	# Create the namespaces the example names, if any.
-	for ns in $(k create --dry-run=client -f "$file" -o jsonpath='{..metadata.namespace}' 2>/dev/null | tr ' ' '\n' | sort -u); do
+	# Create the namespaces the example names, if any: a line per document (kubectl
+	# prints each object's jsonpath with nothing between them; eleven profiles without a
+	# namespace made "defaultdefault...", too long a name).
+	for ns in $(k create --dry-run=client -f "$file" -o jsonpath='{.metadata.namespace}{"\n"}' 2>/dev/null | sort -u); do
 		k get namespace "$ns" >/dev/null 2>&1 || k create namespace "$ns" >/dev/null || return 1
 	done
 	k apply --server-side -f "$file" >/dev/null && k get -f "$file" >/dev/null

@@ -868,11 +868,20 @@ impl Dra {
         self.slices.push(name);
     }
 
-    /// The operator's --gpu-sharing for these classes, GPUs of `gpu_memory_bytes`.
-    fn sharing(&self, gpu_memory_bytes: u64) -> String {
-        json!({"mode": "dra", "deviceClass": self.gpu_class, "migDeviceClass": self.mig_class,
-            "driver": self.driver, "gpuMemoryBytes": gpu_memory_bytes})
-        .to_string()
+    /// An operator (ready) whose --gpu-sharing uses these classes, GPUs of
+    /// `gpu_memory_bytes`.
+    async fn operator(&self, env: &Env, gpu_memory_bytes: u64) -> Operator {
+        let sharing = json!({"mode": "dra", "deviceClass": self.gpu_class,
+            "migDeviceClass": self.mig_class, "driver": self.driver,
+            "gpuMemoryBytes": gpu_memory_bytes})
+        .to_string();
+        let op = Operator::start(
+            env,
+            "a",
+            &["--leader-elect=false", "--gpu-sharing", &sharing],
+        );
+        op.wait_ready().await;
+        op
     }
 
     /// (claim name, subrequest, device) of the allocated claims in `env`'s namespace.
@@ -944,13 +953,7 @@ async fn gpu_stages_get_dra_claims_that_the_scheduler_allocates_in_order_of_pref
         dra.device("gpu-plain", "gpu", json!({}), false),
     ];
     dra.publish("kwok-node-0", devices).await;
-    let sharing = dra.sharing(80u64 << 30);
-    let op = Operator::start(
-        &env,
-        "a",
-        &["--leader-elect=false", "--gpu-sharing", &sharing],
-    );
-    op.wait_ready().await;
+    let op = dra.operator(&env, 80u64 << 30).await;
     let wf: VideoWorkflow = serde_saphyr::from_str(&format!(
         r#"apiVersion: vflow.io/v1alpha1
 kind: VideoWorkflow
@@ -1081,13 +1084,7 @@ async fn an_unsatisfiable_gpu_claim_is_reported_with_the_largest_share_that_fits
         dra.device("gpu-small", "gpu", gi(small_gpu), false),
     ];
     dra.publish("kwok-node-0", devices).await;
-    let sharing = dra.sharing(gpu);
-    let op = Operator::start(
-        &env,
-        "a",
-        &["--leader-elect=false", "--gpu-sharing", &sharing],
-    );
-    op.wait_ready().await;
+    let op = dra.operator(&env, gpu).await;
     let wf: VideoWorkflow = serde_saphyr::from_str(&format!(
         r#"apiVersion: vflow.io/v1alpha1
 kind: VideoWorkflow
@@ -1197,13 +1194,7 @@ async fn a_changed_gpu_claim_replaces_the_stages_template() {
     let gpu = 80 * GIB;
     let env = Env::new("dra-change").await;
     let dra = Dra::new(&env).await;
-    let sharing = dra.sharing(gpu);
-    let op = Operator::start(
-        &env,
-        "a",
-        &["--leader-elect=false", "--gpu-sharing", &sharing],
-    );
-    op.wait_ready().await;
+    let op = dra.operator(&env, gpu).await;
     let workflow = |share: f64| -> VideoWorkflow {
         serde_saphyr::from_str(&format!(
             r#"apiVersion: vflow.io/v1alpha1
