@@ -672,6 +672,14 @@ def _on_sigterm(signum, frame):  # turn SIGTERM into an exception so cleanup run
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
+    # Something other than a regular file (/dev/null, a pipe) is written to as it is:
+    # replacing it by rename put a regular file in place of /dev/null (run as root), and
+    # every later write to /dev/null on the machine landed in it.
+    if os.path.exists(path) and not os.path.isfile(path):
+        with open(path, "w") as f:
+            json.dump(obj, f, indent=1)
+            f.write("\n")
+        return
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
     try:

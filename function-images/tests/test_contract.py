@@ -2,6 +2,7 @@
 import importlib.util
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -198,3 +199,21 @@ def test_detect_falls_back_to_software_decode_where_nvdec_fails(videos, monkeypa
     monkeypatch.setenv("VFLOW_DETECT_DECODE", "nvdec")
     with pytest.raises(detect.FnError, match="intel_car-detection.mp4"):
         list(detect.frames_decoded(videos["intel"], 768, 432, 100, "nvdec", {}))
+
+
+def test_metadata_into_a_pipe_is_written_to_it_not_replaced(tmp_path, clips):
+    """--metadata naming something other than a regular file (/dev/null, a pipe) is
+    written to: replacing it by rename had put a regular file in place of /dev/null."""
+    import threading
+    fifo = tmp_path / "meta.fifo"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(open(fifo).read()), daemon=True)
+    reader.start()
+    out = tmp_path / "out"
+    r = subprocess.run([str(FN), "segment", "--output-dir", str(out), "--metadata", str(fifo),
+                        "--input", str(clips["gop25"]), "--seconds", "5"], capture_output=True, text=True, timeout=120)
+    reader.join(timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert json.loads(got[0])["segments"] == 2
