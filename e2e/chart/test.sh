@@ -213,7 +213,7 @@ step "an example workflow and its profiles (namespace $APPS)"
 k -n "$APPS" apply -f "$REPO_ROOT/manifests/examples/profiles.yaml" >/dev/null
 example transcode-ladder.yaml | k -n "$APPS" apply -f - >/dev/null
 until_ok "VideoWorkflow transcode-ladder Ready" 60 k -n "$APPS" wait vwf/transcode-ladder --for=condition=Ready --timeout=2s
-stages=(split scale-1080p scale-720p scale-480p stitch-1080p stitch-720p stitch-480p)
+stages=(split scale-1080p scale-720p scale-480p stitch-1080p stitch-720p stitch-480p package)
 for s in "${stages[@]}"; do
 	k -n "$APPS" get deploy/"transcode-ladder-$s" svc/"transcode-ladder-$s" -o name >/dev/null || die "no Deployment/Service transcode-ladder-$s"
 done
@@ -222,8 +222,9 @@ until_ok "a FunctionProfile status written (profile controller)" 30 \
 	bash -c "[[ -n \$('$KUBECTL' -n '$APPS' get fprof scale -o jsonpath='{.status.conditions}') ]]"
 
 step "removing two stages deletes their children"
+# (package, stage 7, takes stitch-480p as its third input: that goes first)
 k -n "$APPS" patch vwf transcode-ladder --type=json \
-	-p '[{"op":"remove","path":"/spec/stages/6"},{"op":"remove","path":"/spec/stages/3"}]' >/dev/null
+	-p '[{"op":"remove","path":"/spec/stages/7/after/2"},{"op":"remove","path":"/spec/stages/6"},{"op":"remove","path":"/spec/stages/3"}]' >/dev/null
 until_ok "Deployments and Services of scale-480p and stitch-480p deleted" 30 \
 	bash -c "[[ -z \$('$KUBECTL' -n '$APPS' get deploy,svc -o name | grep 480p) ]]"
 
