@@ -302,7 +302,7 @@ def ffprobe(path: str, extra: list[str] | None = None) -> dict:
     return info
 
 
-def probe_packets(path: str, stream_index: int) -> list[dict]:
+def probe_packets(path: str, stream_index: int | str) -> list[dict]:
     """Packets (pts_time, duration_time, flags) of one stream, without decoding."""
     cmd = ["ffprobe", "-hide_banner", "-v", "error", "-max_alloc", str(MAX_ALLOC), *input_guard(),
            "-of", "json", "-select_streams", str(stream_index),
@@ -310,43 +310,37 @@ def probe_packets(path: str, stream_index: int) -> list[dict]:
     return json.loads(_run(cmd, "reading packets", path) or "{}").get("packets", [])
 
 
-_ENCODERS: set[str] | None = None
+_LISTED: dict[str, set[str]] = {}
+
+
+def _ffmpeg_has(kind: str, name: str, line: str) -> bool:
+    """Whether this ffmpeg lists `name` among its `kind` (encoders, filters); each list is
+    read once. `line` matches the flag columns before a name."""
+    if kind not in _LISTED:
+        out = _run(["ffmpeg", "-hide_banner", f"-{kind}"], f"listing {kind}", "-")
+        _LISTED[kind] = {ln.split()[1] for ln in out.splitlines()
+                         if len(ln.split()) > 1 and re.match(line, ln)}
+    return name in _LISTED[kind]
 
 
 def has_encoder(name: str) -> bool:
-    global _ENCODERS
-    if _ENCODERS is None:
-        out = _run(["ffmpeg", "-hide_banner", "-encoders"], "listing encoders", "-")
-        _ENCODERS = {ln.split()[1] for ln in out.splitlines()
-                     if len(ln.split()) > 1 and re.match(r"^ [VAS][.A-Z]{5} ", ln)}
-    return name in _ENCODERS
-
-
-_FILTERS: set[str] | None = None
+    return _ffmpeg_has("encoders", name, r"^ [VAS][.A-Z]{5} ")
 
 
 def has_filter(name: str) -> bool:
-    global _FILTERS
-    if _FILTERS is None:
-        out = _run(["ffmpeg", "-hide_banner", "-filters"], "listing filters", "-")
-        _FILTERS = {ln.split()[1] for ln in out.splitlines()
-                    if len(ln.split()) > 2 and re.match(r"^ [.TSC]{3} ", ln)}
-    return name in _FILTERS
+    return _ffmpeg_has("filters", name, r"^ [.TSC]{3} ")
 
 
 def video_pts(path: str, stream: int | str) -> tuple[list[float], float | None]:
     """Sorted pts of one stream's packets (no decoding) and the pts of its first keyframe."""
-    cmd = ["ffprobe", "-hide_banner", "-v", "error", "-max_alloc", str(MAX_ALLOC), *input_guard(),
-           "-of", "csv=p=0", "-select_streams", str(stream), "-show_entries", "packet=pts_time,flags", path]
     pts, key = [], None
-    for line in _run(cmd, "reading packets", path).splitlines():
-        t, _, flags = line.partition(",")
+    for p in probe_packets(path, stream):
         try:
-            t = float(t)
-        except ValueError:  # N/A
+            t = float(p.get("pts_time"))
+        except (TypeError, ValueError):  # absent or N/A
             continue
         pts.append(t)
-        if "K" in flags and (key is None or t < key):
+        if "K" in p.get("flags", "") and (key is None or t < key):
             key = t
     return sorted(pts), key
 
