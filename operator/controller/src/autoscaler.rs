@@ -8,7 +8,9 @@
 //! - Clamped to `[min, max]`; a durable stage's minimum is at least one.
 //! - Scaling down to a positive count is immediate (the runtime drains in-flight
 //!   invocations on SIGTERM). Scaling to zero waits until the stage has been idle for the
-//!   workflow's `scaleToZeroAfter`; until then the current replicas are kept.
+//!   workflow's `scaleToZeroAfter`; until then the current replicas are kept, unless
+//!   another stage of the workflow has pods the scheduler cannot place: idle instances
+//!   then give their room to work that is waiting (`reclaim_idle`).
 //! - The decision says when to look again (a pre-warm window opening or closing, the
 //!   idle delay running out), so the reconciler can requeue exactly then.
 
@@ -42,6 +44,9 @@ pub struct ScaleInput {
     pub prewarm: Vec<PrewarmWindow>,
     /// Replicas the Deployment has now (None: it does not exist yet).
     pub current: Option<u32>,
+    /// Another stage waits for room the scheduler cannot find: replicas kept only for
+    /// the idle delay go now (those a pre-warm, the load or the minimum asks for stay).
+    pub reclaim_idle: bool,
 }
 
 /// Why the replicas are what they are (a bounded metric label).
@@ -51,6 +56,8 @@ pub enum ScaleReason {
     Prewarm,
     IdleGrace,
     Idle,
+    /// Idle replicas let go before their delay: another stage needs the room.
+    Reclaimed,
     Minimum,
     Maximum,
 }
@@ -62,6 +69,7 @@ impl ScaleReason {
             ScaleReason::Prewarm => "prewarm",
             ScaleReason::IdleGrace => "idle_grace",
             ScaleReason::Idle => "idle",
+            ScaleReason::Reclaimed => "reclaimed",
             ScaleReason::Minimum => "minimum",
             ScaleReason::Maximum => "maximum",
         }
@@ -131,9 +139,13 @@ pub fn decide(input: &ScaleInput, now: Timestamp) -> ScaleDecision {
         if let Some(last) = input.last_active {
             let idle_until = plus(last, input.scale_to_zero_after);
             if now < idle_until && current > 0 {
-                wanted = current;
-                reason = ScaleReason::IdleGrace;
-                soonest(idle_until);
+                if input.reclaim_idle {
+                    reason = ScaleReason::Reclaimed;
+                } else {
+                    wanted = current;
+                    reason = ScaleReason::IdleGrace;
+                    soonest(idle_until);
+                }
             }
         }
     }
@@ -194,7 +206,37 @@ mod tests {
             scale_to_zero_after: Duration::from_secs(60),
             prewarm: vec![],
             current: Some(0),
+            reclaim_idle: false,
         }
+    }
+
+    #[test]
+    fn idle_replicas_give_their_room_to_a_waiting_stage_but_not_what_is_asked_for() {
+        let mut i = ephemeral();
+        i.current = Some(3);
+        i.last_active = Some(t(0));
+        i.reclaim_idle = true;
+        let d = decide(&i, t(30));
+        assert_eq!(
+            (d.replicas, d.reason, d.recheck_at),
+            (0, ScaleReason::Reclaimed, None)
+        );
+        // Load, an open pre-warm window and the minimum are not idle room.
+        i.in_flight = 3;
+        assert_eq!(decide(&i, t(30)).replicas, 2);
+        i.in_flight = 0;
+        i.prewarm = vec![PrewarmWindow {
+            start: t(20),
+            ready_by: t(25),
+            replicas: 1,
+        }];
+        assert_eq!(decide(&i, t(30)).replicas, 1);
+        i.prewarm.clear();
+        i.durable = true;
+        assert_eq!(
+            (decide(&i, t(30)).replicas, decide(&i, t(30)).reason),
+            (1, ScaleReason::Minimum)
+        );
     }
 
     #[test]

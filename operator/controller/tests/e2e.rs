@@ -1238,3 +1238,82 @@ spec:
     drop(op);
     dra.remove().await;
 }
+
+// Idle instances give their room to a stage of the same workflow whose pods the
+// scheduler cannot place. Stage `a` ran on every node (160Gi each, the nodes have
+// 256Gi) and is idle, within its 10 min scale-to-zero delay; stage `b` now has work
+// and needs 160Gi too. Without the reclaim, b's pod stays Pending for the whole delay.
+#[tokio::test]
+#[ignore = "needs e2e/testenv: make e2e-operator"]
+async fn idle_instances_give_their_room_to_a_stage_the_scheduler_cannot_place() {
+    use k8s_openapi::api::core::v1::{Node, Pod};
+    let env = Env::new("room").await;
+    let nodes = Api::<Node>::all(env.client.clone())
+        .list(&ListParams::default().labels("type=kwok"))
+        .await
+        .expect("nodes")
+        .items
+        .len() as u32;
+    assert!(nodes > 0, "the testenv has no kwok nodes");
+    let _op = Operator::start(&env, "a", &["--leader-elect=false"]);
+    let spec = |in_flight: serde_json::Value| -> VideoWorkflow {
+        let mut wf: VideoWorkflow = serde_saphyr::from_str(&format!(
+            r#"apiVersion: vflow.io/v1alpha1
+kind: VideoWorkflow
+metadata: {{name: room, namespace: {ns}}}
+spec:
+  storage: {{endpoint: "http://minio.vflow-system.svc:9000", bucket: videos, secretRef: {{name: vflow-s3}}}}
+  fusion: Disabled
+  scaleToZeroAfter: 10m
+  stages:
+    - {{name: a, function: thumbnail, overrides: {{memory: 160Gi, cpu: 100m, concurrency: 1, maxScale: {nodes}}}}}
+    - {{name: b, function: thumbnail, after: [a], overrides: {{memory: 160Gi, cpu: 100m, concurrency: 1, maxScale: 1}}}}
+"#,
+            ns = env.ns
+        ))
+        .expect("workflow");
+        wf.metadata.annotations = Some(BTreeMap::from([(
+            "vflow.io/in-flight".to_string(),
+            in_flight.to_string(),
+        )]));
+        wf
+    };
+    let deployments: Api<Deployment> = env.api();
+    let ready = |stage: &'static str, n: i32| {
+        let deployments = deployments.clone();
+        async move {
+            deployments
+                .get(&format!("room-{stage}"))
+                .await
+                .ok()
+                .and_then(|d| d.status)
+                .and_then(|s| s.ready_replicas)
+                .unwrap_or(0)
+                == n
+        }
+    };
+    env.apply_workflow(&spec(json!({"a": nodes}))).await;
+    wait_for("a on every node", READY_TIMEOUT, || {
+        ready("a", nodes as i32)
+    })
+    .await;
+    // a is done (idle, inside its delay); b has one invocation.
+    env.apply_workflow(&spec(json!({"b": 1}))).await;
+    let pods: Api<Pod> = env.api();
+    let b_waited = Instant::now();
+    wait_for("b Ready", READY_TIMEOUT, || ready("b", 1)).await;
+    eprintln!(
+        "b Ready {:.1}s after its work came",
+        b_waited.elapsed().as_secs_f64()
+    );
+    let a = deployments.get("room-a").await.expect("a");
+    assert_eq!(a.spec.replicas, Some(0), "a gave its room");
+    let b_node = pods
+        .list(&ListParams::default().labels("vflow.io/stage=b"))
+        .await
+        .expect("pods")
+        .items
+        .into_iter()
+        .find_map(|p| p.spec.and_then(|s| s.node_name));
+    assert!(b_node.is_some(), "b's pod is on a node");
+}

@@ -1,7 +1,10 @@
 //! What a reconcile reads: the namespace's FunctionProfiles and the workflow's children,
 //! all from the watch caches (no API calls, so a steady state costs no requests).
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service};
 use kube::{
@@ -23,6 +26,9 @@ pub struct Children {
     /// Children of stages the spec no longer has (named in status, owned by the workflow).
     pub stale_deployments: Vec<String>,
     pub stale_services: Vec<String>,
+    /// Stages with a pod the scheduler could not place (seen in a pod list the
+    /// reconcile makes only while some stage waits for replicas: not from a cache).
+    pub unplaceable: BTreeSet<String>,
 }
 
 /// Every FunctionProfile in the namespace, by name.

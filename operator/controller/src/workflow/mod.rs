@@ -10,6 +10,7 @@ pub mod dra;
 pub mod dra_fit;
 pub mod network;
 pub mod resize;
+pub mod room;
 pub mod status;
 pub mod validate;
 
@@ -58,6 +59,8 @@ pub const CONTROLLER: &str = "videoworkflow";
 /// Reconcile at least this often, as a safety net for missed watch events. Cheap: a
 /// reconcile with nothing to change makes no API calls.
 pub const RESYNC: Duration = Duration::from_secs(600);
+/// How soon a stage waiting for replicas is looked at again.
+pub const WAITING_RECHECK: Duration = Duration::from_secs(5);
 
 /// Per-stage memory of activity for the autoscaler: (in-flight last seen, last active).
 type Activity = HashMap<String, (u32, Timestamp)>;
@@ -287,6 +290,8 @@ pub struct Desired {
     /// Sharing mode Dra: the GPU stages whose planned replicas are not all ready (the
     /// reconcile asks whether the scheduler can place them).
     pub gpu_waiting: Vec<dra_fit::Waiting>,
+    /// Stages that want more replicas than are ready.
+    pub waiting: Vec<String>,
     /// Stages now fused into another's pods whose own children are still there.
     pub fused_away_deployments: Vec<String>,
     pub fused_away_services: Vec<String>,
@@ -428,6 +433,9 @@ pub fn desired(
             scale_to_zero_after,
             prewarm,
             current,
+            // Room this workflow's idle instances hold goes to its stages that wait
+            // for it (within one workflow: the reconcile sees no other's demand).
+            reclaim_idle: children.unplaceable.iter().any(|s| *s != stage.name),
         };
         let scale = autoscaler::decide(&input, now);
         if let Some(at) = scale.recheck_at {
@@ -538,6 +546,15 @@ pub fn desired(
             });
             let at = now
                 .checked_add(SignedDuration::try_from(dra_fit::RECHECK).unwrap_or_default())
+                .unwrap_or(now);
+            out.requeue_at = Some(out.requeue_at.map_or(at, |r| r.min(at)));
+        }
+        if scale.replicas > ready_replicas {
+            // Nothing watched moves when the scheduler gives up on a pod: look again
+            // soon, and ask then whether the pods can be placed (see `unplaceable`).
+            out.waiting.push(stage.name.clone());
+            let at = now
+                .checked_add(SignedDuration::try_from(WAITING_RECHECK).unwrap_or_default())
                 .unwrap_or(now);
             out.requeue_at = Some(out.requeue_at.map_or(at, |r| r.min(at)));
         }
@@ -809,6 +826,24 @@ async fn reconcile_inner(wf: &VideoWorkflow, ctx: &Context) -> Result<(Action, b
         &ctx.settings,
         now,
     )?;
+    if !want.waiting.is_empty() {
+        let mut children = children.clone();
+        children.unplaceable =
+            room::unplaceable(&ctx.client, &ns, &wf.name_any(), &want.waiting).await?;
+        if !children.unplaceable.is_empty() {
+            info!(stages = ?children.unplaceable, "pods the scheduler cannot place: idle instances give their room");
+            want = desired(
+                wf,
+                &outcome,
+                &profiles,
+                &children,
+                &activity,
+                &demand,
+                &ctx.settings,
+                now,
+            )?;
+        }
+    }
 
     // apply: only what differs from the cache
     let uid = wf.uid().unwrap_or_default();
