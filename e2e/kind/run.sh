@@ -425,8 +425,11 @@ for p in problems:
 sys.exit(1 if problems else 0)
 EOF
 near() { python3 -c 'import sys; a, b = map(float, sys.argv[1:]); sys.exit(abs(a - b) > 0.02 * b)' "$1" "$2"; }
+# An HLS playlist is also a program: ffprobe lists its stream under the program and again
+# on its own, so each key is kept once (its first value).
 probe() { ffprobe -v error -select_streams v:0 -count_packets \
-	-show_entries stream=codec_name,height,nb_read_packets:format=duration -of default=nw=1 "$1"; }
+	-show_entries stream=codec_name,height,nb_read_packets:format=duration -of default=nw=1 "$1" |
+	awk -F= '!seen[$1]++'; }
 input_duration="$(ffprobe -v error -show_entries format=duration -of csv=p=0 "$videos/$run_clip")"
 input_frames="$(ffprobe -v error -select_streams v:0 -count_packets -show_entries stream=nb_read_packets -of csv=p=0 "$videos/$run_clip")"
 # The ladder ends in one adaptive stream (package): every file of it is fetched into
