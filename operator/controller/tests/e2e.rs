@@ -191,6 +191,24 @@ impl Env {
         .await;
     }
 
+    /// Deletes workflow `wf` and waits until its pods are gone: the room they hold on
+    /// the nodes is the whole testenv's, and namespaces stay after a test.
+    async fn delete_workflow_and_its_pods(&self, wf: &str) {
+        use k8s_openapi::api::core::v1::Pod;
+        self.api::<VideoWorkflow>()
+            .delete(wf, &DeleteParams::foreground())
+            .await
+            .expect("delete workflow");
+        let pods: Api<Pod> = self.api();
+        let selector = format!("vflow.io/workflow={wf}");
+        wait_for(&format!("{wf}'s pods gone"), READY_TIMEOUT, || async {
+            pods.list(&ListParams::default().labels(&selector))
+                .await
+                .is_ok_and(|l| l.items.is_empty())
+        })
+        .await;
+    }
+
     async fn deployments(&self, wf: &str) -> BTreeMap<String, Deployment> {
         self.api::<Deployment>()
             .list(&ListParams::default().labels(&format!("vflow.io/workflow={wf}")))
@@ -1316,4 +1334,69 @@ spec:
         .into_iter()
         .find_map(|p| p.spec.and_then(|s| s.node_name));
     assert!(b_node.is_some(), "b's pod is on a node");
+    env.delete_workflow_and_its_pods("room").await;
+}
+
+// The same across workflows: `idle`'s instances (done, inside their 10 min delay) hold
+// the room that `busy`'s stage waits for; busy's reconcile sees its pod short of room
+// and has idle's reconciled, which lets its instances go.
+#[tokio::test]
+#[ignore = "needs e2e/testenv: make e2e-operator"]
+async fn idle_instances_of_one_workflow_give_their_room_to_another() {
+    use k8s_openapi::api::core::v1::Node;
+    let env = Env::new("room-across").await;
+    let nodes = Api::<Node>::all(env.client.clone())
+        .list(&ListParams::default().labels("type=kwok"))
+        .await
+        .expect("nodes")
+        .items
+        .len() as u32;
+    assert!(nodes > 0, "the testenv has no kwok nodes");
+    let _op = Operator::start(&env, "a", &["--leader-elect=false"]);
+    let one_stage = |name: &str, max: u32, in_flight: u32| -> VideoWorkflow {
+        let mut wf: VideoWorkflow = serde_saphyr::from_str(&format!(
+            r#"apiVersion: vflow.io/v1alpha1
+kind: VideoWorkflow
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  storage: {{endpoint: "http://minio.vflow-system.svc:9000", bucket: videos, secretRef: {{name: vflow-s3}}}}
+  scaleToZeroAfter: 10m
+  stages:
+    - {{name: s, function: thumbnail, overrides: {{memory: 160Gi, cpu: 100m, concurrency: 1, maxScale: {max}}}}}
+"#,
+            ns = env.ns
+        ))
+        .expect("workflow");
+        wf.metadata.annotations = Some(BTreeMap::from([(
+            "vflow.io/in-flight".to_string(),
+            json!({"s": in_flight}).to_string(),
+        )]));
+        wf
+    };
+    let deployments: Api<Deployment> = env.api();
+    let ready = |name: &'static str, n: i32| {
+        let deployments = deployments.clone();
+        async move {
+            deployments
+                .get(&format!("{name}-s"))
+                .await
+                .ok()
+                .and_then(|d| d.status)
+                .and_then(|s| s.ready_replicas)
+                .unwrap_or(0)
+                == n
+        }
+    };
+    env.apply_workflow(&one_stage("idle", nodes, nodes)).await;
+    wait_for("idle on every node", READY_TIMEOUT, || {
+        ready("idle", nodes as i32)
+    })
+    .await;
+    env.apply_workflow(&one_stage("idle", nodes, 0)).await;
+    env.apply_workflow(&one_stage("busy", 1, 1)).await;
+    wait_for("busy Ready", READY_TIMEOUT, || ready("busy", 1)).await;
+    let idle = deployments.get("idle-s").await.expect("idle");
+    assert_eq!(idle.spec.replicas, Some(0), "idle gave its room");
+    env.delete_workflow_and_its_pods("busy").await;
+    env.delete_workflow_and_its_pods("idle").await;
 }

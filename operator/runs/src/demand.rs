@@ -223,6 +223,14 @@ impl DemandBoard {
         }
     }
 
+    /// Asks for a reconcile of one workflow, its demand unchanged (another workflow
+    /// waits for room that this one's idle instances may hold).
+    pub fn poke(&self, namespace: &str, workflow: &str) {
+        let key = (namespace.to_string(), workflow.to_string());
+        let mut subscribers = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+        subscribers.retain(|s| s.send(key.clone()).is_ok());
+    }
+
     /// The workflows whose demand changes from now on, one message per change.
     pub fn subscribe(&self) -> mpsc::UnboundedReceiver<WorkflowKey> {
         let (tx, rx) = mpsc::unbounded_channel();

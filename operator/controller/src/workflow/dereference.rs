@@ -29,6 +29,9 @@ pub struct Children {
     /// Stages with a pod the scheduler could not place (seen in a pod list the
     /// reconcile makes only while some stage waits for replicas: not from a cache).
     pub unplaceable: BTreeSet<String>,
+    /// Another workflow's stage waits for room (its pods short of it, as that
+    /// workflow's reconcile saw): this one's idle instances give theirs.
+    pub room_wanted_elsewhere: bool,
 }
 
 /// Every FunctionProfile in the namespace, by name.

@@ -84,6 +84,8 @@ pub struct Context {
     /// What the runs in this process ask of the stages.
     pub demand: Arc<DemandBoard>,
     activity: Mutex<HashMap<String, Activity>>,
+    /// Workflows with pods short of room, and until when that holds unless seen again.
+    room_wanted: Mutex<HashMap<String, Timestamp>>,
     failures: Mutex<HashMap<String, u32>>,
     plans: Mutex<PlanCache>,
     /// Branch outcomes as this process last wrote them to each workflow's status.
@@ -120,6 +122,7 @@ impl Context {
             caches_ready: AtomicBool::new(false),
             demand: Arc::default(),
             activity: Mutex::default(),
+            room_wanted: Mutex::default(),
             failures: Mutex::default(),
             plans: Mutex::default(),
             branches: Mutex::default(),
@@ -433,9 +436,10 @@ pub fn desired(
             scale_to_zero_after,
             prewarm,
             current,
-            // Room this workflow's idle instances hold goes to its stages that wait
-            // for it (within one workflow: the reconcile sees no other's demand).
-            reclaim_idle: children.unplaceable.iter().any(|s| *s != stage.name),
+            // Room idle instances hold goes to stages that wait for it, this
+            // workflow's or another's.
+            reclaim_idle: children.room_wanted_elsewhere
+                || children.unplaceable.iter().any(|s| *s != stage.name),
         };
         let scale = autoscaler::decide(&input, now);
         if let Some(at) = scale.recheck_at {
@@ -803,7 +807,11 @@ async fn reconcile_inner(wf: &VideoWorkflow, ctx: &Context) -> Result<(Action, b
 
     // dereference
     let profiles = dereference::profiles(&ctx.profiles, &ns);
-    let children = dereference::children(wf, &ctx.deployments, &ctx.services);
+    let mut children = dereference::children(wf, &ctx.deployments, &ctx.services);
+    children.room_wanted_elsewhere = ctx
+        .room_wanted
+        .lock()
+        .is_ok_and(|w| w.iter().any(|(k, until)| *k != wf_key && *until > now));
     let activity = ctx
         .activity
         .lock()
@@ -827,22 +835,23 @@ async fn reconcile_inner(wf: &VideoWorkflow, ctx: &Context) -> Result<(Action, b
         now,
     )?;
     if !want.waiting.is_empty() {
-        let mut children = children.clone();
         children.unplaceable =
             room::unplaceable(&ctx.client, &ns, &wf.name_any(), &want.waiting).await?;
-        if !children.unplaceable.is_empty() {
-            info!(stages = ?children.unplaceable, "pods the scheduler cannot place: idle instances give their room");
-            want = desired(
-                wf,
-                &outcome,
-                &profiles,
-                &children,
-                &activity,
-                &demand,
-                &ctx.settings,
-                now,
-            )?;
-        }
+    }
+    if want_room(ctx, &wf_key, !children.unplaceable.is_empty(), now) {
+        info!(stages = ?children.unplaceable, "pods the scheduler cannot place for want of room: idle instances give theirs");
+    }
+    if !children.unplaceable.is_empty() {
+        want = desired(
+            wf,
+            &outcome,
+            &profiles,
+            &children,
+            &activity,
+            &demand,
+            &ctx.settings,
+            now,
+        )?;
     }
 
     // apply: only what differs from the cache
@@ -970,10 +979,49 @@ async fn reconcile_inner(wf: &VideoWorkflow, ctx: &Context) -> Result<(Action, b
     Ok((action, want.invalid))
 }
 
+/// How long a workflow's want of room holds without a reconcile that sees it again
+/// (it looks every `WAITING_RECHECK` while it waits).
+const ROOM_WANTED_FOR: Duration = Duration::from_secs(30);
+
+/// Notes whether workflow `wf_key` has pods short of room. When it starts to (returns
+/// true), every other workflow this process knows is reconciled at once, to give up
+/// its idle instances.
+fn want_room(ctx: &Context, wf_key: &str, wanted: bool, now: Timestamp) -> bool {
+    let Ok(mut room) = ctx.room_wanted.lock() else {
+        return false;
+    };
+    room.retain(|_, until| *until > now);
+    if !wanted {
+        room.remove(wf_key);
+        return false;
+    }
+    let until = now
+        .checked_add(SignedDuration::try_from(ROOM_WANTED_FOR).unwrap_or_default())
+        .unwrap_or(now);
+    if room.insert(wf_key.to_string(), until).is_some() {
+        return false;
+    }
+    drop(room);
+    let others: Vec<String> = ctx
+        .activity
+        .lock()
+        .map(|a| a.keys().filter(|k| *k != wf_key).cloned().collect())
+        .unwrap_or_default();
+    for other in others {
+        if let Some((ns, name)) = other.split_once('/') {
+            ctx.demand.poke(ns, name);
+        }
+    }
+    true
+}
+
 fn forget(ctx: &Context, wf: &VideoWorkflow) {
     let k = key(wf);
     if let Ok(mut a) = ctx.activity.lock() {
         a.remove(&k);
+    }
+    if let Ok(mut r) = ctx.room_wanted.lock() {
+        r.remove(&k);
     }
     if let Ok(mut p) = ctx.plans.lock() {
         p.remove(&wf.uid().unwrap_or_default());
