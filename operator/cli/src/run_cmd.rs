@@ -17,7 +17,7 @@ use vflow_engine::backend::Backend;
 use vflow_engine::local::{LocalBackend, LocalConfig};
 use vflow_engine::record::{RunRecord, UnitStatus};
 use vflow_engine::{Engine, RunGraph, RunOptions, RunPhase};
-use vflow_planner::{PlannerConfig, plan_workflow};
+use vflow_planner::{PlannerConfig, plan::Room, plan_workflow};
 use vflow_storage::{Location, S3Settings, Store};
 
 use crate::manifests::{Object, load_file};
@@ -363,15 +363,19 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
         cfg.transfer.get_bytes_per_second = 1e9;
         cfg.transfer.request_seconds = 0.001;
     }
+    // Every instance runs on this machine: packing is planned for its cores, so that
+    // P invocations per instance are never counted on cores that are not there.
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(2);
+    let default_max = args.max_instances.unwrap_or(cores);
+    cfg.room = Some(Room {
+        cores: f64::from(cores),
+        max_instances: Some(default_max),
+    });
     let plan =
         plan_workflow(&workflow, &profiles, &cfg).map_err(|e| bad(format!("planning: {e}")))?;
     let prewarm = vflow_engine::engine::prewarm_schedule(&plan);
-
-    let default_max = args.max_instances.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get() as u32)
-            .unwrap_or(2)
-    });
     let exe = std::env::current_exe()
         .map_err(|e| bad(format!("cannot find the vflow executable: {e}")))?;
     let work_dir = state_dir.join("instances").join(&run_id);

@@ -9,7 +9,9 @@
 //! Two changes from the paper's model, both because a Kubernetes cluster is not an
 //! unbounded FaaS pool: instances already warm do not need scaling (`S(n - warm)`),
 //! and when n exceeds what the cluster (or maxScale) can hold, invocations run in
-//! waves: `T = waves * E(P) + S(min(n, cap) - warm)`.
+//! waves: `T = waves * E(P) + S(min(n, cap) - warm)`. Where the room is known in cores
+//! (the local mode: this machine), cap also counts how many instances of P
+//! invocations' cores fit in it: packing never promises cores that are not there.
 
 use serde::{Deserialize, Serialize};
 
@@ -151,6 +153,12 @@ pub struct PackingInput {
     pub warm_instances: u32,
     /// Most instances at once (cluster capacity or maxScale); None: unbounded.
     pub max_instances: Option<u32>,
+    /// Cores of an instance by the invocations it runs at once (index P - 1; the last
+    /// one holds beyond), and the cores all instances share, where known.
+    #[serde(default)]
+    pub instance_cores: Vec<f64>,
+    #[serde(default)]
+    pub room_cores: Option<f64>,
     pub completion: Completion,
 }
 
@@ -244,6 +252,11 @@ impl InstanceGrowth {
     }
 }
 
+/// The entry for degree `p` of a list by degree (the last one holds beyond).
+fn pick(by_degree: &[f64], p: u32) -> Option<f64> {
+    by_degree.get(p as usize - 1).or(by_degree.last()).copied()
+}
+
 /// T(P) and K(P) for one degree.
 pub fn evaluate(input: &PackingInput, degree: u32) -> PackingOption {
     let p = degree.max(1);
@@ -253,17 +266,16 @@ pub fn evaluate(input: &PackingInput, degree: u32) -> PackingOption {
         Completion::Median => 0.5 * f64::from(input.invocations),
     };
     let instances = ((m / f64::from(p)).ceil() as u32).max(1);
-    let cap = input.max_instances.unwrap_or(u32::MAX).max(1);
+    let fit = match (input.room_cores, pick(&input.instance_cores, p)) {
+        (Some(room), Some(cores)) if cores > 0.0 => ((room + 1e-9) / cores).floor() as u32,
+        _ => u32::MAX,
+    };
+    let cap = input.max_instances.unwrap_or(u32::MAX).min(fit).max(1);
     let waves = instances.div_ceil(cap);
     let started = instances.min(cap).saturating_sub(input.warm_instances);
     let e = input.curve.at(p);
     let time = f64::from(waves) * e + input.scaling.seconds(started);
-    let price = input
-        .instance_price
-        .get(p as usize - 1)
-        .or(input.instance_price.last())
-        .copied()
-        .unwrap_or(0.0);
+    let price = pick(&input.instance_price, p).unwrap_or(0.0);
     let cost = e * f64::from(instances) * price;
     PackingOption {
         degree: p,
@@ -359,8 +371,32 @@ mod tests {
             max_degree: 8,
             warm_instances: 0,
             max_instances: None,
+            instance_cores: Vec::new(),
+            room_cores: None,
             completion: Completion::All,
         }
+    }
+
+    #[test]
+    fn instances_at_once_are_as_many_as_their_cores_fit_in_the_room() {
+        // 16 invocations of 1 core each on a 2-core machine that allows 2 instances:
+        // an instance of P = 2 grows to 2 cores, so only one runs at once.
+        let mut i = input(16);
+        i.curve = ServiceCurve::new(vec![(1, 10.0), (2, 10.5)]).expect("curve");
+        i.instance_cores = vec![1.0, 2.0];
+        i.max_degree = 2;
+        i.max_instances = Some(2);
+        i.room_cores = Some(2.0);
+        let one = evaluate(&i, 1);
+        assert_eq!((one.waves, one.instances), (8, 16));
+        let two = evaluate(&i, 2);
+        assert_eq!(two.waves, 8, "8 instances of 2 cores, one at a time");
+        assert!(two.time_seconds > one.time_seconds);
+        assert_eq!(choose(&i, Objective::Time).chosen.degree, 1);
+        // Without the room the same input promised 2 instances of 2 cores at once.
+        i.room_cores = None;
+        assert_eq!(evaluate(&i, 2).waves, 4);
+        assert_eq!(choose(&i, Objective::Time).chosen.degree, 2);
     }
 
     #[test]

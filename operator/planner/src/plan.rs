@@ -59,6 +59,17 @@ pub struct PlannerConfig {
     /// docs/planner.md). Off: every stage in its own instances.
     pub fuse: bool,
     pub seed: u64,
+    /// Where every instance runs when that is one known place (the local mode: this
+    /// machine); None: a cluster, bounded only by maxScale.
+    pub room: Option<Room>,
+}
+
+/// The cores the instances share, and how many may run at once.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Room {
+    pub cores: f64,
+    pub max_instances: Option<u32>,
 }
 
 impl Default for PlannerConfig {
@@ -87,6 +98,7 @@ impl Default for PlannerConfig {
             fusion_samples: 1000,
             fuse: true,
             seed: 1,
+            room: None,
         }
     }
 }
@@ -300,7 +312,11 @@ pub fn plan_workflow(
             cores_each: used_cores.unwrap_or(size.cpu_cores / f64::from(size.sized_for.max(1))),
             pinned_cores: overrides.is_some_and(|o| o.cpu.is_some()),
             pinned_memory: overrides.is_some_and(|o| o.memory.is_some()),
-            max_cores: bounds.and_then(|b| bound(&b.max_cpu)),
+            // No instance is larger than the room it runs in.
+            max_cores: match (bounds.and_then(|b| bound(&b.max_cpu)), cfg.room) {
+                (Some(b), Some(r)) => Some(b.min(r.cores)),
+                (b, r) => b.or(r.map(|r| r.cores)),
+            },
             max_memory_bytes: bounds.and_then(|b| bound(&b.max_memory)),
         };
         facts.push(StageFacts {
@@ -689,6 +705,11 @@ fn packing_input(
     };
     // No degree takes the instance past the profile's bounds.
     let max_degree = f.growth.largest_fitting(cfg.max_packing_degree.max(1));
+    // What P invocations keep busy (a local process is not held to its request; the
+    // request's headroom would leave a core of a 2-core machine unused).
+    let instance_cores = (1..=max_degree)
+        .map(|p| (f.cores_each() * f64::from(p)).min(f.growth.cores(p)))
+        .collect();
     let instance_price = (1..=max_degree)
         .map(|p| {
             cfg.prices.per_second(
@@ -705,7 +726,12 @@ fn packing_input(
         instance_price,
         max_degree,
         warm_instances: 0,
-        max_instances: max_scale,
+        max_instances: match (max_scale, cfg.room.and_then(|r| r.max_instances)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        },
+        instance_cores,
+        room_cores: cfg.room.map(|r| r.cores),
         completion: Completion::All,
     }
 }

@@ -176,3 +176,52 @@ fn measured_e_of_p_replaces_the_gpu_prior() {
     let (packed, reason) = plan(profile("gpu", resources, status));
     assert!(packed >= 4, "{reason}");
 }
+
+/// The decision for stage `work` when every instance runs in a room of `cores` cores
+/// that holds at most `instances` instances (the local mode's machine).
+fn decide_in_room(work: FunctionProfile, cores: f64, instances: u32) -> StageDecision {
+    let mut profiles = BTreeMap::new();
+    profiles.insert(
+        "segment".to_string(),
+        profile("segment", json!({"cpu": "1", "memory": "512Mi"}), json!({})),
+    );
+    let name = work.metadata.name.clone().expect("name");
+    profiles.insert(name.clone(), work);
+    let cfg = PlannerConfig {
+        room: Some(vflow_planner::plan::Room {
+            cores,
+            max_instances: Some(instances),
+        }),
+        ..PlannerConfig::default()
+    };
+    plan_workflow(&workflow(&name), &profiles, &cfg)
+        .expect("plans")
+        .stages
+        .into_iter()
+        .find(|d| d.name == "work")
+        .expect("work")
+}
+
+#[test]
+fn on_a_machine_of_two_cores_an_encoder_that_uses_one_is_not_packed_two_to_an_instance() {
+    // bench-local's transcode: about one core per invocation. Planned without the room,
+    // an instance of P = 8 was counted with 7.6 cores of its own.
+    let encode = || {
+        profile(
+            "encode",
+            json!({"cpu": "1", "memory": "1Gi"}),
+            observed(0.95),
+        )
+    };
+    let d = decide_in_room(encode(), 2.0, 2);
+    assert_eq!(d.concurrency, 1, "{}", d.reason_text());
+    // An invocation that uses 0.4 of a core still packs: its instance fits the room.
+    let light = profile(
+        "light",
+        json!({"cpu": "2", "memory": "256Mi"}),
+        observed(0.4),
+    );
+    let d = decide_in_room(light, 2.0, 2);
+    assert!(d.concurrency > 1, "{}", d.reason_text());
+    assert!(d.size.cpu_cores <= 2.0 + 1e-9, "{}", d.reason_text());
+}

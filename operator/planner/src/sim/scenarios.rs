@@ -629,6 +629,8 @@ pub fn packing(p: &PackingParams, seed: u64) -> PackingReport {
             max_degree: p.max_degree,
             warm_instances: 0,
             max_instances: None,
+            instance_cores: Vec::new(),
+            room_cores: None,
             completion: Completion::All,
         };
         let choice = packing::choose(&input, Objective::default());
