@@ -310,6 +310,33 @@ def probe_packets(path: str, stream_index: int | str) -> list[dict]:
     return json.loads(_run(cmd, "reading packets", path) or "{}").get("packets", [])
 
 
+def probe_packets_by_stream(path: str, stream_indices: list[int]) -> dict[int, list[dict]]:
+    """probe_packets for several streams of one file in one pass over it (each pass reads
+    the whole file: a segment of 1080p at high bit rate is tens of MB)."""
+    cmd = ["ffprobe", "-hide_banner", "-v", "error", "-max_alloc", str(MAX_ALLOC), *input_guard(),
+           "-of", "json", "-show_entries", "packet=stream_index,pts_time,duration_time,flags", path]
+    by_stream: dict[int, list[dict]] = {i: [] for i in stream_indices}
+    for p in json.loads(_run(cmd, "reading packets", path) or "{}").get("packets", []):
+        if p.get("stream_index") in by_stream:
+            by_stream[p["stream_index"]].append(p)
+    return by_stream
+
+
+def parallel_map(fn, items: list) -> list:
+    """fn over items on up to as many threads as this process may use cores (at most 4):
+    for the work a join or a split does per file (ffprobe, remux: I/O and a process
+    start each), which runs while nothing else of the run does. Exceptions propagate
+    (the first, in order)."""
+    items = list(items)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2
+    workers = min(len(items), cores, 4)
+    if workers <= 1:
+        return [fn(i) for i in items]
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(fn, items))
+
+
 _LISTED: dict[str, set[str]] = {}
 
 

@@ -10,8 +10,8 @@ import csv
 import os
 
 from vflowfn import (Context, EVEN_SIZE, FnError, Function, Param, audio_args, audio_stream, check_frames,
-                     duration, ffmpeg, ffprobe, frame_rate, movie_timescale, muxer_args, pick_container, probe_packets,
-                     seconds_or_zero, video_encoder_args, video_stream, FORMAT)
+                     duration, ffmpeg, ffprobe, frame_rate, movie_timescale, muxer_args, parallel_map,
+                     pick_container, probe_packets, seconds_or_zero, video_encoder_args, video_stream, FORMAT)
 
 # A stream-copy segment may run this much longer than asked before re-encoding pays off.
 SLACK = 1.5
@@ -116,7 +116,10 @@ def run(ctx: Context) -> dict:
     maps = ["-map", f"0:{v['index']}"] + (["-map", f"0:{a['index']}"] if a else [])
     scene = ctx.params["cutAt"] == "scene"
     parallel = ctx.params["multipleOf"]
-    keys = keyframe_times(src, v) if mode != "always" and not scene else []
+    # The keyframes decide whether to copy (auto) and where the finer last cuts go
+    # (multipleOf); a plain stream copy needs none (a pass over the whole input spared).
+    need_keys = not scene and (mode == "auto" or (mode == "never" and parallel > 1))
+    keys = keyframe_times(src, v) if need_keys else []
     copied = copy_cuts(keys, seconds) if keys else []
     copy = not scene and (mode == "never" or (mode == "auto" and bool(keys)
                                               and copy_cuts_fit(copied, seconds, total - (keys[0] if keys else 0))))
@@ -200,11 +203,15 @@ def run(ctx: Context) -> dict:
     rows[0][1] = str(max(0.0, first))
     if not copy:  # decoding a damaged input can lose frames: a hole that no duration shows
         check_frames(src, info, [(os.path.join(ctx.work, name), float(start)) for name, start, _ in rows])
-    # Remux (stream copy) to tag each segment with its place in the whole.
-    for i, (name, start, end) in enumerate(rows):
+    # Remux (stream copy) to tag each segment with its place in the whole; the segments
+    # side by side (each is I/O and a process start).
+    def tag(row: tuple[int, list[str]]) -> None:
+        i, (name, start, end) = row
         tag = f"vflow-segment index={i} count={len(rows)} start={float(start):.6f} end={float(end):.6f}"
         ffmpeg(["-i", os.path.join(ctx.work, name), "-map", "0", "-c", "copy", "-metadata", f"comment={tag}",
                 *muxer_args(container, a), ctx.out(f"segment-{i:05d}.{container}")], "tagging segment", src)
+
+    parallel_map(tag, list(enumerate(rows)))
     return {"segments": len(rows), "duration": round(total, 6)}
 
 

@@ -13,7 +13,8 @@ import re
 from dataclasses import dataclass
 
 from vflowfn import (Context, FnError, Function, Param, UsageError, audio_args, audio_stream,
-                     ffmpeg, ffprobe, fits, frame_rate, muxer_args, probe_packets, video_stream)
+                     ffmpeg, ffprobe, fits, frame_rate, muxer_args, parallel_map, probe_packets_by_stream,
+                     video_stream)
 
 TAG = re.compile(r"vflow-segment index=(\d+) count=(\d+) start=([\d.]+) end=([\d.]+)")
 SAME_VIDEO = ["codec_name", "profile", "width", "height", "pix_fmt", "time_base", "r_frame_rate"]
@@ -30,9 +31,9 @@ class Span:
     step: float
 
 
-def span(path: str, info: dict, stream: dict) -> Span:
+def span(path: str, info: dict, stream: dict, packets: list[dict]) -> Span:
     pts, ends, durs = [], [], []
-    for p in probe_packets(path, stream["index"]):
+    for p in packets:
         if p.get("pts_time") in (None, "N/A"):
             continue
         t = float(p["pts_time"])
@@ -132,7 +133,16 @@ def plan(inputs: list[str], infos: list[dict], ordered: bool) -> tuple[list[floa
     frame = 1 / frame_rate(video_stream(infos[0], inputs[0]))
     tags = _tags(infos) if ordered else [None] * len(inputs)
     fst = [float(i["format"].get("start_time") or 0) for i in infos]
-    vs = [span(p, i, video_stream(i, p)) for p, i in zip(inputs, infos)]
+    has_audio = audio_stream(infos[0]) is not None
+
+    def streams(pi: tuple[str, dict]) -> list[dict]:
+        return [video_stream(pi[1], pi[0])] + ([audio_stream(pi[1])] if has_audio else [])
+
+    # One pass over each file for all its streams, the files side by side.
+    packets = parallel_map(lambda pi: probe_packets_by_stream(pi[0], [s["index"] for s in streams(pi)]),
+                           list(zip(inputs, infos)))
+    vs = [span(p, i, video_stream(i, p), pk[video_stream(i, p)["index"]])
+          for p, i, pk in zip(inputs, infos, packets)]
     if all(tags):
         for path, t, v in zip(inputs, tags, vs):
             want = float(t.group(4)) - float(t.group(3))
@@ -149,11 +159,11 @@ def plan(inputs: list[str], infos: list[dict], ordered: bool) -> tuple[list[floa
                              vs[i].end - vs[i].start)
         durations.append((end - fst[i]) - (vs[i + 1].start - fst[i + 1]))
     seamless = True
-    if audio_stream(infos[0]) is not None:
+    if has_audio:
         offset = 0.0  # output time = file time + offset
         prev = None
         for i, (path, info) in enumerate(zip(inputs, infos)):
-            a = span(path, info, audio_stream(info))
+            a = span(path, info, audio_stream(info), packets[i][audio_stream(info)["index"]])
             if i:
                 offset += durations[i - 1] + fst[i - 1] - fst[i]
             if prev is not None:
@@ -168,7 +178,7 @@ def plan(inputs: list[str], infos: list[dict], ordered: bool) -> tuple[list[floa
 
 def run(ctx: Context) -> None:
     container = ctx.params["container"]
-    infos = [ffprobe(p) for p in ctx.inputs]
+    infos = parallel_map(ffprobe, ctx.inputs)
     v0, a0 = video_stream(infos[0], ctx.inputs[0]), audio_stream(infos[0])
     if not fits(container, v0["codec_name"], None):
         raise UsageError(f"container {container} cannot hold {v0['codec_name']} video; use mkv or mp4")
