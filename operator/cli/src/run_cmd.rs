@@ -52,6 +52,28 @@ fn yaml_files(path: &Path) -> Result<Vec<PathBuf>, RunError> {
     crate::manifests::yaml_files(path).map_err(|e| bad(e.to_string()))
 }
 
+/// The input's duration by ffprobe, from which the planner estimates the run's
+/// segments; None where ffprobe is missing or cannot tell (the plan then assumes
+/// `expectedSegments`, and the functions report the input's problem).
+fn probe_duration(path: &Path) -> Option<f64> {
+    let out = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-protocol_whitelist", "file"])
+        .args(["-show_entries", "format=duration", "-of", "csv=p=0"])
+        .arg(path)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|d| d.is_finite() && *d > 0.0)
+}
+
 /// Where learned profiles are kept: `<dir>/learned/` when `--profiles` is one directory,
 /// else under the store's directory.
 fn learned_dir(args: &RunArgs, state_dir: &Path) -> PathBuf {
@@ -320,6 +342,7 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
     ));
 
     // The input: used where it is when the instances can read it, else uploaded.
+    let mut input_seconds = None;
     let input = if args.input.starts_with("s3://") {
         args.input.clone()
     } else {
@@ -328,6 +351,7 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
         if !path.is_file() {
             return Err(bad(format!("--input {}: not a file", path.display())));
         }
+        input_seconds = probe_duration(&path);
         match &store_root {
             Location::Local(_) => path.to_string_lossy().into_owned(),
             Location::S3 { .. } => {
@@ -354,6 +378,7 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
     {
         cfg.input_bytes = bytes as f64;
     }
+    cfg.input_seconds = input_seconds;
     cfg.now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .ok()
@@ -531,4 +556,37 @@ fn write_learned(
         std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_input_duration_comes_from_ffprobe_and_none_where_it_cannot_tell() {
+        let dir = std::env::temp_dir().join(format!("vflow-probe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let clip = dir.join("clip.mp4");
+        let made = std::process::Command::new("ffmpeg")
+            .args([
+                "-v",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=size=64x64:rate=10:duration=3",
+            ])
+            .arg(&clip)
+            .status()
+            .expect("ffmpeg runs");
+        assert!(made.success());
+        let d = probe_duration(&clip).expect("a duration");
+        assert!((d - 3.0).abs() < 0.2, "{d}");
+        let text = dir.join("notes.txt");
+        std::fs::write(&text, "not a video").expect("write");
+        assert_eq!(probe_duration(&text), None);
+        assert_eq!(probe_duration(&dir.join("missing.mp4")), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

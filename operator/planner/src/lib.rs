@@ -35,6 +35,7 @@ pub mod prewarm;
 pub mod prices;
 pub mod provisioning;
 pub mod rng;
+pub mod segments;
 pub mod sim;
 pub mod sizing;
 pub mod split;

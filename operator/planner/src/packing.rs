@@ -159,6 +159,11 @@ pub struct PackingInput {
     pub instance_cores: Vec<f64>,
     #[serde(default)]
     pub room_cores: Option<f64>,
+    /// Each invocation's work relative to the mean (segment lengths), where known:
+    /// then the burst takes the longest-first makespan of it on the slots at once
+    /// instead of whole waves. Empty: all alike.
+    #[serde(default)]
+    pub work: Vec<f64>,
     pub completion: Completion,
 }
 
@@ -168,6 +173,11 @@ pub struct PackingOption {
     pub degree: u32,
     pub instances: u32,
     pub waves: u32,
+    /// Instances running at once.
+    pub at_once: u32,
+    /// E(P)s the burst takes: the waves, or with the invocations' work known, its
+    /// longest-first makespan on the slots at once.
+    pub rounds: f64,
     pub service_seconds: f64,
     pub time_seconds: f64,
     pub cost: f64,
@@ -274,13 +284,21 @@ pub fn evaluate(input: &PackingInput, degree: u32) -> PackingOption {
     let waves = instances.div_ceil(cap);
     let started = instances.min(cap).saturating_sub(input.warm_instances);
     let e = input.curve.at(p);
-    let time = f64::from(waves) * e + input.scaling.seconds(started);
+    let rounds = if input.work.is_empty() || input.completion != Completion::All {
+        f64::from(waves)
+    } else {
+        let slots = u64::from(instances.min(cap)) * u64::from(p);
+        crate::segments::makespan(&input.work, slots.min(usize::MAX as u64) as usize)
+    };
+    let time = rounds * e + input.scaling.seconds(started);
     let price = pick(&input.instance_price, p).unwrap_or(0.0);
     let cost = e * f64::from(instances) * price;
     PackingOption {
         degree: p,
         instances,
         waves,
+        at_once: instances.min(cap),
+        rounds,
         service_seconds: e,
         time_seconds: time,
         cost,
@@ -325,7 +343,13 @@ pub fn choose(input: &PackingInput, objective: Objective) -> PackingChoice {
         chosen.instances,
         chosen.degree,
         chosen.service_seconds,
-        if chosen.waves > 1 {
+        if !input.work.is_empty() && input.completion == Completion::All {
+            format!(
+                " x {:.2} (the segments' lengths, longest first on {} at once)",
+                chosen.rounds,
+                chosen.at_once * chosen.degree
+            )
+        } else if chosen.waves > 1 {
             format!(" x {} waves", chosen.waves)
         } else {
             String::new()
@@ -373,8 +397,28 @@ mod tests {
             max_instances: None,
             instance_cores: Vec::new(),
             room_cores: None,
+            work: Vec::new(),
             completion: Completion::All,
         }
+    }
+
+    #[test]
+    fn with_segment_lengths_the_burst_takes_their_makespan_not_whole_waves() {
+        // 15 segments of 4 s and one of 2 s... as multipleOf 2 cuts 60 s: 14 x 4 s and
+        // 2 x 2 s, on 2 instances of P = 1: 7.5 rounds of the mean segment's time.
+        let mut i = input(16);
+        i.max_instances = Some(2);
+        i.max_degree = 1;
+        let mean = 60.0 / 16.0;
+        let mut work: Vec<f64> = vec![4.0 / mean; 14];
+        work.extend([2.0 / mean, 2.0 / mean]);
+        let waves = evaluate(&i, 1);
+        i.work = work;
+        let lengths = evaluate(&i, 1);
+        assert_eq!(waves.waves, 8);
+        let e = waves.service_seconds;
+        assert!((waves.time_seconds - (8.0 * e + 0.092)).abs() < 1e-9);
+        assert!((lengths.time_seconds - (30.0 / mean * e + 0.092)).abs() < 1e-9);
     }
 
     #[test]

@@ -34,10 +34,14 @@ pub struct PlannerConfig {
     pub margin: Margin,
     pub branch_prior_strength: f64,
     pub branch_observations: Vec<BranchObservation>,
-    /// Segments a run's fan-out is expected to produce.
+    /// Segments a run's fan-out is expected to produce, where `input_seconds` does not
+    /// tell (`segments::estimate`).
     pub expected_segments: u32,
     /// Size of a run's input.
     pub input_bytes: f64,
+    /// Duration of a run's input, where known (`vflow run` probes it): the fan-out's
+    /// segments, their number and lengths, are estimated from it.
+    pub input_seconds: Option<f64>,
     pub transfer: TransferModel,
     pub prices: Prices,
     pub scaling: ScalingModel,
@@ -83,6 +87,7 @@ impl Default for PlannerConfig {
             branch_observations: Vec::new(),
             expected_segments: 8,
             input_bytes: 200e6,
+            input_seconds: None,
             transfer: TransferModel::default(),
             prices: Prices::default(),
             scaling: ScalingModel {
@@ -266,7 +271,21 @@ pub fn plan_workflow(
     let likely = path::greedy(&dag, &model);
     let max_product = path::max_product(&dag, &model);
     let run_p = path::run_probabilities(&dag, &model);
-    let segments = cfg.expected_segments.max(1);
+    let lengths = cfg
+        .input_seconds
+        .and_then(|t| crate::segments::estimate(workflow, profiles, t))
+        .filter(|l| !l.is_empty());
+    let segments = lengths
+        .as_ref()
+        .map_or(cfg.expected_segments.max(1), |l| l.len() as u32);
+    // Each segment's work relative to the mean (a segment's invocation takes time in
+    // proportion to its length).
+    let work: Vec<f64> = lengths
+        .map(|l| {
+            let mean = l.iter().sum::<f64>() / l.len() as f64;
+            l.iter().map(|x| x / mean.max(1e-9)).collect()
+        })
+        .unwrap_or_default();
     let mut warnings = Vec::new();
 
     // Sizes, timings and data sizes.
@@ -357,14 +376,15 @@ pub fn plan_workflow(
                 format!("runs once per run: {} from the profile", f.size.concurrency);
             continue;
         }
-        let input = packing_input(cfg, f, segments, o.and_then(|o| o.max_scale));
+        let mut input = packing_input(cfg, f, segments, o.and_then(|o| o.max_scale));
+        input.work = work.clone();
         let choice = packing::choose(&input, cfg.packing_objective);
         concurrency[i] = choice.chosen.degree;
         packing_reason[i] = format!("{}; {}", choice.reason, curve_source(f, cfg));
     }
 
     // Fusion over the stages on the likely path.
-    let fusion_input = fusion_input(spec, &dag, &likely, &facts, &concurrency, cfg);
+    let fusion_input = fusion_input(spec, &dag, &likely, &facts, &concurrency, segments, cfg);
     let fusion_plan = fusion::search(&fusion_input);
     let mut fused_with: Vec<Option<usize>> = vec![None; dag.len()];
     let mut fusion_reason: Vec<Option<String>> = vec![None; dag.len()];
@@ -732,6 +752,7 @@ fn packing_input(
         },
         instance_cores,
         room_cores: cfg.room.map(|r| r.cores),
+        work: Vec::new(),
         completion: Completion::All,
     }
 }
@@ -751,6 +772,7 @@ fn fusion_input(
     likely: &LikelyPath,
     facts: &[StageFacts],
     concurrency: &[u32],
+    segments: u32,
     cfg: &PlannerConfig,
 ) -> FusionInput {
     let on: Vec<usize> = likely.stages.clone();
@@ -762,7 +784,7 @@ fn fusion_input(
             // Packing P on one instance stretches each invocation by E(P) / E(1).
             let e1 = f.timing.exec.median.max(1e-9);
             let stretch = if concurrency[i] > 1 {
-                packing_input(cfg, f, cfg.expected_segments, None)
+                packing_input(cfg, f, segments, None)
                     .curve
                     .at(concurrency[i])
                     / e1
@@ -804,7 +826,7 @@ fn fusion_input(
         parents,
         order: (0..on.len()).collect(),
         candidates,
-        segments: cfg.expected_segments.max(1),
+        segments,
         objective_seconds: spec.latency_objective.map(|d| d.as_secs_f64()),
         transfer: cfg.transfer,
         prices: cfg.prices.clone(),

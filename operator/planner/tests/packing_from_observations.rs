@@ -225,3 +225,67 @@ fn on_a_machine_of_two_cores_an_encoder_that_uses_one_is_not_packed_two_to_an_in
     assert!(d.concurrency > 1, "{}", d.reason_text());
     assert!(d.size.cpu_cores <= 2.0 + 1e-9, "{}", d.reason_text());
 }
+
+#[test]
+fn the_input_duration_gives_the_segments_their_number_and_lengths() {
+    let mut profiles = BTreeMap::new();
+    let mut segment = profile("segment", json!({"cpu": "1", "memory": "512Mi"}), json!({}));
+    segment.spec.params = serde_json::from_value(json!([
+        {"name": "seconds", "type": "Number", "default": 4},
+        {"name": "cutAt", "type": "String", "default": "time"},
+        {"name": "multipleOf", "type": "Integer", "default": 1}
+    ]))
+    .expect("params");
+    profiles.insert("segment".to_string(), segment);
+    profiles.insert(
+        "encode".to_string(),
+        profile(
+            "encode",
+            json!({"cpu": "1", "memory": "1Gi"}),
+            observed(0.95),
+        ),
+    );
+    let mut wf = workflow("encode");
+    let room = Some(vflow_planner::plan::Room {
+        cores: 2.0,
+        max_instances: Some(2),
+    });
+    let reason = |wf: &VideoWorkflow, input_seconds: Option<f64>| {
+        let cfg = PlannerConfig {
+            room,
+            input_seconds,
+            ..PlannerConfig::default()
+        };
+        let d = plan_workflow(wf, &profiles, &cfg)
+            .expect("plans")
+            .stages
+            .into_iter()
+            .find(|d| d.name == "work")
+            .expect("work");
+        d.reasons
+            .iter()
+            .find(|r| r.topic == "concurrency")
+            .map(|r| r.text.clone())
+            .unwrap_or_default()
+    };
+    // Unknown duration: expectedSegments (8) alike, in whole waves.
+    let r = reason(&wf, None);
+    assert!(r.starts_with("8 invocations"), "{r}");
+    assert!(r.contains("x 4 waves"), "{r}");
+    // 60 s every 4 s (the profile's default): 15 segments, 8 rounds on 2 at once.
+    let r = reason(&wf, Some(60.0));
+    assert!(r.starts_with("15 invocations"), "{r}");
+    assert!(
+        r.contains("x 8.00 (the segments' lengths, longest first on 2 at once)"),
+        "{r}"
+    );
+    // multipleOf 2 on the stage: 14 of 4 s and 2 of 2 s, each slot 30 s of video: 8
+    // rounds of the mean segment (3.75 s), where 15 segments took 8 rounds of 4 s.
+    wf.spec.stages[0].params = serde_json::from_value(json!({"multipleOf": 2})).expect("params");
+    let r = reason(&wf, Some(60.0));
+    assert!(r.starts_with("16 invocations"), "{r}");
+    assert!(r.contains("x 8.00 (the segments' lengths"), "{r}");
+    // Scene cuts are not known before the run.
+    wf.spec.stages[0].params = serde_json::from_value(json!({"cutAt": "scene"})).expect("params");
+    assert!(reason(&wf, Some(60.0)).starts_with("8 invocations"));
+}

@@ -631,6 +631,7 @@ pub fn packing(p: &PackingParams, seed: u64) -> PackingReport {
             max_instances: None,
             instance_cores: Vec::new(),
             room_cores: None,
+            work: Vec::new(),
             completion: Completion::All,
         };
         let choice = packing::choose(&input, Objective::default());
