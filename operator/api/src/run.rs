@@ -118,10 +118,37 @@ pub struct VideoWorkflowRunStatus {
     /// Why the run failed, naming the stage, the segment and the error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Quality measured by the run's stages that report it (the quality function): a
+    /// stage of segments as one whole (a rendition), and each unit that measured a
+    /// whole output. Per segment figures are in the run's record.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub quality: Vec<QualityFigure>,
     /// Succeeded, Failed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// What a stage measured of an encode's quality against its source.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QualityFigure {
+    pub stage: String,
+    /// The segment measured; none for a whole output or a stage's segments as one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment: Option<u32>,
+    /// Mean PSNR in dB (100 for identical frames).
+    pub psnr: f64,
+    /// The worst frame's PSNR in dB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub psnr_min: Option<f64>,
+    pub ssim: f64,
+    /// None where the function's ffmpeg has no libvmaf.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmaf: Option<f64>,
+    /// Frames compared.
+    pub frames: u64,
 }
 
 /// Where a run stands.

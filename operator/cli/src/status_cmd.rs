@@ -110,6 +110,17 @@ pub fn detail(run: &VideoWorkflowRun) -> String {
         }
         out.push_str(&table(rows));
     }
+    if !status.quality.is_empty() {
+        out.push_str("\nQuality:\n");
+        for q in &status.quality {
+            out.push_str(&format!(
+                "  {} ({} frames): {}\n",
+                q.stage,
+                q.frames,
+                vflow_engine::report::quality_line(q)
+            ));
+        }
+    }
     if !status.outputs.is_empty() {
         out.push_str("\nOutputs:\n");
         for o in &status.outputs {

@@ -30,26 +30,19 @@ pub struct StageSummary {
     pub bytes_out: u64,
 }
 
-/// What a unit measured of an encode's quality: the metadata of a function that
-/// reports `psnr` and `ssim` (the quality function), per segment or per rendition.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct QualityFigure {
-    pub stage: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub segment: Option<u32>,
-    pub psnr: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub psnr_min: Option<f64>,
-    pub ssim: f64,
-    /// None where the function's ffmpeg has no libvmaf.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub vmaf: Option<f64>,
-    /// Frames compared.
-    pub frames: u64,
+pub use vflow_api::QualityFigure;
+
+/// How the quality figures of units and stages come out of a record.
+pub trait QualityOf: Sized {
+    /// A unit's figure: the metadata of a function that reports `psnr`, `ssim` and
+    /// `frames` (the quality function), per segment or per rendition.
+    fn of(unit: &crate::record::UnitRecord) -> Option<Self>;
+    /// The figures of a stage's segments together, as one measurement of the whole
+    /// would give them.
+    fn combined(stage: &str, parts: &[&Self]) -> Option<Self>;
 }
 
-impl QualityFigure {
+impl QualityOf for QualityFigure {
     fn of(unit: &crate::record::UnitRecord) -> Option<Self> {
         let number = |key: &str| unit.metadata.get(key).and_then(|v| v.as_f64());
         Some(QualityFigure {
@@ -63,11 +56,10 @@ impl QualityFigure {
         })
     }
 
-    /// The figures of a stage's segments together, as one measurement of the whole would
-    /// give them: PSNR from the frames' mean squared error (each segment's mean MSE
-    /// weighted by its frames), SSIM and VMAF as frame-weighted means, the worst frame
-    /// of all. None for no figures or no frames.
-    pub fn combined(stage: &str, parts: &[&QualityFigure]) -> Option<QualityFigure> {
+    /// PSNR from the frames' mean squared error (each segment's mean MSE weighted by
+    /// its frames), SSIM and VMAF as frame-weighted means, the worst frame of all. None
+    /// for no figures or no frames.
+    fn combined(stage: &str, parts: &[&QualityFigure]) -> Option<QualityFigure> {
         let frames: u64 = parts.iter().map(|q| q.frames).sum();
         if frames == 0 {
             return None;
@@ -207,12 +199,7 @@ pub fn summarize(graph: &RunGraph, record: &RunRecord) -> RunReport {
         .filter(|u| sinks.contains(&u.stage.as_str()) && u.status == UnitStatus::Done)
         .flat_map(|u| u.outputs.clone())
         .collect();
-    let quality: Vec<QualityFigure> = record
-        .units
-        .iter()
-        .filter(|u| u.status == UnitStatus::Done)
-        .filter_map(QualityFigure::of)
-        .collect();
+    let (quality, quality_by_stage) = quality(graph, record);
     RunReport {
         run: record.run.clone(),
         workflow: record.workflow.clone(),
@@ -223,21 +210,44 @@ pub fn summarize(graph: &RunGraph, record: &RunRecord) -> RunReport {
         cold_starts: stages.iter().map(|s| s.cold_starts).sum(),
         idle_before_use_seconds: None,
         stages,
-        quality_by_stage: graph
-            .order
-            .iter()
-            .filter_map(|&i| {
-                let name = &graph.stages[i].name;
-                let parts: Vec<&QualityFigure> = quality
-                    .iter()
-                    .filter(|q| &q.stage == name && q.segment.is_some())
-                    .collect();
-                QualityFigure::combined(name, &parts)
-            })
-            .collect(),
+        quality_by_stage,
         quality,
         outputs,
     }
+}
+
+/// The quality figures of a record: each unit's that measured one, in the record's
+/// order, and per stage that measured segments, their figures as one (the whole).
+pub fn quality(graph: &RunGraph, record: &RunRecord) -> (Vec<QualityFigure>, Vec<QualityFigure>) {
+    let units: Vec<QualityFigure> = record
+        .units
+        .iter()
+        .filter(|u| u.status == UnitStatus::Done)
+        .filter_map(QualityFigure::of)
+        .collect();
+    let by_stage = graph
+        .order
+        .iter()
+        .filter_map(|&i| {
+            let name = &graph.stages[i].name;
+            let parts: Vec<&QualityFigure> = units
+                .iter()
+                .filter(|q| &q.stage == name && q.segment.is_some())
+                .collect();
+            QualityFigure::combined(name, &parts)
+        })
+        .collect();
+    (units, by_stage)
+}
+
+/// One figure in words: "PSNR 41.20 dB (worst frame 38.10), SSIM 0.9800, VMAF 92.00".
+pub fn quality_line(q: &QualityFigure) -> String {
+    let worst = q
+        .psnr_min
+        .map(|m| format!(" (worst frame {m:.2})"))
+        .unwrap_or_default();
+    let vmaf = q.vmaf.map(|v| format!(", VMAF {v:.2}")).unwrap_or_default();
+    format!("PSNR {:.2} dB{worst}, SSIM {:.4}{vmaf}", q.psnr, q.ssim)
 }
 
 /// The quality figures, one line per unit, then per stage of segments for the whole;
@@ -251,15 +261,7 @@ pub fn quality_table(report: &RunReport) -> String {
             (None, true) => format!("{} (all {} frames)", q.stage, q.frames),
             (None, false) => q.stage.clone(),
         };
-        let worst = q
-            .psnr_min
-            .map(|m| format!(" (worst frame {m:.2})"))
-            .unwrap_or_default();
-        let vmaf = q.vmaf.map(|v| format!(", VMAF {v:.2}")).unwrap_or_default();
-        out.push_str(&format!(
-            "quality {unit}: PSNR {:.2} dB{worst}, SSIM {:.4}{vmaf}\n",
-            q.psnr, q.ssim
-        ));
+        out.push_str(&format!("quality {unit}: {}\n", quality_line(q)));
     }
     out
 }
@@ -331,7 +333,7 @@ pub fn table(report: &RunReport) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::QualityFigure;
+    use super::{QualityFigure, QualityOf};
 
     fn figure(psnr: f64, ssim: f64, frames: u64) -> QualityFigure {
         QualityFigure {

@@ -298,6 +298,16 @@ pub fn status(input: &StatusInput) -> VideoWorkflowRunStatus {
         timings: Some(timings(input.graph, record, input.now)),
         estimated_cost: Some(cost(record, input.resources, input.prices)),
         message: record.message.clone(),
+        quality: {
+            // Each stage of segments as one, and the units that measured a whole output
+            // (per segment figures would grow the status with the input's length).
+            let (units, by_stage) = vflow_engine::report::quality(input.graph, record);
+            by_stage
+                .into_iter()
+                .chain(units.into_iter().filter(|q| q.segment.is_none()))
+                .take(256)
+                .collect()
+        },
         conditions,
     }
 }

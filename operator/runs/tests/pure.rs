@@ -471,3 +471,40 @@ fn runs_wait_for_a_slot_per_operator_and_per_workflow() {
         "{err}"
     );
 }
+
+#[test]
+fn quality_goes_into_the_status_per_stage_of_segments_and_per_whole_output() {
+    let g = graph();
+    let mut done = record(true);
+    let figure = |psnr: f64, frames: u64| {
+        serde_json::from_value(json!({"psnr": psnr, "psnrMin": psnr - 2.0, "ssim": 0.98, "vmaf": null, "frames": frames}))
+            .expect("metadata")
+    };
+    // Three segments at 40 dB, 40 dB and 30 dB (30 frames each), and the joined whole.
+    for (unit, psnr) in done.units[1..4].iter_mut().zip([40.0, 40.0, 30.0]) {
+        unit.metadata = figure(psnr, 30);
+    }
+    done.units[4].metadata = figure(35.0, 90);
+    let s = status(&StatusInput {
+        graph: &g,
+        record: &done,
+        resources: &BTreeMap::new(),
+        prices: &Prices::default(),
+        sizes: &BTreeMap::new(),
+        generation: Some(1),
+        now: T0 + 99.0,
+    });
+    let stages: Vec<(&str, Option<u32>, u64)> = s
+        .quality
+        .iter()
+        .map(|q| (q.stage.as_str(), q.segment, q.frames))
+        .collect();
+    assert_eq!(stages, [("copy", None, 90), ("join", None, 90)]);
+    // The segments as one: PSNR from the mean MSE, (1e-4 + 1e-4 + 1e-3) / 3.
+    let mse: f64 = (1e-4 + 1e-4 + 1e-3) / 3.0;
+    assert!((s.quality[0].psnr - -10.0 * mse.log10()).abs() < 1e-9);
+    assert_eq!(s.quality[0].psnr_min, Some(28.0));
+    assert_eq!(s.quality[1].psnr, 35.0);
+    let json = serde_json::to_value(&s).expect("json");
+    assert_eq!(json["quality"][0]["psnrMin"], json!(28.0));
+}
