@@ -26,8 +26,9 @@ pub struct Children {
     /// Children of stages the spec no longer has (named in status, owned by the workflow).
     pub stale_deployments: Vec<String>,
     pub stale_services: Vec<String>,
-    /// Stages with a pod the scheduler could not place (seen in a pod list the
-    /// reconcile makes only while some stage waits for replicas: not from a cache).
+    /// Stages with a pod the scheduler could not place for want of room (seen in a pod
+    /// list the reconcile makes only while some stage waits for replicas: not from a
+    /// cache), while that may still take idle instances (`room::RECLAIM_AT_MOST`).
     pub unplaceable: BTreeSet<String>,
     /// Another workflow's stage waits for room (its pods short of it, as that
     /// workflow's reconcile saw): this one's idle instances give theirs.

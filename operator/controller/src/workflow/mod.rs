@@ -85,7 +85,7 @@ pub struct Context {
     pub demand: Arc<DemandBoard>,
     activity: Mutex<HashMap<String, Activity>>,
     /// Workflows with pods short of room, and until when that holds unless seen again.
-    room_wanted: Mutex<HashMap<String, Timestamp>>,
+    room_wanted: Mutex<room::RoomWants>,
     failures: Mutex<HashMap<String, u32>>,
     plans: Mutex<PlanCache>,
     /// Branch outcomes as this process last wrote them to each workflow's status.
@@ -811,7 +811,7 @@ async fn reconcile_inner(wf: &VideoWorkflow, ctx: &Context) -> Result<(Action, b
     children.room_wanted_elsewhere = ctx
         .room_wanted
         .lock()
-        .is_ok_and(|w| w.iter().any(|(k, until)| *k != wf_key && *until > now));
+        .is_ok_and(|w| w.elsewhere(&wf_key, now));
     let activity = ctx
         .activity
         .lock()
@@ -838,8 +838,12 @@ async fn reconcile_inner(wf: &VideoWorkflow, ctx: &Context) -> Result<(Action, b
         children.unplaceable =
             room::unplaceable(&ctx.client, &ns, &wf.name_any(), &want.waiting).await?;
     }
-    if want_room(ctx, &wf_key, !children.unplaceable.is_empty(), now) {
+    let noted = want_room(ctx, &wf_key, !children.unplaceable.is_empty(), now);
+    if noted.started {
         info!(stages = ?children.unplaceable, "pods the scheduler cannot place for want of room: idle instances give theirs");
+    }
+    if !noted.reclaims {
+        children.unplaceable.clear();
     }
     if !children.unplaceable.is_empty() {
         want = desired(
@@ -979,40 +983,31 @@ async fn reconcile_inner(wf: &VideoWorkflow, ctx: &Context) -> Result<(Action, b
     Ok((action, want.invalid))
 }
 
-/// How long a workflow's want of room holds without a reconcile that sees it again
-/// (it looks every `WAITING_RECHECK` while it waits).
-const ROOM_WANTED_FOR: Duration = Duration::from_secs(30);
-
-/// Notes whether workflow `wf_key` has pods short of room. When it starts to (returns
-/// true), every other workflow this process knows is reconciled at once, to give up
-/// its idle instances.
-fn want_room(ctx: &Context, wf_key: &str, wanted: bool, now: Timestamp) -> bool {
-    let Ok(mut room) = ctx.room_wanted.lock() else {
-        return false;
-    };
-    room.retain(|_, until| *until > now);
-    if !wanted {
-        room.remove(wf_key);
-        return false;
-    }
-    let until = now
-        .checked_add(SignedDuration::try_from(ROOM_WANTED_FOR).unwrap_or_default())
-        .unwrap_or(now);
-    if room.insert(wf_key.to_string(), until).is_some() {
-        return false;
-    }
-    drop(room);
-    let others: Vec<String> = ctx
-        .activity
+/// Notes whether workflow `wf_key` has pods short of room. When it starts to, every
+/// other workflow this process knows is reconciled at once, to give up its idle
+/// instances. Returns whether the want may still take idle instances.
+fn want_room(ctx: &Context, wf_key: &str, wanted: bool, now: Timestamp) -> room::Noted {
+    let noted = ctx
+        .room_wanted
         .lock()
-        .map(|a| a.keys().filter(|k| *k != wf_key).cloned().collect())
-        .unwrap_or_default();
-    for other in others {
-        if let Some((ns, name)) = other.split_once('/') {
-            ctx.demand.poke(ns, name);
+        .map(|mut w| w.note(wf_key, wanted, now))
+        .unwrap_or(room::Noted {
+            started: false,
+            reclaims: false,
+        });
+    if noted.started {
+        let others: Vec<String> = ctx
+            .activity
+            .lock()
+            .map(|a| a.keys().filter(|k| *k != wf_key).cloned().collect())
+            .unwrap_or_default();
+        for other in others {
+            if let Some((ns, name)) = other.split_once('/') {
+                ctx.demand.poke(ns, name);
+            }
         }
     }
-    true
+    noted
 }
 
 fn forget(ctx: &Context, wf: &VideoWorkflow) {
@@ -1021,7 +1016,7 @@ fn forget(ctx: &Context, wf: &VideoWorkflow) {
         a.remove(&k);
     }
     if let Ok(mut r) = ctx.room_wanted.lock() {
-        r.remove(&k);
+        r.forget(&k);
     }
     if let Ok(mut p) = ctx.plans.lock() {
         p.remove(&wf.uid().unwrap_or_default());
