@@ -191,6 +191,31 @@ impl Env {
         .await;
     }
 
+    /// The testenv's fake nodes.
+    async fn kwok_nodes(&self) -> u32 {
+        use k8s_openapi::api::core::v1::Node;
+        let n = Api::<Node>::all(self.client.clone())
+            .list(&ListParams::default().labels("type=kwok"))
+            .await
+            .expect("nodes")
+            .items
+            .len() as u32;
+        assert!(n > 0, "the testenv has no kwok nodes");
+        n
+    }
+
+    /// Whether Deployment `name` has `n` ready replicas.
+    async fn ready_replicas(&self, name: String, n: i32) -> bool {
+        self.api::<Deployment>()
+            .get(&name)
+            .await
+            .ok()
+            .and_then(|d| d.status)
+            .and_then(|s| s.ready_replicas)
+            .unwrap_or(0)
+            == n
+    }
+
     /// Deletes workflow `wf` and waits until its pods are gone: the room they hold on
     /// the nodes is the whole testenv's, and namespaces stay after a test.
     async fn delete_workflow_and_its_pods(&self, wf: &str) {
@@ -1264,15 +1289,9 @@ spec:
 #[tokio::test]
 #[ignore = "needs e2e/testenv: make e2e-operator"]
 async fn idle_instances_give_their_room_to_a_stage_the_scheduler_cannot_place() {
-    use k8s_openapi::api::core::v1::{Node, Pod};
+    use k8s_openapi::api::core::v1::Pod;
     let env = Env::new("room").await;
-    let nodes = Api::<Node>::all(env.client.clone())
-        .list(&ListParams::default().labels("type=kwok"))
-        .await
-        .expect("nodes")
-        .items
-        .len() as u32;
-    assert!(nodes > 0, "the testenv has no kwok nodes");
+    let nodes = env.kwok_nodes().await;
     let _op = Operator::start(&env, "a", &["--leader-elect=false"]);
     let spec = |in_flight: serde_json::Value| -> VideoWorkflow {
         let mut wf: VideoWorkflow = serde_saphyr::from_str(&format!(
@@ -1297,19 +1316,7 @@ spec:
         wf
     };
     let deployments: Api<Deployment> = env.api();
-    let ready = |stage: &'static str, n: i32| {
-        let deployments = deployments.clone();
-        async move {
-            deployments
-                .get(&format!("room-{stage}"))
-                .await
-                .ok()
-                .and_then(|d| d.status)
-                .and_then(|s| s.ready_replicas)
-                .unwrap_or(0)
-                == n
-        }
-    };
+    let ready = |stage: &str, n: i32| env.ready_replicas(format!("room-{stage}"), n);
     env.apply_workflow(&spec(json!({"a": nodes}))).await;
     wait_for("a on every node", READY_TIMEOUT, || {
         ready("a", nodes as i32)
@@ -1343,15 +1350,8 @@ spec:
 #[tokio::test]
 #[ignore = "needs e2e/testenv: make e2e-operator"]
 async fn idle_instances_of_one_workflow_give_their_room_to_another() {
-    use k8s_openapi::api::core::v1::Node;
     let env = Env::new("room-across").await;
-    let nodes = Api::<Node>::all(env.client.clone())
-        .list(&ListParams::default().labels("type=kwok"))
-        .await
-        .expect("nodes")
-        .items
-        .len() as u32;
-    assert!(nodes > 0, "the testenv has no kwok nodes");
+    let nodes = env.kwok_nodes().await;
     let _op = Operator::start(&env, "a", &["--leader-elect=false"]);
     let one_stage = |name: &str, max: u32, in_flight: u32| -> VideoWorkflow {
         let mut wf: VideoWorkflow = serde_saphyr::from_str(&format!(
@@ -1374,19 +1374,7 @@ spec:
         wf
     };
     let deployments: Api<Deployment> = env.api();
-    let ready = |name: &'static str, n: i32| {
-        let deployments = deployments.clone();
-        async move {
-            deployments
-                .get(&format!("{name}-s"))
-                .await
-                .ok()
-                .and_then(|d| d.status)
-                .and_then(|s| s.ready_replicas)
-                .unwrap_or(0)
-                == n
-        }
-    };
+    let ready = |name: &str, n: i32| env.ready_replicas(format!("{name}-s"), n);
     env.apply_workflow(&one_stage("idle", nodes, nodes)).await;
     wait_for("idle on every node", READY_TIMEOUT, || {
         ready("idle", nodes as i32)

@@ -47,6 +47,14 @@ fn plan(work: FunctionProfile) -> (u32, String) {
 
 /// The decision for stage `work`, with its overrides.
 fn decide(work: FunctionProfile, overrides: serde_json::Value) -> StageDecision {
+    decide_with(work, overrides, &PlannerConfig::default())
+}
+
+fn decide_with(
+    work: FunctionProfile,
+    overrides: serde_json::Value,
+    cfg: &PlannerConfig,
+) -> StageDecision {
     let mut profiles = BTreeMap::new();
     profiles.insert(
         "segment".to_string(),
@@ -58,7 +66,7 @@ fn decide(work: FunctionProfile, overrides: serde_json::Value) -> StageDecision 
     if overrides.as_object().is_some_and(|o| !o.is_empty()) {
         wf.spec.stages[1].overrides = Some(serde_json::from_value(overrides).expect("overrides"));
     }
-    let plan = plan_workflow(&wf, &profiles, &PlannerConfig::default()).expect("plans");
+    let plan = plan_workflow(&wf, &profiles, cfg).expect("plans");
     plan.stages
         .into_iter()
         .find(|d| d.name == "work")
@@ -180,13 +188,6 @@ fn measured_e_of_p_replaces_the_gpu_prior() {
 /// The decision for stage `work` when every instance runs in a room of `cores` cores
 /// that holds at most `instances` instances (the local mode's machine).
 fn decide_in_room(work: FunctionProfile, cores: f64, instances: u32) -> StageDecision {
-    let mut profiles = BTreeMap::new();
-    profiles.insert(
-        "segment".to_string(),
-        profile("segment", json!({"cpu": "1", "memory": "512Mi"}), json!({})),
-    );
-    let name = work.metadata.name.clone().expect("name");
-    profiles.insert(name.clone(), work);
     let cfg = PlannerConfig {
         room: Some(vflow_planner::plan::Room {
             cores,
@@ -194,12 +195,7 @@ fn decide_in_room(work: FunctionProfile, cores: f64, instances: u32) -> StageDec
         }),
         ..PlannerConfig::default()
     };
-    plan_workflow(&workflow(&name), &profiles, &cfg)
-        .expect("plans")
-        .stages
-        .into_iter()
-        .find(|d| d.name == "work")
-        .expect("work")
+    decide_with(work, json!({}), &cfg)
 }
 
 #[test]

@@ -43,19 +43,26 @@ pub struct Waiting {
 
 /// Whether the scheduler found no node for the pod.
 pub fn unschedulable(pod: &Pod) -> bool {
+    unschedulable_because(pod).is_some()
+}
+
+/// The scheduler's message for a pod it found no node for (e.g. "0/3 nodes are
+/// available: 3 Insufficient memory."); None while the pod is placed or not looked at.
+pub fn unschedulable_because(pod: &Pod) -> Option<&str> {
     let unbound = pod.spec.as_ref().is_none_or(|s| s.node_name.is_none());
-    unbound
-        && pod
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| {
-                cs.iter().any(|c| {
-                    c.type_ == "PodScheduled"
-                        && c.status == "False"
-                        && c.reason.as_deref() == Some("Unschedulable")
-                })
-            })
+    if !unbound {
+        return None;
+    }
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())?
+        .iter()
+        .find(|c| {
+            c.type_ == "PodScheduled"
+                && c.status == "False"
+                && c.reason.as_deref() == Some("Unschedulable")
+        })
+        .map(|c| c.message.as_deref().unwrap_or(""))
 }
 
 /// What the driver's devices offer one claim.

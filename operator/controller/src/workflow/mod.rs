@@ -824,16 +824,19 @@ async fn reconcile_inner(wf: &VideoWorkflow, ctx: &Context) -> Result<(Action, b
     let branches = branch_evidence(wf, ctx, &pending_branches);
     let outcome = plan_for(wf, &profiles, ctx, now, &branches);
     let demand = ctx.demand.get(&ns, &wf.name_any(), now);
-    let mut want = desired(
-        wf,
-        &outcome,
-        &profiles,
-        &children,
-        &activity,
-        &demand,
-        &ctx.settings,
-        now,
-    )?;
+    let want_with = |children: &Children| {
+        desired(
+            wf,
+            &outcome,
+            &profiles,
+            children,
+            &activity,
+            &demand,
+            &ctx.settings,
+            now,
+        )
+    };
+    let mut want = want_with(&children)?;
     if !want.waiting.is_empty() {
         children.unplaceable =
             room::unplaceable(&ctx.client, &ns, &wf.name_any(), &want.waiting).await?;
@@ -846,16 +849,7 @@ async fn reconcile_inner(wf: &VideoWorkflow, ctx: &Context) -> Result<(Action, b
         children.unplaceable.clear();
     }
     if !children.unplaceable.is_empty() {
-        want = desired(
-            wf,
-            &outcome,
-            &profiles,
-            &children,
-            &activity,
-            &demand,
-            &ctx.settings,
-            now,
-        )?;
+        want = want_with(&children)?;
     }
 
     // apply: only what differs from the cache

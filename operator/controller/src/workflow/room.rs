@@ -18,7 +18,7 @@ use kube::{Api, Client, ResourceExt, api::ListParams};
 
 use super::{
     build::{LABEL_STAGE, LABEL_WORKFLOW},
-    dra_fit::unschedulable,
+    dra_fit::unschedulable_because,
 };
 use crate::error::Result;
 
@@ -26,19 +26,8 @@ use crate::error::Result;
 /// pods take up. Its messages read e.g. "0/3 nodes are available: 3 Insufficient
 /// memory." or "... Too many pods."
 pub fn short_of_room(pod: &Pod) -> bool {
-    unschedulable(pod)
-        && pod
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| {
-                cs.iter().any(|c| {
-                    c.type_ == "PodScheduled"
-                        && c.message.as_deref().is_some_and(|m| {
-                            m.contains("Insufficient ") || m.contains("Too many pods")
-                        })
-                })
-            })
+    unschedulable_because(pod)
+        .is_some_and(|m| m.contains("Insufficient ") || m.contains("Too many pods"))
 }
 
 /// The stages among `waiting` with a pod of `workflow` short of room (one pod list).
