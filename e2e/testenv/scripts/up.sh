@@ -152,11 +152,21 @@ fail() {
 # start NAME ARGS...: runs $BIN_DIR/NAME in its own session, detached from
 # this shell, logging to logs/NAME.log and recording its PID in pids/NAME.pid.
 start() {
-	local name="$1"
+	local name="$1" pid exe i
 	shift
 	setsid "$BIN_DIR/$name" "$@" >"$STATE_DIR/logs/$name.log" 2>&1 </dev/null &
-	echo $! >"$STATE_DIR/pids/$name.pid"
-	log "started $name (pid $!)"
+	pid=$!
+	echo "$pid" >"$STATE_DIR/pids/$name.pid"
+	# Until setsid has exec'd the binary, $pid runs the shell's fork or setsid, and
+	# pid_of (which checks the executable, so as never to take another process for
+	# ours) would call it gone: on a busy machine CI failed with "kube-controller-manager
+	# failed to start: process exited" and an empty log. Wait for the exec (or the end).
+	for ((i = 0; i < 200; i++)); do
+		exe="$(readlink "/proc/$pid/exe" 2>/dev/null)" || break
+		[[ $exe == "$BIN_DIR/$name" ]] && break
+		sleep 0.05
+	done
+	log "started $name (pid $pid)"
 }
 
 # await NAME TIMEOUT COMMAND...: waits for COMMAND to succeed while NAME runs.
