@@ -268,9 +268,11 @@ def _run(cmd: list[str], what: str, on: str, cwd: str | None = None, want: str =
     # disk that the scratch limit bounds rather than this process's memory.
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         try:
-            # SIGXFSZ is ignored in the child so that a file-size limit reads as a write error.
-            proc = subprocess.run(cmd, stdout=out, stderr=err, cwd=cwd,
-                                  preexec_fn=lambda: signal.signal(signal.SIGXFSZ, signal.SIG_IGN))
+            # No preexec_fn: tools run from several threads (parallel_map), where a
+            # Python callback between fork and exec may deadlock. SIGXFSZ is ignored by
+            # main() and stays ignored across exec unless subprocess restores it (it
+            # would, with SIGPIPE: the tools write to files, not pipes).
+            proc = subprocess.run(cmd, stdout=out, stderr=err, cwd=cwd, restore_signals=False)
         except FileNotFoundError:
             raise FnError(f"{what} failed on input {on}: {cmd[0]} is not installed") from None
         stderr = _read_tail(err, STDERR_TAIL_BYTES)
@@ -302,21 +304,23 @@ def ffprobe(path: str, extra: list[str] | None = None) -> dict:
     return info
 
 
-def probe_packets(path: str, stream_index: int | str) -> list[dict]:
-    """Packets (pts_time, duration_time, flags) of one stream, without decoding."""
+def _packets(path: str, select: list[str]) -> list[dict]:
+    """Packets (stream_index, pts_time, duration_time, flags), without decoding."""
     cmd = ["ffprobe", "-hide_banner", "-v", "error", "-max_alloc", str(MAX_ALLOC), *input_guard(),
-           "-of", "json", "-select_streams", str(stream_index),
-           "-show_entries", "packet=pts_time,duration_time,flags", path]
+           "-of", "json", *select, "-show_entries", "packet=stream_index,pts_time,duration_time,flags", path]
     return json.loads(_run(cmd, "reading packets", path) or "{}").get("packets", [])
+
+
+def probe_packets(path: str, stream_index: int | str) -> list[dict]:
+    """The packets of one stream (an index or a specifier such as a:0)."""
+    return _packets(path, ["-select_streams", str(stream_index)])
 
 
 def probe_packets_by_stream(path: str, stream_indices: list[int]) -> dict[int, list[dict]]:
     """probe_packets for several streams of one file in one pass over it (each pass reads
     the whole file: a segment of 1080p at high bit rate is tens of MB)."""
-    cmd = ["ffprobe", "-hide_banner", "-v", "error", "-max_alloc", str(MAX_ALLOC), *input_guard(),
-           "-of", "json", "-show_entries", "packet=stream_index,pts_time,duration_time,flags", path]
     by_stream: dict[int, list[dict]] = {i: [] for i in stream_indices}
-    for p in json.loads(_run(cmd, "reading packets", path) or "{}").get("packets", []):
+    for p in _packets(path, []):
         if p.get("stream_index") in by_stream:
             by_stream[p["stream_index"]].append(p)
     return by_stream
@@ -784,6 +788,9 @@ def serve_resident(fn: Function) -> int:
 
 def main(fn: Function, argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
+    # A file-size limit reads as a write error (EFBIG, reported) here and in every tool
+    # this process runs, instead of a kill by SIGXFSZ.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     if argv == ["--resident"]:
         return serve_resident(fn)
     if "--warmup" in argv:
