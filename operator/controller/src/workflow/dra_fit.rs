@@ -19,7 +19,7 @@ use kube::{Api, Client, api::ListParams};
 use tracing::warn;
 use vflow_planner::gpu::DraSharing;
 
-use super::build::{LABEL_STAGE, LABEL_WORKFLOW};
+use super::build::LABEL_STAGE;
 use crate::error::Result;
 
 /// The Degraded reason.
@@ -209,27 +209,20 @@ pub fn message(stage: &str, need: u64, offer: &Offer, driver: &str) -> Option<St
     }
 }
 
-/// The Degraded messages for the waiting stages of workflow `workflow` whose pods the
-/// scheduler cannot place for want of GPU memory. One pod list per call; the
-/// ResourceSlices and ResourceClaims only when a pod is unschedulable. Where the
-/// slices may not be read (a namespaced Role cannot grant them), nothing is said.
+/// The Degraded messages for the waiting stages whose pods (the workflow's, listed by
+/// the caller) the scheduler cannot place for want of GPU memory. The ResourceSlices
+/// and ResourceClaims are read only when a pod is unschedulable. Where the slices may
+/// not be read (a namespaced Role cannot grant them), nothing is said.
 pub async fn problems(
     client: &Client,
-    ns: &str,
-    workflow: &str,
+    pods: &[Pod],
     waiting: &[Waiting],
     dra: &DraSharing,
 ) -> Result<Vec<String>> {
-    if waiting.is_empty() {
-        return Ok(Vec::new());
-    }
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let selector = format!("{LABEL_WORKFLOW}={workflow}");
-    let pods = pods.list(&ListParams::default().labels(&selector)).await?;
     let stuck: Vec<&Waiting> = waiting
         .iter()
         .filter(|w| {
-            pods.items.iter().any(|p| {
+            pods.iter().any(|p| {
                 p.metadata.labels.as_ref().and_then(|l| l.get(LABEL_STAGE)) == Some(&w.stage)
                     && unschedulable(p)
             })

@@ -557,9 +557,7 @@ pub fn desired(
             // Nothing watched moves when the scheduler gives up on a pod: look again
             // soon, and ask then whether the pods can be placed (see `unplaceable`).
             out.waiting.push(stage.name.clone());
-            let at = now
-                .checked_add(SignedDuration::try_from(WAITING_RECHECK).unwrap_or_default())
-                .unwrap_or(now);
+            let at = autoscaler::plus(now, WAITING_RECHECK);
             out.requeue_at = Some(out.requeue_at.map_or(at, |r| r.min(at)));
         }
         if !ready {
@@ -837,10 +835,14 @@ async fn reconcile_inner(wf: &VideoWorkflow, ctx: &Context) -> Result<(Action, b
         )
     };
     let mut want = want_with(&children)?;
-    if !want.waiting.is_empty() {
-        children.unplaceable =
-            room::unplaceable(&ctx.client, &ns, &wf.name_any(), &want.waiting).await?;
-    }
+    // The workflow's pods, listed once and only while a stage waits for replicas: for
+    // the room idle instances hold and for GPU claims the scheduler cannot place.
+    let pods = if want.waiting.is_empty() && want.gpu_waiting.is_empty() {
+        Vec::new()
+    } else {
+        room::workflow_pods(&ctx.client, &ns, &wf.name_any()).await?
+    };
+    children.unplaceable = room::unplaceable(&pods, &want.waiting);
     let noted = want_room(ctx, &wf_key, !children.unplaceable.is_empty(), now);
     if noted.started {
         info!(stages = ?children.unplaceable, "pods the scheduler cannot place for want of room: idle instances give theirs");
@@ -926,8 +928,7 @@ async fn reconcile_inner(wf: &VideoWorkflow, ctx: &Context) -> Result<(Action, b
         .map(|s| s.conditions.clone())
         .unwrap_or_default();
     if let vflow_planner::gpu::GpuSharing::Dra(dra) = &ctx.settings.planner.gpu_sharing {
-        let problems =
-            dra_fit::problems(&ctx.client, &ns, &wf.name_any(), &want.gpu_waiting, dra).await?;
+        let problems = dra_fit::problems(&ctx.client, &pods, &want.gpu_waiting, dra).await?;
         status::add_degraded(
             &mut want.status,
             &old_conditions,

@@ -10,17 +10,14 @@ use std::{
     time::Duration,
 };
 
-use k8s_openapi::{
-    api::core::v1::Pod,
-    jiff::{SignedDuration, Timestamp},
-};
+use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
 use kube::{Api, Client, ResourceExt, api::ListParams};
 
 use super::{
     build::{LABEL_STAGE, LABEL_WORKFLOW},
     dra_fit::unschedulable_because,
 };
-use crate::error::Result;
+use crate::{autoscaler::plus, error::Result};
 
 /// Whether the scheduler left `pod` unplaced because the nodes lack room that running
 /// pods take up. Its messages read e.g. "0/3 nodes are available: 3 Insufficient
@@ -30,24 +27,25 @@ pub fn short_of_room(pod: &Pod) -> bool {
         .is_some_and(|m| m.contains("Insufficient ") || m.contains("Too many pods"))
 }
 
-/// The stages among `waiting` with a pod of `workflow` short of room (one pod list).
-pub async fn unplaceable(
-    client: &Client,
-    ns: &str,
-    workflow: &str,
-    waiting: &[String],
-) -> Result<BTreeSet<String>> {
+/// The pods of `workflow`: one list, made by a reconcile only while a stage waits for
+/// replicas (pods are not watched, so a steady state costs no request).
+pub async fn workflow_pods(client: &Client, ns: &str, workflow: &str) -> Result<Vec<Pod>> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let selector = format!("{LABEL_WORKFLOW}={workflow}");
-    let pods = pods.list(&ListParams::default().labels(&selector)).await?;
     Ok(pods
-        .items
-        .iter()
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items)
+}
+
+/// The stages among `waiting` with a pod short of room.
+pub fn unplaceable(pods: &[Pod], waiting: &[String]) -> BTreeSet<String> {
+    pods.iter()
         .filter(|p| short_of_room(p))
         .filter_map(|p| p.labels().get(LABEL_STAGE))
         .filter(|s| waiting.contains(s))
         .cloned()
-        .collect())
+        .collect()
 }
 
 /// How long a workflow's want of room holds without a reconcile that sees it again
@@ -79,13 +77,6 @@ pub struct Noted {
     pub reclaims: bool,
 }
 
-fn after(t: Timestamp, d: Duration) -> Timestamp {
-    SignedDuration::try_from(d)
-        .ok()
-        .and_then(|d| t.checked_add(d).ok())
-        .unwrap_or(Timestamp::MAX)
-}
-
 impl RoomWants {
     /// Notes whether workflow `key` has pods short of room at `now`.
     pub fn note(&mut self, key: &str, wanted: bool, now: Timestamp) -> Noted {
@@ -97,7 +88,7 @@ impl RoomWants {
                 reclaims: false,
             };
         }
-        let until = after(now, WANT_HOLDS_FOR);
+        let until = plus(now, WANT_HOLDS_FOR);
         let started = !self.wants.contains_key(key);
         let want = self
             .wants
@@ -106,7 +97,7 @@ impl RoomWants {
         want.until = until;
         Noted {
             started,
-            reclaims: after(want.since, RECLAIM_AT_MOST) > now,
+            reclaims: plus(want.since, RECLAIM_AT_MOST) > now,
         }
     }
 
@@ -114,7 +105,7 @@ impl RoomWants {
     pub fn elsewhere(&self, key: &str, now: Timestamp) -> bool {
         self.wants
             .iter()
-            .any(|(k, w)| k != key && w.until > now && after(w.since, RECLAIM_AT_MOST) > now)
+            .any(|(k, w)| k != key && w.until > now && plus(w.since, RECLAIM_AT_MOST) > now)
     }
 
     pub fn forget(&mut self, key: &str) {
