@@ -99,6 +99,7 @@ s3() {
 
 kind_cluster_up() {
 	# 1. The node image, the images, the cluster.
+	need_disk "$(docker info -f '{{.DockerRootDir}}')" "${TMPDIR:-/tmp}"
 	step "the node image $NODE_IMAGE"
 	e2e/kind/node-image/build.sh
 	step "the images (stand-in bases, the project's Dockerfiles, MinIO)"
@@ -114,8 +115,14 @@ kind_cluster_up() {
 	kind create cluster --name "$cluster" --image "$NODE_IMAGE" --config e2e/kind/kind-config.yaml \
 		--kubeconfig "$kubeconfig" --wait 180s
 	kubectl -n kube-system rollout status deployment/coredns --timeout=180s
-	step "loading ${#images[@]} images"
-	kind load docker-image --name "$cluster" "${images[@]}"
+	# Into the workers only: the control plane keeps its NoSchedule taint (kind lifts it
+	# only where there is no worker), so no pod of these images runs there, and a copy
+	# there would cost a second import's time and disk.
+	local workers
+	workers="$(kind get nodes --name "$cluster" | grep -v -- '-control-plane$' | paste -sd, -)"
+	[[ -n $workers ]] || die "kind lists no worker node in $cluster"
+	step "loading ${#images[@]} images into $workers"
+	kind load docker-image --name "$cluster" --nodes "$workers" "${images[@]}"
 
 	# 2. MinIO and the chart.
 	kubectl create namespace "$system_ns"

@@ -114,11 +114,16 @@ cd "$REPO_ROOT"
 tag=0.1.0
 registry=ghcr.io/vflow
 build() { # build IMAGE DOCKERFILE [ARGS...]
-	local image="$1" file="$2"
+	local image="$1" file="$2" old new
 	shift 2
 	kind_log "docker build -f $file -t $image"
+	old="$(docker images -q "$image")"
 	docker build -q -f "$file" -t "$image" "$@" . >/dev/null 2>>"$logs/images.log" ||
 		{ tail -n 40 "$logs/images.log" >&2; kind_die "docker build of $image failed (see $logs/images.log)"; }
+	new="$(docker images -q "$image")"
+	# The image this build replaced: left untagged, each rebuild after a change would keep
+	# one more on disk. Kept while a container uses it.
+	if [[ -n $old && $old != "$new" ]]; then docker rmi "$old" >/dev/null 2>&1 || true; fi
 	printf '%s\n' "$image"
 }
 build "$registry/vflow-operator:$tag" operator/Dockerfile

@@ -79,6 +79,21 @@ ensure_docker() {
 	kind_die "dockerd did not come up in 60 s"
 }
 
+# need_disk DIR...: fails unless each DIR's file system has KIND_DISK_GB free. A full disk
+# otherwise fails midway, inside `kind load` ("no space left on device" in docker save).
+# The cluster with the images loaded into its worker took 6.6 GB at its peak (measured
+# 2026-12-06, sampling df through `make e2e-kind`: the nodes, docker save's export,
+# kind's tar, the worker's containerd); the rest is room for the runs' files.
+KIND_DISK_GB="${VFLOW_KIND_DISK_GB:-10}"
+need_disk() {
+	local dir free
+	for dir in "$@"; do
+		free="$(df -Pk "$dir" | awk 'NR == 2 { print int($4 / 1048576) }')"
+		((free >= KIND_DISK_GB)) ||
+			kind_die "$dir has $free GB free; a kind cluster with vflow's images needs about $KIND_DISK_GB GB there (VFLOW_KIND_DISK_GB)"
+	done
+}
+
 # go_install GOBIN ARGS...: `go install` of a module at a version, outside any module.
 go_install() {
 	local gobin="$1"
