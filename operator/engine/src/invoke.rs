@@ -153,6 +153,7 @@ fn done(attempts: Vec<Attempt>, response: &InvokeResponse, reused_at: Option<f64
     UnitOutcome::Done {
         attempts,
         outputs: response.outputs.iter().map(|o| o.uri.clone()).collect(),
+        output_bytes: response.outputs.iter().map(|o| o.bytes).collect(),
         metadata: response.metadata.clone(),
         chained: response
             .chained
@@ -172,6 +173,7 @@ fn done(attempts: Vec<Attempt>, response: &InvokeResponse, reused_at: Option<f64
                     },
                 },
                 outputs: step.outputs.iter().map(|o| o.uri.clone()).collect(),
+                output_bytes: step.outputs.iter().map(|o| o.bytes).collect(),
                 metadata: step.metadata.clone(),
             })
             .collect(),

@@ -78,6 +78,11 @@ pub struct UnitRecord {
     pub status: UnitStatus,
     #[serde(default)]
     pub outputs: Vec<String>,
+    /// The size of each of `outputs`, as the invocation that wrote it reported: the
+    /// scheduler starts the units that read the most first. 0 or absent where not known
+    /// (the run's own input passed through a skipped unit, a record from before).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub output_bytes: Vec<u64>,
     #[serde(default)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -43,6 +43,8 @@ pub enum UnitOutcome {
     Done {
         attempts: Vec<Attempt>,
         outputs: Vec<String>,
+        /// The size of each output, in `outputs`' order (empty where not known).
+        output_bytes: Vec<u64>,
         metadata: serde_json::Map<String, serde_json::Value>,
         /// The stages fused after this one, in chain order (their units settle with it).
         chained: Vec<StepOutcome>,
@@ -58,6 +60,7 @@ pub enum UnitOutcome {
 pub struct StepOutcome {
     pub attempt: Attempt,
     pub outputs: Vec<String>,
+    pub output_bytes: Vec<u64>,
     pub metadata: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -150,13 +153,21 @@ impl<'a> Scheduler<'a> {
         }
     }
 
-    /// Marks every unit whose inputs are ready Running (or Skipped when its condition
-    /// is false) and returns the ones to start. Repeats until nothing changes, since a
+    /// Marks units whose inputs are ready Running (or Skipped when their condition is
+    /// false) and returns the ones to start. Repeats until nothing changes, since a
     /// skip can make more units ready.
+    ///
+    /// A stage has at most as many units running as its instances hold at once
+    /// ([`Self::capacity`]); the rest stay Pending, and of a stage's ready units the
+    /// ones that read the most bytes start first. Longest first is the order the
+    /// planner's makespan assumes (LPT, `vflow_planner::segments`), and only the
+    /// engine can keep it: a backend's queue serves waiting invocations in no
+    /// particular order.
     pub fn next(&self, record: &mut RunRecord) -> Next {
         let mut next = Next::default();
         loop {
             let mut progressed = false;
+            let mut ready = Vec::new();
             let units = self.all_units(record);
             for &key in &units {
                 let name = &self.graph.stages[key.stage].name;
@@ -166,6 +177,7 @@ impl<'a> Scheduler<'a> {
                         segment: key.segment,
                         status: UnitStatus::Pending,
                         outputs: Vec::new(),
+                        output_bytes: Vec::new(),
                         metadata: Default::default(),
                         attempts: Vec::new(),
                         started_at: None,
@@ -184,7 +196,6 @@ impl<'a> Scheduler<'a> {
                 if !pending || !self.ready(record, key) {
                     continue;
                 }
-                progressed = true;
                 let skip = match self.condition_false(record, key) {
                     Ok(skip) => skip,
                     Err(message) => {
@@ -194,18 +205,33 @@ impl<'a> Scheduler<'a> {
                 };
                 if let Some(skip_reason) = skip {
                     let passthrough = match self.graph.stages[key.stage].after.first() {
-                        Some(&first) => self.inputs_from(record, key, first),
-                        None => vec![record.input.clone()],
+                        Some(&first) => self.sized_inputs_from(record, key, first),
+                        None => vec![(record.input.clone(), 0)],
                     };
                     if let Some(unit) = record.unit_mut(&name, key.segment) {
                         unit.status = UnitStatus::Skipped;
-                        unit.outputs = passthrough;
+                        (unit.outputs, unit.output_bytes) = passthrough.into_iter().unzip();
                         unit.message = Some(skip_reason);
                     }
                     self.after_settled(record, key);
                     next.skipped.push(key);
+                    progressed = true;
                     continue;
                 }
+                ready.push((key, self.input_bytes(record, key)));
+            }
+            ready.sort_by_key(|&(key, bytes)| (key.stage, std::cmp::Reverse(bytes), key.segment));
+            let mut free = BTreeMap::new();
+            for (key, _) in ready {
+                let free = free.entry(key.stage).or_insert_with(|| {
+                    self.capacity(key.stage)
+                        .saturating_sub(self.running(record, key.stage))
+                });
+                if *free == 0 {
+                    continue;
+                }
+                *free -= 1;
+                progressed = true;
                 next.start.push(self.dispatch(record, key));
                 let now = unix_now();
                 for stage in std::iter::once(key.stage).chain(self.members(key.stage)) {
@@ -235,6 +261,7 @@ impl<'a> Scheduler<'a> {
             UnitOutcome::Done {
                 attempts,
                 outputs,
+                output_bytes,
                 metadata,
                 chained,
             } => {
@@ -252,6 +279,7 @@ impl<'a> Scheduler<'a> {
                 }
                 unit.attempts.extend(attempts);
                 unit.outputs = outputs;
+                unit.output_bytes = output_bytes;
                 unit.metadata = metadata;
                 unit.status = UnitStatus::Done;
                 if !members.is_empty() {
@@ -268,6 +296,7 @@ impl<'a> Scheduler<'a> {
                     if let Some(unit) = record.unit_mut(name, key.segment) {
                         unit.attempts.push(step.attempt);
                         unit.outputs = step.outputs;
+                        unit.output_bytes = step.output_bytes;
                         unit.metadata = step.metadata;
                         unit.status = UnitStatus::Done;
                     }
@@ -368,6 +397,32 @@ impl<'a> Scheduler<'a> {
         }
     }
 
+    /// How many of a stage's units may run at once: the invocations its instances hold
+    /// (`max_instances` x `concurrency`). More would only wait in the backend's queue.
+    fn capacity(&self, stage: usize) -> usize {
+        let target = &self.targets[stage];
+        (target.max_instances.max(1) as usize).saturating_mul(target.concurrency.max(1) as usize)
+    }
+
+    fn running(&self, record: &RunRecord, stage: usize) -> usize {
+        let name = &self.graph.stages[stage].name;
+        record
+            .units
+            .iter()
+            .filter(|u| u.stage == *name && u.status == UnitStatus::Running)
+            .count()
+    }
+
+    /// The bytes `key` reads, as the invocations that wrote them reported (an input of
+    /// unknown size counts 0): the measure of a unit's work that is known before it runs.
+    fn input_bytes(&self, record: &RunRecord, key: UnitKey) -> u64 {
+        self.graph.stages[key.stage]
+            .after
+            .iter()
+            .flat_map(|&up| self.sized_inputs_from(record, key, up))
+            .fold(0u64, |sum, (_, bytes)| sum.saturating_add(bytes))
+    }
+
     /// The stage's params with the run's overrides.
     fn params_of(&self, stage: usize) -> BTreeMap<String, serde_json::Value> {
         let node = &self.graph.stages[stage];
@@ -436,23 +491,41 @@ impl<'a> Scheduler<'a> {
 
     /// The inputs `key` reads from one upstream stage.
     fn inputs_from(&self, record: &RunRecord, key: UnitKey, upstream: usize) -> Vec<String> {
+        self.sized_inputs_from(record, key, upstream)
+            .into_iter()
+            .map(|(uri, _)| uri)
+            .collect()
+    }
+
+    /// The inputs `key` reads from one upstream stage, each with its size in bytes (0
+    /// where the record does not know it).
+    fn sized_inputs_from(
+        &self,
+        record: &RunRecord,
+        key: UnitKey,
+        upstream: usize,
+    ) -> Vec<(String, u64)> {
         let up = &self.graph.stages[upstream];
         let Some(sources) = self.sources(record, key, upstream) else {
             return Vec::new();
         };
         let mut inputs = Vec::new();
         for source in sources {
-            let outputs = self
-                .unit(record, source)
-                .map(|u| u.outputs.clone())
-                .unwrap_or_default();
+            let Some(unit) = self.unit(record, source) else {
+                continue;
+            };
+            let sized = unit
+                .outputs
+                .iter()
+                .enumerate()
+                .map(|(i, uri)| (uri.clone(), unit.output_bytes.get(i).copied().unwrap_or(0)));
             // A per-segment unit reads its own segment of a fan-out stage's outputs.
             if up.fan_out
                 && let Some(segment) = key.segment
             {
-                inputs.extend(outputs.get(segment as usize).cloned());
+                inputs.extend(sized.skip(segment as usize).take(1));
             } else {
-                inputs.extend(outputs);
+                inputs.extend(sized);
             }
         }
         inputs

@@ -155,6 +155,41 @@ async fn fan_out_and_join_end_to_end() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn segments_go_out_largest_first_and_no_more_than_the_instances_hold() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = options(&dir); // at most 2 instances a stage, one invocation each
+    let backend = Arc::new(
+        Fake::new()
+            .sized_outputs("split", &[30, 90, 10, 60, 20])
+            .slow("scale", Duration::from_secs(10)),
+    );
+    let engine = engine(&common::split_scale_stitch(), &backend);
+
+    let record = run(&engine, &opts).await;
+
+    assert_eq!(record.phase, RunPhase::Succeeded, "{:?}", record.message);
+    assert_eq!(
+        unit(&record, "split", None).output_bytes,
+        [30, 90, 10, 60, 20]
+    );
+    let order: Vec<Option<u32>> = backend
+        .calls_to("scale")
+        .iter()
+        .map(|c| c.segment)
+        .collect();
+    let (first, rest) = order.split_at(2);
+    let mut first = first.to_vec();
+    first.sort();
+    assert_eq!(
+        first,
+        [Some(1), Some(3)],
+        "the two largest start together: {order:?}"
+    );
+    assert_eq!(rest, [Some(0), Some(4), Some(2)], "then by size: {order:?}");
+    assert_eq!(backend.most_at_once("scale"), 2);
+}
+
+#[tokio::test(start_paused = true)]
 async fn retryable_failures_are_retried_with_backoff_until_one_succeeds() {
     let dir = tempfile::tempdir().expect("tempdir");
     let opts = options(&dir);

@@ -19,6 +19,9 @@ struct Run {
     graph: RunGraph,
     prefix: Location,
     params: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
+    /// Every stage's instances (one invocation each): room for all of a test's units
+    /// unless a test is about that room.
+    max_instances: u32,
 }
 
 impl Run {
@@ -27,6 +30,7 @@ impl Run {
             graph: RunGraph::new(&workflow.spec).unwrap_or_else(|e| panic!("graph: {e}")),
             prefix: Location::Local("/store/r1/".into()),
             params: BTreeMap::new(),
+            max_instances: 16,
         }
     }
 
@@ -62,7 +66,7 @@ impl Run {
             resident: false,
             concurrency: 1,
             min_instances: 0,
-            max_instances: 1,
+            max_instances: self.max_instances,
             timeout_seconds: 60.0,
             memory_limit_bytes: None,
         })
@@ -97,6 +101,7 @@ fn done(outputs: &[&str], metadata: serde_json::Value) -> UnitOutcome {
     UnitOutcome::Done {
         attempts: vec![Attempt::default()],
         outputs: outputs.iter().map(|o| o.to_string()).collect(),
+        output_bytes: Vec::new(),
         metadata: metadata.as_object().cloned().unwrap_or_default(),
         chained: Vec::new(),
     }
@@ -161,6 +166,87 @@ fn fan_out_fixes_the_segment_count_and_per_segment_stages_get_one_unit_each() {
         assert_eq!(d.request.params.get("height"), Some(&json!(480)));
         assert_eq!(d.target.stage, "scale");
     }
+}
+
+/// split's outputs with their sizes, as a response reports them.
+fn done_sized(outputs: &[(&str, u64)], metadata: serde_json::Value) -> UnitOutcome {
+    UnitOutcome::Done {
+        attempts: vec![Attempt::default()],
+        outputs: outputs.iter().map(|(o, _)| o.to_string()).collect(),
+        output_bytes: outputs.iter().map(|&(_, b)| b).collect(),
+        metadata: metadata.as_object().cloned().unwrap_or_default(),
+        chained: Vec::new(),
+    }
+}
+
+#[test]
+fn a_stage_runs_at_most_what_its_instances_hold_and_the_largest_segments_first() {
+    let mut run = Run::new(common::split_scale_stitch());
+    run.max_instances = 2;
+    let s = run.scheduler();
+    let mut r = record();
+    s.next(&mut r);
+    let split = [("s0", 30), ("s1", 90), ("s2", 10), ("s3", 60), ("s4", 90)];
+    assert_eq!(
+        s.finish(
+            &mut r,
+            run.key("split", None),
+            done_sized(&split, json!({}))
+        ),
+        None
+    );
+    // Two instances of one slot each: the two largest (90 and 90, the earlier first).
+    let first = s.next(&mut r);
+    assert_eq!(started(&first), segs("scale", &[1, 4]));
+    assert_eq!(first.start[0].request.inputs, vec!["s1"]);
+    for seg in [0, 2, 3] {
+        assert_eq!(unit(&r, "scale", Some(seg)).status, UnitStatus::Pending);
+    }
+    assert!(s.next(&mut r).start.is_empty(), "no room until one ends");
+
+    // One ends: the largest of the rest (60), then 30, then 10.
+    let mut order = Vec::new();
+    for ended in [4, 1, 3, 0, 2] {
+        let key = run.key("scale", Some(ended));
+        s.finish(&mut r, key, done(&["out"], json!({})));
+        order.extend(started(&s.next(&mut r)));
+    }
+    assert_eq!(
+        order,
+        segs("scale", &[3, 0, 2])
+            .into_iter()
+            .chain([("stitch".to_string(), None)])
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn a_skipped_unit_passes_its_input_sizes_on() {
+    let run = Run::new(common::conditional_blur());
+    let s = run.scheduler();
+    let mut r = record();
+    s.next(&mut r);
+    s.finish(
+        &mut r,
+        run.key("split", None),
+        done_sized(&[("s0", 7), ("s1", 9)], json!({})),
+    );
+    s.next(&mut r);
+    for seg in 0..2 {
+        s.finish(
+            &mut r,
+            run.key("detect", Some(seg)),
+            done_sized(
+                &[(&format!("d{seg}"), 100 + seg as u64)],
+                json!({"objects": 0}),
+            ),
+        );
+    }
+    s.next(&mut r);
+    let blur = unit(&r, "blur", Some(1));
+    assert_eq!(blur.status, UnitStatus::Skipped);
+    assert_eq!(blur.outputs, vec!["d1"]);
+    assert_eq!(blur.output_bytes, vec![101]);
 }
 
 #[test]
@@ -480,6 +566,7 @@ fn a_fused_chain_starts_as_one_unit_and_settles_every_stage_of_it() {
         let outcome = UnitOutcome::Done {
             attempts: vec![Attempt::default()],
             outputs: Vec::new(),
+            output_bytes: Vec::new(),
             metadata: Default::default(),
             chained: vec![StepOutcome {
                 attempt: Attempt {
@@ -487,6 +574,7 @@ fn a_fused_chain_starts_as_one_unit_and_settles_every_stage_of_it() {
                     ..Attempt::default()
                 },
                 outputs: vec![format!("scaled-{seg}.mp4")],
+                output_bytes: vec![1000],
                 metadata: json!({"frames": 10})
                     .as_object()
                     .cloned()

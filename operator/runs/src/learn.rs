@@ -165,6 +165,7 @@ mod tests {
             segment,
             status: UnitStatus::Done,
             outputs: vec![],
+            output_bytes: vec![],
             metadata: Default::default(),
             attempts,
             started_at: None,

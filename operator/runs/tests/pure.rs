@@ -40,6 +40,7 @@ fn unit(
         segment,
         status,
         outputs: vec![format!("s3://videos/outputs/r/{stage}/{segment:?}/out.bin")],
+        output_bytes: Vec::new(),
         metadata: Default::default(),
         attempts,
         started_at: None,

@@ -23,6 +23,8 @@ pub struct Fake {
     store: Store,
     /// Outputs a stage writes (default one); the fan-out stage's are its segments.
     outputs: BTreeMap<String, usize>,
+    /// The sizes of a stage's outputs, in order (default 1 byte each).
+    sizes: BTreeMap<String, Vec<u64>>,
     /// The first `n` attempts at each unit of the stage fail with the error.
     failures: BTreeMap<String, (u32, BackendError)>,
     metadata: fn(&InvokeRequest) -> Metadata,
@@ -42,6 +44,8 @@ pub struct Fake {
     releases: Mutex<Vec<(String, Duration)>>,
     pub shutdowns: AtomicU32,
     made: Instant,
+    /// Per stage: invocations under way now, and the most there ever were at once.
+    busy: Mutex<BTreeMap<String, (u32, u32)>>,
 }
 
 impl Fake {
@@ -49,6 +53,7 @@ impl Fake {
         Self {
             store: Store::local_only(),
             outputs: BTreeMap::new(),
+            sizes: BTreeMap::new(),
             failures: BTreeMap::new(),
             metadata: |_| Metadata::new(),
             delays: BTreeMap::new(),
@@ -61,11 +66,19 @@ impl Fake {
             releases: Mutex::new(Vec::new()),
             shutdowns: AtomicU32::new(0),
             made: Instant::now(),
+            busy: Mutex::new(BTreeMap::new()),
         }
     }
 
     pub fn outputs(mut self, stage: &str, count: usize) -> Self {
         self.outputs.insert(stage.into(), count);
+        self
+    }
+
+    /// The stage writes one output of each of these sizes.
+    pub fn sized_outputs(mut self, stage: &str, bytes: &[u64]) -> Self {
+        self.outputs.insert(stage.into(), bytes.len());
+        self.sizes.insert(stage.into(), bytes.to_vec());
         self
     }
 
@@ -108,6 +121,22 @@ impl Fake {
             .unwrap_or_default()
     }
 
+    /// The most invocations of `stage` that were under way at once.
+    pub fn most_at_once(&self, stage: &str) -> u32 {
+        self.busy
+            .lock()
+            .map(|b| b.get(stage).map_or(0, |&(_, most)| most))
+            .unwrap_or(0)
+    }
+
+    fn busy(&self, stage: &str, delta: i32) {
+        if let Ok(mut b) = self.busy.lock() {
+            let (now, most) = b.entry(stage.into()).or_default();
+            *now = now.saturating_add_signed(delta);
+            *most = (*most).max(*now);
+        }
+    }
+
     pub fn calls(&self) -> Vec<InvokeRequest> {
         self.calls.lock().map(|c| c.clone()).unwrap_or_default()
     }
@@ -147,7 +176,11 @@ impl Fake {
         let outputs = (0..count)
             .map(|i| OutputObject {
                 uri: prefix.join(&format!("out-{i:03}.mp4")).to_string(),
-                bytes: 1,
+                bytes: self
+                    .sizes
+                    .get(&request.stage)
+                    .and_then(|sizes| sizes.get(i).copied())
+                    .unwrap_or(1),
                 sha256: String::new(),
             })
             .collect();
@@ -205,9 +238,11 @@ impl Backend for Fake {
             self.entered.notify_one();
             std::future::pending::<()>().await;
         }
+        self.busy(&request.stage, 1);
         if let Some(takes) = self.delays.get(&request.stage) {
             tokio::time::sleep(*takes).await;
         }
+        self.busy(&request.stage, -1);
         if let Some((first, error)) = self.failures.get(&request.stage)
             && attempt <= *first
         {
