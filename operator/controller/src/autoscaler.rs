@@ -45,7 +45,9 @@ pub struct ScaleInput {
     /// Replicas the Deployment has now (None: it does not exist yet).
     pub current: Option<u32>,
     /// Another stage waits for room the scheduler cannot find: replicas kept only for
-    /// the idle delay go now (those a pre-warm, the load or the minimum asks for stay).
+    /// the idle delay go now, and so do those of a pre-warm whose ready time has passed
+    /// (those the load, the minimum or a pre-warm still ahead of its ready time asks
+    /// for stay).
     pub reclaim_idle: bool,
 }
 
@@ -117,9 +119,16 @@ pub fn decide(input: &ScaleInput, now: Timestamp) -> ScaleDecision {
 
     let from_load = input.in_flight.div_ceil(target);
     let mut from_prewarm = 0;
+    let mut prewarm_reclaimed = false;
     for w in &input.prewarm {
         let end = plus(w.ready_by, input.scale_to_zero_after);
         if w.start <= now && now < end {
+            // Past its ready time a window only waits for a late input, as an idle
+            // stage waits out its delay: room that waiting work wants takes it alike.
+            if input.reclaim_idle && now >= w.ready_by {
+                prewarm_reclaimed = true;
+                continue;
+            }
             from_prewarm = from_prewarm.max(w.replicas);
             soonest(end);
         } else if w.start > now {
@@ -136,6 +145,9 @@ pub fn decide(input: &ScaleInput, now: Timestamp) -> ScaleDecision {
 
     if wanted == 0 {
         let current = input.current.unwrap_or(0);
+        if prewarm_reclaimed && current > 0 {
+            reason = ScaleReason::Reclaimed;
+        }
         if let Some(last) = input.last_active {
             let idle_until = plus(last, input.scale_to_zero_after);
             if now < idle_until && current > 0 {
@@ -221,13 +233,13 @@ mod tests {
             (d.replicas, d.reason, d.recheck_at),
             (0, ScaleReason::Reclaimed, None)
         );
-        // Load, an open pre-warm window and the minimum are not idle room.
+        // Load, a pre-warm before its ready time and the minimum are not idle room.
         i.in_flight = 3;
         assert_eq!(decide(&i, t(30)).replicas, 2);
         i.in_flight = 0;
         i.prewarm = vec![PrewarmWindow {
             start: t(20),
-            ready_by: t(25),
+            ready_by: t(35),
             replicas: 1,
         }];
         assert_eq!(decide(&i, t(30)).replicas, 1);
@@ -237,6 +249,38 @@ mod tests {
             (decide(&i, t(30)).replicas, decide(&i, t(30)).reason),
             (1, ScaleReason::Minimum)
         );
+    }
+
+    #[test]
+    fn a_prewarm_past_its_ready_time_gives_its_room_to_a_waiting_stage() {
+        let mut i = ephemeral();
+        i.prewarm = vec![PrewarmWindow {
+            start: t(10),
+            ready_by: t(15),
+            replicas: 2,
+        }];
+        i.current = Some(2);
+        i.last_active = Some(NEVER_ACTIVE);
+        i.reclaim_idle = true;
+        // Before the ready time the input is still due: kept.
+        assert_eq!(
+            (decide(&i, t(14)).replicas, decide(&i, t(14)).reason),
+            (2, ScaleReason::Prewarm)
+        );
+        // After it, the window waits for a late input: room wanted elsewhere takes it.
+        let d = decide(&i, t(16));
+        assert_eq!((d.replicas, d.reason), (0, ScaleReason::Reclaimed));
+        // Without that want the window holds them until its end.
+        i.reclaim_idle = false;
+        let d = decide(&i, t(16));
+        assert_eq!(
+            (d.replicas, d.reason, d.recheck_at),
+            (2, ScaleReason::Prewarm, Some(t(75)))
+        );
+        // Load is never reclaimed.
+        i.reclaim_idle = true;
+        i.in_flight = 1;
+        assert_eq!(decide(&i, t(16)).replicas, 1);
     }
 
     #[test]
