@@ -1344,6 +1344,76 @@ spec:
     env.delete_workflow_and_its_pods("room").await;
 }
 
+// Pre-warmed instances whose input is late give their room too: `b` was pre-warmed on
+// every node for a time that has passed (its window stays open for the 10 min delay),
+// then `a` gets an invocation that no node has room for. Before the pre-warm's ready
+// time they would stay (autoscaler unit tests); after it, `a` must not wait for them.
+#[tokio::test]
+#[ignore = "needs e2e/testenv: make e2e-operator"]
+async fn prewarmed_instances_past_their_ready_time_give_their_room_to_waiting_work() {
+    let env = Env::new("room-prewarm").await;
+    let nodes = env.kwok_nodes().await;
+    let _op = Operator::start(&env, "a", &["--leader-elect=false"]);
+    let at = Timestamp::now()
+        .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(5))
+        .expect("time");
+    let spec = |in_flight: serde_json::Value| -> VideoWorkflow {
+        let mut wf: VideoWorkflow = serde_saphyr::from_str(&format!(
+            r#"apiVersion: vflow.io/v1alpha1
+kind: VideoWorkflow
+metadata: {{name: room-prewarm, namespace: {ns}}}
+spec:
+  storage: {{endpoint: "http://minio.vflow-system.svc:9000", bucket: videos, secretRef: {{name: vflow-s3}}}}
+  fusion: Disabled
+  scaleToZeroAfter: 10m
+  stages:
+    - {{name: a, function: thumbnail, overrides: {{memory: 160Gi, cpu: 100m, concurrency: 1, maxScale: 1}}}}
+    - {{name: b, function: thumbnail, after: [a], overrides: {{memory: 160Gi, cpu: 100m, concurrency: 1, maxScale: {nodes}}}}}
+"#,
+            ns = env.ns
+        ))
+        .expect("workflow");
+        wf.metadata.annotations = Some(BTreeMap::from([
+            (
+                "vflow.io/prewarm".to_string(),
+                json!([{"stage": "b", "replicas": nodes, "at": at.to_string()}]).to_string(),
+            ),
+            ("vflow.io/in-flight".to_string(), in_flight.to_string()),
+        ]));
+        wf
+    };
+    let deployments: Api<Deployment> = env.api();
+    let ready = |stage: &str, n: i32| env.ready_replicas(format!("room-prewarm-{stage}"), n);
+    env.apply_workflow(&spec(json!({}))).await;
+    wait_for("b pre-warmed on every node", READY_TIMEOUT, || {
+        ready("b", nodes as i32)
+    })
+    .await;
+    let past = at.duration_since(Timestamp::now()).as_secs_f64().max(0.0) + 1.0;
+    tokio::time::sleep(Duration::from_secs_f64(past)).await;
+    // The ready time has passed and no input came to b; a has one invocation.
+    env.apply_workflow(&spec(json!({"a": 1}))).await;
+    let a_waited = Instant::now();
+    // b's fewest replicas while a waits: the window gives them up while a's pod waits
+    // for room, and asks for them again once it does not (what fits comes back).
+    let mut fewest = nodes as i32;
+    while !ready("a", 1).await {
+        assert!(
+            a_waited.elapsed() < READY_TIMEOUT,
+            "a not Ready: b's pre-warm kept its room (b had {fewest} replicas at the fewest)"
+        );
+        let b = deployments.get("room-prewarm-b").await.expect("b");
+        fewest = fewest.min(b.spec.replicas.unwrap_or(0));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "a Ready {:.1}s after its work came; b went down to {fewest} of {nodes} replicas",
+        a_waited.elapsed().as_secs_f64()
+    );
+    assert!(fewest < nodes as i32, "b gave up no room");
+    env.delete_workflow_and_its_pods("room-prewarm").await;
+}
+
 // The same across workflows: `idle`'s instances (done, inside their 10 min delay) hold
 // the room that `busy`'s stage waits for; busy's reconcile sees its pod short of room
 // and has idle's reconciled, which lets its instances go.
