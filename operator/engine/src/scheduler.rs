@@ -204,10 +204,15 @@ impl<'a> Scheduler<'a> {
                     }
                 };
                 if let Some(skip_reason) = skip {
-                    let passthrough = match self.graph.stages[key.stage].after.first() {
-                        Some(&first) => self.sized_inputs_from(record, key, first),
-                        None => vec![(record.input.clone(), 0)],
-                    };
+                    let passthrough: Vec<(String, u64)> =
+                        match self.graph.stages[key.stage].after.first() {
+                            Some(&first) => self
+                                .sized_inputs_from(record, key, first)
+                                .into_iter()
+                                .map(|(uri, bytes)| (uri.to_string(), bytes))
+                                .collect(),
+                            None => vec![(record.input.clone(), 0)],
+                        };
                     if let Some(unit) = record.unit_mut(&name, key.segment) {
                         unit.status = UnitStatus::Skipped;
                         (unit.outputs, unit.output_bytes) = passthrough.into_iter().unzip();
@@ -493,18 +498,19 @@ impl<'a> Scheduler<'a> {
     fn inputs_from(&self, record: &RunRecord, key: UnitKey, upstream: usize) -> Vec<String> {
         self.sized_inputs_from(record, key, upstream)
             .into_iter()
-            .map(|(uri, _)| uri)
+            .map(|(uri, _)| uri.to_string())
             .collect()
     }
 
     /// The inputs `key` reads from one upstream stage, each with its size in bytes (0
     /// where the record does not know it).
-    fn sized_inputs_from(
+    /// Borrowed: the scheduler asks this of every waiting unit on every pass.
+    fn sized_inputs_from<'r>(
         &self,
-        record: &RunRecord,
+        record: &'r RunRecord,
         key: UnitKey,
         upstream: usize,
-    ) -> Vec<(String, u64)> {
+    ) -> Vec<(&'r str, u64)> {
         let up = &self.graph.stages[upstream];
         let Some(sources) = self.sources(record, key, upstream) else {
             return Vec::new();
@@ -514,18 +520,17 @@ impl<'a> Scheduler<'a> {
             let Some(unit) = self.unit(record, source) else {
                 continue;
             };
-            let sized = unit
-                .outputs
-                .iter()
-                .enumerate()
-                .map(|(i, uri)| (uri.clone(), unit.output_bytes.get(i).copied().unwrap_or(0)));
+            let sized = |i: usize| {
+                let uri = unit.outputs.get(i)?;
+                Some((uri.as_str(), unit.output_bytes.get(i).copied().unwrap_or(0)))
+            };
             // A per-segment unit reads its own segment of a fan-out stage's outputs.
             if up.fan_out
                 && let Some(segment) = key.segment
             {
-                inputs.extend(sized.skip(segment as usize).take(1));
+                inputs.extend(sized(segment as usize));
             } else {
-                inputs.extend(sized);
+                inputs.extend((0..unit.outputs.len()).filter_map(sized));
             }
         }
         inputs
