@@ -112,10 +112,50 @@ def parallel(args, work, profiles):
             "transcodeExecMax": stages["transcode"]["execMaxSeconds"],
             "framesPreserved": frames(out) == frames(clip),
         }
+        runs[name]["segmentFiles"] = [u.removeprefix("file://") for u in
+                                      next(x for x in report_units(store) if x["stage"] == "split")["outputs"]]
+    # TP: the balanced run's own segments encoded by K plain ffmpegs side by side, largest
+    # first: no vflow, no split, no stitch, no per-invocation checks. What any segment-
+    # parallel run of these segments with single-threaded encoders could reach at best;
+    # TK / TP is vflow's part.
+    print(f"TP: the same segments, {args.k} plain single-threaded ffmpegs side by side ...", flush=True)
+    segs = sorted(runs["balanced"].pop("segmentFiles"), key=os.path.getsize, reverse=True)
+    runs["plain"].pop("segmentFiles")
+    tp = side_by_side([["ffmpeg", "-v", "error", "-y", "-threads", "1", "-i", seg, *encode, "-threads", "1",
+                        os.path.join(work, f"tp-{i:05d}.mp4")] for i, seg in enumerate(segs)], args.k)
+    for i in range(len(segs)):
+        os.remove(os.path.join(work, f"tp-{i:05d}.mp4"))
     return {
         "clip": f"{args.seconds} s 1920x1080 30 fps (testsrc2 + noise), x264 veryfast CRF 23",
         "k": args.k, "t1Seconds": t1, "multiThreadedSeconds": tm, **runs["plain"], "balanced": runs["balanced"],
+        "tpSeconds": tp, "tpOverMultiThreaded": tp / tm, "balancedTkOverTp": runs["balanced"]["tkSeconds"] / tp,
     }
+
+
+def report_units(store):
+    """The units of the one run recorded under `store` (its _vflow-run.json)."""
+    for folder, _, names in os.walk(store):
+        if "_vflow-run.json" in names:
+            with open(os.path.join(folder, "_vflow-run.json")) as f:
+                return json.load(f)["units"]
+    sys.exit(f"no _vflow-run.json under {store}")
+
+
+def side_by_side(commands, k):
+    """Runs the commands k at a time, in order, each starting as one ends; the wall time."""
+    started, pending, running = time.monotonic(), list(commands), []
+    while pending or running:
+        while pending and len(running) < k:
+            cmd = pending.pop(0)
+            running.append((cmd, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)))
+        time.sleep(0.02)
+        for item in list(running):
+            cmd, proc = item
+            if proc.poll() is not None:
+                running.remove(item)
+                if proc.returncode != 0:
+                    sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr.read().decode(errors='replace')}")
+    return time.monotonic() - started
 
 
 def with_start_delay(profiles, work, seconds):
@@ -382,6 +422,15 @@ def write_report(args, results):
                       f"| transcode CPU / K (the parallel part at best) | {r['transcodeCpuSeconds'] / r['k']:.1f} s | "
                       f"{b['transcodeCpuSeconds'] / r['k']:.1f} s |",
                       f"| frames preserved | {r['framesPreserved']} | {b['framesPreserved']} |", ""]
+        if "tpSeconds" in r:
+            lines += ["Where the bound is: after the runs above, the balanced run's own segments encoded by "
+                      f"K = {r['k']} plain single-threaded ffmpegs side by side, largest first (TP: no vflow, no "
+                      "split, no stitch, no per-invocation checks), the best any segment-parallel run of these "
+                      "segments with single-threaded encoders can do:", "",
+                      "| figure | measured |", "|---|---|",
+                      f"| TP | {r['tpSeconds']:.1f} s |",
+                      f"| TP / multi-threaded ffmpeg | {r['tpOverMultiThreaded']:.2f} |",
+                      f"| TK (multipleOf K) / TP: vflow's own part | {r['balancedTkOverTp']:.2f} |", ""]
     if results.get("othersMeasuredAt"):
         lines += [f"The sections below were measured on {results['othersMeasuredAt']} (a later run with "
                   "`--only-parallel` measured only the section above).", ""]

@@ -18,11 +18,13 @@ import json
 import math
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -262,8 +264,10 @@ def _refusal(stderr: str) -> str | None:
 
 
 def _run(cmd: list[str], what: str, on: str, cwd: str | None = None, want: str = "stdout") -> str:
-    if os.environ.get("VFLOW_FN_DEBUG"):
+    debug = bool(os.environ.get("VFLOW_FN_DEBUG"))
+    if debug:
         print("+ " + " ".join(cmd), file=sys.stderr)
+        began = time.monotonic()
     # Output goes to files, not pipes, so that a flood of warnings or a huge JSON costs
     # disk that the scratch limit bounds rather than this process's memory.
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
@@ -276,7 +280,12 @@ def _run(cmd: list[str], what: str, on: str, cwd: str | None = None, want: str =
         except FileNotFoundError:
             raise FnError(f"{what} failed on input {on}: {cmd[0]} is not installed") from None
         stderr = _read_tail(err, STDERR_TAIL_BYTES)
+        if debug:  # where a function's time goes: each tool's wall time
+            print(f"  {cmd[0]} took {time.monotonic() - began:.3f} s", file=sys.stderr)
         if proc.returncode != 0:
+            missing = re.search(r"Unknown encoder '([^']+)'", stderr)
+            if missing:  # a deployment's ffmpeg without the codec: no retry helps
+                raise UsageError(f"{what} needs the {missing.group(1)} encoder, which this ffmpeg build lacks")
             reason = _refusal(stderr)
             if reason:
                 raise FnError(f"{what} failed on input {on}: {reason}", _tail(stderr))
@@ -286,6 +295,12 @@ def _run(cmd: list[str], what: str, on: str, cwd: str | None = None, want: str =
         if want == "stderr":
             return stderr
         size = out.seek(0, os.SEEK_END)
+        # A tool whose output file hit RLIMIT_FSIZE (EFBIG) may exit 0 with its output cut
+        # short: refuse it rather than parse half of it.
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit != resource.RLIM_INFINITY and size >= limit:
+            raise FnError(f"{what} failed on input {on}: {cmd[0]}'s output reached this process's file size "
+                          f"limit of {limit} bytes: File too large")
         if size > MAX_STDOUT_BYTES:
             raise FnError(f"{what} failed on input {on}: {cmd[0]} wrote {size} bytes, more than the "
                           f"{MAX_STDOUT_BYTES} vflow reads")
@@ -293,10 +308,19 @@ def _run(cmd: list[str], what: str, on: str, cwd: str | None = None, want: str =
         return out.read().decode("utf-8", "replace")
 
 
-def ffprobe(path: str, extra: list[str] | None = None) -> dict:
-    """Format and streams of a media file, or FnError saying the input is unreadable."""
+PACKET_ENTRIES = "packet=stream_index,pts_time,duration_time,flags"
+
+
+def ffprobe(path: str, extra: list[str] | None = None, packets: bool = False) -> dict:
+    """Format and streams of a media file, or FnError saying the input is unreadable.
+
+    `packets` adds every packet (as probe_packets gives them, no decoding) under
+    "packets", from the same process: each ffprobe start costs ~0.1 s of library
+    loading, which a per-segment function pays per call."""
     cmd = ["ffprobe", "-hide_banner", "-v", "error", "-max_alloc", str(MAX_ALLOC), *input_guard(),
            "-of", "json", "-show_format", "-show_streams"]
+    if packets:
+        cmd += ["-show_entries", PACKET_ENTRIES]
     out = _run(cmd + (extra or []) + [path], "reading", path)
     info = json.loads(out or "{}")
     if not info.get("streams"):
@@ -307,7 +331,7 @@ def ffprobe(path: str, extra: list[str] | None = None) -> dict:
 def _packets(path: str, select: list[str]) -> list[dict]:
     """Packets (stream_index, pts_time, duration_time, flags), without decoding."""
     cmd = ["ffprobe", "-hide_banner", "-v", "error", "-max_alloc", str(MAX_ALLOC), *input_guard(),
-           "-of", "json", *select, "-show_entries", "packet=stream_index,pts_time,duration_time,flags", path]
+           "-of", "json", *select, "-show_entries", PACKET_ENTRIES, path]
     return json.loads(_run(cmd, "reading packets", path) or "{}").get("packets", [])
 
 
@@ -326,14 +350,19 @@ def probe_packets_by_stream(path: str, stream_indices: list[int]) -> dict[int, l
     return by_stream
 
 
+def parallel_workers(items: int) -> int:
+    """How many threads parallel_map runs for `items` items."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2
+    return min(items, cores, 4)
+
+
 def parallel_map(fn, items: list) -> list:
     """fn over items on up to as many threads as this process may use cores (at most 4):
     for the work a join or a split does per file (ffprobe, remux: I/O and a process
     start each), which runs while nothing else of the run does. Exceptions propagate
     (the first, in order)."""
     items = list(items)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2
-    workers = min(len(items), cores, 4)
+    workers = parallel_workers(len(items))
     if workers <= 1:
         return [fn(i) for i in items]
     from concurrent.futures import ThreadPoolExecutor
@@ -362,10 +391,18 @@ def has_filter(name: str) -> bool:
     return _ffmpeg_has("filters", name, r"^ [.TSC]{3} ")
 
 
-def video_pts(path: str, stream: int | str) -> tuple[list[float], float | None]:
-    """Sorted pts of one stream's packets (no decoding) and the pts of its first keyframe."""
+def video_pts(path: str, stream: int | str, info: dict | None = None) -> tuple[list[float], float | None]:
+    """Sorted pts of one stream's packets (no decoding) and the pts of its first keyframe.
+    `stream` is an index or "v:0"; from `info`'s packets when it has them
+    (ffprobe(packets=True)), else from a probe of its own."""
+    if info is not None and "packets" in info:
+        if stream == "v:0":
+            stream = video_stream(info, path)["index"]
+        packets = [p for p in info["packets"] if p.get("stream_index") == stream]
+    else:
+        packets = probe_packets(path, stream)
     pts, key = [], None
-    for p in probe_packets(path, stream):
+    for p in packets:
         try:
             t = float(p.get("pts_time"))
         except (TypeError, ValueError):  # absent or N/A
@@ -503,8 +540,7 @@ def video_encoder_args(codec: str, crf: int | None, preset: str, bitrate: str | 
         raise UsageError(f"--crf {crf} is out of range for {codec}: maximum is {CRF_MAX[codec]}")
     rate = ["-b:v", bitrate] if bitrate else ["-crf", str(crf)]
     if codec in ("h264", "hevc"):
-        enc = "libx264" if codec == "h264" else "libx265"
-        _need(enc, codec)
+        enc = "libx264" if codec == "h264" else "libx265"  # (a build without: see _run)
         extra = ["-x265-params", "log-level=error"] if codec == "hevc" else []
         tag = ["-tag:v", "hvc1"] if codec == "hevc" else []  # hvc1 plays in Apple players
         return ["-c:v", enc, "-preset", preset, *rate, *extra, *tag, "-pix_fmt", "yuv420p"]
@@ -627,16 +663,17 @@ def encode_video(ctx: "Context", src: str, info: dict, what: str, *, vfilter: st
 def check_complete(src: str, info: dict, out: str) -> None:
     """A truncated or damaged input can decode "successfully" to a shorter output: refuse it."""
     want = float(video_stream(info, src).get("duration") or duration(info) or 0)
-    got_info = ffprobe(out)
+    got_info = ffprobe(out, packets=True)
     got = float(video_stream(got_info, out).get("duration") or duration(got_info) or 0)
     fps = frame_rate(video_stream(info, src))
     if want and got < want - max(0.5, 3 / fps):
         raise FnError(f"input {src} looks truncated or damaged: it declares {want:.3f} s of video "
                       f"but only {got:.3f} s could be decoded")
-    check_frames(src, info, [(out, None)])
+    check_frames(src, info, [(out, None)], {out: got_info})
 
 
-def check_frames(src: str, info: dict, outputs: list[tuple[str, float | None]]) -> None:
+def check_frames(src: str, info: dict, outputs: list[tuple[str, float | None]],
+                 probed: dict[str, dict] | None = None) -> None:
     """Damaged packets: a decoder conceals what it can, but a frame it cannot decode (a
     lost keyframe takes the frames that refer to it along) is simply missing from the
     output, a hole in the middle that no duration shows. Every source frame (its
@@ -644,9 +681,10 @@ def check_frames(src: str, info: dict, outputs: list[tuple[str, float | None]]) 
     output placed at `start` on the source's timeline (ffmpeg's: pts less the input's
     start_time), or, for None, aligned by its first frame. Two or more consecutive
     frames missing is a failure; a lone one is not (field-coded video has a packet per
-    field but a frame per pair)."""
+    field but a frame per pair). Packets come from `info` and `probed` (path -> info)
+    where those were probed with packets=True."""
     v = video_stream(info, src)
-    pts, key = video_pts(src, v["index"])
+    pts, key = video_pts(src, v["index"], info)
     origin = seconds_or_zero(info.get("format", {}).get("start_time"))
     want = [t - origin for t in pts if key is None or t >= key - 1e-6]
     steps = sorted(b - a for a, b in zip(want, want[1:]) if b > a)
@@ -655,7 +693,7 @@ def check_frames(src: str, info: dict, outputs: list[tuple[str, float | None]]) 
     tol = max(0.25 * steps[len(steps) // 2], 0.0015)
     got = []
     for path, start in outputs:
-        o, _ = video_pts(path, "v:0")
+        o, _ = video_pts(path, "v:0", (probed or {}).get(path))
         if o:
             first = start if start is not None else min(want, key=lambda t: abs(t - o[0]))
             got += [t + first - o[0] for t in o]

@@ -63,7 +63,7 @@ def area(b: list[int]) -> int:
 
 def run(ctx: Context) -> dict:
     src, det = ctx.inputs
-    info = ffprobe(src)
+    info = ffprobe(src, packets=True)  # check_complete reads its packets
     v = video_stream(info, src)
     regs = regions(load(det), int(v["width"]), int(v["height"]))
     if len(regs) > MAX_REGIONS:

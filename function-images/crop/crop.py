@@ -5,7 +5,7 @@ from vflowfn import (Context, Function, Param, PRESETS, UsageError, check_comple
 
 def run(ctx: Context) -> None:
     src, p = ctx.inputs[0], ctx.params
-    info = ffprobe(src)
+    info = ffprobe(src, packets=True)  # check_complete reads its packets
     v = video_stream(info, src)
     W, H = int(v["width"]), int(v["height"])
     w, h, x, y = p["w"], p["h"], p["x"], p["y"]

@@ -6,7 +6,7 @@ CODECS = ["h264", "hevc", "vp9", "av1"]
 
 def run(ctx: Context) -> None:
     src, p = ctx.inputs[0], ctx.params
-    info = ffprobe(src)
+    info = ffprobe(src, packets=True)  # check_complete reads its packets
     out = encode_video(ctx, src, info, f"scaling to {p['height']}p ({p['codec']})",
                        vfilter=f"scale=-2:{p['height']}", codec=p["codec"], crf=p["crf"], preset=p["preset"],
                        keyint=p["keyint"])

@@ -33,7 +33,7 @@ def run(ctx: Context) -> None:
         raise UsageError(f"container webm holds vp9 or av1, not {codec}")
     bitrate = str(bits_per_second(p["bitrate"])) if p["bitrate"] else None
     crf = None if bitrate else (p["crf"] if p["crf"] is not None else DEFAULT_CRF[codec])
-    info = ffprobe(src)
+    info = ffprobe(src, packets=True)  # check_complete reads its packets
     out = encode_video(ctx, src, info, f"transcoding to {codec}/{container}", codec=codec, crf=crf,
                        preset=p["preset"], bitrate=bitrate, container=container, keyint=p["keyint"])
     check_complete(src, info, out)

@@ -15,7 +15,7 @@ def place(position: str, m: int, w: str, h: str, W: str = "W", H: str = "H") -> 
 
 def run(ctx: Context) -> None:
     src, p = ctx.inputs[0], ctx.params
-    info = ffprobe(src)
+    info = ffprobe(src, packets=True)  # check_complete reads its packets
     m, alpha = p["margin"], p["opacity"]
     if len(ctx.inputs) == 2:
         ffprobe(ctx.inputs[1])  # a clear error if the image is unreadable

@@ -317,7 +317,7 @@ impl Executor {
         // Room on the scratch disk for the inputs, before a byte is written.
         let _admission = self.admit_inputs(&inputs).await?;
 
-        // Inputs, in parallel, each verified.
+        // Inputs, in parallel; each S3 object verified against its digest.
         let download_started = Instant::now();
         // Futures built first, then run a few at a time: a closure returning borrowing
         // futures inside the stream adaptor trips the compiler's Send inference.
@@ -329,8 +329,8 @@ impl Executor {
                 let store = self.store.clone();
                 let location = location.clone();
                 async move {
-                    match store.download(&location, &local).await {
-                        Ok(t) => Ok((local, t.bytes)),
+                    match store.fetch_input(&location, &local).await {
+                        Ok(bytes) => Ok((local, bytes)),
                         Err(e) => Err(InvokeFailure {
                             input: Some(location.to_string()),
                             ..storage_failure(Phase::Download, &e)

@@ -27,6 +27,13 @@ fn temp_name(path: &Path) -> PathBuf {
 
 /// Copies through a temporary name and renames, so a reader never sees half a file.
 pub async fn copy_file(from: &Path, to: &Path) -> Result<Transfer, StorageError> {
+    copy_unhashed(from, to).await?;
+    let (bytes, sha256) = sha256_file(to).await?;
+    Ok(Transfer { bytes, sha256 })
+}
+
+/// [`copy_file`] without the digest: the bytes copied.
+pub async fn copy_unhashed(from: &Path, to: &Path) -> Result<u64, StorageError> {
     match tokio::fs::metadata(from).await {
         Ok(meta) if meta.is_file() => {}
         Ok(_) => {
@@ -44,15 +51,17 @@ pub async fn copy_file(from: &Path, to: &Path) -> Result<Transfer, StorageError>
     }
     ensure_parent(to).await?;
     let partial = temp_name(to);
-    if let Err(e) = tokio::fs::copy(from, &partial).await {
-        let _ = tokio::fs::remove_file(&partial).await;
-        return Err(StorageError::io(to, &e));
-    }
+    let bytes = match tokio::fs::copy(from, &partial).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&partial).await;
+            return Err(StorageError::io(to, &e));
+        }
+    };
     tokio::fs::rename(&partial, to)
         .await
         .map_err(|e| StorageError::io(to, &e))?;
-    let (bytes, sha256) = sha256_file(to).await?;
-    Ok(Transfer { bytes, sha256 })
+    Ok(bytes)
 }
 
 /// Moves a file the caller gives up into place: a rename, atomic as a copy's last step,
@@ -228,5 +237,52 @@ mod tests {
             store.relocate(&staged, &final_).await,
             Err(StorageError::NotFound { .. })
         ));
+    }
+
+    // A function's input from a local store: a copy (the store's file stays as it is),
+    // its size, no partial name left; a missing one says NotFound naming it; a
+    // directory is refused. A download still gives the digest.
+    #[tokio::test]
+    async fn a_local_input_is_copied_whole_and_a_missing_one_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::local_only();
+        let object = dir.path().join("store/segment-00000.mp4");
+        std::fs::create_dir_all(object.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&object, b"0123456789").expect("write");
+        let staged = dir.path().join("scratch/in/0-segment-00000.mp4");
+        let bytes = store
+            .fetch_input(&Location::Local(object.clone()), &staged)
+            .await
+            .expect("fetch");
+        assert_eq!(bytes, 10);
+        assert_eq!(std::fs::read(&staged).expect("read"), b"0123456789");
+        assert_eq!(std::fs::read(&object).expect("read"), b"0123456789");
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("scratch/in"))
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("0-segment-00000.mp4")]);
+        let missing = dir.path().join("store/absent.mp4");
+        match store
+            .fetch_input(&Location::Local(missing.clone()), &staged)
+            .await
+        {
+            Err(StorageError::NotFound { uri }) => assert!(uri.contains("absent.mp4"), "{uri}"),
+            other => panic!("expected NotFound, got {other:?}"),
+        }
+        assert!(
+            store
+                .fetch_input(&Location::Local(dir.path().join("store")), &staged)
+                .await
+                .is_err()
+        );
+        let t = store
+            .download(&Location::Local(object), &dir.path().join("copy"))
+            .await
+            .expect("download");
+        assert_eq!(
+            t.sha256,
+            "84d89877f0d4041efb6bf91a16f0248f2fd573e6af05c19f96bedb9f882f7882"
+        );
     }
 }
