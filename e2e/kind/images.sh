@@ -133,7 +133,11 @@ for dir in function-images/*/; do
 	fn="$(basename "$dir")"
 	case "$fn" in
 	base | tests | vflow-fn) continue ;;
-	detect) build "$registry/fn-detect:$tag" function-images/detect/Dockerfile.cpu --build-arg "BASE=$registry/fn-base:$tag" ;;
+	detect)
+		# its CPU model is baked in from detect/models/ (fetched through npm, checked)
+		function-images/detect/fetch-model.sh || kind_die "detect's CPU model could not be fetched"
+		build "$registry/fn-detect:$tag" function-images/detect/Dockerfile.cpu --build-arg "BASE=$registry/fn-base:$tag"
+		;;
 	*) build "$registry/fn-$fn:$tag" "$dir/Dockerfile" --build-arg "BASE=$registry/fn-base:$tag" ;;
 	esac
 done

@@ -1,10 +1,13 @@
 """detect: finds objects in video frames and writes them per frame to detections.json.
 
-Backends: a torchvision detector on the GPU (weights from $VFLOW_MODEL_DIR/<model>.pth,
-or random weights for throughput tests), or, where torch or a GPU is absent, OpenCV's
-bundled Haar cascade for frontal faces on the CPU. VFLOW_DETECT_BACKEND=torch|haar
-forces one (torch then also runs on a CPU). Frames are decoded by ffmpeg (rawvideo
-pipe), or by OpenCV where ffmpeg is not installed.
+Backends: a torchvision detector on the GPU (COCO classes; weights from
+$VFLOW_MODEL_DIR/<model>.pth, or random weights for throughput tests), or, where torch
+or a GPU is absent, an SSD MobileNetV2 trained on Open Images V4 (24 classes: car,
+vehicle, person, bicycle, ...) run by OpenCV's DNN module on the CPU; its weights come
+from an npm package (detect/fetch-model.sh) and sit in detect/models/ beside this file
+or in $VFLOW_MODEL_DIR. VFLOW_DETECT_BACKEND=torch|cpu forces one (torch then also runs
+on a CPU). Frames are decoded by ffmpeg (rawvideo pipe), or by OpenCV where ffmpeg is
+not installed. Labels are lower case on both backends.
 
 detections.json: {"version": 1, "input", "backend", "decoder" (nvdec, software or opencv),
 "width", "height", "fps",
@@ -36,18 +39,18 @@ def model_dir() -> str:
 
 def pick_backend() -> str:
     forced = os.environ.get("VFLOW_DETECT_BACKEND", "auto")
-    if forced not in ("auto", "torch", "haar"):
-        raise UsageError(f"VFLOW_DETECT_BACKEND must be auto, torch or haar, got {forced!r}")
-    if forced == "haar":
-        return "haar"
+    if forced not in ("auto", "torch", "cpu"):
+        raise UsageError(f"VFLOW_DETECT_BACKEND must be auto, torch or cpu, got {forced!r}")
+    if forced == "cpu":
+        return "cpu"
     try:
         import torch  # noqa: F401
         import torchvision  # noqa: F401
     except ImportError as e:
         if forced == "torch":
             raise FnError(f"VFLOW_DETECT_BACKEND=torch but torch is not usable: {e}") from None
-        return "haar"
-    return "torch" if forced == "torch" or torch.cuda.is_available() else "haar"
+        return "cpu"
+    return "torch" if forced == "torch" or torch.cuda.is_available() else "cpu"
 
 
 class TorchDetector:
@@ -85,33 +88,126 @@ class TorchDetector:
         return out
 
 
-class HaarDetector:
-    labels = ["face"]
-    name = "haar:frontalface_default"
+CPU_MODEL = "ssd_mobilenetv2_oidv4_fp16.tflite"
+CPU_LABELS = "oidv4_labels.txt"
+
+
+def cpu_model_file(name: str) -> str:
+    """$VFLOW_MODEL_DIR/<name>, else detect/models/<name> beside this file (an image and
+    a checkout after fetch-model.sh)."""
+    for folder in (os.environ.get("VFLOW_MODEL_DIR"), os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                                   "models")):
+        if folder and os.path.isfile(os.path.join(folder, name)):
+            return os.path.join(folder, name)
+    raise FnError(f"detect's CPU model file {name} is missing from $VFLOW_MODEL_DIR and detect/models/: "
+                  f"run function-images/detect/fetch-model.sh")
+
+
+def ssd_anchors():
+    """The anchors of the TensorFlow Object Detection API's SSD on a 300x300 input, in
+    the order of the model's outputs (feature map row, column, box): six feature maps
+    (19, 10, 5, 3, 2, 1 cells), scales from 0.2 to 0.95, aspect ratios 1, 2, 1/2, 3, 1/3
+    and one more square box between this scale and the next; the first map has three
+    boxes only (0.1 square, 0.2 at 2 and 1/2). Rows of (y centre, x centre, h, w), in
+    fractions of the frame: 1917 in all."""
+    import numpy as np
+    scales = [0.2 + 0.15 * i for i in range(6)] + [1.0]
+    rows = []
+    for i, cells in enumerate((19, 10, 5, 3, 2, 1)):
+        if i == 0:
+            boxes = [(0.1, 1.0), (scales[0], 2.0), (scales[0], 0.5)]
+        else:
+            boxes = [(scales[i], r) for r in (1.0, 2.0, 0.5, 3.0, 1 / 3)]
+            boxes.append((math.sqrt(scales[i] * scales[i + 1]), 1.0))
+        for y in range(cells):
+            for x in range(cells):
+                rows += [((y + 0.5) / cells, (x + 0.5) / cells, s / math.sqrt(r), s * math.sqrt(r))
+                         for s, r in boxes]
+    return np.array(rows, np.float32)
+
+
+class CpuDetector:
+    """SSD MobileNetV2 on Open Images V4 classes, by OpenCV's DNN module."""
+
+    name = "cpu:ssd_mobilenetv2_oidv4"
+    SIZE = 300
+    # Candidates kept for non-maximum suppression; the function's threshold applies
+    # after (a box above it is only ever suppressed by a higher one, so this floor
+    # changes nothing above it).
+    FLOOR = 0.05
+    OVERLAP = 0.45  # IoU above which the lower-scoring box of two goes, whatever their classes
 
     def __init__(self):
         try:
             import cv2
+            import numpy as np
         except ImportError as e:
             raise FnError(f"no detector available: torch with a GPU is absent and OpenCV is missing ({e})") from None
-        self.cv2 = cv2
-        if not hasattr(cv2, "CascadeClassifier"):  # OpenCV 5 moved the Haar cascades out
-            raise FnError(f"OpenCV {cv2.__version__} has no Haar cascades; install opencv-python-headless<5")
-        self.cascade = cv2.CascadeClassifier(os.path.join(cv2.data.haarcascades,
-                                                          "haarcascade_frontalface_default.xml"))
-        if self.cascade.empty():
-            raise FnError("OpenCV's bundled face cascade could not be loaded")
+        self.cv2, self.np = cv2, np
+        threads = ffmpeg_threads()
+        if threads:
+            cv2.setNumThreads(threads)
+        with open(cpu_model_file(CPU_LABELS)) as f:
+            # index 0 is the background ("???"); names as the torch backend's: lower case
+            self.labels = [ln.strip().lower() for ln in f if ln.strip()][1:]
+        try:
+            self.net = cv2.dnn.readNet(cpu_model_file(CPU_MODEL))
+        except cv2.error as e:
+            raise FnError(f"detect's CPU model could not be loaded by OpenCV {cv2.__version__}: {e}") from None
+        layers = self.net.getLayerNames()
+        # The six per-scale box and class heads, read before the model's own reshape and
+        # concat: OpenCV's TFLite import lays those out as NCHW where the graph meant
+        # NHWC, which scrambles the boxes; per head, (C, H, W) -> (H, W, C) is the order
+        # the anchors follow.
+        self.heads = []
+        for kind in ("BoxEncoding", "Class"):
+            for k in range(6):
+                found = [n for n in layers if n.startswith(f"BoxPredictor_{k}/{kind}Predictor/BiasAdd")]
+                if not found:
+                    raise FnError(f"detect's CPU model has no BoxPredictor_{k}/{kind}Predictor layer")
+                self.heads.append(found[0])
+        self.anchors = ssd_anchors()
 
     def __call__(self, frames: list) -> list:
+        np, cv2 = self.np, self.cv2
+        results = []
+        # One frame per pass: the graph reshapes to a batch of one.
+        for frame in frames:
+            # RGB, stretched to 300x300, scaled to [-1, 1], NCHW
+            x = cv2.resize(frame, (self.SIZE, self.SIZE), interpolation=cv2.INTER_LINEAR)
+            x = (x.astype(np.float32) / 127.5 - 1.0).transpose(2, 0, 1)[None]
+            self.net.setInput(np.ascontiguousarray(x))
+            outs = self.net.forward(self.heads)
+            boxes = np.concatenate([o[0].transpose(1, 2, 0).reshape(-1, 4) for o in outs[:6]])
+            logits = np.concatenate([o[0].transpose(1, 2, 0).reshape(-1, len(self.labels) + 1) for o in outs[6:]])
+            results.append(self.decode(boxes, logits, frame.shape[1], frame.shape[0]))
+        return results
+
+    def decode(self, boxes, logits, width: int, height: int) -> list:
+        """Box offsets (y, x scaled by 10; h, w log-scaled by 5) against the anchors, class
+        scores by sigmoid (column 0 is the background), one class per box, then NMS."""
+        np, a = self.np, self.anchors
+        yc = boxes[:, 0] / 10 * a[:, 2] + a[:, 0]
+        xc = boxes[:, 1] / 10 * a[:, 3] + a[:, 1]
+        h = np.exp(boxes[:, 2] / 5) * a[:, 2]
+        w = np.exp(boxes[:, 3] / 5) * a[:, 3]
+        scores = 1 / (1 + np.exp(-logits[:, 1:]))
+        cls = scores.argmax(1)
+        best = scores[np.arange(len(cls)), cls]
+        keep = np.nonzero(best >= self.FLOOR)[0]
+        if not len(keep):
+            return []
+        rects = np.stack([(xc - w / 2) * width, (yc - h / 2) * height, w * width, h * height], 1)[keep]
+        chosen = np.array(self.cv2.dnn.NMSBoxes(rects.tolist(), best[keep].tolist(), self.FLOOR,
+                                                self.OVERLAP)).reshape(-1)
         out = []
-        for f in frames:
-            gray = self.cv2.cvtColor(f, self.cv2.COLOR_RGB2GRAY)
-            rects, _, weights = self.cascade.detectMultiScale3(gray, scaleFactor=1.1, minNeighbors=5,
-                                                               outputRejectLevels=True)
-            # Haar gives a stage weight, not a probability: squash it into 0..1 for the threshold.
-            out.append([("face", 1 / (1 + math.exp(-float(w))), [float(v) for v in r])
-                        for r, w in zip(rects, weights)])
-        return out
+        for i in chosen:
+            x0, y0, bw, bh = rects[i]
+            # clipped to the frame: an anchor near the edge can reach past it
+            x1, y1 = min(float(x0 + bw), width), min(float(y0 + bh), height)
+            x0, y0 = max(float(x0), 0.0), max(float(y0), 0.0)
+            out.append((self.labels[cls[keep[i]]], float(best[keep[i]]), [x0, y0, x1 - x0, y1 - y0]))
+        return sorted(out, key=lambda d: -d[1])
 
 
 # Detectors loaded by this process, by (backend, model, random weights): a resident
@@ -125,7 +221,7 @@ def make_detector(backend: str, model: str, random_weights: bool):
     if key in _LOADED:
         return _LOADED[key], 0.0
     started = time.monotonic()
-    det = TorchDetector(model, random_weights) if backend == "torch" else HaarDetector()
+    det = TorchDetector(model, random_weights) if backend == "torch" else CpuDetector()
     _LOADED[key] = det
     return det, time.monotonic() - started
 
@@ -231,13 +327,10 @@ def run(ctx: Context) -> dict:
     backend = pick_backend()
     det, load_seconds = make_detector(backend, p["model"], p["randomWeights"])
     wanted = [c.strip() for c in p["classes"].split(",") if c.strip()]
-    if backend == "torch":
-        unknown = [c for c in wanted if c not in det.labels]
-        if unknown:
-            raise UsageError(f"--classes has names {backend} does not know: {', '.join(unknown)}")
-    elif wanted and "face" not in wanted:
-        print(f"vflow-fn detect: note: the CPU fallback finds faces only; classes {wanted} give no detections",
-              file=sys.stderr)
+    unknown = [c for c in wanted if c not in det.labels]
+    if unknown:
+        raise UsageError(f"--classes has names the {det.name} detector does not know: {', '.join(unknown)} "
+                         f"(it knows {', '.join(sorted(set(det.labels)))})")
     width, height, fps = video_facts(src)
     keep = set(wanted)
     out_frames, batch, idx = [], [], []

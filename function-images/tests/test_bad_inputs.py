@@ -32,7 +32,7 @@ def broken(tmp_path_factory, clips):
                                               ("segment", {"seconds": 2}),
                                               ("thumbnail", {}), ("detect", {})])
 def test_bad_video_fails_cleanly(fn, broken, name, function, params):
-    r = fn(function, [broken / name], env={"VFLOW_DETECT_BACKEND": "haar"}, **params)
+    r = fn(function, [broken / name], env={"VFLOW_DETECT_BACKEND": "cpu"}, **params)
     failed_cleanly(r, [broken / name])
     if name != "truncated-faststart.mp4":
         assert "ffmpeg's stderr" in r.stderr or "unsupported" in r.stderr, r.stderr
@@ -132,7 +132,7 @@ def hostile(tmp_path_factory, clips):
 @pytest.mark.parametrize("function, params", [("probe", {}), ("scale", {"height": 120, "preset": "ultrafast"}),
                                               ("segment", {"seconds": 2}), ("thumbnail", {}), ("detect", {})])
 def test_a_playlist_input_cannot_open_other_local_files(fn, hostile, name, fmt, function, params):
-    r = fn(function, [hostile / name], env={"VFLOW_DETECT_BACKEND": "haar"}, **params)
+    r = fn(function, [hostile / name], env={"VFLOW_DETECT_BACKEND": "cpu"}, **params)
     failed_cleanly(r, [hostile / name])
     assert f"its format ({fmt}) is not one vflow reads" in r.stderr, r.stderr
 

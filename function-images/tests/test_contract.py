@@ -60,6 +60,19 @@ def test_profile_matches_function(name):
     assert (ROOT / name / "Dockerfile").is_file()
 
 
+def test_the_examples_profiles_declare_what_each_function_declares():
+    # manifests/examples/profiles.yaml (what `vflow run` and the examples use) carries its
+    # own resources and priors, but the params and metadata are the function's: a stale
+    # copy refused a param the function takes (blur's preset) and hid metadata.
+    docs = [d for d in yaml.safe_load_all((ROOT.parent / "manifests/examples/profiles.yaml").read_text()) if d]
+    assert docs
+    for doc in docs:
+        name = doc["metadata"]["name"]
+        own = yaml.safe_load((ROOT / name / "profile.yaml").read_text())["spec"]
+        for key in ("params", "produces"):
+            assert doc["spec"].get(key) == own.get(key), f"{name}: {key} differs from function-images/{name}"
+
+
 def run(*args, env=None):
     return subprocess.run([str(FN), *map(str, args)], capture_output=True, text=True,
                           env={**os.environ, **(env or {})})
@@ -108,8 +121,20 @@ def test_missing_input_exits_1_naming_it(tmp_path, fn):
 
 def test_warmup(tmp_path):
     for name in ("scale", "detect"):
-        p = run(name, "--warmup", env={"VFLOW_DETECT_BACKEND": "haar"})
+        p = run(name, "--warmup", env={"VFLOW_DETECT_BACKEND": "cpu"})
         assert p.returncode == 0, p.stderr
+
+
+def test_an_ffmpeg_without_the_encoder_is_a_usage_error_naming_it(fn, clips, tmp_path):
+    # The encoder is not listed beforehand (a process start per encode): ffmpeg's own
+    # refusal is read instead. A stand-in ffmpeg that lacks libx264; ffprobe is real.
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "ffmpeg").write_text("#!/bin/sh\necho \"Unknown encoder 'libx264'\" >&2\nexit 8\n")
+    (fake / "ffmpeg").chmod(0o755)
+    r = fn("transcode", [clips["gop25"]], env={"PATH": f"{fake}:{os.environ['PATH']}"})
+    assert r.rc == 2 and "libx264 encoder, which this ffmpeg build lacks" in r.stderr, r
+    assert r.files() == []
 
 
 def test_threads_env_reaches_ffmpeg(fn, clips):
