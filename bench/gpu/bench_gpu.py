@@ -215,7 +215,7 @@ def main():
     lines = [f"# detect on {results['device']}", "",
              f"Repeat: `make bench-gpu` ({'--cpu: a check of the script' if args.cpu else 'on the GPU machine'}). "
              f"Clip: {results['clip']}; "
-             + ("OpenCV's Haar cascade on the CPU" if args.cpu
+             + ("the CPU detector (Open Images SSD, OpenCV DNN)" if args.cpu
                 else "torch detector with random weights (no weights can be downloaded)") + "; one run.", "",
              "| workers | ready (s) | cold start to first result (s) | warm p50 (s) | load per warm call (s) | decoder |",
              "|---|---|---|---|---|---|"]

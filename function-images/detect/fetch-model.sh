@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Puts detect's CPU model in function-images/detect/models/ (or $1): an SSD MobileNetV2
-# trained on Open Images V4 (24 classes, Car and Vehicle among them; Apache-2.0), which
+# trained on Open Images V4 (23 classes, Car and Vehicle among them; Apache-2.0), which
 # the npm package @mediapipe/objectron ships inside its Emscripten asset bundle. Nothing
 # comes from a model hub: the package is fetched through npm's registry and checked
 # against its SHA-256, then the model and its label map are cut out of the bundle at the
@@ -43,9 +43,11 @@ tar -xzf "$tarball" -C "$work" "$bundle" || die "$package has no $bundle"
 mkdir -p "$dest"
 for f in "${files[@]}"; do
 	read -r name start end sha <<<"$f"
-	part="$dest/.$name.partial"
+	# a name of its own: two runs at once (two make targets) must not share one
+	part="$(mktemp -p "$dest" ".$name.XXXXXX")"
+	# (GNU dd: byte offsets)
 	dd if="$work/$bundle" of="$part" iflag=skip_bytes,count_bytes skip="$start" count="$((end - start))" \
-		bs=1M status=none || die "could not cut $name out of $bundle"
+		bs=1M status=none || { rm -f "$part"; die "could not cut $name out of $bundle"; }
 	[[ "$(digest "$part")" == "$sha" ]] || { rm -f "$part"; die "$name cut from $bundle has the wrong SHA-256"; }
 	mv -f "$part" "$dest/$name"
 done

@@ -215,8 +215,9 @@ def run(ctx: Context) -> dict:
         args = [x for _, (name, _, _) in batch for x in ("-i", os.path.join(ctx.work, name))]
         for k, (i, (_, start, end)) in enumerate(batch):
             tag = f"vflow-segment index={i} count={len(rows)} start={float(start):.6f} end={float(end):.6f}"
-            args += ["-map", str(k), "-c", "copy", "-metadata", f"comment={tag}", *muxer_args(container, a),
-                     ctx.out(f"segment-{i:05d}.{container}")]
+            # each output's metadata and chapters from its own input (ffmpeg's default: the first's)
+            args += ["-map", str(k), "-map_metadata", str(k), "-map_chapters", str(k), "-c", "copy",
+                     "-metadata", f"comment={tag}", *muxer_args(container, a), ctx.out(f"segment-{i:05d}.{container}")]
         ffmpeg(args, "tagging segments", src)
 
     numbered = list(enumerate(rows))

@@ -76,16 +76,30 @@ def test_full_output_disk(fn, clips, tiny_disk):
     assert sorted(os.listdir(tiny_disk)) == ["out", "seg"] and not os.listdir(tiny_disk / "seg")
 
 
-def test_file_size_limit(fn, clips, tmp_path):
-    """The same without root: RLIMIT_FSIZE makes writes fail (EFBIG) past 64 KiB."""
+def scale_under_file_size_limit(clip, tmp_path, limit):
     import resource
     out, meta = tmp_path / "o", tmp_path / "m.json"
-    p = subprocess.run([str(FN), "scale", "--input", str(clips["gop25"]), "--output-dir", str(out),
+    p = subprocess.run([str(FN), "scale", "--input", str(clip), "--output-dir", str(out),
                         "--metadata", str(meta), "--height", "360", "--preset", "ultrafast"],
                        capture_output=True, text=True,
-                       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536)))
+                       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
     assert p.returncode == 1 and "File too large" in p.stderr, p.stderr
     assert os.listdir(out) == [] and not meta.exists()
+    return p.stderr
+
+
+def test_file_size_limit(clips, tmp_path):
+    """The same without root: RLIMIT_FSIZE makes writes fail (EFBIG) past 512 KiB: the
+    probe's output (~120 KB) fits, the encode's (~2.3 MB) does not."""
+    err = scale_under_file_size_limit(clips["gop25"], tmp_path, 512 * 1024)
+    assert "file size limit" not in err, err  # ffmpeg's own failure, not the probe's
+
+
+def test_a_probe_cut_at_the_file_size_limit_is_refused_naming_the_input(clips, tmp_path):
+    # ffprobe writes its JSON to a file; at 64 KiB it is cut short and ffprobe still
+    # exits 0: the function refuses it instead of failing to parse half of it.
+    err = scale_under_file_size_limit(clips["gop25"], tmp_path, 64 * 1024)
+    assert "file size limit of 65536 bytes" in err and "gop25.mp4" in err, err
 
 
 def test_sigterm_leaves_nothing(tmp_path, clips):
