@@ -1344,6 +1344,87 @@ spec:
     env.delete_workflow_and_its_pods("room").await;
 }
 
+// A stage whose work is over takes no room: `a` and `b` both had work for one pod more
+// than the nodes hold (160Gi each, one per node), so one pod stayed Pending; then the
+// work ended, and both keep their replicas through the 10 min delay. The stage with
+// the Pending pod only waits out its delay, so the other's idle pods must stay (they
+// went at once: the detect example's pods, Pending after its run on kind, took
+// stitch's pod as the run ended).
+#[tokio::test]
+#[ignore = "needs e2e/testenv: make e2e-operator"]
+async fn a_stage_whose_work_is_over_does_not_take_the_room_of_idle_ones() {
+    use k8s_openapi::api::core::v1::Pod;
+    let env = Env::new("room-over").await;
+    let nodes = env.kwok_nodes().await;
+    let _op = Operator::start(&env, "a", &["--leader-elect=false"]);
+    let spec = |in_flight: serde_json::Value| -> VideoWorkflow {
+        let mut wf: VideoWorkflow = serde_saphyr::from_str(&format!(
+            r#"apiVersion: vflow.io/v1alpha1
+kind: VideoWorkflow
+metadata: {{name: over, namespace: {ns}}}
+spec:
+  storage: {{endpoint: "http://minio.vflow-system.svc:9000", bucket: videos, secretRef: {{name: vflow-s3}}}}
+  fusion: Disabled
+  scaleToZeroAfter: 10m
+  stages:
+    - {{name: a, function: thumbnail, overrides: {{memory: 160Gi, cpu: 100m, concurrency: 1, maxScale: {nodes}}}}}
+    - {{name: b, function: thumbnail, after: [a], overrides: {{memory: 160Gi, cpu: 100m, concurrency: 1, maxScale: {nodes}}}}}
+"#,
+            ns = env.ns
+        ))
+        .expect("workflow");
+        wf.metadata.annotations = Some(BTreeMap::from([(
+            "vflow.io/in-flight".to_string(),
+            in_flight.to_string(),
+        )]));
+        wf
+    };
+    let deployments: Api<Deployment> = env.api();
+    let pods: Api<Pod> = env.api();
+    let replicas = || async {
+        let mut n = Vec::new();
+        for stage in ["a", "b"] {
+            let d = deployments.get(&format!("over-{stage}")).await.ok();
+            n.push(d.and_then(|d| d.spec.replicas).unwrap_or(0));
+        }
+        n
+    };
+    // One pod more than the nodes hold, all of it work (load is never reclaimed).
+    env.apply_workflow(&spec(json!({"a": 1, "b": nodes}))).await;
+    wait_for(
+        "a pod left Pending for want of room",
+        READY_TIMEOUT,
+        || async {
+            pods.list(&ListParams::default().labels("vflow.io/workflow=over"))
+                .await
+                .is_ok_and(|l| {
+                    let placed = l
+                        .items
+                        .iter()
+                        .filter(|p| p.spec.as_ref().is_some_and(|s| s.node_name.is_some()))
+                        .count();
+                    l.items.len() == nodes as usize + 1 && placed == nodes as usize
+                })
+        },
+    )
+    .await;
+    assert_eq!(replicas().await, vec![1, nodes as i32]);
+    // The work is over: both stages idle, inside their delay.
+    env.apply_workflow(&spec(json!({}))).await;
+    // Three of the 5 s rechecks a waiting stage would make: nothing may go.
+    let until = Instant::now() + Duration::from_secs(16);
+    while Instant::now() < until {
+        let now = replicas().await;
+        assert_eq!(
+            now,
+            vec![1, nodes as i32],
+            "an idle stage lost its replicas to one whose work is over"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    env.delete_workflow_and_its_pods("over").await;
+}
+
 // Pre-warmed instances whose input is late give their room too: `b` was pre-warmed on
 // every node for a time that has passed (its window stays open for the 10 min delay),
 // then `a` gets an invocation that no node has room for. Before the pre-warm's ready

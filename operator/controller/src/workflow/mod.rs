@@ -45,7 +45,7 @@ use vflow_planner::{WorkflowPlan, plan::StageDecision};
 use vflow_runs::demand::{DemandBoard, WorkflowDemand};
 
 use crate::{
-    autoscaler::{self, PrewarmWindow, ScaleInput},
+    autoscaler::{self, PrewarmWindow, ScaleInput, ScaleReason},
     config::Settings,
     error::{Error, Result, backoff},
     metrics::Metrics,
@@ -553,7 +553,11 @@ pub fn desired(
                 .unwrap_or(now);
             out.requeue_at = Some(out.requeue_at.map_or(at, |r| r.min(at)));
         }
-        if scale.replicas > ready_replicas {
+        // A stage that only keeps its replicas through its idle delay needs no room: its
+        // unplaced pod (left from when it had work) must not take other stages' idle
+        // ones (it did: the detect example's pending pods, after the run, took stitch's
+        // pod as the run ended).
+        if scale.replicas > ready_replicas && scale.reason != ScaleReason::IdleGrace {
             // Nothing watched moves when the scheduler gives up on a pod: look again
             // soon, and ask then whether the pods can be placed (see `unplaceable`).
             out.waiting.push(stage.name.clone());
