@@ -1282,6 +1282,38 @@ spec:
     dra.remove().await;
 }
 
+/// Two thumbnail stages `a` -> `b` whose pods take 160Gi each (one per kwok node of
+/// 256Gi), at most `a_max` and `b_max` replicas, a 10 min scale-to-zero delay, and
+/// `annotations` (what is in flight, pre-warm requests): the room tests' workflow.
+fn two_big_stages(
+    ns: &str,
+    name: &str,
+    (a_max, b_max): (u32, u32),
+    annotations: &[(&str, String)],
+) -> VideoWorkflow {
+    let mut wf: VideoWorkflow = serde_saphyr::from_str(&format!(
+        r#"apiVersion: vflow.io/v1alpha1
+kind: VideoWorkflow
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  storage: {{endpoint: "http://minio.vflow-system.svc:9000", bucket: videos, secretRef: {{name: vflow-s3}}}}
+  fusion: Disabled
+  scaleToZeroAfter: 10m
+  stages:
+    - {{name: a, function: thumbnail, overrides: {{memory: 160Gi, cpu: 100m, concurrency: 1, maxScale: {a_max}}}}}
+    - {{name: b, function: thumbnail, after: [a], overrides: {{memory: 160Gi, cpu: 100m, concurrency: 1, maxScale: {b_max}}}}}
+"#
+    ))
+    .expect("workflow");
+    wf.metadata.annotations = Some(
+        annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+    );
+    wf
+}
+
 // Idle instances give their room to a stage of the same workflow whose pods the
 // scheduler cannot place. Stage `a` ran on every node (160Gi each, the nodes have
 // 256Gi) and is idle, within its 10 min scale-to-zero delay; stage `b` now has work
@@ -1293,27 +1325,13 @@ async fn idle_instances_give_their_room_to_a_stage_the_scheduler_cannot_place() 
     let env = Env::new("room").await;
     let nodes = env.kwok_nodes().await;
     let _op = Operator::start(&env, "a", &["--leader-elect=false"]);
-    let spec = |in_flight: serde_json::Value| -> VideoWorkflow {
-        let mut wf: VideoWorkflow = serde_saphyr::from_str(&format!(
-            r#"apiVersion: vflow.io/v1alpha1
-kind: VideoWorkflow
-metadata: {{name: room, namespace: {ns}}}
-spec:
-  storage: {{endpoint: "http://minio.vflow-system.svc:9000", bucket: videos, secretRef: {{name: vflow-s3}}}}
-  fusion: Disabled
-  scaleToZeroAfter: 10m
-  stages:
-    - {{name: a, function: thumbnail, overrides: {{memory: 160Gi, cpu: 100m, concurrency: 1, maxScale: {nodes}}}}}
-    - {{name: b, function: thumbnail, after: [a], overrides: {{memory: 160Gi, cpu: 100m, concurrency: 1, maxScale: 1}}}}
-"#,
-            ns = env.ns
-        ))
-        .expect("workflow");
-        wf.metadata.annotations = Some(BTreeMap::from([(
-            "vflow.io/in-flight".to_string(),
-            in_flight.to_string(),
-        )]));
-        wf
+    let spec = |in_flight: serde_json::Value| {
+        two_big_stages(
+            &env.ns,
+            "room",
+            (nodes, 1),
+            &[("vflow.io/in-flight", in_flight.to_string())],
+        )
     };
     let deployments: Api<Deployment> = env.api();
     let ready = |stage: &str, n: i32| env.ready_replicas(format!("room-{stage}"), n);
@@ -1357,27 +1375,13 @@ async fn a_stage_whose_work_is_over_does_not_take_the_room_of_idle_ones() {
     let env = Env::new("room-over").await;
     let nodes = env.kwok_nodes().await;
     let _op = Operator::start(&env, "a", &["--leader-elect=false"]);
-    let spec = |in_flight: serde_json::Value| -> VideoWorkflow {
-        let mut wf: VideoWorkflow = serde_saphyr::from_str(&format!(
-            r#"apiVersion: vflow.io/v1alpha1
-kind: VideoWorkflow
-metadata: {{name: over, namespace: {ns}}}
-spec:
-  storage: {{endpoint: "http://minio.vflow-system.svc:9000", bucket: videos, secretRef: {{name: vflow-s3}}}}
-  fusion: Disabled
-  scaleToZeroAfter: 10m
-  stages:
-    - {{name: a, function: thumbnail, overrides: {{memory: 160Gi, cpu: 100m, concurrency: 1, maxScale: {nodes}}}}}
-    - {{name: b, function: thumbnail, after: [a], overrides: {{memory: 160Gi, cpu: 100m, concurrency: 1, maxScale: {nodes}}}}}
-"#,
-            ns = env.ns
-        ))
-        .expect("workflow");
-        wf.metadata.annotations = Some(BTreeMap::from([(
-            "vflow.io/in-flight".to_string(),
-            in_flight.to_string(),
-        )]));
-        wf
+    let spec = |in_flight: serde_json::Value| {
+        two_big_stages(
+            &env.ns,
+            "over",
+            (nodes, nodes),
+            &[("vflow.io/in-flight", in_flight.to_string())],
+        )
     };
     let deployments: Api<Deployment> = env.api();
     let pods: Api<Pod> = env.api();
@@ -1438,30 +1442,17 @@ async fn prewarmed_instances_past_their_ready_time_give_their_room_to_waiting_wo
     let at = Timestamp::now()
         .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(5))
         .expect("time");
-    let spec = |in_flight: serde_json::Value| -> VideoWorkflow {
-        let mut wf: VideoWorkflow = serde_saphyr::from_str(&format!(
-            r#"apiVersion: vflow.io/v1alpha1
-kind: VideoWorkflow
-metadata: {{name: room-prewarm, namespace: {ns}}}
-spec:
-  storage: {{endpoint: "http://minio.vflow-system.svc:9000", bucket: videos, secretRef: {{name: vflow-s3}}}}
-  fusion: Disabled
-  scaleToZeroAfter: 10m
-  stages:
-    - {{name: a, function: thumbnail, overrides: {{memory: 160Gi, cpu: 100m, concurrency: 1, maxScale: 1}}}}
-    - {{name: b, function: thumbnail, after: [a], overrides: {{memory: 160Gi, cpu: 100m, concurrency: 1, maxScale: {nodes}}}}}
-"#,
-            ns = env.ns
-        ))
-        .expect("workflow");
-        wf.metadata.annotations = Some(BTreeMap::from([
-            (
-                "vflow.io/prewarm".to_string(),
-                json!([{"stage": "b", "replicas": nodes, "at": at.to_string()}]).to_string(),
-            ),
-            ("vflow.io/in-flight".to_string(), in_flight.to_string()),
-        ]));
-        wf
+    let spec = |in_flight: serde_json::Value| {
+        let prewarm = json!([{"stage": "b", "replicas": nodes, "at": at.to_string()}]);
+        two_big_stages(
+            &env.ns,
+            "room-prewarm",
+            (1, nodes),
+            &[
+                ("vflow.io/prewarm", prewarm.to_string()),
+                ("vflow.io/in-flight", in_flight.to_string()),
+            ],
+        )
     };
     let deployments: Api<Deployment> = env.api();
     let ready = |stage: &str, n: i32| env.ready_replicas(format!("room-prewarm-{stage}"), n);
