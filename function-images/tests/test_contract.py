@@ -135,15 +135,17 @@ def test_warmup(tmp_path):
         assert p.returncode == 0, p.stderr
 
 
-def test_an_ffmpeg_without_the_encoder_is_a_usage_error_naming_it(fn, clips, tmp_path):
+@pytest.mark.parametrize("codec,encoder", [("h264", "libx264"), ("vp9", "libvpx-vp9")])
+def test_an_ffmpeg_without_the_encoder_is_a_usage_error_naming_it(fn, clips, tmp_path, codec, encoder):
     # The encoder is not listed beforehand (a process start per encode): ffmpeg's own
-    # refusal is read instead. A stand-in ffmpeg that lacks libx264; ffprobe is real.
+    # refusal is read instead, for every codec. A stand-in ffmpeg that lacks the
+    # encoder; ffprobe is real.
     fake = tmp_path / "bin"
     fake.mkdir()
-    (fake / "ffmpeg").write_text("#!/bin/sh\necho \"Unknown encoder 'libx264'\" >&2\nexit 8\n")
+    (fake / "ffmpeg").write_text(f"#!/bin/sh\necho \"Unknown encoder '{encoder}'\" >&2\nexit 8\n")
     (fake / "ffmpeg").chmod(0o755)
-    r = fn("transcode", [clips["gop25"]], env={"PATH": f"{fake}:{os.environ['PATH']}"})
-    assert r.rc == 2 and "libx264 encoder, which this ffmpeg build lacks" in r.stderr, r
+    r = fn("transcode", [clips["gop25"]], codec=codec, env={"PATH": f"{fake}:{os.environ['PATH']}"})
+    assert r.rc == 2 and f"{encoder} encoder, which this ffmpeg build lacks" in r.stderr, r
     assert r.files() == []
 
 
