@@ -313,13 +313,15 @@ PACKET_ENTRIES = "packet=stream_index,pts_time,duration_time,flags"
 INLINE_PACKETS_MAX = 512 * 1024 * 1024
 
 
-def ffprobe(path: str, extra: list[str] | None = None, packets: bool = False) -> dict:
+def ffprobe(path: str, extra: list[str] | None = None, packets: bool = False,
+            every_stream: bool = False) -> dict:
     """Format and streams of a media file, or FnError saying the input is unreadable.
 
-    `packets` adds the video streams' packets (stream_index, pts_time, flags; no
-    decoding) under "packets", from the same process: each ffprobe start costs ~0.1 s
-    of library loading, which a per-segment function pays per call. Only for files up
-    to INLINE_PACKETS_MAX bytes: every stream's packets pass through this process's
+    `packets` adds the video streams' packets (stream_index, pts_time, duration_time,
+    flags; no decoding) under "packets", from the same process: each ffprobe start
+    costs ~0.1 s of library loading, which a per-segment function pays per call;
+    `every_stream` keeps the other streams' packets too. Only for files up to
+    INLINE_PACKETS_MAX bytes: every stream's packets pass through this process's
     memory at once (a segment's are a few thousand; a whole film's, with its audio, are
     hundreds of thousands), so a larger file gets none here and video_pts probes its
     video alone."""
@@ -333,9 +335,9 @@ def ffprobe(path: str, extra: list[str] | None = None, packets: bool = False) ->
     if not info.get("streams"):
         raise FnError(f"reading failed on input {path}: no audio or video streams found")
     if packets:
-        video = {st.get("index") for st in info["streams"] if st.get("codec_type") == "video"}
-        info["packets"] = [{k: p[k] for k in ("stream_index", "pts_time", "flags") if k in p}
-                           for p in info.get("packets", []) if p.get("stream_index") in video]
+        keep = {st.get("index") for st in info["streams"] if every_stream or st.get("codec_type") == "video"}
+        info["packets"] = [{k: p[k] for k in ("stream_index", "pts_time", "duration_time", "flags") if k in p}
+                           for p in info.get("packets", []) if p.get("stream_index") in keep]
     return info
 
 
