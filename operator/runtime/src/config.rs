@@ -167,6 +167,12 @@ pub struct ServeArgs {
     /// process under the function (its ffmpeg). Set in pods; see `oom_events`.
     #[arg(long, env = "VFLOW_MEMORY_EVENTS")]
     pub memory_events: Option<String>,
+    /// Where the container's cgroup is mounted: its CPU limit (`cpu.max`, or v1's
+    /// `cpu/cpu.cfs_quota_us`) over --concurrency sets each function's
+    /// VFLOW_FFMPEG_THREADS, unless this process's environment sets that (see
+    /// `cpu_share`). Without a limit there, the CPUs this process may use.
+    #[arg(long, env = "VFLOW_CGROUP_ROOT", default_value = "/sys/fs/cgroup")]
+    pub cgroup_root: PathBuf,
     /// The runtime of the next stage fused into this pod (e.g. http://127.0.0.1:8081):
     /// a request with `then` hands its outputs to it through the scratch volume.
     #[arg(long, env = "VFLOW_NEXT")]

@@ -46,6 +46,7 @@ pub struct Executor {
     pub cancel: Arc<AtomicBool>,
     /// Functions running at once, for each run's packing degree.
     overlap: Arc<crate::overlap::Overlap>,
+    pub ffmpeg_threads: Option<u32>,
 }
 
 struct Observed {
@@ -75,6 +76,9 @@ pub struct ExecutorConfig {
     /// The next fused stage's runtime in this pod (see `InvokeRequest::then`).
     pub next: Option<String>,
     pub access: crate::access::Access,
+    /// `VFLOW_FFMPEG_THREADS` for every invocation (see `cpu_share`); None: the
+    /// function gets the runtime's own, or none.
+    pub ffmpeg_threads: Option<u32>,
 }
 
 fn failure(phase: Phase, message: impl Into<String>, retryable: bool) -> InvokeFailure {
@@ -138,6 +142,7 @@ impl Executor {
             }),
             next: config.next,
             access: config.access,
+            ffmpeg_threads: config.ffmpeg_threads,
             client: reqwest::Client::new(),
             store,
             instance: config.instance,
@@ -372,6 +377,12 @@ impl Executor {
         ];
         if let Some(segment) = request.segment {
             env.push(("VFLOW_SEGMENT".to_string(), segment.to_string()));
+        }
+        if let Some(threads) = self.ffmpeg_threads {
+            env.push((
+                crate::cpu_share::THREADS_VAR.to_string(),
+                threads.to_string(),
+            ));
         }
         let cancel = self.cancel.clone();
         let cwd = dir.to_path_buf();

@@ -10,6 +10,7 @@
 pub mod access;
 pub mod cli;
 pub mod config;
+pub mod cpu_share;
 pub mod executor;
 pub mod function_env;
 pub mod gpu;

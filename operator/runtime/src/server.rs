@@ -414,6 +414,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
             instance: args.instance_name(),
             next: args.next.clone(),
             access: args.access()?,
+            ffmpeg_threads: crate::cpu_share::ffmpeg_threads(&args.cgroup_root, args.concurrency),
         },
         store,
         metrics,
@@ -431,7 +432,8 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
     let (listener, address) =
         crate::config::listen(args.bind, args.port, args.port_file.as_deref()).await?;
     tracing::info!(%address, function = %args.function, concurrency = args.concurrency,
-                   memory_limit = args.memory_limit, "listening");
+                   memory_limit = args.memory_limit, ffmpeg_threads = state.executor.ffmpeg_threads,
+                   "listening");
 
     let (warm_failed_tx, warm_failed_rx) = tokio::sync::oneshot::channel::<String>();
     tokio::spawn({

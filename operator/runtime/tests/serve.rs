@@ -940,6 +940,64 @@ async fn the_function_gets_a_clean_environment() {
     assert!(seen.contains_key("PATH"));
 }
 
+// Issue 19 item 6: ffmpeg sized its threads by the node's CPUs, not the pod's limit.
+#[tokio::test]
+async fn each_function_gets_threads_from_the_cpu_limit_over_the_slots() {
+    let s = setup();
+    s.put("in/a.bin", b"a").await;
+    let available = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // (cpu.max, --concurrency) -> the VFLOW_FFMPEG_THREADS the function sees
+    let cases = [
+        ("100000 100000", 1, 1),
+        ("max 100000", 1, available),
+        ("max 100000", 2, (available / 2).max(1)),
+        ("400000 100000", 1, available.min(4)),
+    ];
+    for (i, (cpu_max, slots, want)) in cases.into_iter().enumerate() {
+        let cgroup = s.dir.path().join(format!("cgroup-{i}"));
+        std::fs::create_dir_all(&cgroup).expect("mkdir");
+        std::fs::write(cgroup.join("cpu.max"), cpu_max).expect("write cpu.max");
+        let scratch = s.dir.path().join(format!("scratch-{i}"));
+        let mut env = s.s3.env();
+        env.push(("VFLOW_COMMAND".into(), command(&[])));
+        let rt = Runtime::start(
+            s.dir.path(),
+            &[
+                "--scratch-dir",
+                &scratch.to_string_lossy(),
+                "--cgroup-root",
+                &cgroup.to_string_lossy(),
+                "--concurrency",
+                &slots.to_string(),
+            ],
+            &env,
+        );
+        rt.wait_ready(&s.client).await;
+        let prefix = format!("s3://videos/threads-{i}/");
+        let (status, _, body) = invoke(
+            &s.client,
+            &rt.url,
+            json!({"run": "r1", "stage": "st", "inputs": ["s3://videos/in/a.bin"],
+                   "outputPrefix": prefix, "params": {"mode": "env"}}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let seen = s
+            .store
+            .get_bytes(&loc(&format!("{prefix}env.json")))
+            .await
+            .expect("get")
+            .expect("env.json");
+        let seen: std::collections::BTreeMap<String, String> =
+            serde_json::from_slice(&seen).expect("json");
+        assert_eq!(
+            seen.get("VFLOW_FFMPEG_THREADS").map(String::as_str),
+            Some(want.to_string().as_str()),
+            "cpu.max {cpu_max:?}, {slots} slots, {available} CPUs"
+        );
+    }
+}
+
 // Issue 17: any caller could make a pod's runtime read the pod's files.
 #[tokio::test]
 async fn local_directories_work_only_for_the_local_backend() {

@@ -38,6 +38,8 @@ impl Runtime {
             .env_remove("AWS_ACCESS_KEY_ID")
             .env_remove("AWS_SECRET_ACCESS_KEY")
             .env_remove("VFLOW_S3_CREDENTIALS_DIR")
+            // A test that wants it sets it: otherwise the runtime derives it (cpu_share).
+            .env_remove("VFLOW_FFMPEG_THREADS")
             .stdout(Stdio::null())
             .stderr(log_file);
         for (k, v) in env {
