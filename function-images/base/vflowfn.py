@@ -657,18 +657,61 @@ def encode_video(ctx: "Context", src: str, info: dict, what: str, *, vfilter: st
         vmap = ["-map", f"0:{v['index']}", "-vf", ",".join(f for f in (pre, vfilter, EVEN_SIZE) if f)]
     amap = (["-map", f"0:{a['index']}"] + audio_args(acodec, container)) if a else []
     out = ctx.out(f"output.{EXT[container]}")
+    progress = os.path.join(ctx.work, f"progress-{len(ENCODED_FRAMES)}.txt")
     # -enc_time_base -1 encodes in the input's time base, so every frame keeps its exact
     # pts. With the default (1/frame rate) each pts was rounded to the frame grid: a
     # first frame at 0.022 s went to 0.040 s, webm's millisecond timestamps moved by up
     # to half a frame, each against the audio, which is copied as it is. (The mp4 is the
     # same either way; ffprobe merely shows no packet durations for x264 with B-frames.)
-    ffmpeg([*ins, *vmap, *enc, *amap, "-fps_mode", "passthrough", "-enc_time_base:v", "-1",
-            *muxer_args(container, a if amap else None), out], what, src, cwd=cwd)
+    ffmpeg(["-progress", progress, *ins, *vmap, *enc, *amap, "-fps_mode", "passthrough",
+            "-enc_time_base:v", "-1", *muxer_args(container, a if amap else None), out], what, src, cwd=cwd)
+    frames = encoded_frames(progress)
+    if frames is not None:
+        ENCODED_FRAMES[out] = frames
     return out
+
+
+# Frames ffmpeg reported encoding into each output encode_video wrote (its -progress
+# file's last "frame="): check_complete needs no probe of an output that has them all.
+ENCODED_FRAMES: dict[str, int] = {}
+
+
+def encoded_frames(progress: str) -> int | None:
+    """The last `frame=` of an ffmpeg -progress file whose last block ends the run
+    (`progress=end`); None when it is missing or did not finish."""
+    try:
+        with open(progress) as f:
+            lines = f.read().split()
+    except OSError:
+        return None
+    if not lines or lines[-1] != "progress=end":
+        return None
+    frames = [ln.split("=", 1)[1] for ln in lines if ln.startswith("frame=")]
+    return int(frames[-1]) if frames and frames[-1].isdigit() else None
+
+
+def _every_frame_encoded(src: str, info: dict, out: str) -> bool:
+    """Whether `out` holds every source frame, known without probing it: the encoder took
+    as many frames as the source has video packets, none before its first keyframe
+    (frames pass one for one), and those packets span the duration the source declares
+    (a source cut off where its packets end is left to the full check). Anything else
+    (a lost GOP, field-coded video, a short source) goes to the full check."""
+    frames = ENCODED_FRAMES.get(out)
+    if frames is None or "packets" not in info:
+        return False
+    v = video_stream(info, src)
+    pts, key = video_pts(src, v["index"], info)
+    if not pts or frames != len(pts) or key is None or key > pts[0] + 1e-6:
+        return False
+    fps = frame_rate(v)
+    want = float(v.get("duration") or duration(info) or 0)
+    return pts[-1] - pts[0] + 1 / fps >= want - max(0.5, 3 / fps)
 
 
 def check_complete(src: str, info: dict, out: str) -> None:
     """A truncated or damaged input can decode "successfully" to a shorter output: refuse it."""
+    if _every_frame_encoded(src, info, out):
+        return
     want = float(video_stream(info, src).get("duration") or duration(info) or 0)
     got_info = ffprobe(out, packets=True)
     got = float(video_stream(got_info, out).get("duration") or duration(got_info) or 0)
