@@ -892,6 +892,7 @@ def run_once(fn: Function, argv: list[str]) -> int:
     stage = work = None
     moved: list[str] = []
     ok = False
+    ENCODED_FRAMES.clear()  # this invocation's encodes only (a resident worker runs many)
     try:
         inputs, params, output_dir, metadata_path = parse_argv(fn, argv)
         for path in inputs:
