@@ -657,7 +657,7 @@ def encode_video(ctx: "Context", src: str, info: dict, what: str, *, vfilter: st
         vmap = ["-map", f"0:{v['index']}", "-vf", ",".join(f for f in (pre, vfilter, EVEN_SIZE) if f)]
     amap = (["-map", f"0:{a['index']}"] + audio_args(acodec, container)) if a else []
     out = ctx.out(f"output.{EXT[container]}")
-    progress = os.path.join(ctx.work, f"progress-{len(ENCODED_FRAMES)}.txt")
+    progress = os.path.join(ctx.work, f"progress-{os.path.basename(out)}.txt")
     # -enc_time_base -1 encodes in the input's time base, so every frame keeps its exact
     # pts. With the default (1/frame rate) each pts was rounded to the frame grid: a
     # first frame at 0.022 s went to 0.040 s, webm's millisecond timestamps moved by up
