@@ -9,6 +9,8 @@ check order and gaps after any number of per-segment stages.
 import csv
 import os
 
+from mp4_comment import set_comment
+
 from vflowfn import (Context, EVEN_SIZE, FnError, Function, Param, audio_args, audio_stream, check_frames,
                      duration, ffmpeg, ffprobe, frame_rate, movie_timescale, muxer_args, parallel_map, parallel_workers,
                      pick_container, probe_packets, seconds_or_zero, video_encoder_args, video_stream, FORMAT)
@@ -207,22 +209,33 @@ def run(ctx: Context) -> dict:
     rows[0][1] = str(max(0.0, first))
     if not copy:  # decoding a damaged input can lose frames: a hole that no duration shows
         check_frames(src, info, [(os.path.join(ctx.work, name), float(start)) for name, start, _ in rows])
-    # Remux (stream copy) to tag each segment with its place in the whole. One ffmpeg
-    # tags a batch of segments, its inputs to its outputs one for one: a process start
-    # (~0.1 s of library loading) cost as much as remuxing a 50 MB segment. The batches
-    # side by side.
+    def tag_of(i: int, start: str, end: str) -> str:
+        return f"vflow-segment index={i} count={len(rows)} start={float(start):.6f} end={float(end):.6f}"
+
+    # Each segment is tagged with its place in the whole. An mp4 (its index last, as the
+    # segment muxer writes it) in place: its index rewritten, not its 50 MB of media.
+    numbered = []
+    for i, (name, start, end) in enumerate(rows):
+        path = os.path.join(ctx.work, name)
+        if container == "mp4" and set_comment(path, tag_of(i, start, end)):
+            os.replace(path, ctx.out(f"segment-{i:05d}.{container}"))
+        else:
+            numbered.append((i, (name, start, end)))
+    # Others by a remux (stream copy). One ffmpeg tags a batch of segments, its inputs to
+    # its outputs one for one: a process start (~0.1 s of library loading) cost as much
+    # as remuxing a 50 MB segment. The batches side by side.
     def tag(batch: list[tuple[int, list[str]]]) -> None:
         args = [x for _, (name, _, _) in batch for x in ("-i", os.path.join(ctx.work, name))]
         for k, (i, (_, start, end)) in enumerate(batch):
-            tag = f"vflow-segment index={i} count={len(rows)} start={float(start):.6f} end={float(end):.6f}"
+            tag = tag_of(i, start, end)
             # each output's metadata and chapters from its own input (ffmpeg's default: the first's)
             args += ["-map", str(k), "-map_metadata", str(k), "-map_chapters", str(k), "-c", "copy",
                      "-metadata", f"comment={tag}", *muxer_args(container, a), ctx.out(f"segment-{i:05d}.{container}")]
         ffmpeg(args, "tagging segments", src)
 
-    numbered = list(enumerate(rows))
-    batches = max(parallel_workers(len(numbered)), -(-len(numbered) // TAG_BATCH))
-    parallel_map(tag, [numbered[b::batches] for b in range(batches)])
+    if numbered:
+        batches = max(parallel_workers(len(numbered)), -(-len(numbered) // TAG_BATCH))
+        parallel_map(tag, [numbered[b::batches] for b in range(batches)])
     return {"segments": len(rows), "duration": round(total, 6)}
 
 
