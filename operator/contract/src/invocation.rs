@@ -96,7 +96,10 @@ impl InvokeRequest {
 pub struct OutputObject {
     pub uri: String,
     pub bytes: u64,
-    pub sha256: String,
+    /// The object's SHA-256 where its bytes were sent (S3); absent for a file moved
+    /// within a local store (see `vflow_storage::Transfer::sha256`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 /// What a successful invocation produced and used.

@@ -94,7 +94,7 @@ fn response() -> String {
         outputs: vec![OutputObject {
             uri: "s3://videos/o/x.bin".into(),
             bytes: 1,
-            sha256: "00".into(),
+            sha256: Some("00".into()),
         }],
         metadata: Default::default(),
         bytes_in: 1,

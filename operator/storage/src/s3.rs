@@ -217,7 +217,10 @@ impl S3Store {
                 got: sha256,
             });
         }
-        Ok(Transfer { bytes: got, sha256 })
+        Ok(Transfer {
+            bytes: got,
+            sha256: Some(sha256),
+        })
     }
 
     pub async fn upload(
@@ -246,7 +249,10 @@ impl S3Store {
                 .await
                 .map_err(|e| classify(e, uri(bucket, key), "PutObject"))?;
         }
-        Ok(Transfer { bytes, sha256 })
+        Ok(Transfer {
+            bytes,
+            sha256: Some(sha256),
+        })
     }
 
     async fn upload_parts(

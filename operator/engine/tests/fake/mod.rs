@@ -181,7 +181,7 @@ impl Fake {
                     .get(&request.stage)
                     .and_then(|sizes| sizes.get(i).copied())
                     .unwrap_or(1),
-                sha256: String::new(),
+                sha256: None,
             })
             .collect();
         let response = InvokeResponse {
