@@ -500,11 +500,18 @@ for p in problems:
     print(f"e2e-kind: {p}", file=sys.stderr)
 sys.exit(1 if problems else 0)
 EOF
-# `vflow logs` reads the function containers' logs through the kubelet: the last
-# stage's pods are still up (they scale to zero only after scaleToZeroAfter).
+# `vflow logs` reads the function containers' logs through the kubelet. The stage's
+# pod may be replaced right after the run (seen: the stitch Deployment scaled 1 -> 0 ->
+# 1 within seconds of the run's end, and the new pod was still being scheduled), so
+# this waits up to 90 s for a stitch runtime's log line, from whichever pod is up.
 step "vflow logs e2e-detect --stage stitch"
-logs="$("$vflow_cli" logs e2e-detect -n "$ns" --stage stitch --tail 200)" || die "vflow logs failed"
-grep -q '"function":"stitch"' <<<"$logs" || die "vflow logs printed no log line of the stitch runtime: $logs"
+deadline=$((SECONDS + 90))
+while :; do
+	logs="$("$vflow_cli" logs e2e-detect -n "$ns" --stage stitch --tail 200 2>&1)" || logs="vflow logs failed: $logs"
+	grep -q '"function":"stitch"' <<<"$logs" && break
+	((SECONDS < deadline)) || die "vflow logs printed no log line of the stitch runtime in 90 s: $logs"
+	sleep 3
+done
 head -n 5 <<<"$logs"
 detect_out="$(kubectl -n "$ns" get videoworkflowrun e2e-detect -o jsonpath='{.status.outputs[0].uri}')"
 [[ $detect_out == s3://videos/* ]] || die "the detect run lists no output"
