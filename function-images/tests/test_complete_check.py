@@ -25,11 +25,21 @@ def probe_logging_path(tmp_path: Path) -> tuple[dict, Path]:
 
 
 def test_a_complete_encode_is_not_probed_again(fn, clips, tmp_path):
+    from conftest import ffmpeg
     env, log = probe_logging_path(tmp_path)
-    r = fn("transcode", [clips["gop25"]], env=env, preset="ultrafast")
+    # an mkv source is probed (its packets with it), the complete output is not
+    mkv = tmp_path / "gop25.mkv"
+    ffmpeg("-i", clips["gop25"], "-c", "copy", mkv)
+    r = fn("transcode", [mkv], env=env, preset="ultrafast")
     assert r.rc == 0, r
     probed = log.read_text().split()
-    assert probed == [str(clips["gop25"])], probed
+    assert probed == [str(mkv)], probed
+    assert count_frames(r.out / "output.mp4") == count_frames(clips["gop25"])
+    # a plain H.264 mp4 is read from its index (mp4_index): no ffprobe at all
+    log.unlink()
+    r = fn("transcode", [clips["gop25"]], env=env, preset="ultrafast")
+    assert r.rc == 0, r
+    assert not log.exists(), log.read_text()
     assert count_frames(r.out / "output.mp4") == count_frames(clips["gop25"])
 
 
@@ -41,8 +51,9 @@ def test_a_damaged_source_still_gets_the_full_check(fn, tmp_path):
     env, log = probe_logging_path(tmp_path)
     r = fn("transcode", [tmp_path / "damaged.mp4"], env=env, preset="ultrafast")
     assert r.rc == 1 and "is damaged" in r.stderr, r
+    # the source's index is intact (it is read, not probed); the output is probed
     probed = log.read_text().split()
-    assert probed[0] == str(tmp_path / "damaged.mp4") and probed[-1].endswith("output.mp4"), probed
+    assert len(probed) == 1 and probed[0].endswith("output.mp4"), probed
 
 
 def info(pts, key_at=0, declared=None):

@@ -1,7 +1,7 @@
 """transcode: re-encodes video to a codec at a CRF or a bitrate, into mp4, mkv or webm."""
 import re
 
-from vflowfn import (Context, Function, Param, PRESETS, UsageError, check_complete, encode_video, ffprobe)
+from vflowfn import (Context, Function, Param, PRESETS, UsageError, check_complete, encode_video, probe_for_encode)
 
 CODECS = ["h264", "hevc", "vp9", "av1"]
 DEFAULT_CRF = {"h264": 23, "hevc": 28, "vp9": 33, "av1": 35}
@@ -33,7 +33,7 @@ def run(ctx: Context) -> None:
         raise UsageError(f"container webm holds vp9 or av1, not {codec}")
     bitrate = str(bits_per_second(p["bitrate"])) if p["bitrate"] else None
     crf = None if bitrate else (p["crf"] if p["crf"] is not None else DEFAULT_CRF[codec])
-    info = ffprobe(src, packets=True)  # check_complete reads its packets
+    info = probe_for_encode(src)  # check_complete reads its packets
     out = encode_video(ctx, src, info, f"transcoding to {codec}/{container}", codec=codec, crf=crf,
                        preset=p["preset"], bitrate=bitrate, container=container, keyint=p["keyint"])
     check_complete(src, info, out)
