@@ -276,7 +276,7 @@ def _ratio(num: int, den: int) -> str:
 
 
 def _track(data: bytes, trak: tuple[int, int], index: int, movie_scale: int, file_size: int,
-           decoder_facts: bool) -> tuple[dict, list[dict]]:
+           decoder_facts: bool, every_stream: bool) -> tuple[dict, list[dict]]:
     mdia = _child(data, *trak, b"mdia")
     hdlr, _ = _child(data, *mdia, b"hdlr")
     handler = data[hdlr + 8:hdlr + 12]
@@ -342,12 +342,14 @@ def _track(data: bytes, trak: tuple[int, int], index: int, movie_scale: int, fil
         raise Unsupported("audio with composition offsets")
     shift, unit = delay - media, 1 / scale  # ffprobe prints a time as ticks * (1 / timescale)
     packets, kept = [], []
+    wanted = every_stream or kind == "video"
     for i, (c, d) in enumerate(zip(cts, deltas)):
         key = sync is None or i in sync
         discard = c + d <= media
-        packets.append({"stream_index": index, "pts_time": f"{(c + shift) * unit:.6f}",
-                        "duration_time": f"{d * unit:.6f}",
-                        "flags": ("K" if key else "_") + ("D" if discard else "_")})
+        if wanted:
+            packets.append({"stream_index": index, "pts_time": f"{(c + shift) * unit:.6f}",
+                            "duration_time": f"{d * unit:.6f}",
+                            "flags": ("K" if key else "_") + ("D" if discard else "_")})
         if not discard:
             kept.append(c)
     if not kept:
@@ -385,11 +387,13 @@ def _comment(data: bytes) -> str | None:
     return None
 
 
-def read(path: str, decoder_facts: bool = False) -> dict | None:
-    """ffprobe's view (format, streams, every stream's packets) of the MP4 at `path`, or
-    None where its layout is not the simple one this reads. `decoder_facts` adds the
-    video's field_order and color_transfer (what a function filters by), which only
-    plain H.264 tracks give here: other files come back None with it."""
+def read(path: str, every_stream: bool = False, decoder_facts: bool = False) -> dict | None:
+    """ffprobe's view of the MP4 at `path` (vflowfn.ffprobe(path, packets=True,
+    every_stream)): format, streams, the video's packets (`every_stream`: every
+    stream's), or None where its layout is not the simple one this reads.
+    `decoder_facts` adds the video's field_order and color_transfer (what a function
+    filters by), which only plain H.264 tracks give here: other files come back None
+    with it."""
     try:
         moov = _find_moov(path)
         mvhd = _child(moov, 0, len(moov), b"mvhd")
@@ -399,7 +403,7 @@ def read(path: str, decoder_facts: bool = False) -> dict | None:
         traks = [(s, e) for k, s, e in _boxes(moov) if k == b"trak"]
         streams, packets = [], []
         for i, trak in enumerate(traks):
-            stream, pk = _track(moov, trak, i, movie_scale, os.path.getsize(path), decoder_facts)
+            stream, pk = _track(moov, trak, i, movie_scale, os.path.getsize(path), decoder_facts, every_stream)
             streams.append(stream)
             packets += pk
         kinds = [s["codec_type"] for s in streams]

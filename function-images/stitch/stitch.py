@@ -197,7 +197,7 @@ def probe_inputs(inputs: list[str]) -> list[dict]:
     (mp4_index: a few milliseconds each); otherwise each is probed by ffprobe, side by
     side: ~0.1 CPU s of library loading per start, 16 of them on the path from the last
     segment to the output."""
-    indexed = [mp4_index.read(p) for p in inputs]
+    indexed = [mp4_index.read(p, every_stream=True) for p in inputs]
     if all(indexed) and alike(indexed):
         return indexed
     return parallel_map(lambda p: ffprobe(p, packets=True, every_stream=True), inputs)

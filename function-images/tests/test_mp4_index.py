@@ -33,7 +33,7 @@ def assert_as_ffprobe(path: Path) -> dict:
     the last audio packet's duration (it shortens a track's last packet by the track's
     leading empty edit, or reports the full length where the index has a shorter one;
     stitch takes the typical packet length there either way)."""
-    got, want = mp4_index.read(str(path)), ffprobe(path)
+    got, want = mp4_index.read(str(path), every_stream=True), ffprobe(path)
     assert got is not None, f"{path.name}: not read"
     assert got["format"]["start_time"] == want["format"]["start_time"]
     assert got["format"]["duration"] == want["format"]["duration"]
@@ -53,8 +53,10 @@ def assert_as_ffprobe(path: Path) -> dict:
             if "duration_time" in b and not (g["codec_type"] == "audio" and i == last):
                 assert a["duration_time"] == b["duration_time"], f"{path.name} packet {i} duration"
     # what a function filters by, for H.264 (other codecs: not read with them)
-    facts = mp4_index.read(str(path), decoder_facts=True)
     video = next(s for s in want["streams"] if s["codec_type"] == "video")
+    facts = mp4_index.read(str(path), decoder_facts=True)
+    if facts:  # as ffprobe(packets=True) without every_stream: the video's packets only
+        assert {p["stream_index"] for p in facts["packets"]} == {video["index"]}
     assert (facts is not None) == (video["codec_name"] == "h264"), path.name
     if facts:
         fv = next(s for s in facts["streams"] if s["codec_type"] == "video")
