@@ -369,6 +369,30 @@ def _track(data: bytes, trak: tuple[int, int], index: int, movie_scale: int, fil
     return stream, packets
 
 
+def index_first(path: str) -> bool:
+    """Whether the MP4 at `path` is laid out index first: its top-level boxes tile the
+    file exactly, and its moov comes before its media (mdat)."""
+    order = []
+    with open(path, "rb") as f:
+        size = f.seek(0, 2)
+        off = 0
+        while off < size:
+            f.seek(off)
+            head = f.read(16)
+            if len(head) < 8:
+                return False
+            box, kind = struct.unpack_from(">I4s", head)
+            if box == 1 and len(head) == 16:
+                (box,) = struct.unpack_from(">Q", head, 8)
+            elif box == 0:
+                box = size - off
+            if box < 8 or off + box > size or kind not in (b"ftyp", b"moov", b"free", b"mdat", b"skip", b"uuid"):
+                return False
+            order.append(kind)
+            off += box
+    return b"moov" in order and b"mdat" in order and order.index(b"moov") < order.index(b"mdat")
+
+
 def _comment(data: bytes) -> str | None:
     for kind, s, e in _boxes(data):
         if kind != b"udta":

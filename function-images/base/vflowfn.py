@@ -518,12 +518,36 @@ EXT = {"mp4": "mp4", "mkv": "mkv", "webm": "webm"}
 FORMAT = {"mp4": "mp4", "mkv": "matroska", "webm": "webm"}
 
 
-def muxer_args(container: str, audio: dict | None = None) -> list[str]:
-    """Output format options; `audio` is the audio stream that goes into the file, if any."""
-    # faststart puts the index first so a segment can be read while streaming.
-    args = {"mp4": ["-f", "mp4", "-movflags", "+faststart"], "mkv": ["-f", "matroska"],
-            "webm": ["-f", "webm"]}[container]
+def muxer_args(container: str, audio: dict | None = None, packets: int | None = None) -> list[str]:
+    """Output format options; `audio` is the audio stream that goes into the file, if any.
+
+    An mp4 has its index (moov) first, so that it can be read while streaming. With
+    `packets`, at least as many as the file will hold, the index is written into room
+    reserved for it before the media (index_room); without, faststart moves it there by
+    a second pass that reads and writes the whole file again (0.16 s on a 538 MB join,
+    ~0.03 s per 36 MB segment). Check a file written with the room by index_fits."""
+    if container == "mp4":
+        first = ["-moov_size", str(index_room(packets))] if packets else ["-movflags", "+faststart"]
+        args = ["-f", "mp4", *first]
+    else:
+        args = {"mkv": ["-f", "matroska"], "webm": ["-f", "webm"]}[container]
     return args + movie_timescale(container, audio)
+
+
+def index_room(packets: int) -> int:
+    """Bytes to reserve for an mp4 index of `packets` packets: one takes 12 to 30 bytes
+    per sample (size, time, composition offset, chunk offset), so 64 plus 64 KiB for the
+    rest is room to spare; what is left stays a free box (0.06% of a 1080p join)."""
+    return 65536 + 64 * packets
+
+
+def index_fits(out: str, args: list[str]) -> bool:
+    """Whether `out`, written with `args` (muxer_args), is whole: False where the index
+    outgrew the room reserved for it, which ffmpeg 5.1 reports and exits 0 on, having
+    written the index over the start of the media; the file must be written again
+    without the room (muxer_args without packets). Not expected: the room is several
+    times what an index takes."""
+    return "-moov_size" not in args or mp4_index.index_first(out)
 
 
 def movie_timescale(container: str, audio: dict | None) -> list[str]:
@@ -673,12 +697,28 @@ def encode_video(ctx: "Context", src: str, info: dict, what: str, *, vfilter: st
     # first frame at 0.022 s went to 0.040 s, webm's millisecond timestamps moved by up
     # to half a frame, each against the audio, which is copied as it is. (The mp4 is the
     # same either way; ffprobe merely shows no packet durations for x264 with B-frames.)
-    ffmpeg(["-progress", progress, *ins, *vmap, *enc, *amap, "-fps_mode", "passthrough",
-            "-enc_time_base:v", "-1", *muxer_args(container, a if amap else None), out], what, src, cwd=cwd)
+    args = ["-progress", progress, *ins, *vmap, *enc, *amap, "-fps_mode", "passthrough", "-enc_time_base:v", "-1"]
+    mux = muxer_args(container, a if amap else None, packets_through(info, v, a if amap else None))
+    ffmpeg([*args, *mux, out], what, src, cwd=cwd)
+    if not index_fits(out, mux):
+        os.unlink(out)
+        ffmpeg([*args, *muxer_args(container, a if amap else None), out], what, src, cwd=cwd)
     frames = encoded_frames(progress)
     if frames is not None:
         ENCODED_FRAMES[out] = frames
     return out
+
+
+def packets_through(info: dict, v: dict, a: dict | None) -> int | None:
+    """How many packets an encode_video output of this input holds at most: a frame
+    per source video packet (frames pass one for one), the audio's packets (copied, or
+    re-encoded into about as many); None where the source does not say."""
+    video = (sum(1 for p in info["packets"] if p.get("stream_index") == v["index"]) if "packets" in info
+             else int(v.get("nb_frames") or 0))
+    audio = int(a.get("nb_frames") or 0) if a else 0
+    if not video or (a and not audio):
+        return None
+    return video + audio + audio // 8  # Opus packets (960 samples) are 7% more than AAC's
 
 
 # Frames ffmpeg reported encoding into each output encode_video wrote (its -progress

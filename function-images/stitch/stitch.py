@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import mp4_index
 from vflowfn import (Context, FnError, Function, Param, UsageError, audio_args, audio_stream,
-                     ffmpeg, ffprobe, fits, frame_rate, muxer_args, parallel_map, probe_packets_by_stream,
+                     ffmpeg, ffprobe, fits, frame_rate, index_fits, muxer_args, parallel_map, probe_packets_by_stream,
                      video_stream)
 
 TAG = re.compile(r"vflow-segment index=(\d+) count=(\d+) start=([\d.]+) end=([\d.]+)")
@@ -238,9 +238,17 @@ def run(ctx: Context) -> None:
     # own: without it ffmpeg subtracts the input's start time, which the concat demuxer
     # takes from the first packet, an AAC priming packet at -0.023 s (hidden by mp4's
     # edit list), so everything moved by it and the priming samples became audible.
-    ffmpeg(["-copyts", "-f", "concat", "-safe", "0", "-i", listing,
-            "-map", "0:v:0", *(["-map", "0:a:0"] if a0 else []), "-c:v", "copy", *aout, "-metadata", "comment=",
-            *muxer_args(container, a0), out], f"joining {len(ctx.inputs)} segments", ctx.inputs[0], listing=True)
+    args = ["-copyts", "-f", "concat", "-safe", "0", "-i", listing,
+            "-map", "0:v:0", *(["-map", "0:a:0"] if a0 else []), "-c:v", "copy", *aout, "-metadata", "comment="]
+    what = f"joining {len(ctx.inputs)} segments"
+    # every input's packets known (a few from each file's audio re-encoded, at most)
+    packets = (sum(len(i["packets"]) + 8 for i in infos)
+               if container == "mp4" and all("packets" in i for i in infos) else None)
+    mux = muxer_args(container, a0, packets)
+    ffmpeg([*args, *mux, out], what, ctx.inputs[0], listing=True)
+    if not index_fits(out, mux):
+        os.unlink(out)
+        ffmpeg([*args, *muxer_args(container, a0), out], what, ctx.inputs[0], listing=True)
 
 
 FUNCTION = Function(

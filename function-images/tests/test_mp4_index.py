@@ -202,6 +202,11 @@ def test_stitch_plans_the_same_joins_from_the_index_without_starting_ffprobe(pip
     joined = fn("stitch", pipeline[1], env=env)
     assert joined.rc == 0, joined
     assert not log.exists(), log.read_text()
+    # its index written into room reserved before the media (no faststart pass): what
+    # the index did not use is the free box after it
+    out = joined.out / "output.mp4"
+    assert mp4_index.index_first(str(out)) and top_level(out)[:3] == [b"ftyp", b"moov", b"free"]
+    assert_as_ffprobe(out)
     # and where the layout is not one it reads, it does probe (the recorder is in use)
     mkv = tmp_path / "a.mkv"
     ffmpeg("-i", pipeline[1][0], "-c", "copy", mkv)
@@ -233,8 +238,34 @@ def test_segment_and_transcode_read_plain_mp4s_without_starting_ffprobe(pipeline
     enc = fn("transcode", [segments[0]], preset="ultrafast", env=env)
     assert enc.rc == 0, enc
     assert not log.exists(), log.read_text()
+    # the encode's index written into room reserved for it (no faststart pass)
+    assert top_level(enc.out / "output.mp4")[:3] == [b"ftyp", b"moov", b"free"]
     interlaced = clip(tmp_path / "interlaced.mp4", "-vf", "setfield=tff", "-c:v", "libx264", "-preset",
                       "ultrafast", "-flags", "+ildct+ilme", "-c:a", "aac", seconds=1)
     enc = fn("transcode", [interlaced], preset="ultrafast", env=env)
     assert enc.rc == 0, enc
     assert log.exists() and str(interlaced) in log.read_text()
+
+
+def top_level(path: Path) -> list[bytes]:
+    data, kinds, off = path.read_bytes(), [], 0
+    while off < len(data):
+        size = int.from_bytes(data[off:off + 4], "big")
+        kinds.append(data[off + 4:off + 8])
+        off += size
+    return kinds
+
+
+def test_index_first_tells_a_usable_layout_from_an_index_written_over_the_media(tmp_path):
+    h264 = ["-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac"]
+    first = clip(tmp_path / "first.mp4", *h264, "-movflags", "+faststart")
+    last = clip(tmp_path / "last.mp4", *h264)
+    reserved = tmp_path / "reserved.mp4"
+    ffmpeg("-i", last, "-c", "copy", "-moov_size", 200000, reserved)
+    assert mp4_index.index_first(str(first)) and mp4_index.index_first(str(reserved))
+    assert not mp4_index.index_first(str(last))
+    # room too small: ffmpeg 5.1 says so, exits 0, and has written the index over the
+    # start of the media; stitch must not hand that on (it joins again with faststart)
+    broken = tmp_path / "broken.mp4"
+    ffmpeg("-i", last, "-c", "copy", "-moov_size", 1000, broken)
+    assert not mp4_index.index_first(str(broken))
