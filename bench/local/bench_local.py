@@ -531,13 +531,13 @@ def write_report(args, results):
                           f"{b['runCpuOverK'] / b.get('multiThreadedAround', r['multiThreadedSeconds']):.2f} |", "",
                           f"Reading: the multi-threaded ffmpeg keeps the {r['k']} cores "
                           f"{100 * r['multiThreadedCpuSeconds'] / (r['k'] * r['multiThreadedSeconds']):.0f}% busy, and "
-                          f"its CPU is {encoder_ratio:.2f}x the segment encodes' (with their per-invocation probes): "
+                          f"its CPU is {encoder_ratio:.2f}x the segment encodes' (each with its function's start and checks): "
                           + ("on this few cores, splitting gains no encoder efficiency, so a segment-parallel run can "
                              "at best tie it, and only " if encoder_ratio < 1.02 else
                              f"the single-threaded encoders do the same work with {100 * (1 - 1 / encoder_ratio):.0f}% "
                              "less CPU (run to run, the encoders' CPU varies by about 5% here), a margin a "
                              "segment-parallel run keeps only ")
-                          + "with its own work (split, stitch, the runtime's copies and checksums: "
+                          + "with its own work (split, stitch, the runtime's copies and process starts: "
                           f"{b['runCpuSeconds'] - b['transcodeCpuSeconds']:.1f} CPU s here) hidden. Of the balanced "
                           f"run's {b['tkSeconds']:.1f} s, {b['tkSeconds'] - b['runCpuOverK']:.1f} s are cores left "
                           "idle, mostly while the split and the stitch run alone.", ""]
@@ -560,6 +560,11 @@ def write_report(args, results):
                           "", "On K cores no overlap makes a run take less than its CPU over K: the segment-parallel "
                           "run can beat the multi-threaded ffmpeg only by less than the single-threaded encodes save "
                           "(the last line, less 1) minus vflow's own work (the line before it)."]
+                if b["runCpuSeconds"] < r["tpCpuSeconds"]:
+                    tms = [p["multiThreadedAround"] for p in b.get("pairs", [])] or [r["multiThreadedSeconds"]]
+                    lines += ["", "Here vflow's own work comes out negative: TP ran last, and the same encodes took "
+                              "more CPU then than inside the balanced run, so this difference is below the noise of "
+                              f"this machine (the TMs around the runs took {min(tms):.1f} to {max(tms):.1f} s)."]
             lines += [""]
     if results.get("othersMeasuredAt"):
         lines += [f"The sections below were measured on {results['othersMeasuredAt']} (a later run with "
