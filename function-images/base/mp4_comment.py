@@ -5,11 +5,12 @@ the segments of a 700 MB video that was 0.6 s on two cores before the first segm
 could go anywhere. When `moov` is the file's last box (the segment muxer writes it
 there), the media data and every chunk offset stay where they are, so the box can be
 rebuilt with the item and written over the old one: a few kilobytes. Any other layout
-(faststart, fragmented, 64-bit sizes, a malformed box) is left alone and reported, so
+(faststart, fragmented, a 64-bit moov, a malformed box) is left alone and reported, so
 that the caller remuxes instead.
 """
-import os
 import struct
+
+from mp4_index import Unsupported, top_level
 
 COMMENT = b"\xa9cmt"
 # ilst's `data` box: type indicator 1 is UTF-8 text, locale 0.
@@ -91,23 +92,16 @@ def set_comment(path: str, text: str) -> bool:
     """Sets the comment of the MP4 at `path` in place; False (the file untouched) when
     its layout is not one this rewrites: the caller remuxes then."""
     value = text.encode()
-    size = os.path.getsize(path)
     with open(path, "r+b") as f:
-        off = 0
-        moov = None
-        while off < size:
-            f.seek(off)
-            head = f.read(8)
-            if len(head) < 8:
-                return False
-            box_size, kind = struct.unpack(">I4s", head)
-            if box_size < 8 or off + box_size > size:
-                return False
-            if kind == b"moov":
-                moov = (off, box_size)
-            off += box_size
-        if moov is None or moov[0] + moov[1] != size or moov[1] > 64 << 20:
+        try:
+            boxes = top_level(f)
+        except (Unsupported, struct.error):
             return False
+        size = f.seek(0, 2)
+        kind, off, head, box_size = boxes[-1] if boxes else (None, 0, 0, 0)
+        if kind != b"moov" or head != 8 or off + box_size != size or box_size > 64 << 20:
+            return False
+        moov = (off, box_size)
         f.seek(moov[0] + 8)
         payload = _with_comment(f.read(moov[1] - 8), value)
         if payload is None or 8 + len(payload) >= 1 << 32:

@@ -73,38 +73,42 @@ def _path(data: bytes, start: int, end: int, *kinds: bytes) -> tuple[int, int]:
     return start, end
 
 
+def top_level(f) -> list[tuple[bytes, int, int, int]]:
+    """(type, offset, header length, size) of each top-level box of the open file `f`;
+    Unsupported unless they tile it exactly (a truncated file's last box runs past its
+    end)."""
+    size = f.seek(0, 2)
+    boxes, off = [], 0
+    while off < size:
+        f.seek(off)
+        head = f.read(16)
+        if len(head) < 8:
+            raise Unsupported("truncated top-level box")
+        box, kind = struct.unpack_from(">I4s", head)
+        hlen = 8
+        if box == 1:
+            if len(head) < 16:
+                raise Unsupported("truncated top-level box")
+            box, hlen = struct.unpack_from(">Q", head, 8)[0], 16
+        elif box == 0:
+            box = size - off
+        if box < hlen or off + box > size:
+            raise Unsupported(f"top-level box {kind!r} runs past the end of the file (truncated?)")
+        boxes.append((kind, off, hlen, box))
+        off += box
+    return boxes
+
+
 def _find_moov(path: str) -> bytes:
     """The moov box's payload, read from wherever it lies among the top-level boxes."""
-    moov, fragmented = None, False
     with open(path, "rb") as f:
-        size = f.seek(0, 2)
-        off = 0
-        while off < size:
-            f.seek(off)
-            head = f.read(16)
-            if len(head) < 8:
-                raise Unsupported("truncated top-level box")
-            box, kind = struct.unpack_from(">I4s", head)
-            hlen = 8
-            if box == 1:
-                if len(head) < 16:
-                    raise Unsupported("truncated top-level box")
-                box, hlen = struct.unpack_from(">Q", head, 8)[0], 16
-            elif box == 0:
-                box = size - off
-            if box < hlen or off + box > size:
-                raise Unsupported(f"top-level box {kind!r} runs past the end of the file (truncated?)")
-            if kind == b"moov":
-                if moov is not None or box > MAX_MOOV:
-                    raise Unsupported("several or huge moov boxes")
-                f.seek(off + hlen)
-                moov = f.read(box - hlen)
-            elif kind == b"moof":
-                fragmented = True
-            off += box
-    if moov is None or fragmented:
-        raise Unsupported("no moov box, or a fragmented file")
-    return moov
+        boxes = top_level(f)
+        moovs = [(off, hlen, box) for kind, off, hlen, box in boxes if kind == b"moov"]
+        if len(moovs) != 1 or moovs[0][2] > MAX_MOOV or any(kind == b"moof" for kind, *_ in boxes):
+            raise Unsupported("no moov box, several or huge ones, or a fragmented file")
+        off, hlen, box = moovs[0]
+        f.seek(off + hlen)
+        return f.read(box - hlen)
 
 
 def _full(data: bytes, start: int) -> tuple[int, int]:
@@ -371,26 +375,16 @@ def _track(data: bytes, trak: tuple[int, int], index: int, movie_scale: int, fil
 
 def index_first(path: str) -> bool:
     """Whether the MP4 at `path` is laid out index first: its top-level boxes tile the
-    file exactly, and its moov comes before its media (mdat)."""
-    order = []
-    with open(path, "rb") as f:
-        size = f.seek(0, 2)
-        off = 0
-        while off < size:
-            f.seek(off)
-            head = f.read(16)
-            if len(head) < 8:
-                return False
-            box, kind = struct.unpack_from(">I4s", head)
-            if box == 1 and len(head) == 16:
-                (box,) = struct.unpack_from(">Q", head, 8)
-            elif box == 0:
-                box = size - off
-            if box < 8 or off + box > size or kind not in (b"ftyp", b"moov", b"free", b"mdat", b"skip", b"uuid"):
-                return False
-            order.append(kind)
-            off += box
-    return b"moov" in order and b"mdat" in order and order.index(b"moov") < order.index(b"mdat")
+    file exactly, are of the kinds a plain file has, and its moov comes before its
+    media (mdat)."""
+    try:
+        with open(path, "rb") as f:
+            order = [kind for kind, *_ in top_level(f)]
+    except (Unsupported, struct.error, OSError):
+        return False
+    plain = {b"ftyp", b"moov", b"free", b"mdat", b"skip", b"uuid"}
+    return (set(order) <= plain and b"moov" in order and b"mdat" in order
+            and order.index(b"moov") < order.index(b"mdat"))
 
 
 def _comment(data: bytes) -> str | None:
