@@ -248,6 +248,20 @@ def _describe(data: bytes, kind: str, fourcc: bytes, start: int, end: int) -> tu
     return codec, b"".join(struct.pack(">I", len(c)) + c for c in config), boxes
 
 
+def _audio_object_type(boxes: dict) -> int | None:
+    """The AAC audioObjectType of an mp4a entry's AudioSpecificConfig (5: SBR, 29: PS)."""
+    esds = boxes.get(b"esds")
+    if not esds:
+        return None
+    _, info = _esds(esds[4:])
+    if not info:
+        return None
+    kind = info[0] >> 3
+    if kind == 31 and len(info) > 1:  # escape: 32 + the next 6 bits
+        kind = 32 + (((info[0] & 7) << 3) | (info[1] >> 5))
+    return kind
+
+
 def _decoder_facts(codec: str, boxes: dict) -> dict:
     """field_order and color_transfer of an H.264 track, as ffprobe reports them after
     decoding, from its SPS and its colr box (h264_sps); Unsupported for other codecs,
@@ -368,8 +382,13 @@ def _track(data: bytes, trak: tuple[int, int], index: int, movie_scale: int, fil
         if decoder_facts:
             stream.update(_decoder_facts(codec, boxes))
     else:
-        (rate,) = struct.unpack_from(">I", data, es + 32)  # 16.16 fixed point
-        stream["sample_rate"] = str(rate >> 16 or scale)
+        (rate,) = struct.unpack_from(">I", data, es + 32)  # 16.16 fixed point (0 above 65535 Hz)
+        # ffprobe reports the decoder's rate. A muxer writes the track's timescale and
+        # the entry's rate as the stream's; where they differ (an SBR or PS stream
+        # described by its core rate) the decoder's is known only by decoding.
+        if rate >> 16 not in (0, scale) or _audio_object_type(boxes) in (5, 29):
+            raise Unsupported("an audio rate that only decoding tells")
+        stream["sample_rate"] = str(scale)
     return stream, packets
 
 

@@ -179,6 +179,18 @@ def test_declines_what_it_does_not_read(tmp_path):
     forged = tmp_path / "forged.mp4"
     forged.write_bytes(bytes(data))
     unread(forged)
+    # audio whose rate only decoding tells: described as SBR (HE-AAC), or with an entry
+    # rate other than its timescale
+    sbr = bytearray(whole.read_bytes())
+    at = sbr.index(bytes([0x05, 0x80, 0x80, 0x80]))  # the DecoderSpecificInfo tag and length
+    sbr[at + 5] = (5 << 3) | (sbr[at + 5] & 7)
+    (tmp_path / "sbr.mp4").write_bytes(bytes(sbr))
+    unread(tmp_path / "sbr.mp4")
+    rate = bytearray(whole.read_bytes())
+    entry = rate.index(b"mp4a")
+    rate[entry + 28:entry + 30] = (22050).to_bytes(2, "big")  # the entry's rate, 16.16
+    (tmp_path / "rate.mp4").write_bytes(bytes(rate))
+    unread(tmp_path / "rate.mp4")
     # a non-media file with an MP4-looking header
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(b"\x00\x00\x00\x18ftypisom" + b"\xff" * 100)
