@@ -79,15 +79,21 @@ def vflow_run(vflow, workflow, clip, profiles, store, extra_env=None, max_instan
     return took, report
 
 
-def parallel(args, work, profiles):
-    clip = os.path.join(work, f"clip-{args.seconds}s-1080p.mp4")
+def make_clip(clip, seconds):
+    """The segment-parallel clip: 1080p30 testsrc2 with noise (x264 ultrafast, 2 s GOPs) and a
+    440 Hz tone (AAC); made once, kept."""
     if not os.path.exists(clip):
         print(f"generating {clip} ...", flush=True)
         sh(["ffmpeg", "-v", "error", "-f", "lavfi", "-i",
-            f"testsrc2=size=1920x1080:rate=30:duration={args.seconds}",
-            "-f", "lavfi", "-i", f"sine=frequency=440:duration={args.seconds}",
+            f"testsrc2=size=1920x1080:rate=30:duration={seconds}",
+            "-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}",
             "-vf", "noise=alls=12:allf=t", "-c:v", "libx264", "-preset", "ultrafast", "-g", "60",
             "-c:a", "aac", "-shortest", clip])
+
+
+def parallel(args, work, profiles):
+    clip = os.path.join(work, f"clip-{args.seconds}s-1080p.mp4")
+    make_clip(clip, args.seconds)
     encode = ["-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-c:a", "copy"]
     print("T1: one single-threaded ffmpeg ...", flush=True)
     t1, _ = sh(["ffmpeg", "-v", "error", "-y", "-threads", "1", "-i", clip, *encode, "-threads", "1",
@@ -465,7 +471,9 @@ def main():
 def write_report(args, results):
     lines = ["# vflow local mode benchmark", "",
              "Repeat: `make bench-local` (release `vflow`; figures from one run, side by side; "
-             f"{os.cpu_count()} CPUs, shared and noisy).", ""]
+             f"{os.cpu_count()} CPUs, shared and noisy). A change to vflow's own steps (split, stitch, a "
+             "segment's function) is smaller than this machine's drift over a whole run: "
+             "`bench/local/function_ab.py --old REV` times them alone, two versions alternating.", ""]
     if "parallel" in results:
         r = results["parallel"]
         lines += ["## Segment-parallel transcode", "",
