@@ -525,7 +525,7 @@ def muxer_args(container: str, audio: dict | None = None, packets: int | None = 
     `packets`, at least as many as the file will hold, the index is written into room
     reserved for it before the media (index_room); without, faststart moves it there by
     a second pass that reads and writes the whole file again (0.16 s on a 538 MB join,
-    ~0.03 s per 36 MB segment). Check a file written with the room by index_fits."""
+    ~0.03 s per 36 MB segment). write_output checks a file written with the room."""
     if container == "mp4":
         first = ["-moov_size", str(index_room(packets))] if packets else ["-movflags", "+faststart"]
         args = ["-f", "mp4", *first]
@@ -541,13 +541,18 @@ def index_room(packets: int) -> int:
     return 65536 + 64 * packets
 
 
-def index_fits(out: str, args: list[str]) -> bool:
-    """Whether `out`, written with `args` (muxer_args), is whole: False where the index
-    outgrew the room reserved for it, which ffmpeg 5.1 reports and exits 0 on, having
-    written the index over the start of the media; the file must be written again
-    without the room (muxer_args without packets). Not expected: the room is several
-    times what an index takes."""
-    return "-moov_size" not in args or mp4_index.index_first(out)
+def write_output(args: list[str], out: str, container: str, audio: dict | None, packets: int | None,
+                 what: str, on: str, cwd: str | None = None, listing: bool = False) -> None:
+    """ffmpeg `args` (inputs, maps, codecs) into `out` with muxer_args(container, audio,
+    packets). An mp4 written into reserved room is checked after: where the index
+    outgrew it, ffmpeg 5.1 says so and exits 0, having written the index over the start
+    of the media, so the file is written again with faststart (not expected: the room is
+    several times what an index takes)."""
+    mux = muxer_args(container, audio, packets)
+    ffmpeg([*args, *mux, out], what, on, cwd=cwd, listing=listing)
+    if "-moov_size" in mux and not mp4_index.index_first(out):
+        os.unlink(out)
+        ffmpeg([*args, *muxer_args(container, audio), out], what, on, cwd=cwd, listing=listing)
 
 
 def movie_timescale(container: str, audio: dict | None) -> list[str]:
@@ -698,11 +703,8 @@ def encode_video(ctx: "Context", src: str, info: dict, what: str, *, vfilter: st
     # to half a frame, each against the audio, which is copied as it is. (The mp4 is the
     # same either way; ffprobe merely shows no packet durations for x264 with B-frames.)
     args = ["-progress", progress, *ins, *vmap, *enc, *amap, "-fps_mode", "passthrough", "-enc_time_base:v", "-1"]
-    mux = muxer_args(container, a if amap else None, packets_through(info, v, a if amap else None))
-    ffmpeg([*args, *mux, out], what, src, cwd=cwd)
-    if not index_fits(out, mux):
-        os.unlink(out)
-        ffmpeg([*args, *muxer_args(container, a if amap else None), out], what, src, cwd=cwd)
+    audio = a if amap else None
+    write_output(args, out, container, audio, packets_through(info, v, audio), what, src, cwd=cwd)
     frames = encoded_frames(progress)
     if frames is not None:
         ENCODED_FRAMES[out] = frames

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import mp4_index
 from vflowfn import (Context, FnError, Function, Param, UsageError, audio_args, audio_stream,
-                     ffmpeg, ffprobe, fits, frame_rate, index_fits, muxer_args, parallel_map, probe_packets_by_stream,
-                     video_stream)
+                     ffprobe, fits, frame_rate, parallel_map, probe_packets_by_stream, video_stream,
+                     write_output)
 
 TAG = re.compile(r"vflow-segment index=(\d+) count=(\d+) start=([\d.]+) end=([\d.]+)")
 SAME_VIDEO = ["codec_name", "profile", "width", "height", "pix_fmt", "time_base", "r_frame_rate"]
@@ -244,11 +244,7 @@ def run(ctx: Context) -> None:
     # every input's packets known (a few from each file's audio re-encoded, at most)
     packets = (sum(len(i["packets"]) + 8 for i in infos)
                if container == "mp4" and all("packets" in i for i in infos) else None)
-    mux = muxer_args(container, a0, packets)
-    ffmpeg([*args, *mux, out], what, ctx.inputs[0], listing=True)
-    if not index_fits(out, mux):
-        os.unlink(out)
-        ffmpeg([*args, *muxer_args(container, a0), out], what, ctx.inputs[0], listing=True)
+    write_output(args, out, container, a0, packets, what, ctx.inputs[0], listing=True)
 
 
 FUNCTION = Function(
